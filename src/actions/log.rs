@@ -1,0 +1,75 @@
+//! `log`: writes the rendered message to the router's own log. Needs no account, so the shipped
+//! rules show what they would have sent on a fresh machine.
+
+use super::{Channel, Clients, RenderFailure, SendError};
+use crate::config::compile::Ctx;
+use crate::config::raw::Spanned;
+use crate::template::{Escape, Template, Templates};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// `log:` settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// A destination to take unset settings from.
+    pub destination: Option<Spanned<String>>,
+    /// Inline message template.
+    pub message: Option<Spanned<String>>,
+    /// Message template file.
+    pub template: Option<Spanned<String>>,
+}
+
+/// A compiled log action.
+#[derive(Debug)]
+pub struct Log {
+    message: Template,
+}
+
+/// A rendered log line.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogMessage {
+    /// The text written to the log.
+    pub message: String,
+}
+
+impl Channel for Log {
+    type Settings = Settings;
+    type Message = LogMessage;
+
+    fn merge(a: Settings, d: &Settings) -> Settings {
+        Settings {
+            destination: a.destination,
+            message: a.message.or_else(|| d.message.clone()),
+            template: a.template.or_else(|| d.template.clone()),
+        }
+    }
+
+    fn destination(s: &Settings) -> Option<&Spanned<String>> {
+        s.destination.as_ref()
+    }
+
+    fn compile(s: Settings, cx: &mut Ctx<'_>) -> Option<Self> {
+        match cx.template(s.message.as_ref(), s.template.as_ref(), Escape::Plain, ("message", "template"))? {
+            Some(message) => Some(Log { message }),
+            None => {
+                let at = cx.at;
+                cx.error(at, "log action needs `message` or `template`");
+                None
+            }
+        }
+    }
+
+    fn render(&self, event: &Value, t: &Templates) -> Result<LogMessage, RenderFailure> {
+        Ok(LogMessage { message: t.render(&self.message, event)? })
+    }
+
+    async fn send(m: &LogMessage, _: &Clients) -> Result<(), SendError> {
+        tracing::info!(target: "switchboard::log_action", message = %m.message, "Log action.");
+        Ok(())
+    }
+
+    fn describe(m: &LogMessage) -> String {
+        format!("LOG {}", m.message)
+    }
+}

@@ -1,0 +1,219 @@
+//! Actions: what a matching rule does. Each channel is one file with the same shape (settings as
+//! written, a compiled action, the message it renders, and how it sends), behind the
+//! [`Channel`] trait, and registered by one line in the `channels!` invocation below, which
+//! builds the closed enums [`RawAction`], [`Action`] and [`Message`] from it.
+
+mod email;
+mod http;
+mod log;
+mod slack;
+
+use crate::config::compile::Ctx;
+use crate::template::Templates;
+use serde::Serialize;
+use serde_json::Value;
+use std::time::Duration;
+
+/// Clients shared by every delivery (connection pools live here, not per message).
+#[derive(Clone)]
+pub struct Clients {
+    /// The HTTP client for Slack and `http` actions.
+    pub http: reqwest::Client,
+}
+
+impl Clients {
+    /// Clients with the router's defaults (timeouts, no redirects, a user agent).
+    pub fn new() -> Self {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("switchboard/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("the HTTP client builds with static settings");
+        Clients { http }
+    }
+}
+
+impl Default for Clients {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Why a delivery failed, and whether trying again may help.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct SendError {
+    /// Whether a later attempt may succeed (network errors, timeouts, 408, 429, 5xx, SMTP 4xx).
+    pub retryable: bool,
+    /// How long the peer asked us to wait (`Retry-After`).
+    pub retry_after: Option<Duration>,
+    /// What happened, for logs and history.
+    pub message: String,
+}
+
+impl SendError {
+    /// A failure that a later attempt may fix.
+    pub fn retryable(message: impl Into<String>) -> Self {
+        SendError {
+            retryable: true,
+            retry_after: None,
+            message: message.into(),
+        }
+    }
+    /// A failure that trying again cannot fix.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        SendError {
+            retryable: false,
+            retry_after: None,
+            message: message.into(),
+        }
+    }
+}
+
+/// Why an action produced no message for an event.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RenderFailure {
+    /// The destination's URL or server came out empty: the named variables need setting.
+    #[error("destination is not configured: set {0}")]
+    Unconfigured(String),
+    /// A template failed for this event.
+    #[error(transparent)]
+    Template(#[from] crate::template::RenderError),
+    /// The rendered output is not what the channel needs (Block Kit that is not JSON, …).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// One channel: how its settings compile, how it renders an event, how it sends.
+pub trait Channel: Sized {
+    /// The settings as written in the rules file (destination or action).
+    type Settings: Clone + serde::de::DeserializeOwned;
+    /// What the channel sends for one event: rendered, ready to go, shown by `test`.
+    type Message: Serialize + Clone + Send + Sync + std::fmt::Debug;
+
+    /// Fills settings the action leaves out from its destination's.
+    fn merge(action: Self::Settings, destination: &Self::Settings) -> Self::Settings;
+    /// The destination the settings name, if any.
+    fn destination(settings: &Self::Settings) -> Option<&crate::config::raw::Spanned<String>>;
+    /// Validates and compiles settings, reporting every problem through `cx`.
+    fn compile(settings: Self::Settings, cx: &mut Ctx<'_>) -> Option<Self>;
+    /// Renders the message for one event.
+    fn render(&self, event: &Value, templates: &Templates) -> Result<Self::Message, RenderFailure>;
+    /// Sends a rendered message.
+    fn send(
+        message: &Self::Message,
+        clients: &Clients,
+    ) -> impl std::future::Future<Output = Result<(), SendError>> + Send;
+    /// The message as `test` prints it, secrets redacted.
+    fn describe(message: &Self::Message) -> String;
+}
+
+macro_rules! channels {
+    ($($variant:ident($module:ident)),+ $(,)?) => {
+        /// An action or destination as written: one key naming the channel.
+        #[derive(Debug, Clone, serde::Deserialize)]
+        #[serde(rename_all = "lowercase")]
+        pub enum RawAction {
+            $(
+                #[doc = concat!("`", stringify!($module), ":` settings.")]
+                $variant(<$module::$variant as Channel>::Settings),
+            )+
+        }
+
+        /// A compiled action.
+        #[derive(Debug)]
+        pub enum Action {
+            $(
+                #[doc = concat!("A `", stringify!($module), "` action.")]
+                $variant($module::$variant),
+            )+
+        }
+
+        /// A rendered message, ready to send.
+        #[derive(Debug, Clone, Serialize)]
+        #[serde(tag = "kind", rename_all = "lowercase")]
+        pub enum Message {
+            $(
+                #[doc = concat!("A `", stringify!($module), "` message.")]
+                $variant(<$module::$variant as Channel>::Message),
+            )+
+        }
+
+        impl RawAction {
+            /// The channel's name as written (`slack`, `email`, …).
+            pub fn kind(&self) -> &'static str {
+                match self { $(RawAction::$variant(_) => stringify!($module),)+ }
+            }
+
+            /// The destination this action names, if any.
+            pub fn destination(&self) -> Option<&crate::config::raw::Spanned<String>> {
+                match self { $(RawAction::$variant(s) => $module::$variant::destination(s),)+ }
+            }
+
+            /// Compiles the action, with settings it leaves out taken from `destination`
+            /// (which must be of the same channel).
+            pub fn compile(self, destination: Option<&RawAction>, cx: &mut Ctx<'_>) -> Option<Action> {
+                match (self, destination) {
+                    $(
+                        (RawAction::$variant(s), Some(RawAction::$variant(d))) =>
+                            $module::$variant::compile($module::$variant::merge(s, d), cx).map(Action::$variant),
+                        (RawAction::$variant(s), None) =>
+                            $module::$variant::compile(s, cx).map(Action::$variant),
+                    )+
+                    (action, Some(d)) => {
+                        let at = cx.at;
+                        cx.error(at, format!(
+                            "a {} action cannot use a {} destination",
+                            action.kind(), d.kind()
+                        ));
+                        None
+                    }
+                }
+            }
+        }
+
+        impl Action {
+            /// The channel's name (`slack`, `email`, …).
+            pub fn kind(&self) -> &'static str {
+                match self { $(Action::$variant(_) => stringify!($module),)+ }
+            }
+
+            /// Renders the message this action sends for an event.
+            pub fn render(&self, event: &Value, templates: &Templates) -> Result<Message, RenderFailure> {
+                match self { $(Action::$variant(a) => a.render(event, templates).map(Message::$variant),)+ }
+            }
+        }
+
+        impl Message {
+            /// Sends the message.
+            pub async fn send(&self, clients: &Clients) -> Result<(), SendError> {
+                match self { $(Message::$variant(m) => $module::$variant::send(m, clients).await,)+ }
+            }
+
+            /// The message as `test` prints it, secrets redacted.
+            pub fn describe(&self) -> String {
+                match self { $(Message::$variant(m) => $module::$variant::describe(m),)+ }
+            }
+        }
+    };
+}
+
+channels! {
+    Slack(slack),
+    Email(email),
+    Http(http),
+    Log(log),
+}
+
+/// Shows a URL with its path and query hidden, for URLs that carry a secret (webhook tokens).
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => {
+            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+            format!("{}://{}{port}/***", u.scheme(), u.host_str().unwrap_or("?"))
+        }
+        Err(_) => "***".into(),
+    }
+}

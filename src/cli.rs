@@ -1,0 +1,3 @@
+//! cli (todo)
+/// x
+pub fn main() -> std::process::ExitCode { std::process::ExitCode::SUCCESS }

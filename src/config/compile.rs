@@ -1,0 +1,285 @@
+//! The configuration compiler: raw rules files and the templates directory in, one validated,
+//! immutable [`Config`] out. It is pure (no network), collects every problem instead of stopping
+//! at the first, and is shared by `serve`, reload, `check` and `test`.
+
+use super::env::{self, Expanded};
+use super::raw::{Pos, RawFile, Spanned, pos};
+use super::{Diagnostic, Diagnostics};
+use crate::actions::{Action, RawAction, RenderFailure};
+use crate::event::{SmartLead, Source};
+use crate::rules::{Condition, Rule, RuleSet, condition};
+use crate::template::{Escape, Template, Templates};
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+/// A loaded configuration: the rule set with its compiled templates. Immutable; a reload builds
+/// a new one and swaps it in whole.
+#[derive(Debug)]
+pub struct Config {
+    /// The rules, compiled and indexed.
+    pub rules: RuleSet,
+    /// The compiled templates the rules' actions render with.
+    pub templates: Templates,
+    /// SHA-256 of every rules file and template file that went in, hex.
+    pub hash: String,
+    /// When this configuration was compiled.
+    pub loaded_at: DateTime<Utc>,
+    /// The rules files it was compiled from.
+    pub files: Vec<PathBuf>,
+    /// Problems that do not stop it from serving (unconfigured destinations, …).
+    pub warnings: Diagnostics,
+}
+
+/// The compile context handed to each channel: where we are, the templates, and the lists that
+/// collect errors and warnings.
+pub struct Ctx<'a> {
+    /// The rules file being compiled.
+    pub file: &'a Path,
+    /// The position of the action being compiled (for errors with no finer position).
+    pub at: Pos,
+    /// The templates, for inline templates to be added to and files to be looked up.
+    pub templates: &'a mut Templates,
+    errors: &'a mut Diagnostics,
+    unconfigured: &'a mut BTreeMap<String, (PathBuf, Pos, String)>,
+    label: String,
+}
+
+impl Ctx<'_> {
+    /// Reports an error at a position of the current file.
+    pub fn error(&mut self, at: Pos, message: impl Into<String>) {
+        self.errors
+            .push(Diagnostic::at(self.file, at.line, at.column, message));
+    }
+
+    /// Expands `${VAR}` references in a setting; an unset variable is reported.
+    pub fn expand(&mut self, value: &Spanned<String>) -> Option<Expanded> {
+        match env::expand(&value.value) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                self.error(pos(value), e.to_string());
+                None
+            }
+        }
+    }
+
+    /// Records that the destination's address came out empty, naming the variables to set.
+    pub fn unconfigured(&mut self, at: Pos, what: &str, expanded: &Expanded) {
+        let vars = if expanded.vars.is_empty() {
+            format!("`{what}`")
+        } else {
+            expanded.vars.join(" or ")
+        };
+        self.unconfigured
+            .entry(self.label.clone())
+            .or_insert((self.file.to_path_buf(), at, vars));
+    }
+
+    /// The template of one part of a message: inline text or a file, not both.
+    /// `Some(None)` when neither is given; `None` after an error.
+    pub fn template(
+        &mut self,
+        inline: Option<&Spanned<String>>,
+        file: Option<&Spanned<String>>,
+        escape: Escape,
+        names: (&str, &str),
+    ) -> Option<Option<Template>> {
+        match (inline, file) {
+            (Some(_), Some(f)) => {
+                let (a, b) = names;
+                self.error(pos(f), format!("give `{a}` or `{b}`, not both"));
+                None
+            }
+            (Some(text), None) => match self.templates.inline(&text.value, escape) {
+                Ok(t) => Some(Some(t)),
+                Err(e) => {
+                    let within = match (e.line, e.column) {
+                        (Some(l), Some(c)) => format!(" (template line {l}, column {c})"),
+                        _ => String::new(),
+                    };
+                    self.error(pos(text), format!("`{}` does not compile: {}{within}", names.0, e.message));
+                    None
+                }
+            },
+            (None, Some(name)) => match self.templates.file(&name.value, escape) {
+                Some(t) => Some(Some(t)),
+                None => {
+                    let known: Vec<&str> = self.templates.file_names().collect();
+                    let known = if known.is_empty() {
+                        "no templates are loaded".to_string()
+                    } else {
+                        format!("known: {}", known.join(", "))
+                    };
+                    self.error(
+                        pos(name),
+                        format!("template file {:?} not found in the templates directory ({known})", name.value),
+                    );
+                    None
+                }
+            },
+            (None, None) => Some(None),
+        }
+    }
+}
+
+/// A destination as declared: which file, where, and its settings.
+struct Declared {
+    file: PathBuf,
+    at: Pos,
+    settings: RawAction,
+}
+
+/// Compiles parsed rules files (path, text, parsed) and the templates directory.
+pub fn compile(files: Vec<(PathBuf, String, RawFile)>, templates_dir: &Path) -> Result<Config, Diagnostics> {
+    let mut errors = Diagnostics::default();
+    let mut templates = match Templates::load_dir(templates_dir) {
+        Ok(t) => t,
+        Err(list) => {
+            for (path, e) in list {
+                errors.push(Diagnostic::at(
+                    &path,
+                    e.line.unwrap_or(0) as u32,
+                    e.column.unwrap_or(0) as u32,
+                    format!("template does not compile: {}", e.message),
+                ));
+            }
+            Templates::default()
+        }
+    };
+    let mut hasher = Sha256::new();
+    hasher.update(templates.digest());
+    let mut destinations: HashMap<String, Declared> = HashMap::new();
+    for (path, text, file) in &files {
+        hasher.update(path.to_string_lossy().as_bytes());
+        hasher.update(text.as_bytes());
+        for (name, settings) in &file.destinations {
+            if let Some(first) = destinations.get(name) {
+                errors.push(Diagnostic::at(path, pos(settings).line, pos(settings).column, format!(
+                    "destination {name:?} is already defined at {}:{}",
+                    first.file.display(), first.at.line
+                )));
+                continue;
+            }
+            if let Some(d) = settings.value.destination() {
+                errors.push(Diagnostic::at(path, pos(d).line, pos(d).column,
+                    "a destination cannot name another destination"));
+            }
+            destinations.insert(name.clone(), Declared {
+                file: path.clone(),
+                at: pos(settings),
+                settings: settings.value.clone(),
+            });
+        }
+    }
+    let mut unconfigured = BTreeMap::new();
+    let mut rules = Vec::new();
+    let mut names: HashMap<String, (PathBuf, u32)> = HashMap::new();
+    for (path, _, file) in files.iter() {
+        for raw in &file.rules {
+            let rule = &raw.value;
+            let name = rule.name.value.trim().to_string();
+            if name.is_empty() {
+                errors.push(Diagnostic::at(path, pos(&rule.name).line, pos(&rule.name).column, "rule name is empty"));
+            } else if let Some((f, line)) = names.get(&name) {
+                errors.push(Diagnostic::at(path, pos(&rule.name).line, pos(&rule.name).column, format!(
+                    "duplicate rule name {name:?} (first defined at {}:{line})", f.display()
+                )));
+            } else {
+                names.insert(name.clone(), (path.clone(), pos(&rule.name).line));
+            }
+            let when = match &rule.when {
+                Some(w) => condition::compile(w, &mut |at, m| {
+                    errors.push(Diagnostic::at(path, at.line, at.column, format!("rule {name:?}: {m}")))
+                }),
+                None => Condition::All(vec![]),
+            };
+            if rule.actions.value.is_empty() {
+                let at = pos(&rule.actions);
+                errors.push(Diagnostic::at(path, at.line, at.column, format!("rule {name:?} has no actions")));
+            }
+            let mut actions = Vec::new();
+            for (i, raw_action) in rule.actions.value.iter().enumerate() {
+                let action = raw_action.value.clone();
+                let dest_name = action.destination().cloned();
+                let declared = match &dest_name {
+                    Some(d) => match destinations.get(&d.value) {
+                        Some(decl) => Some(decl),
+                        None => {
+                            let mut known: Vec<&String> = destinations.keys().collect();
+                            known.sort();
+                            errors.push(Diagnostic::at(path, pos(d).line, pos(d).column, format!(
+                                "rule {name:?}: unknown destination {:?} (defined: {})",
+                                d.value,
+                                if known.is_empty() { "none".into() } else { known.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ") }
+                            )));
+                            continue;
+                        }
+                    },
+                    None => None,
+                };
+                let label = match &dest_name {
+                    Some(d) => format!("destination {:?}", d.value),
+                    None => format!("rule {name:?} action {} ({})", i + 1, action.kind()),
+                };
+                let mut cx = Ctx {
+                    file: path,
+                    at: pos(raw_action),
+                    templates: &mut templates,
+                    errors: &mut errors,
+                    unconfigured: &mut unconfigured,
+                    label,
+                };
+                if let Some(compiled) = action.compile(declared.map(|d| &d.settings), &mut cx) {
+                    probe(&compiled, &templates, path, pos(raw_action), &name, &mut errors);
+                    actions.push(compiled);
+                }
+            }
+            rules.push(Rule {
+                name,
+                enabled: rule.enabled,
+                stop: rule.stop,
+                when,
+                actions,
+                origin: (path.clone(), pos(&rule.name).line),
+            });
+        }
+    }
+    let mut warnings = Diagnostics::default();
+    for (label, (file, at, vars)) in unconfigured {
+        warnings.push(Diagnostic::at(&file, at.line, at.column, format!(
+            "{label} is not configured (its address is empty); its deliveries are skipped until {vars} is set"
+        )));
+    }
+    if !errors.is_empty() {
+        errors.0.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+        return Err(errors);
+    }
+    Ok(Config {
+        rules: RuleSet::new(rules),
+        templates,
+        hash: hex(&hasher.finalize()),
+        loaded_at: Utc::now(),
+        files: files.into_iter().map(|(p, _, _)| p).collect(),
+        warnings,
+    })
+}
+
+/// Renders an action against an event with every canonical field present, so that a template
+/// naming a field that does not exist (`{{lead.frist_name}}`) is caught at load, not at 3 a.m.
+fn probe(action: &Action, templates: &Templates, file: &Path, at: Pos, rule: &str, errors: &mut Diagnostics) {
+    let mut sample = SmartLead.normalise(&serde_json::Map::new());
+    sample["event_id"] = Value::String("probe".into());
+    match action.render(&sample, templates) {
+        Err(RenderFailure::Template(e)) if e.missing.as_deref().is_some_and(|p| p == "raw" || p.starts_with("raw.")) => {}
+        Err(RenderFailure::Template(e)) => {
+            errors.push(Diagnostic::at(file, at.line, at.column, format!("rule {rule:?}: {e}")));
+        }
+        _ => {}
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

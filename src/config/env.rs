@@ -1,0 +1,108 @@
+//! `${VAR}` and `${VAR:-default}` in rules files, replaced from the environment at load time.
+//! `$${` writes a literal `${`.
+
+use regex::Regex;
+use std::sync::LazyLock;
+
+static VAR: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}").expect("valid regex")
+});
+
+/// The result of expanding one string.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Expanded {
+    /// The string with every variable replaced.
+    pub value: String,
+    /// The variables the string referred to, in order.
+    pub vars: Vec<String>,
+}
+
+impl Expanded {
+    /// Whether any part of the value came from the environment (and may be a secret).
+    pub fn from_env(&self) -> bool {
+        !self.vars.is_empty()
+    }
+}
+
+/// Why a string could not be expanded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvError {
+    /// `${VAR}` with no default, and `VAR` is not set.
+    #[error("environment variable {0} is not set (set it, or write ${{{0}:-default}})")]
+    Unset(String),
+    /// `${` with no valid name and closing brace after it.
+    #[error("`${{` starts no valid variable reference (write $${{ for a literal `${{`)")]
+    Malformed,
+}
+
+/// Expands `text` with variables looked up by `lookup` (the process environment in practice).
+pub fn expand_with(
+    text: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<Expanded, EnvError> {
+    let mut out = Expanded::default();
+    let mut last = 0;
+    for caps in VAR.captures_iter(text) {
+        let whole = caps.get(0).expect("match");
+        out.value.push_str(&text[last..whole.start()]);
+        last = whole.end();
+        let Some(name) = caps.get(1) else {
+            out.value.push_str("${");
+            continue;
+        };
+        let name = name.as_str();
+        out.vars.push(name.to_string());
+        match (lookup(name), caps.get(2)) {
+            (Some(v), _) => out.value.push_str(&v),
+            (None, Some(default)) => out.value.push_str(default.as_str()),
+            (None, None) => return Err(EnvError::Unset(name.to_string())),
+        }
+    }
+    let rest = &text[last..];
+    if rest.contains("${") {
+        return Err(EnvError::Malformed);
+    }
+    out.value.push_str(rest);
+    Ok(out)
+}
+
+/// Expands `text` from the process environment. A set but empty variable counts as set.
+pub fn expand(text: &str) -> Result<Expanded, EnvError> {
+    expand_with(text, |name| std::env::var(name).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "HOOK" => Some("https://hooks.example/T1".into()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn replaces_set_variables_and_defaults() {
+        let e = expand_with("url ${HOOK}/x ${MISSING:-fallback}", env).unwrap();
+        assert_eq!(e.value, "url https://hooks.example/T1/x fallback");
+        assert_eq!(e.vars, ["HOOK", "MISSING"]);
+        assert_eq!(expand_with("${EMPTY:-d}", env).unwrap().value, "");
+        assert_eq!(expand_with("${MISSING:-}", env).unwrap().value, "");
+    }
+
+    #[test]
+    fn unset_variable_without_default_is_an_error_naming_it() {
+        let err = expand_with("Bearer ${CRM_TOKEN}", env).unwrap_err();
+        assert_eq!(err, EnvError::Unset("CRM_TOKEN".into()));
+        assert!(err.to_string().contains("CRM_TOKEN"));
+    }
+
+    #[test]
+    fn escapes_and_malformed_references() {
+        assert_eq!(expand_with("$${HOOK}", env).unwrap().value, "${HOOK}");
+        assert_eq!(expand_with("cost $5", env).unwrap().value, "cost $5");
+        assert_eq!(expand_with("${bad-name}", env), Err(EnvError::Malformed));
+    }
+}

@@ -1,0 +1,109 @@
+//! Configuration: the rules files and templates a user writes, loaded, validated and compiled
+//! into one immutable [`Config`] that `serve`, `check`, `test` and reload all share.
+//!
+//! - [`raw`] mirrors the YAML one to one, with line and column for every value that can be wrong;
+//! - [`env`] expands `${VAR}` and `${VAR:-default}`;
+//! - [`compile`] turns raw files into a [`Config`], collecting every error rather than the first;
+//! - [`watch`] reloads on file changes and swaps the configuration atomically.
+
+pub mod compile;
+mod diagnostic;
+pub mod env;
+pub mod raw;
+pub mod watch;
+
+pub use compile::Config;
+pub use diagnostic::{Diagnostic, Diagnostics};
+
+use std::path::{Path, PathBuf};
+
+/// Where the configuration comes from: the rules file or directory and the templates directory.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    /// A rules file, or a directory whose `*.yaml` / `*.yml` files are all loaded in name order.
+    pub rules: PathBuf,
+    /// The directory that `template:` paths are relative to.
+    pub templates: PathBuf,
+}
+
+/// Largest rules file the loader reads; bigger files are refused before parsing.
+pub const MAX_RULES_FILE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Loads, validates and compiles the whole configuration. On failure returns every problem
+/// found, each with its file, line and column.
+pub fn load(sources: &Sources) -> Result<Config, Diagnostics> {
+    let files = rules_files(&sources.rules)?;
+    let mut parsed = Vec::new();
+    let mut errors = Diagnostics::default();
+    for path in files {
+        match read_rules_file(&path) {
+            Ok(text) => match raw::parse(&text) {
+                Ok(file) => parsed.push((path, text, file)),
+                Err(diagnostic) => errors.push(diagnostic.in_file(&path)),
+            },
+            Err(diagnostic) => errors.push(diagnostic),
+        }
+    }
+    let compiled = compile::compile(parsed, &sources.templates);
+    match compiled {
+        Ok(config) if errors.is_empty() => Ok(config),
+        Ok(_) => Err(errors),
+        Err(more) => {
+            errors.extend(more);
+            Err(errors)
+        }
+    }
+}
+
+/// The rules files named by `path`: the file itself, or every YAML file in the directory.
+pub fn rules_files(path: &Path) -> Result<Vec<PathBuf>, Diagnostics> {
+    let meta = std::fs::metadata(path).map_err(|e| {
+        Diagnostics::one(Diagnostic::file(
+            path,
+            format!("cannot read the rules: {e} (set --rules or SWITCHBOARD_RULES)"),
+        ))
+    })?;
+    if !meta.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let entries = std::fs::read_dir(path)
+        .map_err(|e| Diagnostics::one(Diagnostic::file(path, format!("cannot list: {e}"))))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| is_rules_file(p))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(Diagnostics::one(Diagnostic::file(
+            path,
+            "the rules directory holds no *.yaml file",
+        )));
+    }
+    Ok(files)
+}
+
+/// Whether a path is one the loader reads as a rules file (`*.yaml` or `*.yml`, not hidden).
+pub fn is_rules_file(path: &Path) -> bool {
+    let hidden = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_none_or(|n| n.starts_with('.'));
+    let yaml = matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml")
+    );
+    yaml && !hidden
+}
+
+fn read_rules_file(path: &Path) -> Result<String, Diagnostic> {
+    let too_big = std::fs::metadata(path)
+        .map(|m| m.len() > MAX_RULES_FILE_BYTES)
+        .unwrap_or(false);
+    if too_big {
+        return Err(Diagnostic::file(
+            path,
+            format!("the file is larger than {MAX_RULES_FILE_BYTES} bytes"),
+        ));
+    }
+    std::fs::read_to_string(path).map_err(|e| Diagnostic::file(path, format!("cannot read: {e}")))
+}

@@ -1,0 +1,68 @@
+//! Events: the canonical object that rules and templates see, and the [`Source`] interface
+//! that turns a webhook payload of one outreach tool into it.
+//!
+//! A source is one file behind [`Source`] plus one line in [`sources`]; the server mounts each
+//! at `/webhooks/{name}`.
+
+mod smartlead;
+
+use serde_json::{Map, Value};
+use std::sync::Arc;
+
+pub use smartlead::SmartLead;
+
+/// One webhook source: a named normaliser from the tool's payload to the canonical event.
+pub trait Source: Send + Sync {
+    /// The path segment under `/webhooks/` and the value of the canonical `source` field.
+    fn name(&self) -> &'static str;
+    /// Builds the canonical event (SPEC section 4) from a payload that is a JSON object.
+    /// Never fails: unknown types and missing fields give nulls, not errors.
+    fn normalise(&self, payload: &Map<String, Value>) -> Value;
+}
+
+/// Every webhook source the router mounts. Adding a source is one line here.
+pub fn sources() -> Vec<Arc<dyn Source>> {
+    vec![Arc::new(SmartLead)]
+}
+
+/// Removes every `secret_key` (at any depth) from a payload before anything else sees it.
+pub fn strip_secrets(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            map.remove("secret_key");
+            map.values_mut().for_each(strip_secrets);
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_secrets),
+        _ => {}
+    }
+}
+
+/// Looks up a dotted path (`lead.email`, `raw.link_details.0`) in a JSON value.
+/// Array elements are reached by their index.
+pub fn lookup<'a>(value: &'a Value, path: &[String]) -> Option<&'a Value> {
+    path.iter().try_fold(value, |current, segment| match current {
+        Value::Object(map) => map.get(segment),
+        Value::Array(items) => segment.parse::<usize>().ok().and_then(|i| items.get(i)),
+        _ => None,
+    })
+}
+
+/// The canonical event type of the router and, when it differs, the one the source sent.
+pub fn event_type(event: &Value) -> (&str, &str) {
+    let canonical = event.get("event").and_then(Value::as_str).unwrap_or("");
+    let sent = event
+        .get("source_event")
+        .and_then(Value::as_str)
+        .unwrap_or(canonical);
+    (canonical, sent)
+}
+
+/// The campaign id of a canonical event, when it has one.
+pub fn campaign_id(event: &Value) -> Option<i64> {
+    event.get("campaign")?.get("id")?.as_i64()
+}
+
+/// The canonical event's id (assigned by the router at intake).
+pub fn event_id(event: &Value) -> &str {
+    event.get("event_id").and_then(Value::as_str).unwrap_or("")
+}

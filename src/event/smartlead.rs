@@ -1,0 +1,309 @@
+//! SmartLead's webhook payloads, in both shapes: the documented one (`event`, nested `lead{}`,
+//! `reply{}`, `link{}`) and the flat one SmartLead sends in practice (`event_type`,
+//! `sl_lead_email`, `reply_message{}`, `leadCorrespondence{}`, …).
+
+use super::{Source, strip_secrets};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{Map, Value, json};
+
+/// The SmartLead source, mounted at `/webhooks/smartlead`.
+pub struct SmartLead;
+
+impl Source for SmartLead {
+    fn name(&self) -> &'static str {
+        "smartlead"
+    }
+
+    fn normalise(&self, payload: &Map<String, Value>) -> Value {
+        let p = Payload(payload);
+        let sent_type = p.str_at(&["event_type", "event", "type"]);
+        let canonical = sent_type.as_deref().map(canonical_type);
+        let is_reply = canonical == Some("EMAIL_REPLIED");
+        let mut raw = Value::Object(payload.clone());
+        strip_secrets(&mut raw);
+        json!({
+            "event": canonical.unwrap_or("UNKNOWN"),
+            "source": "smartlead",
+            "source_event": sent_type.as_deref().unwrap_or("UNKNOWN"),
+            "timestamp": p.timestamp(),
+            "campaign": {
+                "id": p.int_at(&["campaign_id", "campaign.id"]),
+                "name": p.str_at(&["campaign_name", "campaign.name"]),
+            },
+            "lead": p.lead(is_reply),
+            "sequence_number": p.int_at(&["sequence_number", "current_sequence"]),
+            "email_account_id": p.int_at(&["email_account_id"]),
+            "reply": p.reply(is_reply),
+            "link": {
+                "url": p.str_at(&["link.url", "link_details.0", "link_clicked.0"]),
+                "clicked_at": p.time_at(&["link.clicked_at", "time_clicked"]),
+            },
+            "bounce": p.bounce(canonical == Some("EMAIL_BOUNCED")),
+            "open": {
+                "count": p.int_at(&["opened_count", "open_count"]),
+                "first_at": p.time_at(&["first_opened_at"]),
+                "last_at": p.time_at(&["last_opened_at", "time_opened"]),
+            },
+            "inbox_url": p.str_at(&["app_url", "ui_master_inbox_link", "inbox_url"]),
+            "raw": raw,
+        })
+    }
+}
+
+/// Maps the type names SmartLead uses (in either shape) to the canonical ones.
+fn canonical_type(sent: &str) -> &str {
+    match sent {
+        "EMAIL_SENT" | "FIRST_EMAIL_SENT" => "EMAIL_SENT",
+        "EMAIL_OPEN" | "EMAIL_OPENED" => "EMAIL_OPENED",
+        "EMAIL_LINK_CLICK" | "EMAIL_CLICKED" | "EMAIL_CLICK" => "EMAIL_CLICKED",
+        "EMAIL_REPLY" | "EMAIL_REPLIED" => "EMAIL_REPLIED",
+        "EMAIL_BOUNCE" | "EMAIL_BOUNCED" => "EMAIL_BOUNCED",
+        "LEAD_UNSUBSCRIBED" | "EMAIL_UNSUBSCRIBED" | "EMAIL_UNSUBSCRIBE" => "EMAIL_UNSUBSCRIBED",
+        other => other,
+    }
+}
+
+/// Read access to a payload by dotted paths, tolerant of nulls, numbers-as-strings and blanks.
+struct Payload<'a>(&'a Map<String, Value>);
+
+impl Payload<'_> {
+    fn at(&self, path: &str) -> Option<&Value> {
+        let mut parts = path.split('.');
+        let first = self.0.get(parts.next()?)?;
+        parts
+            .try_fold(first, |v, seg| match v {
+                Value::Object(m) => m.get(seg),
+                Value::Array(a) => seg.parse::<usize>().ok().and_then(|i| a.get(i)),
+                _ => None,
+            })
+            .filter(|v| !v.is_null())
+    }
+
+    /// The first non-blank string (numbers are written out) among `paths`.
+    fn str_at(&self, paths: &[&str]) -> Option<String> {
+        paths.iter().find_map(|p| match self.at(p)? {
+            Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        })
+    }
+
+    /// The first integer among `paths`; numeric strings count.
+    fn int_at(&self, paths: &[&str]) -> Option<i64> {
+        paths.iter().find_map(|p| match self.at(p)? {
+            Value::Number(n) => n.as_i64(),
+            Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        })
+    }
+
+    /// An id that is an integer when it looks like one, else the string as sent.
+    fn id_at(&self, paths: &[&str]) -> Value {
+        match (self.int_at(paths), self.str_at(paths)) {
+            (Some(n), _) => json!(n),
+            (None, Some(s)) => json!(s),
+            _ => Value::Null,
+        }
+    }
+
+    /// The first time among `paths`, as RFC 3339 in UTC when it parses, else as sent.
+    fn time_at(&self, paths: &[&str]) -> Option<String> {
+        self.str_at(paths).map(|s| rfc3339(&s))
+    }
+
+    fn timestamp(&self) -> String {
+        self.time_at(&[
+            "timestamp",
+            "event_timestamp",
+            "time_replied",
+            "time_clicked",
+            "time_opened",
+            "time_sent",
+            "created_at",
+        ])
+        .unwrap_or_else(|| Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true))
+    }
+
+    /// The targeted lead. For replies the mailbox fields are ambiguous, so only fields that name
+    /// the lead are read (`leadCorrespondence.targetLeadEmail`, then `sl_lead_email`).
+    fn lead(&self, is_reply: bool) -> Value {
+        let mut email_paths = vec![
+            "leadCorrespondence.targetLeadEmail",
+            "sl_lead_email",
+            "lead.email",
+            "lead_email",
+            "lead_data.email",
+        ];
+        if !is_reply {
+            email_paths.push("to_email");
+        }
+        let full_name = self.str_at(&["lead.name", "lead_name", "to_name"]);
+        let (split_first, split_last) = split_name(full_name.as_deref());
+        let first = self
+            .str_at(&["lead.first_name", "lead_data.first_name"])
+            .or(split_first);
+        let last = self
+            .str_at(&["lead.last_name", "lead_data.last_name"])
+            .or(split_last);
+        let name = match (&first, &last) {
+            (Some(f), Some(l)) => Some(format!("{f} {l}")),
+            (Some(f), None) => Some(f.clone()),
+            (None, Some(l)) => Some(l.clone()),
+            (None, None) => full_name,
+        };
+        json!({
+            "id": self.id_at(&["lead_id", "lead.id", "sl_email_lead_id"]),
+            "email": self.str_at(&email_paths),
+            "first_name": first,
+            "last_name": last,
+            "name": name,
+            "company_name": self.str_at(&["lead.company_name", "lead_data.company_name", "company_name"]),
+        })
+    }
+
+    fn reply(&self, is_reply: bool) -> Value {
+        let html = self
+            .str_at(&["reply_message.html", "reply_body", "reply.html"])
+            .or_else(|| {
+                self.str_at(&["reply.body"])
+                    .filter(|body| looks_like_html(body))
+            });
+        let text = self
+            .str_at(&["reply_message.text", "reply.text"])
+            .or_else(|| {
+                self.str_at(&["reply.body"])
+                    .filter(|body| !looks_like_html(body))
+            })
+            .or_else(|| html.as_deref().map(html_to_text))
+            .or_else(|| self.str_at(&["preview_text"]));
+        let from = self.str_at(&[
+            "reply.from",
+            "leadCorrespondence.replyReceivedFrom",
+            "sl_lead_email",
+        ]);
+        let subject = self.str_at(&["reply.subject"]).or_else(|| {
+            is_reply
+                .then(|| self.str_at(&["subject"]))
+                .flatten()
+        });
+        let message_id = self.str_at(&["reply.message_id", "reply_message.message_id"]).or_else(|| {
+            is_reply
+                .then(|| self.str_at(&["message_id"]))
+                .flatten()
+        });
+        json!({
+            "subject": subject,
+            "text": text,
+            "html": html,
+            "from": from,
+            "received_at": self.time_at(&["reply.received_at", "reply_message.time", "time_replied"]),
+            "message_id": message_id,
+        })
+    }
+
+    fn bounce(&self, is_bounce: bool) -> Value {
+        let reason = self.str_at(&[
+            "bounce_reason",
+            "bounce.reason",
+            "bounce_message.text",
+            "bounce_reply_email_preview",
+        ]);
+        let reason = reason.or_else(|| {
+            self.str_at(&["bounce_message.html", "bounce_reply_email"])
+                .map(|h| html_to_text(&h))
+        });
+        let declared = self.str_at(&["bounce_type", "bounce.type"]);
+        let kind = match declared.as_deref().map(str::to_ascii_lowercase).as_deref() {
+            Some("hard" | "permanent") => Some("hard"),
+            Some("soft" | "transient" | "temporary") => Some("soft"),
+            Some(_) => Some("unknown"),
+            None if is_bounce || reason.is_some() => {
+                Some(bounce_type_from_text(reason.as_deref().unwrap_or("")))
+            }
+            None => None,
+        };
+        json!({ "type": kind, "reason": reason })
+    }
+}
+
+/// Reads a bounce's type from its text: SMTP 5xx / enhanced 5.x.x codes and the usual phrases
+/// are hard, 4xx / 4.x.x and "mailbox full"-style phrases are soft, anything else unknown.
+pub(crate) fn bounce_type_from_text(text: &str) -> &'static str {
+    let lower = text.to_ascii_lowercase();
+    let has_code = |class: char| {
+        lower.split(|c: char| !c.is_ascii_alphanumeric() && c != '.').any(|word| {
+            let mut chars = word.chars();
+            let first = chars.next();
+            let rest: String = chars.collect();
+            first == Some(class)
+                && ((rest.len() == 2 && rest.chars().all(|c| c.is_ascii_digit()))
+                    || (rest.starts_with('.')
+                        && rest[1..].split('.').count() == 2
+                        && rest[1..].split('.').all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))))
+        })
+    };
+    const HARD: &[&str] = &[
+        "user unknown",
+        "does not exist",
+        "no such user",
+        "unknown user",
+        "address rejected",
+        "invalid recipient",
+        "recipient not found",
+        "mailbox unavailable",
+        "address not found",
+    ];
+    const SOFT: &[&str] = &[
+        "mailbox full",
+        "over quota",
+        "quota exceeded",
+        "try again",
+        "temporarily",
+        "temporary",
+        "greylist",
+    ];
+    if has_code('5') || HARD.iter().any(|p| lower.contains(p)) {
+        "hard"
+    } else if has_code('4') || SOFT.iter().any(|p| lower.contains(p)) {
+        "soft"
+    } else {
+        "unknown"
+    }
+}
+
+fn looks_like_html(s: &str) -> bool {
+    let t = s.trim_start();
+    t.starts_with('<') && t.contains('>')
+}
+
+/// Plain text from an HTML email body (quoted history kept, markup gone).
+pub(crate) fn html_to_text(html: &str) -> String {
+    let text = html2text::config::plain_no_decorate()
+        .string_from_read(html.as_bytes(), 10_000)
+        .unwrap_or_else(|_| html.to_string());
+    text.lines()
+        .map(str::trim_end)
+        .collect::<Vec<_>>()
+        .join("\n")
+        .trim()
+        .to_string()
+}
+
+fn split_name(name: Option<&str>) -> (Option<String>, Option<String>) {
+    let Some(name) = name else {
+        return (None, None);
+    };
+    let mut parts = name.splitn(2, char::is_whitespace);
+    let first = parts.next().map(str::to_string).filter(|s| !s.is_empty());
+    let last = parts.next().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+    (first, last)
+}
+
+fn rfc3339(s: &str) -> String {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc).to_rfc3339_opts(SecondsFormat::AutoSi, true))
+        .unwrap_or_else(|_| s.to_string())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,148 @@
+//! Normalisation of both SmartLead shapes, checked against the sample payloads.
+
+use super::*;
+use crate::event::Source;
+
+fn normalise(text: &str) -> Value {
+    let payload: Value = serde_json::from_str(text).unwrap();
+    SmartLead.normalise(payload.as_object().unwrap())
+}
+
+macro_rules! fixture {
+    ($name:literal) => {
+        normalise(include_str!(concat!(
+            "../../../tests/fixtures/smartlead/",
+            $name,
+            ".json"
+        )))
+    };
+}
+
+#[test]
+fn docs_reply_keeps_lead_and_reply() {
+    let e = fixture!("docs_04_email_replied");
+    assert_eq!(e["event"], "EMAIL_REPLIED");
+    assert_eq!(e["source_event"], "EMAIL_REPLIED");
+    assert_eq!(e["campaign"]["id"], 123);
+    assert_eq!(e["campaign"]["name"], "Q1 Outreach");
+    assert_eq!(e["lead"]["email"], "jane.doe@example.com");
+    assert_eq!(e["lead"]["name"], "Jane Doe");
+    assert_eq!(e["lead"]["id"], 789);
+    assert_eq!(
+        e["reply"]["text"],
+        "Thanks for reaching out. Can we talk Thursday at 3pm?"
+    );
+    assert_eq!(e["reply"]["subject"], "Re: Quick question");
+    assert_eq!(e["timestamp"], "2024-11-25T11:00:00Z");
+}
+
+#[test]
+fn real_reply_targets_the_lead_and_gives_plain_text() {
+    let e = fixture!("real_13_email_reply");
+    assert_eq!(e["event"], "EMAIL_REPLIED");
+    assert_eq!(e["source_event"], "EMAIL_REPLY");
+    assert_eq!(e["lead"]["email"], "james.parker@prospect.example");
+    assert_eq!(e["lead"]["first_name"], "James");
+    assert_eq!(e["lead"]["id"], 1482956);
+    assert_eq!(e["campaign"]["id"], 9181);
+    assert!(
+        e["reply"]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("Sounds good, send me some times.")
+    );
+    assert_eq!(e["reply"]["message_id"], "<CAB=reply-7781@mail.prospect.example>");
+    assert_eq!(
+        e["inbox_url"],
+        "https://app.smartlead.ai/app/master-inbox?leadMap=1438627"
+    );
+    assert!(e["raw"].get("secret_key").is_none());
+    assert!(!e.to_string().contains("fakesecret"));
+}
+
+#[test]
+fn reply_never_takes_the_sending_mailbox_as_lead() {
+    let e = normalise(
+        r#"{"event_type":"EMAIL_REPLY","from_email":"lead@x.example","to_email":"sdr@us.example",
+            "leadCorrespondence":{"targetLeadEmail":"lead@x.example"}}"#,
+    );
+    assert_eq!(e["lead"]["email"], "lead@x.example");
+    let e = normalise(r#"{"event_type":"EMAIL_REPLY","to_email":"sdr@us.example"}"#);
+    assert_eq!(e["lead"]["email"], Value::Null);
+}
+
+#[test]
+fn reply_text_comes_from_html_when_only_html_arrives() {
+    let e = normalise(
+        r#"{"event_type":"EMAIL_REPLY","reply_message":{"html":"<p>Yes &amp; <b>soon</b></p><p>Bye</p>"}}"#,
+    );
+    let text = e["reply"]["text"].as_str().unwrap();
+    assert!(text.contains("Yes & soon"), "{text}");
+    assert!(!text.contains('<'), "{text}");
+}
+
+#[test]
+fn real_bounce_type_is_read_from_the_bounce_text() {
+    let e = fixture!("real_15_email_bounce");
+    assert_eq!(e["event"], "EMAIL_BOUNCED");
+    assert_eq!(e["bounce"]["type"], "hard");
+    assert!(e["bounce"]["reason"].as_str().unwrap().contains("User unknown"));
+    assert_eq!(e["lead"]["email"], "nobody@invalid.example");
+}
+
+#[test]
+fn bounce_text_classification() {
+    assert_eq!(bounce_type_from_text("550 5.1.1 User unknown"), "hard");
+    assert_eq!(bounce_type_from_text("452 4.2.2 Mailbox full"), "soft");
+    assert_eq!(bounce_type_from_text("mailbox full, try again later"), "soft");
+    assert_eq!(bounce_type_from_text("Something odd happened"), "unknown");
+    assert_eq!(bounce_type_from_text("Status: 5.7.1 blocked"), "hard");
+}
+
+#[test]
+fn docs_bounce_keeps_declared_type() {
+    let e = fixture!("docs_05_email_bounced_hard");
+    assert_eq!(e["bounce"]["type"], "hard");
+    assert_eq!(e["lead"]["company_name"], "Ghost LLC");
+}
+
+#[test]
+fn clicks_opens_and_unsubscribes() {
+    let e = fixture!("real_12_email_link_click");
+    assert_eq!(e["event"], "EMAIL_CLICKED");
+    assert_eq!(e["link"]["url"], "https://example.com/demo?a=1&b=2");
+    let e = fixture!("docs_03_email_clicked");
+    assert_eq!(e["link"]["url"].as_str().unwrap(), "https://example.com/demo?utm_source=smartlead&ref=a%20b&x=<y>");
+    let e = fixture!("docs_02_email_opened");
+    assert_eq!(e["event"], "EMAIL_OPENED");
+    assert_eq!(e["open"]["count"], 3);
+    let e = fixture!("real_11_email_open");
+    assert_eq!(e["source_event"], "EMAIL_OPEN");
+    assert_eq!(e["open"]["last_at"], "2025-03-28T09:20:15.618881Z");
+    let e = fixture!("real_16_lead_unsubscribed");
+    assert_eq!(e["event"], "EMAIL_UNSUBSCRIBED");
+    assert_eq!(e["lead"]["email"], "optout@example.org");
+    assert_eq!(e["lead"]["first_name"], "Bob");
+    let e = fixture!("real_17_lead_category_updated");
+    assert_eq!(e["event"], "LEAD_CATEGORY_UPDATED");
+    assert_eq!(e["lead"]["company_name"], "Prospect Inc.");
+}
+
+#[test]
+fn first_email_sent_is_email_sent_and_ids_may_be_strings() {
+    let e = normalise(r#"{"event_type":"FIRST_EMAIL_SENT","campaign_id":"42","lead_id":"abc"}"#);
+    assert_eq!(e["event"], "EMAIL_SENT");
+    assert_eq!(e["source_event"], "FIRST_EMAIL_SENT");
+    assert_eq!(e["campaign"]["id"], 42);
+    assert_eq!(e["lead"]["id"], "abc");
+}
+
+#[test]
+fn empty_and_null_payloads_still_normalise() {
+    let e = normalise("{}");
+    assert_eq!(e["event"], "UNKNOWN");
+    assert_eq!(e["lead"]["email"], Value::Null);
+    let e = normalise(r#"{"event":null,"lead":null,"campaign_id":null,"reply":null}"#);
+    assert_eq!(e["event"], "UNKNOWN");
+    assert_eq!(e["campaign"]["id"], Value::Null);
+}

@@ -1,0 +1,90 @@
+//! Rules: compiled conditions and the rule set that matches events against them.
+//!
+//! Rules are indexed by event type and campaign id when they are compiled, so an event is only
+//! evaluated against rules that could match it: a rule set of thousands costs little per event.
+
+pub mod condition;
+mod index;
+
+pub use condition::{Condition, Verdict};
+
+use crate::actions::Action;
+use index::Index;
+use serde_json::Value;
+use std::path::PathBuf;
+
+/// One compiled rule.
+#[derive(Debug)]
+pub struct Rule {
+    /// The rule's unique name.
+    pub name: String,
+    /// Whether the rule is switched on.
+    pub enabled: bool,
+    /// Whether evaluation ends after this rule when it matches.
+    pub stop: bool,
+    /// What must hold.
+    pub when: Condition,
+    /// What to do, in order.
+    pub actions: Vec<Action>,
+    /// Where the rule is written: file and line.
+    pub origin: (PathBuf, u32),
+}
+
+/// Every rule of one configuration, in file order, with the index used to skip rules that
+/// cannot match.
+#[derive(Debug, Default)]
+pub struct RuleSet {
+    rules: Vec<Rule>,
+    index: Index,
+}
+
+impl RuleSet {
+    /// Builds the set (and its index) from rules in evaluation order.
+    pub fn new(rules: Vec<Rule>) -> Self {
+        let index = Index::build(&rules);
+        RuleSet { rules, index }
+    }
+
+    /// All rules in evaluation order, enabled or not.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// A rule by its position.
+    pub fn get(&self, i: usize) -> &Rule {
+        &self.rules[i]
+    }
+
+    /// The positions of the rules that match `event`, in file order, honouring `stop`.
+    pub fn matching(&self, event: &Value) -> Vec<usize> {
+        let mut matched = Vec::new();
+        for i in self.index.candidates(event) {
+            let rule = &self.rules[i];
+            if rule.when.holds(event) {
+                matched.push(i);
+                if rule.stop {
+                    break;
+                }
+            }
+        }
+        matched
+    }
+
+    /// Every rule with the verdict of each of its conditions, for `test --explain`.
+    /// Evaluation order and `stop` are honoured: rules after a stopping match are `skipped`.
+    pub fn explain(&self, event: &Value) -> Vec<(usize, Option<Verdict>)> {
+        let mut stopped = false;
+        self.rules
+            .iter()
+            .enumerate()
+            .map(|(i, rule)| {
+                if stopped || !rule.enabled {
+                    return (i, None);
+                }
+                let verdict = rule.when.explain(event);
+                stopped = verdict.holds && rule.stop;
+                (i, Some(verdict))
+            })
+            .collect()
+    }
+}

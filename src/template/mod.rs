@@ -1,0 +1,235 @@
+//! Templates: Handlebars in strict mode, with values escaped automatically for where the
+//! rendered text lands (Slack mrkdwn, Slack JSON, HTML, JSON strings, URLs, plain text).
+//!
+//! Every template is compiled once per configuration load into one registry per [`Escape`]
+//! mode; rendering is then a lookup and a render. Templates cannot read files or the
+//! environment: only the event is in scope, and only the helpers in [`helpers`] exist.
+
+pub mod escape;
+mod helpers;
+
+pub use escape::Escape;
+
+use handlebars::Handlebars;
+use sha2::{Digest, Sha256};
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::path::Path;
+
+/// A compiled template: its registered name and the escaping it renders with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    name: String,
+    escape: Escape,
+}
+
+impl Template {
+    /// The escaping this template renders with.
+    pub fn escape(&self) -> Escape {
+        self.escape
+    }
+    /// The template's name: a file under the templates directory, or `inline:…`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// A template that does not compile, with its position inside the template text.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct TemplateError {
+    /// 1-based line inside the template text, when known.
+    pub line: Option<usize>,
+    /// 1-based column inside the template text, when known.
+    pub column: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// A template that failed to render for one event.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("template {template}: {message}")]
+pub struct RenderError {
+    /// The template's name.
+    pub template: String,
+    /// What went wrong (a missing variable names its path).
+    pub message: String,
+    /// The path of the missing variable, in strict mode.
+    pub missing: Option<String>,
+}
+
+/// Every compiled template of one configuration.
+pub struct Templates {
+    registries: Vec<Handlebars<'static>>,
+    files: BTreeSet<String>,
+    inline_count: usize,
+    digest: Sha256,
+}
+
+impl std::fmt::Debug for Templates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Templates")
+            .field("files", &self.files)
+            .field("inline", &self.inline_count)
+            .finish()
+    }
+}
+
+impl Default for Templates {
+    fn default() -> Self {
+        Templates {
+            registries: Escape::ALL.iter().map(|&e| registry(e)).collect(),
+            files: BTreeSet::new(),
+            inline_count: 0,
+            digest: Sha256::new(),
+        }
+    }
+}
+
+fn registry(escape: Escape) -> Handlebars<'static> {
+    let mut hb = Handlebars::new();
+    hb.set_strict_mode(true);
+    hb.set_prevent_indent(true);
+    hb.register_escape_fn(escape.function());
+    helpers::register(&mut hb, escape);
+    hb
+}
+
+impl Templates {
+    /// Compiles every `*.hbs` file below `dir`, named by its path relative to `dir`
+    /// (`slack/reply.hbs`). Returns each file's errors with the file's name and position.
+    pub fn load_dir(dir: &Path) -> Result<Self, Vec<(std::path::PathBuf, TemplateError)>> {
+        let mut templates = Templates::default();
+        let mut errors = Vec::new();
+        let mut paths = Vec::new();
+        collect_files(dir, &mut paths);
+        paths.sort();
+        for path in paths {
+            let name = path
+                .strip_prefix(dir)
+                .unwrap_or(&path)
+                .to_string_lossy()
+                .replace('\\', "/");
+            let result = std::fs::read_to_string(&path)
+                .map_err(|e| TemplateError {
+                    line: None,
+                    column: None,
+                    message: format!("cannot read: {e}"),
+                })
+                .and_then(|source| {
+                    templates.digest.update(name.as_bytes());
+                    templates.digest.update(source.as_bytes());
+                    templates.register(&name, &source)
+                });
+            match result {
+                Ok(()) => {
+                    templates.files.insert(name);
+                }
+                Err(e) => errors.push((path, e)),
+            }
+        }
+        if errors.is_empty() {
+            Ok(templates)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// SHA-256 over every loaded file's name and text.
+    pub fn digest(&self) -> Vec<u8> {
+        self.digest.clone().finalize().to_vec()
+    }
+
+    /// Whether a template file of that name was loaded.
+    pub fn has_file(&self, name: &str) -> bool {
+        self.files.contains(name)
+    }
+
+    /// The names of the loaded template files.
+    pub fn file_names(&self) -> impl Iterator<Item = &str> {
+        self.files.iter().map(String::as_str)
+    }
+
+    /// A loaded file rendered with `escape`, if the file exists.
+    pub fn file(&self, name: &str, escape: Escape) -> Option<Template> {
+        self.has_file(name).then(|| Template {
+            name: name.to_string(),
+            escape,
+        })
+    }
+
+    /// Compiles an inline template (text written in the rules file).
+    pub fn inline(&mut self, source: &str, escape: Escape) -> Result<Template, TemplateError> {
+        self.inline_count += 1;
+        let name = format!("inline:{}", self.inline_count);
+        self.registries[escape.index()]
+            .register_template_string(&name, source)
+            .map_err(template_error)?;
+        Ok(Template { name, escape })
+    }
+
+    /// Renders a template against an event.
+    pub fn render(&self, template: &Template, data: &Value) -> Result<String, RenderError> {
+        self.registries[template.escape.index()]
+            .render(&template.name, data)
+            .map_err(|e| {
+                let missing = match e.reason() {
+                    handlebars::RenderErrorReason::MissingVariable(path) => path.clone(),
+                    _ => None,
+                };
+                let message = match &missing {
+                    Some(path) => format!(
+                        "variable `{path}` does not exist (guard optional values with {{{{#if}}}})"
+                    ),
+                    None => e.reason().to_string(),
+                };
+                let at = match (e.line_no, e.column_no) {
+                    (Some(l), Some(c)) => format!(" at line {l}, column {c}"),
+                    _ => String::new(),
+                };
+                RenderError {
+                    template: template.name.clone(),
+                    message: format!("{message}{at}"),
+                    missing,
+                }
+            })
+    }
+
+    fn register(&mut self, name: &str, source: &str) -> Result<(), TemplateError> {
+        for hb in &mut self.registries {
+            hb.register_template_string(name, source)
+                .map_err(template_error)?;
+        }
+        Ok(())
+    }
+}
+
+fn template_error(e: handlebars::TemplateError) -> TemplateError {
+    let (line, column) = e.pos().map_or((None, None), |(l, c)| (Some(l), Some(c)));
+    TemplateError {
+        line,
+        column,
+        message: e.reason().to_string(),
+    }
+}
+
+fn collect_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let hidden = entry.file_name().to_string_lossy().starts_with('.');
+        if hidden {
+            continue;
+        }
+        if path.is_dir() {
+            collect_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "hbs") {
+            out.push(path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,91 @@
+//! Rendering and escaping per destination, and strict mode.
+
+use super::*;
+use serde_json::json;
+
+fn render(source: &str, escape: Escape, data: &Value) -> Result<String, RenderError> {
+    let mut t = Templates::default();
+    let tpl = t.inline(source, escape).expect("compiles");
+    t.render(&tpl, data)
+}
+
+fn hostile() -> Value {
+    json!({"lead": {"name": "<!channel> & \"Bob\"\nsecond <https://evil.example|click>"}, "n": null})
+}
+
+#[test]
+fn slack_mode_escapes_control_characters() {
+    let out = render("Reply from {{lead.name}}", Escape::Slack, &hostile()).unwrap();
+    assert!(out.contains("&lt;!channel&gt; &amp;"), "{out}");
+    assert!(!out.contains('<'), "{out}");
+}
+
+#[test]
+fn slack_json_mode_produces_valid_json() {
+    let out = render(r#"{"text": "{{lead.name}}"}"#, Escape::SlackJson, &hostile()).unwrap();
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v["text"],
+        "&lt;!channel&gt; &amp; \"Bob\"\nsecond &lt;https://evil.example|click&gt;"
+    );
+}
+
+#[test]
+fn json_mode_escapes_strings_and_json_helper_inserts_values() {
+    let out = render(
+        r#"{"name": "{{lead.name}}", "lead": {{json lead}}, "n": {{json n}}}"#,
+        Escape::Json,
+        &hostile(),
+    )
+    .unwrap();
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["name"], hostile()["lead"]["name"]);
+    assert_eq!(v["lead"], hostile()["lead"]);
+    assert_eq!(v["n"], Value::Null);
+}
+
+#[test]
+fn html_mode_escapes_markup_and_triple_stash_is_raw() {
+    let out = render("<p>{{lead.name}}</p>{{{lead.name}}}", Escape::Html, &hostile()).unwrap();
+    assert!(out.starts_with("<p>&lt;!channel&gt; &amp; &quot;Bob&quot;"), "{out}");
+    assert!(out.contains("<!channel>"), "{out}");
+}
+
+#[test]
+fn strict_mode_names_the_missing_variable() {
+    let err = render("Hi {{lead.frist_name}}", Escape::Plain, &hostile()).unwrap_err();
+    assert_eq!(err.missing.as_deref(), Some("lead.frist_name"));
+    assert!(render("{{#if lead.nope}}x{{/if}}ok", Escape::Plain, &hostile()).is_ok());
+    assert_eq!(render("[{{n}}]", Escape::Plain, &hostile()).unwrap(), "[]");
+}
+
+#[test]
+fn helpers() {
+    let data = json!({"s": "Hello World", "e": "", "t": "2025-03-28T09:35:01Z", "x": "<b>"});
+    let r = |src| render(src, Escape::Slack, &data).unwrap();
+    assert_eq!(r("{{truncate s 5}}"), "Hell…");
+    assert_eq!(r("{{default e \"there\"}}"), "there");
+    assert_eq!(r("{{upper s}} {{lower s}}"), "HELLO WORLD hello world");
+    assert_eq!(r("{{date t}}"), "2025-03-28 09:35 UTC");
+    assert_eq!(r("{{date t \"%d %b\"}}"), "28 Mar");
+    assert_eq!(r("{{upper x}}"), "&lt;B&gt;");
+    assert_eq!(r("{{json x}}"), "\"&lt;b&gt;\"");
+}
+
+#[test]
+fn url_mode_percent_encodes_values() {
+    let out = render(
+        "https://crm.example/leads?email={{e}}",
+        Escape::Url,
+        &json!({"e": "a+b@x.example&admin=1"}),
+    )
+    .unwrap();
+    assert_eq!(out, "https://crm.example/leads?email=a%2Bb%40x%2Eexample%26admin%3D1");
+}
+
+#[test]
+fn broken_template_reports_its_position() {
+    let mut t = Templates::default();
+    let err = t.inline("line one\n{{#if x}}unclosed", Escape::Plain).unwrap_err();
+    assert!(err.line.is_some(), "{err:?}");
+}
