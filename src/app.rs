@@ -1,1 +1,164 @@
-//! app (todo)
+//! The state the server, the reload triggers and the workers share: the current configuration
+//! (swapped atomically on reload), the last reload's result, and counters for `/metrics`.
+
+use crate::config::{self, Config, Diagnostics, Sources};
+use arc_swap::ArcSwap;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// The result of the most recent reload attempt.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadStatus {
+    /// Whether it succeeded (the new configuration is serving).
+    pub ok: bool,
+    /// When it was attempted.
+    pub at: DateTime<Utc>,
+    /// What asked for it: `start`, `file change`, `SIGHUP`, `POST /-/reload`.
+    pub trigger: String,
+    /// Every problem, when it failed.
+    pub errors: Diagnostics,
+}
+
+/// Counters exposed on `/metrics`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Events accepted.
+    pub events_accepted: AtomicU64,
+    /// Requests rejected (bad body, unknown source, queue full).
+    pub events_rejected: AtomicU64,
+    /// Deliveries that reached their destination.
+    pub deliveries_ok: AtomicU64,
+    /// Deliveries that failed for good.
+    pub deliveries_failed: AtomicU64,
+    /// Deliveries skipped because their destination is not configured.
+    pub deliveries_skipped: AtomicU64,
+    /// Unix time of the last successful reload.
+    pub last_success_unix: AtomicU64,
+}
+
+/// Shared router state.
+pub struct App {
+    /// Where the configuration is loaded from.
+    pub sources: Sources,
+    config: ArcSwap<Config>,
+    status: Mutex<ReloadStatus>,
+    reload_lock: Mutex<()>,
+    /// Counters for `/metrics`.
+    pub counters: Counters,
+}
+
+impl App {
+    /// Loads the configuration for the first time; fails with every problem if it is invalid.
+    pub fn load(sources: Sources) -> Result<Arc<App>, Diagnostics> {
+        let config = config::load(&sources)?;
+        let counters = Counters::default();
+        counters
+            .last_success_unix
+            .store(config.loaded_at.timestamp() as u64, Ordering::Relaxed);
+        let status = ReloadStatus {
+            ok: true,
+            at: config.loaded_at,
+            trigger: "start".into(),
+            errors: Diagnostics::default(),
+        };
+        Ok(Arc::new(App {
+            sources,
+            config: ArcSwap::from_pointee(config),
+            status: Mutex::new(status),
+            reload_lock: Mutex::new(()),
+            counters,
+        }))
+    }
+
+    /// The configuration serving now. Holders keep theirs through a reload.
+    pub fn current(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// The last reload's result.
+    pub fn reload_status(&self) -> ReloadStatus {
+        self.status.lock().expect("status lock").clone()
+    }
+
+    /// Compiles the configuration again and, only if all of it is valid, swaps it in. On error
+    /// the old configuration keeps serving and the errors are logged and kept for `/api/status`.
+    /// Blocking (it reads files and compiles): call it from a blocking context.
+    pub fn reload(&self, trigger: &str) -> Result<Arc<Config>, Diagnostics> {
+        let _one_at_a_time = self.reload_lock.lock().expect("reload lock");
+        let result = config::load(&self.sources);
+        let now = Utc::now();
+        let mut status = self.status.lock().expect("status lock");
+        match result {
+            Ok(new) => {
+                let new = Arc::new(new);
+                let old = self.config.swap(new.clone());
+                self.counters
+                    .last_success_unix
+                    .store(now.timestamp() as u64, Ordering::Relaxed);
+                *status = ReloadStatus { ok: true, at: now, trigger: trigger.into(), errors: Diagnostics::default() };
+                tracing::info!(
+                    trigger,
+                    rules = new.rules.rules().len(),
+                    hash = %short_hash(&new.hash),
+                    changed = old.hash != new.hash,
+                    "Configuration reloaded."
+                );
+                for w in new.warnings.iter() {
+                    tracing::warn!("{w}");
+                }
+                Ok(new)
+            }
+            Err(errors) => {
+                for e in errors.iter() {
+                    tracing::error!(trigger, "Reload failed, the previous rules keep serving: {e}");
+                }
+                *status = ReloadStatus { ok: false, at: now, trigger: trigger.into(), errors: errors.clone() };
+                Err(errors)
+            }
+        }
+    }
+
+    /// `/api/status`: what is loaded and how the last reload went.
+    pub fn status_json(&self) -> Value {
+        let config = self.current();
+        let rules = config.rules.rules();
+        json!({
+            "rules_loaded": rules.len(),
+            "rules_enabled": rules.iter().filter(|r| r.enabled).count(),
+            "rules": rules.iter().map(|r| json!({
+                "name": r.name,
+                "enabled": r.enabled,
+                "actions": r.actions.iter().map(|a| a.kind()).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            "config_hash": config.hash,
+            "loaded_at": config.loaded_at,
+            "files": config.files,
+            "warnings": config.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "last_reload": self.reload_status_json(),
+        })
+    }
+
+    fn reload_status_json(&self) -> Value {
+        let s = self.reload_status();
+        json!({
+            "ok": s.ok,
+            "at": s.at,
+            "trigger": s.trigger,
+            "errors": s.errors.iter().map(|d| json!({
+                "file": d.file,
+                "line": d.line,
+                "column": d.column,
+                "message": d.message,
+                "text": d.to_string(),
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// The first 12 hex digits of a configuration hash, for logs.
+pub fn short_hash(hash: &str) -> &str {
+    &hash[..hash.len().min(12)]
+}

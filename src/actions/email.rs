@@ -45,7 +45,7 @@ type Transport = AsyncSmtpTransport<Tokio1Executor>;
 
 /// A compiled email action.
 pub struct Email {
-    transport: Option<Arc<Transport>>,
+    transport: Result<Arc<Transport>, String>,
     server: String,
     from: Mailbox,
     to: Vec<Mailbox>,
@@ -119,11 +119,10 @@ impl Channel for Email {
         };
         let expanded = cx.expand(url)?;
         let (transport, server) = if expanded.value.trim().is_empty() {
-            cx.unconfigured(pos(url), "smtp_url", &expanded);
-            (None, String::new())
+            (Err(cx.unconfigured(pos(url), "smtp_url", &expanded)), String::new())
         } else {
             match transport(&expanded.value) {
-                Ok((t, server)) => (Some(Arc::new(t)), server),
+                Ok((t, server)) => (Ok(Arc::new(t)), server),
                 Err(e) => {
                     cx.error(pos(url), format!("bad `smtp_url`: {e}"));
                     return None;
@@ -156,15 +155,16 @@ impl Channel for Email {
         Some(Email { transport, server, from, to, cc, subject, text, html })
     }
 
+    fn unconfigured(&self) -> Option<&str> {
+        self.transport.as_ref().err().map(String::as_str)
+    }
+
     fn render(&self, event: &Value, t: &Templates) -> Result<EmailMessage, RenderFailure> {
         let subject = header_value(&t.render(&self.subject, event)?);
         let text = self.text.as_ref().map(|x| t.render(x, event)).transpose()?;
         let html = self.html.as_ref().map(|x| t.render(x, event)).transpose()?;
-        if self.transport.is_none() {
-            return Err(RenderFailure::Unconfigured("the SMTP server".into()));
-        }
         Ok(EmailMessage {
-            transport: self.transport.clone(),
+            transport: self.transport.clone().ok(),
             server: self.server.clone(),
             from: self.from.to_string(),
             to: self.to.iter().map(ToString::to_string).collect(),
@@ -185,7 +185,8 @@ impl Channel for Email {
     }
 
     fn describe(m: &EmailMessage) -> String {
-        let mut out = format!("SMTP {}\nFrom: {}\nTo: {}\n", m.server, m.from, m.to.join(", "));
+        let server = if m.server.is_empty() { "(smtp_url not configured)" } else { &m.server };
+        let mut out = format!("SMTP {server}\nFrom: {}\nTo: {}\n", m.from, m.to.join(", "));
         if !m.cc.is_empty() {
             out.push_str(&format!("Cc: {}\n", m.cc.join(", ")));
         }

@@ -40,7 +40,7 @@ pub struct Settings {
 /// A compiled HTTP action.
 #[derive(Debug)]
 pub struct Http {
-    url: Option<Template>,
+    url: Result<Template, String>,
     url_secret: bool,
     method: reqwest::Method,
     headers: Vec<(String, Template, bool)>,
@@ -105,8 +105,7 @@ impl Channel for Http {
         };
         let expanded = cx.expand(url)?;
         let url_template = if expanded.value.trim().is_empty() {
-            cx.unconfigured(pos(url), "url", &expanded);
-            None
+            Err(cx.unconfigured(pos(url), "url", &expanded))
         } else {
             let literal = expanded.value.split("{{").next().unwrap_or("").to_ascii_lowercase();
             if !(literal.starts_with("http://") || literal.starts_with("https://")) {
@@ -115,7 +114,7 @@ impl Channel for Http {
                 return None;
             }
             let spanned = Spanned { value: expanded.value.clone(), referenced: url.referenced, defined: url.defined };
-            cx.template(Some(&spanned), None, Escape::Url, ("url", ""))?
+            Ok(cx.template(Some(&spanned), None, Escape::Url, ("url", ""))??)
         };
         let method = match &s.method {
             None => reqwest::Method::POST,
@@ -166,10 +165,16 @@ impl Channel for Http {
         Some(Http { url: url_template, url_secret: expanded.from_env(), method, headers, body, timeout })
     }
 
+    fn unconfigured(&self) -> Option<&str> {
+        self.url.as_ref().err().map(String::as_str)
+    }
+
     fn render(&self, event: &Value, t: &Templates) -> Result<HttpMessage, RenderFailure> {
-        let url_template = self.url.as_ref().ok_or_else(|| RenderFailure::Unconfigured("the URL".into()))?;
-        let url = t.render(url_template, event)?;
-        if !matches!(reqwest::Url::parse(&url).map(|u| u.scheme().to_string()).as_deref(), Ok("http" | "https")) {
+        let url = match &self.url {
+            Ok(tpl) => t.render(tpl, event)?,
+            Err(_) => String::new(),
+        };
+        if self.url.is_ok() && !matches!(reqwest::Url::parse(&url).map(|u| u.scheme().to_string()).as_deref(), Ok("http" | "https")) {
             return Err(RenderFailure::Invalid(format!("the URL rendered to {:?}, which is not an http(s) URL", redact(&url, self.url_secret))));
         }
         let headers = self
@@ -218,7 +223,13 @@ impl Channel for Http {
 }
 
 fn redact(url: &str, secret: bool) -> String {
-    if secret { redact_url(url) } else { url.to_string() }
+    if url.is_empty() {
+        "(url not configured)".into()
+    } else if secret {
+        redact_url(url)
+    } else {
+        url.to_string()
+    }
 }
 
 fn host(url: &str) -> String {

@@ -60,6 +60,10 @@ impl Channel for Log {
         }
     }
 
+    fn unconfigured(&self) -> Option<&str> {
+        None
+    }
+
     fn render(&self, event: &Value, t: &Templates) -> Result<LogMessage, RenderFailure> {
         Ok(LogMessage { message: t.render(&self.message, event)? })
     }

@@ -75,9 +75,6 @@ impl SendError {
 /// Why an action produced no message for an event.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RenderFailure {
-    /// The destination's URL or server came out empty: the named variables need setting.
-    #[error("destination is not configured: set {0}")]
-    Unconfigured(String),
     /// A template failed for this event.
     #[error(transparent)]
     Template(#[from] crate::template::RenderError),
@@ -99,7 +96,9 @@ pub trait Channel: Sized {
     fn destination(settings: &Self::Settings) -> Option<&crate::config::raw::Spanned<String>>;
     /// Validates and compiles settings, reporting every problem through `cx`.
     fn compile(settings: Self::Settings, cx: &mut Ctx<'_>) -> Option<Self>;
-    /// Renders the message for one event.
+    /// What to set when the destination's address came out empty (deliveries are skipped).
+    fn unconfigured(&self) -> Option<&str>;
+    /// Renders the message for one event (also when unconfigured, for `test`).
     fn render(&self, event: &Value, templates: &Templates) -> Result<Self::Message, RenderFailure>;
     /// Sends a rendered message.
     fn send(
@@ -178,6 +177,11 @@ macro_rules! channels {
             /// The channel's name (`slack`, `email`, …).
             pub fn kind(&self) -> &'static str {
                 match self { $(Action::$variant(_) => stringify!($module),)+ }
+            }
+
+            /// What to set when the destination's address came out empty.
+            pub fn unconfigured(&self) -> Option<&str> {
+                match self { $(Action::$variant(a) => a.unconfigured(),)+ }
             }
 
             /// Renders the message this action sends for an event.

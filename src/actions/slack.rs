@@ -36,7 +36,7 @@ pub struct Settings {
 /// A compiled Slack action.
 #[derive(Debug)]
 pub struct Slack {
-    webhook_url: Option<String>,
+    webhook_url: Result<String, String>,
     body: Body,
     blocks: Option<Template>,
 }
@@ -84,13 +84,12 @@ impl Channel for Slack {
         };
         let expanded = cx.expand(url)?;
         let webhook_url = if expanded.value.trim().is_empty() {
-            cx.unconfigured(pos(url), "webhook_url", &expanded);
-            None
+            Err(cx.unconfigured(pos(url), "webhook_url", &expanded))
         } else if reqwest::Url::parse(&expanded.value).is_err() {
             cx.error(pos(url), "`webhook_url` is not a valid URL");
             return None;
         } else {
-            Some(expanded.value)
+            Ok(expanded.value)
         };
         let payload_file = s.template.as_ref().is_some_and(|t| t.value.ends_with(".json.hbs"));
         let escape = if payload_file { Escape::SlackJson } else { Escape::Slack };
@@ -106,6 +105,10 @@ impl Channel for Slack {
             return None;
         }
         Some(Slack { webhook_url, body, blocks })
+    }
+
+    fn unconfigured(&self) -> Option<&str> {
+        self.webhook_url.as_ref().err().map(String::as_str)
     }
 
     fn render(&self, event: &Value, t: &Templates) -> Result<SlackMessage, RenderFailure> {
@@ -125,10 +128,7 @@ impl Channel for Slack {
             return Err(RenderFailure::Invalid("the Slack payload must be a JSON object".into()));
         }
         fit_limits(&mut payload);
-        let webhook_url = self
-            .webhook_url
-            .clone()
-            .ok_or_else(|| RenderFailure::Unconfigured("the webhook URL".into()))?;
+        let webhook_url = self.webhook_url.clone().unwrap_or_default();
         Ok(SlackMessage { webhook_url, payload })
     }
 
@@ -157,7 +157,7 @@ impl Channel for Slack {
     fn describe(m: &SlackMessage) -> String {
         format!(
             "POST {}\nContent-Type: application/json\n\n{}",
-            redact_url(&m.webhook_url),
+            if m.webhook_url.is_empty() { "(webhook_url not configured)".into() } else { redact_url(&m.webhook_url) },
             serde_json::to_string_pretty(&m.payload).unwrap_or_default()
         )
     }

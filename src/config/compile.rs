@@ -66,7 +66,8 @@ impl Ctx<'_> {
     }
 
     /// Records that the destination's address came out empty, naming the variables to set.
-    pub fn unconfigured(&mut self, at: Pos, what: &str, expanded: &Expanded) {
+    /// Returns what to set, for the line logged when a delivery is skipped.
+    pub fn unconfigured(&mut self, at: Pos, what: &str, expanded: &Expanded) -> String {
         let vars = if expanded.vars.is_empty() {
             format!("`{what}`")
         } else {
@@ -74,7 +75,8 @@ impl Ctx<'_> {
         };
         self.unconfigured
             .entry(self.label.clone())
-            .or_insert((self.file.to_path_buf(), at, vars));
+            .or_insert((self.file.to_path_buf(), at, vars.clone()));
+        vars
     }
 
     /// The template of one part of a message: inline text or a file, not both.
@@ -105,6 +107,7 @@ impl Ctx<'_> {
             },
             (None, Some(name)) => match self.templates.file(&name.value, escape) {
                 Some(t) => Some(Some(t)),
+                None if self.templates.is_broken(&name.value) => None,
                 None => {
                     let known: Vec<&str> = self.templates.file_names().collect();
                     let known = if known.is_empty() {
@@ -134,20 +137,15 @@ struct Declared {
 /// Compiles parsed rules files (path, text, parsed) and the templates directory.
 pub fn compile(files: Vec<(PathBuf, String, RawFile)>, templates_dir: &Path) -> Result<Config, Diagnostics> {
     let mut errors = Diagnostics::default();
-    let mut templates = match Templates::load_dir(templates_dir) {
-        Ok(t) => t,
-        Err(list) => {
-            for (path, e) in list {
-                errors.push(Diagnostic::at(
-                    &path,
-                    e.line.unwrap_or(0) as u32,
-                    e.column.unwrap_or(0) as u32,
-                    format!("template does not compile: {}", e.message),
-                ));
-            }
-            Templates::default()
-        }
-    };
+    let (mut templates, broken) = Templates::load_dir(templates_dir);
+    for (path, e) in broken {
+        errors.push(Diagnostic::at(
+            &path,
+            e.line.unwrap_or(0) as u32,
+            e.column.unwrap_or(0) as u32,
+            format!("template does not compile: {}", e.message),
+        ));
+    }
     let mut hasher = Sha256::new();
     hasher.update(templates.digest());
     let mut destinations: HashMap<String, Declared> = HashMap::new();
@@ -247,6 +245,8 @@ pub fn compile(files: Vec<(PathBuf, String, RawFile)>, templates_dir: &Path) -> 
         }
     }
     let mut warnings = Diagnostics::default();
+    let mut unconfigured: Vec<_> = unconfigured.into_iter().collect();
+    unconfigured.sort_by(|a, b| (&a.1.0, a.1.1.line).cmp(&(&b.1.0, b.1.1.line)));
     for (label, (file, at, vars)) in unconfigured {
         warnings.push(Diagnostic::at(&file, at.line, at.column, format!(
             "{label} is not configured (its address is empty); its deliveries are skipped until {vars} is set"

@@ -62,6 +62,7 @@ pub struct RenderError {
 pub struct Templates {
     registries: Vec<Handlebars<'static>>,
     files: BTreeSet<String>,
+    broken: BTreeSet<String>,
     inline_count: usize,
     digest: Sha256,
 }
@@ -80,6 +81,7 @@ impl Default for Templates {
         Templates {
             registries: Escape::ALL.iter().map(|&e| registry(e)).collect(),
             files: BTreeSet::new(),
+            broken: BTreeSet::new(),
             inline_count: 0,
             digest: Sha256::new(),
         }
@@ -97,8 +99,9 @@ fn registry(escape: Escape) -> Handlebars<'static> {
 
 impl Templates {
     /// Compiles every `*.hbs` file below `dir`, named by its path relative to `dir`
-    /// (`slack/reply.hbs`). Returns each file's errors with the file's name and position.
-    pub fn load_dir(dir: &Path) -> Result<Self, Vec<(std::path::PathBuf, TemplateError)>> {
+    /// (`slack/reply.hbs`). Files that do not compile are left out and returned with their
+    /// errors (and remembered, so a rule naming one is not told the file is missing).
+    pub fn load_dir(dir: &Path) -> (Self, Vec<(std::path::PathBuf, TemplateError)>) {
         let mut templates = Templates::default();
         let mut errors = Vec::new();
         let mut paths = Vec::new();
@@ -125,14 +128,18 @@ impl Templates {
                 Ok(()) => {
                     templates.files.insert(name);
                 }
-                Err(e) => errors.push((path, e)),
+                Err(e) => {
+                    templates.broken.insert(name);
+                    errors.push((path, e));
+                }
             }
         }
-        if errors.is_empty() {
-            Ok(templates)
-        } else {
-            Err(errors)
-        }
+        (templates, errors)
+    }
+
+    /// Whether a template file of that name exists but does not compile.
+    pub fn is_broken(&self, name: &str) -> bool {
+        self.broken.contains(name)
     }
 
     /// SHA-256 over every loaded file's name and text.
