@@ -77,9 +77,9 @@ pub struct RawWhen {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCampaign {
-    /// One campaign id or a list.
+    /// One campaign id or a list (numbers or numeric strings).
     #[serde(default)]
-    pub id: Option<OneOrMany<i64>>,
+    pub id: Option<OneOrMany<Value>>,
     /// A glob (`Q1*`) or a list of globs on the campaign name.
     #[serde(default)]
     pub name: Option<OneOrMany<String>>,

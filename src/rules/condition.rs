@@ -283,7 +283,18 @@ pub fn compile(when: &Spanned<RawWhen>, error: &mut dyn FnMut(Pos, String)) -> C
             error(pos(campaign), "`campaign` needs `id` or `name`".into());
         }
         if let Some(ids) = &c.id {
-            parts.push(Condition::CampaignId(ids.clone().into_vec()));
+            let mut parsed = Vec::new();
+            let ids = match ids.clone() {
+                crate::config::raw::OneOrMany::One(Value::Array(list)) => list,
+                other => other.into_vec(),
+            };
+            for id in ids {
+                match as_number(&id).filter(|n| n.fract() == 0.0) {
+                    Some(n) => parsed.push(n as i64),
+                    None => error(pos(campaign), format!("campaign id {id} is not a whole number")),
+                }
+            }
+            parts.push(Condition::CampaignId(parsed));
         }
         if let Some(names) = &c.name {
             let globs = names

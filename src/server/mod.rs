@@ -49,8 +49,7 @@ pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Infall
     let with_state = warp::any().map(move || state.clone());
     let webhook = warp::post()
         .and(warp::path!("webhooks" / String))
-        .and(warp::body::content_length_limit(MAX_BODY_BYTES))
-        .and(warp::body::bytes())
+        .and(limited_body())
         .and(with_state.clone())
         .map(ingest::receive);
     let healthz = warp::get()
@@ -87,6 +86,43 @@ pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Infall
         .unify()
 }
 
+/// The request body, refused with 413 as soon as it passes [`MAX_BODY_BYTES`], whether the
+/// client announced its length or streams it chunked.
+fn limited_body() -> impl Filter<Extract = (bytes::Bytes,), Error = warp::Rejection> + Clone {
+    warp::header::optional::<u64>("content-length")
+        .and(warp::body::stream())
+        .and_then(collect_body)
+}
+
+async fn collect_body<S, B>(announced: Option<u64>, body: S) -> Result<bytes::Bytes, warp::Rejection>
+where
+    S: futures_util::Stream<Item = Result<B, warp::Error>>,
+    B: warp::Buf,
+{
+    use futures_util::TryStreamExt;
+    if announced.is_some_and(|n| n > MAX_BODY_BYTES) {
+        return Err(warp::reject::custom(TooLarge));
+    }
+    let mut collected = bytes::BytesMut::new();
+    let mut body = std::pin::pin!(body);
+    while let Some(mut chunk) = body.try_next().await.map_err(|_| warp::reject::custom(TooLarge))? {
+        if collected.len() + chunk.remaining() > MAX_BODY_BYTES as usize {
+            return Err(warp::reject::custom(TooLarge));
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            let n = part.len();
+            collected.extend_from_slice(part);
+            chunk.advance(n);
+        }
+    }
+    Ok(collected.freeze())
+}
+
+#[derive(Debug)]
+struct TooLarge;
+impl warp::reject::Reject for TooLarge {}
+
 /// A JSON error answer: `{"error": "…"}`.
 pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     warp::reply::with_status(warp::reply::json(&json!({"error": message.into()})), status).into_response()
@@ -96,7 +132,7 @@ async fn rejection(r: warp::Rejection) -> Result<Response, Infallible> {
     use warp::reject::{LengthRequired, MethodNotAllowed, PayloadTooLarge};
     Ok(if r.is_not_found() {
         error(StatusCode::NOT_FOUND, "no such endpoint")
-    } else if r.find::<PayloadTooLarge>().is_some() {
+    } else if r.find::<PayloadTooLarge>().is_some() || r.find::<TooLarge>().is_some() {
         error(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than {MAX_BODY_BYTES} bytes"))
     } else if r.find::<LengthRequired>().is_some() {
         error(StatusCode::LENGTH_REQUIRED, "a Content-Length header is required")

@@ -1,0 +1,121 @@
+//! The real binary: `check` names every mistake with line and column; `test` shows what would be
+//! sent and sends nothing.
+
+use crate::util::{HttpPeer, repo_path};
+use std::process::{Command, Output};
+
+fn switchboard(args: &[&str], dir: &std::path::Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("SWITCHBOARD_RULES")
+        .env_remove("SWITCHBOARD_TEMPLATES")
+        .output()
+        .expect("the binary runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+const BAD: &str = r#"destinations:
+  sales:
+    slack:
+      webhook_url: https://hooks.slack.example/services/T/B/X
+rules:
+  - name: one
+    when:
+      event: EMAIL_REPLIED
+      fields:
+        reply.text: { matches: "(unclosed" }
+        open.count: { gt: lots }
+    actions:
+      - slack: { destination: nowhere, text: "hi" }
+  - name: one
+    actions:
+      - slack: { destination: sales, template: slack/missing.hbs }
+      - slack: { destination: sales, text: "{{#if lead.email}}unclosed" }
+      - slack: { destination: sales, text: "Hi {{lead.frist_name}}" }
+"#;
+
+#[test]
+fn check_names_line_and_column_of_every_mistake() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("templates")).unwrap();
+    std::fs::write(dir.path().join("bad.yaml"), BAD).unwrap();
+    let out = switchboard(&["check", "--rules", "bad.yaml"], dir.path());
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let expect = [
+        ("bad.yaml:10:", "bad regular expression"),
+        ("bad.yaml:11:", "`gt` takes a number"),
+        ("bad.yaml:13:", "unknown destination \"nowhere\""),
+        ("bad.yaml:14:", "duplicate rule name \"one\""),
+        ("bad.yaml:16:", "template file \"slack/missing.hbs\" not found"),
+        ("bad.yaml:17:", "does not compile"),
+        ("bad.yaml:18:", "lead.frist_name"),
+    ];
+    for (at, what) in expect {
+        assert!(text.lines().any(|l| l.starts_with(at) && l.contains(what)), "missing {at} {what} in:\n{text}");
+    }
+    assert!(text.contains("7 problem(s) found"), "{text}");
+}
+
+#[test]
+fn check_reports_yaml_and_shape_errors_with_position() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("r.yaml"), "rules:\n  - name: x\n    actions: []\n    colour: blue\n").unwrap();
+    let text = stdout(&switchboard(&["check", "--rules", "r.yaml", "--templates", "t"], dir.path()));
+    assert!(text.lines().any(|l| l.starts_with("r.yaml:4:") && l.contains("colour")), "{text}");
+    std::fs::write(dir.path().join("r.yaml"), "rules:\n  - name: [unclosed\n").unwrap();
+    let text = stdout(&switchboard(&["check", "--rules", "r.yaml", "--templates", "t"], dir.path()));
+    assert!(text.lines().any(|l| l.starts_with("r.yaml:") && !l.starts_with("r.yaml: ")), "{text}");
+}
+
+#[test]
+fn check_passes_the_shipped_rules_and_warns_about_unset_destinations() {
+    let out = switchboard(&["check"], &repo_path(""));
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("warning: destination \"sales-slack\" is not configured"), "{text}");
+    assert!(text.contains("SALES_SLACK_WEBHOOK_URL"), "{text}");
+}
+
+#[tokio::test]
+async fn test_shows_the_rendered_output_and_sends_nothing() {
+    let peer = HttpPeer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("templates/slack")).unwrap();
+    std::fs::copy(repo_path("templates/slack/reply.json.hbs"), dir.path().join("templates/slack/reply.json.hbs")).unwrap();
+    let rules = format!(
+        "rules:\n  - name: reply-to-sales\n    when: {{ event: EMAIL_REPLIED }}\n    actions:\n      - slack: {{ webhook_url: \"{}\", template: slack/reply.json.hbs }}\n      - http: {{ url: \"{}\", headers: {{ Authorization: Bearer secret-token }}, body: '{{\"email\": \"{{{{lead.email}}}}\"}}' }}\n  - name: bounces\n    when: {{ event: EMAIL_BOUNCED }}\n    actions:\n      - log: {{ message: bounce }}\n",
+        peer.url("/services/T0/B0/SECRETPATH"),
+        peer.url("/crm")
+    );
+    std::fs::write(dir.path().join("rules.yaml"), rules).unwrap();
+    std::fs::write(dir.path().join("event.json"), include_str!("../fixtures/smartlead/real_13_email_reply.json")).unwrap();
+    let out = switchboard(&["test", "--event", "event.json", "--rules", "rules.yaml", "--explain"], dir.path());
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("Matched 1 rule(s)"), "{text}");
+    assert!(text.contains("== rule reply-to-sales =="), "{text}");
+    assert!(text.contains("\"text\": \"Open in SmartLead\""), "{text}");
+    assert!(text.contains("POST http://127.0.0.1"), "{text}");
+    assert!(text.contains("{\"email\": \"james.parker@prospect.example\"}"), "{text}");
+    assert!(text.contains("✗ bounces") && text.contains("✗ event is EMAIL_BOUNCED"), "{text}");
+    assert!(!text.contains("SECRETPATH"), "the webhook URL is a secret: {text}");
+    assert!(!text.contains("secret-token"), "headers like Authorization are secrets: {text}");
+    assert!(!text.contains("fakesecret"), "{text}");
+    assert!(peer.received().is_empty(), "test sent something");
+}
+
+#[test]
+fn test_rejects_bad_input_with_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("e.json"), "{\"event\": ").unwrap();
+    let rules = repo_path("rules/rules.yaml");
+    let templates = repo_path("templates");
+    let out = switchboard(&["test", "--event", "e.json", "--rules", rules.to_str().unwrap(), "--templates", templates.to_str().unwrap()], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("e.json:1:"), "{out:?}");
+}

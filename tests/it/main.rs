@@ -1,0 +1,11 @@
+//! Integration tests: the real router served on port 0 and driven over HTTP, delivering to real
+//! peers (an HTTP stand-in for Slack and other endpoints, an SMTP server), and the real binary
+//! for `check` and `test`.
+
+mod cli;
+mod email;
+mod escaping;
+mod intake;
+mod matching;
+mod reload;
+mod util;

@@ -1,0 +1,80 @@
+//! Hot reload: a saved edit takes effect within 2 seconds without a restart; a broken edit keeps
+//! the old rules serving and shows every error in `/api/status` and `POST /-/reload`.
+
+use crate::util::{HttpPeer, Router, fixture, wait_until};
+use std::time::{Duration, Instant};
+
+fn rules(peer: &HttpPeer, path: &str) -> String {
+    format!(
+        "rules:\n  - name: reply\n    when: {{ event: EMAIL_REPLIED }}\n    actions:\n      - http: {{ url: \"{}\", body: '{{}}' }}\n",
+        peer.url(path)
+    )
+}
+
+/// Saves like an editor does: write a new file, rename it over the old one.
+fn save(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("yaml.swp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[tokio::test]
+async fn a_saved_edit_takes_effect_within_two_seconds() {
+    let peer = HttpPeer::start().await;
+    let router = Router::start(&rules(&peer, "/before"), &[]).await;
+    let hash_before = router.get("/api/status").await.1["config_hash"].clone();
+    save(&router.rules_path(), &rules(&peer, "/after"));
+    let saved = Instant::now();
+    wait_until(|| router.app.current().hash != hash_before.as_str().unwrap(), "the reload").await;
+    assert!(saved.elapsed() < Duration::from_secs(2), "reload took {:?}", saved.elapsed());
+    router.post(&fixture("real_13_email_reply")).await;
+    let got = peer.wait_for(1).await;
+    assert_eq!(got[0].path, "/after");
+
+    // A second edit works too: the watch survives the rename.
+    save(&router.rules_path(), &rules(&peer, "/again"));
+    let h = router.app.current().hash.clone();
+    wait_until(|| router.app.current().hash != h, "the second reload").await;
+    router.post(&fixture("real_13_email_reply")).await;
+    let got = peer.wait_for(2).await;
+    assert_eq!(got[1].path, "/again");
+}
+
+#[tokio::test]
+async fn a_broken_edit_keeps_the_old_rules_and_reports_every_error() {
+    let peer = HttpPeer::start().await;
+    let router = Router::start(&rules(&peer, "/old"), &[]).await;
+    let broken = format!(
+        "rules:\n  - name: reply\n    when: {{ event: EMAIL_REPLIED, fields: {{ reply.text: {{ matches: '(oops' }} }} }}\n    actions:\n      - http: {{ url: \"{}\", body: '{{}}' }}\n      - slack: {{ destination: nowhere, text: hi }}\n",
+        peer.url("/new")
+    );
+    save(&router.rules_path(), &broken);
+    wait_until(|| !router.app.reload_status().ok, "the failed reload").await;
+    let (_, status) = router.get("/api/status").await;
+    assert_eq!(status["last_reload"]["ok"], false, "{status}");
+    let errors = status["last_reload"]["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 2, "{status}");
+    assert!(errors.iter().any(|e| e["line"] == 3 && e["message"].as_str().unwrap().contains("regular expression")), "{status}");
+    assert!(errors.iter().any(|e| e["line"] == 6 && e["message"].as_str().unwrap().contains("unknown destination \"nowhere\"")), "{status}");
+    assert!(errors.iter().all(|e| e["file"].as_str().unwrap().ends_with("rules.yaml") && e["column"].as_u64().unwrap() > 0));
+
+    let (_, metrics) = router.get("/metrics").await;
+    assert!(metrics.as_str().unwrap().contains("switchboard_config_last_reload_successful 0"));
+
+    let r = reqwest::Client::new().post(router.url("/-/reload")).send().await.unwrap();
+    assert_eq!(r.status(), 422);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["errors"].as_array().unwrap().len(), 2, "{body}");
+
+    router.post(&fixture("real_13_email_reply")).await;
+    let got = peer.wait_for(1).await;
+    assert_eq!(got[0].path, "/old", "the old rules keep serving");
+
+    // Fixing the file and asking for a reload brings the new rules in.
+    std::fs::write(router.rules_path(), rules(&peer, "/fixed")).unwrap();
+    let r = reqwest::Client::new().post(router.url("/-/reload")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    router.post(&fixture("real_13_email_reply")).await;
+    let got = peer.wait_for(2).await;
+    assert_eq!(got[1].path, "/fixed");
+}

@@ -1,0 +1,262 @@
+//! Test harness: the real router on port 0, and real peers: an HTTP stand-in that answers like a
+//! Slack incoming webhook (or any endpoint, scripted per test), and an SMTP server on a TCP port.
+
+use serde_json::Value;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use switchboard::actions::Clients;
+use switchboard::app::App;
+use switchboard::config::{Sources, watch};
+use switchboard::delivery::{self, Limits};
+use switchboard::server::{self, State};
+use warp::Filter;
+
+/// A fixture payload from tests/fixtures/smartlead.
+pub fn fixture(name: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smartlead").join(format!("{name}.json"));
+    serde_json::from_str(&std::fs::read_to_string(path).expect("fixture exists")).expect("fixture is JSON")
+}
+
+/// The repository's own shipped file (rules, templates).
+pub fn repo_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// One request an HTTP peer received.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Request {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// A scripted answer: status, body, extra headers.
+pub type Answer = (u16, &'static str, Vec<(&'static str, &'static str)>);
+
+/// An HTTP server standing in for Slack (answers `ok` by default) or any endpoint.
+pub struct HttpPeer {
+    pub addr: SocketAddr,
+    received: Arc<Mutex<Vec<Request>>>,
+    script: Arc<Mutex<VecDeque<Answer>>>,
+}
+
+impl HttpPeer {
+    pub async fn start() -> HttpPeer {
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let script: Arc<Mutex<VecDeque<Answer>>> = Arc::new(Mutex::new(VecDeque::new()));
+        let (r, s) = (received.clone(), script.clone());
+        let route = warp::method()
+            .and(warp::path::full())
+            .and(warp::header::headers_cloned())
+            .and(warp::body::bytes())
+            .map(move |method: warp::http::Method, path: warp::path::FullPath, headers: warp::http::HeaderMap, body: bytes::Bytes| {
+                r.lock().unwrap().push(Request {
+                    method: method.to_string(),
+                    path: path.as_str().to_string(),
+                    headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())).collect(),
+                    body: String::from_utf8_lossy(&body).to_string(),
+                });
+                let (status, text, extra) = s.lock().unwrap().pop_front().unwrap_or((200, "ok", vec![]));
+                let mut resp = warp::http::Response::builder().status(status);
+                for (k, v) in extra {
+                    resp = resp.header(k, v);
+                }
+                resp.body(text.to_string()).unwrap()
+            });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(warp::serve(route).incoming(listener).run());
+        HttpPeer { addr, received, script }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Queues answers for the next requests (then `200 ok` again).
+    pub fn script(&self, answers: Vec<Answer>) {
+        self.script.lock().unwrap().extend(answers);
+    }
+
+    pub fn received(&self) -> Vec<Request> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` requests arrived (panics after 10 s).
+    pub async fn wait_for(&self, n: usize) -> Vec<Request> {
+        wait_until(|| self.received().len() >= n, &format!("{n} request(s) at {}", self.addr)).await;
+        self.received()
+    }
+}
+
+pub async fn wait_until(mut ok: impl FnMut() -> bool, what: &str) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < Duration::from_secs(10), "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One email the SMTP server received.
+#[derive(Debug, Clone)]
+pub struct Mail {
+    pub from: String,
+    pub to: Vec<String>,
+    pub data: String,
+}
+
+/// A real SMTP server (mailin-embedded) on a local TCP port, recording what it receives.
+pub struct SmtpPeer {
+    pub port: u16,
+    mails: Arc<Mutex<Vec<Mail>>>,
+}
+
+#[derive(Clone)]
+struct Recorder {
+    mails: Arc<Mutex<Vec<Mail>>>,
+    current: Option<Mail>,
+}
+
+impl mailin_embedded::Handler for Recorder {
+    fn data_start(&mut self, _domain: &str, from: &str, _is8bit: bool, to: &[String]) -> mailin_embedded::Response {
+        self.current = Some(Mail { from: from.to_string(), to: to.to_vec(), data: String::new() });
+        mailin_embedded::response::OK
+    }
+    fn data(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        if let Some(m) = &mut self.current {
+            m.data.push_str(&String::from_utf8_lossy(buf));
+        }
+        Ok(())
+    }
+    fn data_end(&mut self) -> mailin_embedded::Response {
+        if let Some(m) = self.current.take() {
+            self.mails.lock().unwrap().push(m);
+        }
+        mailin_embedded::response::OK
+    }
+}
+
+impl SmtpPeer {
+    pub fn start() -> SmtpPeer {
+        let mails = Arc::new(Mutex::new(Vec::new()));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut server = mailin_embedded::Server::new(Recorder { mails: mails.clone(), current: None });
+        server.with_name("smtp.test").with_tcp_listener(listener);
+        std::thread::spawn(move || {
+            let _ = server.serve();
+        });
+        SmtpPeer { port, mails }
+    }
+
+    pub fn url(&self) -> String {
+        format!("smtp://127.0.0.1:{}?tls=none", self.port)
+    }
+
+    pub fn mails(&self) -> Vec<Mail> {
+        self.mails.lock().unwrap().clone()
+    }
+
+    pub async fn wait_for(&self, n: usize) -> Vec<Mail> {
+        wait_until(|| self.mails().len() >= n, &format!("{n} email(s)")).await;
+        self.mails()
+    }
+}
+
+/// The real router, serving on 127.0.0.1:0 from rules and templates in a temporary directory.
+pub struct Router {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub app: Arc<App>,
+    client: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    _watch: Option<watch::Watch>,
+}
+
+impl Router {
+    /// Starts the router on `rules` with the given extra template files.
+    pub async fn start(rules: &str, templates: &[(&str, &str)]) -> Router {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("rules")).unwrap();
+        std::fs::create_dir_all(dir.path().join("templates")).unwrap();
+        std::fs::write(dir.path().join("rules/rules.yaml"), rules).unwrap();
+        for (name, text) in templates {
+            let path = dir.path().join("templates").join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        Self::start_in(dir).await
+    }
+
+    /// Starts the router on a prepared directory holding `rules/rules.yaml` and `templates/`.
+    pub async fn start_in(dir: tempfile::TempDir) -> Router {
+        let sources = Sources { rules: dir.path().join("rules/rules.yaml"), templates: dir.path().join("templates") };
+        let app = App::load(sources).unwrap_or_else(|e| panic!("rules load:\n{e}"));
+        let (queue, workers) = delivery::start(app.clone(), Clients::new(), Limits::default());
+        let w = watch::watch(app.clone()).expect("watch starts");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let state = State { app: app.clone(), queue, sources: Arc::new(switchboard::event::sources()) };
+        tokio::spawn(async move {
+            server::serve(listener, state, async {
+                let _ = stopped.await;
+            })
+            .await;
+            workers.shutdown(Duration::from_secs(5)).await;
+        });
+        Router { addr, dir, app, client: reqwest::Client::new(), stop: Some(stop), _watch: Some(w) }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Posts a webhook body (any bytes) and returns status and JSON answer.
+    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        let r = self.client.post(self.url(path)).header("content-type", "application/json").body(body).send().await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// Posts an event to `/webhooks/smartlead` and checks it was received.
+    pub async fn post(&self, event: &Value) -> String {
+        let (status, body) = self.post_raw("/webhooks/smartlead", event.to_string()).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["status"], "received", "{body}");
+        body["event_id"].as_str().unwrap().to_string()
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self.client.get(self.url(path)).send().await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub fn rules_path(&self) -> PathBuf {
+        self.dir.path().join("rules/rules.yaml")
+    }
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
