@@ -98,7 +98,12 @@ impl App {
                 self.counters
                     .last_success_unix
                     .store(now.timestamp() as u64, Ordering::Relaxed);
-                *status = ReloadStatus { ok: true, at: now, trigger: trigger.into(), errors: Diagnostics::default() };
+                *status = ReloadStatus {
+                    ok: true,
+                    at: now,
+                    trigger: trigger.into(),
+                    errors: Diagnostics::default(),
+                };
                 tracing::info!(
                     trigger,
                     rules = new.rules.rules().len(),
@@ -113,9 +118,17 @@ impl App {
             }
             Err(errors) => {
                 for e in errors.iter() {
-                    tracing::error!(trigger, "Reload failed, the previous rules keep serving: {e}");
+                    tracing::error!(
+                        trigger,
+                        "Reload failed, the previous rules keep serving: {e}"
+                    );
                 }
-                *status = ReloadStatus { ok: false, at: now, trigger: trigger.into(), errors: errors.clone() };
+                *status = ReloadStatus {
+                    ok: false,
+                    at: now,
+                    trigger: trigger.into(),
+                    errors: errors.clone(),
+                };
                 Err(errors)
             }
         }

@@ -24,7 +24,12 @@ pub struct Cli {
     #[command(subcommand)]
     command: Command,
     /// Log format.
-    #[arg(long, global = true, env = "SWITCHBOARD_LOG_FORMAT", default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHBOARD_LOG_FORMAT",
+        default_value = "text"
+    )]
     log_format: LogFormat,
 }
 
@@ -57,7 +62,10 @@ struct ConfigArgs {
 
 impl ConfigArgs {
     fn sources(&self) -> Sources {
-        Sources { rules: self.rules.clone(), templates: self.templates.clone() }
+        Sources {
+            rules: self.rules.clone(),
+            templates: self.templates.clone(),
+        }
     }
 }
 
@@ -69,7 +77,11 @@ struct ServeArgs {
     #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     /// Delivery store (durable delivery arrives with the store; today deliveries are in memory).
-    #[arg(long, env = "SWITCHBOARD_STORE", default_value = "sqlite://switchboard.db")]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_STORE",
+        default_value = "sqlite://switchboard.db"
+    )]
     store: String,
 }
 
@@ -102,7 +114,9 @@ pub fn main() -> ExitCode {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -222,7 +236,10 @@ fn test(args: &TestArgs) -> ExitCode {
         Ok(c) => c,
         Err(errors) => {
             print_problems(&errors);
-            eprintln!("switchboard test: the configuration has {} problem(s)", errors.len());
+            eprintln!(
+                "switchboard test: the configuration has {} problem(s)",
+                errors.len()
+            );
             return ExitCode::FAILURE;
         }
     };
@@ -235,7 +252,10 @@ fn test(args: &TestArgs) -> ExitCode {
             let rule = config.rules.get(i);
             match verdict {
                 None if !rule.enabled => println!("  - {} (disabled)", rule.name),
-                None => println!("  - {} (not evaluated: an earlier rule stopped evaluation)", rule.name),
+                None => println!(
+                    "  - {} (not evaluated: an earlier rule stopped evaluation)",
+                    rule.name
+                ),
                 Some(v) => {
                     let stop = if v.holds && rule.stop { ", stop" } else { "" };
                     println!("  {} {}{stop}", if v.holds { "✓" } else { "✗" }, rule.name);
@@ -245,7 +265,11 @@ fn test(args: &TestArgs) -> ExitCode {
         }
     }
     let matched = config.rules.matching(&event);
-    println!("\nMatched {} rule(s){}", matched.len(), if matched.is_empty() { "." } else { ":" });
+    println!(
+        "\nMatched {} rule(s){}",
+        matched.len(),
+        if matched.is_empty() { "." } else { ":" }
+    );
     for i in matched {
         let rule = config.rules.get(i);
         println!("\n== rule {} ==", rule.name);
@@ -267,14 +291,25 @@ fn test(args: &TestArgs) -> ExitCode {
 fn read_event(path: &PathBuf) -> Result<serde_json::Map<String, Value>, String> {
     let mut text = String::new();
     if path.as_os_str() == "-" {
-        std::io::stdin().read_to_string(&mut text).map_err(|e| format!("cannot read standard input: {e}"))?;
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| format!("cannot read standard input: {e}"))?;
     } else {
-        text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     }
     match serde_json::from_str::<Value>(&text) {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(format!("{}: the event must be a JSON object", path.display())),
-        Err(e) => Err(format!("{}:{}:{}: not valid JSON: {e}", path.display(), e.line(), e.column())),
+        Ok(_) => Err(format!(
+            "{}: the event must be a JSON object",
+            path.display()
+        )),
+        Err(e) => Err(format!(
+            "{}:{}:{}: not valid JSON: {e}",
+            path.display(),
+            e.line(),
+            e.column()
+        )),
     }
 }
 

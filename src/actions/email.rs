@@ -57,7 +57,10 @@ pub struct Email {
 
 impl std::fmt::Debug for Email {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Email").field("server", &self.server).field("to", &self.to).finish()
+        f.debug_struct("Email")
+            .field("server", &self.server)
+            .field("to", &self.to)
+            .finish()
     }
 }
 
@@ -84,7 +87,10 @@ pub struct EmailMessage {
 
 impl std::fmt::Debug for EmailMessage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmailMessage").field("to", &self.to).field("subject", &self.subject).finish()
+        f.debug_struct("EmailMessage")
+            .field("to", &self.to)
+            .field("subject", &self.subject)
+            .finish()
     }
 }
 
@@ -114,12 +120,18 @@ impl Channel for Email {
     fn compile(s: Settings, cx: &mut Ctx<'_>) -> Option<Self> {
         let at = cx.at;
         let Some(url) = &s.smtp_url else {
-            cx.error(at, "email action needs `smtp_url` (here or in its destination)");
+            cx.error(
+                at,
+                "email action needs `smtp_url` (here or in its destination)",
+            );
             return None;
         };
         let expanded = cx.expand(url)?;
         let (transport, server) = if expanded.value.trim().is_empty() {
-            (Err(cx.unconfigured(pos(url), "smtp_url", &expanded)), String::new())
+            (
+                Err(cx.unconfigured(pos(url), "smtp_url", &expanded)),
+                String::new(),
+            )
         } else {
             match transport(&expanded.value) {
                 Ok((t, server)) => (Ok(Arc::new(t)), server),
@@ -142,17 +154,41 @@ impl Channel for Email {
             return None;
         }
         let cc = mailboxes(cx, s.cc.as_ref())?;
-        let Some(subject) = cx.template(s.subject.as_ref(), None, Escape::Plain, ("subject", ""))? else {
+        let Some(subject) =
+            cx.template(s.subject.as_ref(), None, Escape::Plain, ("subject", ""))?
+        else {
             cx.error(at, "email action needs `subject`");
             return None;
         };
-        let text = cx.template(s.text.as_ref(), s.template.as_ref(), Escape::Plain, ("text", "template"))?;
-        let html = cx.template(s.html.as_ref(), s.html_template.as_ref(), Escape::Html, ("html", "html_template"))?;
+        let text = cx.template(
+            s.text.as_ref(),
+            s.template.as_ref(),
+            Escape::Plain,
+            ("text", "template"),
+        )?;
+        let html = cx.template(
+            s.html.as_ref(),
+            s.html_template.as_ref(),
+            Escape::Html,
+            ("html", "html_template"),
+        )?;
         if text.is_none() && html.is_none() {
-            cx.error(at, "email action needs a body: `text`, `template`, `html` or `html_template`");
+            cx.error(
+                at,
+                "email action needs a body: `text`, `template`, `html` or `html_template`",
+            );
             return None;
         }
-        Some(Email { transport, server, from, to, cc, subject, text, html })
+        Some(Email {
+            transport,
+            server,
+            from,
+            to,
+            cc,
+            subject,
+            text,
+            html,
+        })
     }
 
     fn unconfigured(&self) -> Option<&str> {
@@ -176,16 +212,28 @@ impl Channel for Email {
     }
 
     async fn send(m: &EmailMessage, _: &Clients) -> Result<(), SendError> {
-        let transport = m.transport.as_ref().ok_or_else(|| SendError::permanent("no SMTP server configured"))?;
-        let email = build(m).map_err(|e| SendError::permanent(format!("cannot build the email: {e}")))?;
+        let transport = m
+            .transport
+            .as_ref()
+            .ok_or_else(|| SendError::permanent("no SMTP server configured"))?;
+        let email =
+            build(m).map_err(|e| SendError::permanent(format!("cannot build the email: {e}")))?;
         transport.send(email).await.map(|_| ()).map_err(|e| {
             let message = format!("SMTP {}: {e}", m.server);
-            if e.is_permanent() { SendError::permanent(message) } else { SendError::retryable(message) }
+            if e.is_permanent() {
+                SendError::permanent(message)
+            } else {
+                SendError::retryable(message)
+            }
         })
     }
 
     fn describe(m: &EmailMessage) -> String {
-        let server = if m.server.is_empty() { "(smtp_url not configured)" } else { &m.server };
+        let server = if m.server.is_empty() {
+            "(smtp_url not configured)"
+        } else {
+            &m.server
+        };
         let mut out = format!("SMTP {server}\nFrom: {}\nTo: {}\n", m.from, m.to.join(", "));
         if !m.cc.is_empty() {
             out.push_str(&format!("Cc: {}\n", m.cc.join(", ")));
@@ -202,7 +250,9 @@ impl Channel for Email {
 }
 
 fn build(m: &EmailMessage) -> Result<lettre::Message, Box<dyn std::error::Error>> {
-    let mut builder = lettre::Message::builder().from(m.from.parse()?).subject(header_value(&m.subject));
+    let mut builder = lettre::Message::builder()
+        .from(m.from.parse()?)
+        .subject(header_value(&m.subject));
     for to in &m.to {
         builder = builder.to(to.parse()?);
     }
@@ -210,10 +260,19 @@ fn build(m: &EmailMessage) -> Result<lettre::Message, Box<dyn std::error::Error>
         builder = builder.cc(cc.parse()?);
     }
     let message = match (&m.text, &m.html) {
-        (Some(text), Some(html)) => builder.multipart(MultiPart::alternative_plain_html(text.clone(), html.clone()))?,
-        (None, Some(html)) => builder.singlepart(SinglePart::builder().header(ContentType::TEXT_HTML).body(html.clone()))?,
+        (Some(text), Some(html)) => builder.multipart(MultiPart::alternative_plain_html(
+            text.clone(),
+            html.clone(),
+        ))?,
+        (None, Some(html)) => builder.singlepart(
+            SinglePart::builder()
+                .header(ContentType::TEXT_HTML)
+                .body(html.clone()),
+        )?,
         (text, None) => builder.singlepart(
-            SinglePart::builder().header(ContentType::TEXT_PLAIN).body(text.clone().unwrap_or_default()),
+            SinglePart::builder()
+                .header(ContentType::TEXT_PLAIN)
+                .body(text.clone().unwrap_or_default()),
         )?,
     };
     Ok(message)
@@ -224,23 +283,35 @@ fn mailbox(cx: &mut Ctx<'_>, value: &Spanned<String>) -> Option<Mailbox> {
     match e.value.parse::<Mailbox>() {
         Ok(m) => Some(m),
         Err(err) => {
-            cx.error(pos(value), format!("{:?} is not an email address: {err}", e.value));
+            cx.error(
+                pos(value),
+                format!("{:?} is not an email address: {err}", e.value),
+            );
             None
         }
     }
 }
 
 fn mailboxes(cx: &mut Ctx<'_>, value: Option<&Spanned<OneOrMany<String>>>) -> Option<Vec<Mailbox>> {
-    let Some(list) = value else { return Some(vec![]) };
+    let Some(list) = value else {
+        return Some(vec![]);
+    };
     let mut out = Vec::new();
     for address in list.value.clone().into_vec() {
-        let spanned = Spanned { value: address, referenced: list.referenced, defined: list.defined };
+        let spanned = Spanned {
+            value: address,
+            referenced: list.referenced,
+            defined: list.defined,
+        };
         let e = cx.expand(&spanned)?;
         for part in e.value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             match part.parse::<Mailbox>() {
                 Ok(m) => out.push(m),
                 Err(err) => {
-                    cx.error(pos(list), format!("{part:?} is not an email address: {err}"));
+                    cx.error(
+                        pos(list),
+                        format!("{part:?} is not an email address: {err}"),
+                    );
                     return None;
                 }
             }
@@ -252,15 +323,26 @@ fn mailboxes(cx: &mut Ctx<'_>, value: Option<&Spanned<OneOrMany<String>>>) -> Op
 /// Builds the SMTP transport for an `smtp_url`, and the server as shown (no credentials).
 fn transport(url: &str) -> Result<(Transport, String), String> {
     let u = reqwest::Url::parse(url).map_err(|e| e.to_string())?;
-    let host = u.host_str().filter(|h| !h.is_empty()).ok_or("no host")?.to_string();
-    let tls_mode = u.query_pairs().find(|(k, _)| k == "tls").map(|(_, v)| v.to_string());
+    let host = u
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or("no host")?
+        .to_string();
+    let tls_mode = u
+        .query_pairs()
+        .find(|(k, _)| k == "tls")
+        .map(|(_, v)| v.to_string());
     let params = || TlsParameters::new(host.clone()).map_err(|e| e.to_string());
     let (tls, default_port) = match (u.scheme(), tls_mode.as_deref()) {
         ("smtps", _) => (Tls::Wrapper(params()?), 465),
         ("smtp", None | Some("starttls" | "required")) => (Tls::Required(params()?), 587),
         ("smtp", Some("opportunistic")) => (Tls::Opportunistic(params()?), 587),
         ("smtp", Some("none")) => (Tls::None, 25),
-        ("smtp", Some(other)) => return Err(format!("unknown tls={other}; use starttls, opportunistic or none")),
+        ("smtp", Some(other)) => {
+            return Err(format!(
+                "unknown tls={other}; use starttls, opportunistic or none"
+            ));
+        }
         (scheme, _) => return Err(format!("scheme {scheme}:// is not smtp:// or smtps://")),
     };
     let port = u.port().unwrap_or(default_port);
@@ -269,8 +351,15 @@ fn transport(url: &str) -> Result<(Transport, String), String> {
         .tls(tls)
         .timeout(Some(Duration::from_secs(30)));
     if !u.username().is_empty() {
-        let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().to_string();
-        builder = builder.credentials(Credentials::new(decode(u.username()), decode(u.password().unwrap_or(""))));
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .to_string()
+        };
+        builder = builder.credentials(Credentials::new(
+            decode(u.username()),
+            decode(u.password().unwrap_or("")),
+        ));
     }
     Ok((builder.build(), format!("{}://{host}:{port}", u.scheme())))
 }

@@ -15,7 +15,13 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 /// Headers whose values are always treated as secrets in output.
-const SECRET_HEADERS: &[&str] = &["authorization", "proxy-authorization", "cookie", "x-api-key", "api-key"];
+const SECRET_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-api-key",
+    "api-key",
+];
 
 /// `http:` settings.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -107,13 +113,25 @@ impl Channel for Http {
         let url_template = if expanded.value.trim().is_empty() {
             Err(cx.unconfigured(pos(url), "url", &expanded))
         } else {
-            let literal = expanded.value.split("{{").next().unwrap_or("").to_ascii_lowercase();
+            let literal = expanded
+                .value
+                .split("{{")
+                .next()
+                .unwrap_or("")
+                .to_ascii_lowercase();
             if !(literal.starts_with("http://") || literal.starts_with("https://")) {
                 let shown = redact(&expanded.value, expanded.from_env());
-                cx.error(pos(url), format!("`url` must start with http:// or https:// (got {shown:?})"));
+                cx.error(
+                    pos(url),
+                    format!("`url` must start with http:// or https:// (got {shown:?})"),
+                );
                 return None;
             }
-            let spanned = Spanned { value: expanded.value.clone(), referenced: url.referenced, defined: url.defined };
+            let spanned = Spanned {
+                value: expanded.value.clone(),
+                referenced: url.referenced,
+                defined: url.defined,
+            };
             Ok(cx.template(Some(&spanned), None, Escape::Url, ("url", ""))??)
         };
         let method = match &s.method {
@@ -125,7 +143,10 @@ impl Channel for Http {
                 "PATCH" => reqwest::Method::PATCH,
                 "DELETE" => reqwest::Method::DELETE,
                 other => {
-                    cx.error(pos(m), format!("unknown method {other:?}; use GET, POST, PUT, PATCH or DELETE"));
+                    cx.error(
+                        pos(m),
+                        format!("unknown method {other:?}; use GET, POST, PUT, PATCH or DELETE"),
+                    );
                     return None;
                 }
             },
@@ -138,31 +159,64 @@ impl Channel for Http {
                 continue;
             }
             let e = cx.expand(value)?;
-            if name.eq_ignore_ascii_case("content-type") && !e.value.to_ascii_lowercase().contains("json") {
+            if name.eq_ignore_ascii_case("content-type")
+                && !e.value.to_ascii_lowercase().contains("json")
+            {
                 json_body = false;
             }
-            let secret = e.from_env() || SECRET_HEADERS.contains(&name.to_ascii_lowercase().as_str());
-            let spanned = Spanned { value: e.value, referenced: value.referenced, defined: value.defined };
+            let secret =
+                e.from_env() || SECRET_HEADERS.contains(&name.to_ascii_lowercase().as_str());
+            let spanned = Spanned {
+                value: e.value,
+                referenced: value.referenced,
+                defined: value.defined,
+            };
             let t = cx.template(Some(&spanned), None, Escape::Plain, ("headers", ""))??;
             headers.push((name.clone(), t, secret));
         }
-        let escape = if json_body { Escape::Json } else { Escape::Plain };
-        let body = cx.template(s.body.as_ref(), s.template.as_ref(), escape, ("body", "template"))?;
-        if json_body && body.is_some() && !headers.iter().any(|(n, _, _)| n.eq_ignore_ascii_case("content-type")) {
-            let t = cx.templates.inline("application/json", Escape::Plain).ok()?;
+        let escape = if json_body {
+            Escape::Json
+        } else {
+            Escape::Plain
+        };
+        let body = cx.template(
+            s.body.as_ref(),
+            s.template.as_ref(),
+            escape,
+            ("body", "template"),
+        )?;
+        if json_body
+            && body.is_some()
+            && !headers
+                .iter()
+                .any(|(n, _, _)| n.eq_ignore_ascii_case("content-type"))
+        {
+            let t = cx
+                .templates
+                .inline("application/json", Escape::Plain)
+                .ok()?;
             headers.push(("Content-Type".into(), t, false));
         }
         let timeout = match &s.timeout {
             None => Duration::from_secs(10),
-            Some(t) => match humantime::parse_duration(&t.value) {
-                Ok(d) if !d.is_zero() && d <= Duration::from_secs(300) => d,
-                _ => {
-                    cx.error(pos(t), format!("timeout {:?} is not a duration between 1ms and 5m (like 10s or 500ms)", t.value));
-                    return None;
+            Some(t) => {
+                match humantime::parse_duration(&t.value) {
+                    Ok(d) if !d.is_zero() && d <= Duration::from_secs(300) => d,
+                    _ => {
+                        cx.error(pos(t), format!("timeout {:?} is not a duration between 1ms and 5m (like 10s or 500ms)", t.value));
+                        return None;
+                    }
                 }
-            },
+            }
         };
-        Some(Http { url: url_template, url_secret: expanded.from_env(), method, headers, body, timeout })
+        Some(Http {
+            url: url_template,
+            url_secret: expanded.from_env(),
+            method,
+            headers,
+            body,
+            timeout,
+        })
     }
 
     fn unconfigured(&self) -> Option<&str> {
@@ -174,8 +228,18 @@ impl Channel for Http {
             Ok(tpl) => t.render(tpl, event)?,
             Err(_) => String::new(),
         };
-        if self.url.is_ok() && !matches!(reqwest::Url::parse(&url).map(|u| u.scheme().to_string()).as_deref(), Ok("http" | "https")) {
-            return Err(RenderFailure::Invalid(format!("the URL rendered to {:?}, which is not an http(s) URL", redact(&url, self.url_secret))));
+        if self.url.is_ok()
+            && !matches!(
+                reqwest::Url::parse(&url)
+                    .map(|u| u.scheme().to_string())
+                    .as_deref(),
+                Ok("http" | "https")
+            )
+        {
+            return Err(RenderFailure::Invalid(format!(
+                "the URL rendered to {:?}, which is not an http(s) URL",
+                redact(&url, self.url_secret)
+            )));
         }
         let headers = self
             .headers
@@ -183,11 +247,19 @@ impl Channel for Http {
             .map(|(n, tpl, secret)| Ok((n.clone(), header_value(&t.render(tpl, event)?), *secret)))
             .collect::<Result<Vec<_>, RenderFailure>>()?;
         let body = self.body.as_ref().map(|b| t.render(b, event)).transpose()?;
-        Ok(HttpMessage { method: self.method.to_string(), url, url_secret: self.url_secret, headers, body, timeout: self.timeout })
+        Ok(HttpMessage {
+            method: self.method.to_string(),
+            url,
+            url_secret: self.url_secret,
+            headers,
+            body,
+            timeout: self.timeout,
+        })
     }
 
     async fn send(m: &HttpMessage, clients: &Clients) -> Result<(), SendError> {
-        let method = reqwest::Method::from_bytes(m.method.as_bytes()).map_err(|e| SendError::permanent(e.to_string()))?;
+        let method = reqwest::Method::from_bytes(m.method.as_bytes())
+            .map_err(|e| SendError::permanent(e.to_string()))?;
         let mut request = clients.http.request(method, &m.url).timeout(m.timeout);
         for (name, value, _) in &m.headers {
             request = request.header(name, value);
@@ -202,7 +274,14 @@ impl Channel for Http {
         }
         let retry = retry_after(response.headers());
         let text = response.text().await.unwrap_or_default();
-        let mut err = status_error(status, &format!("{} answered {status}: {}", host(&m.url), truncate(text.trim(), 200)));
+        let mut err = status_error(
+            status,
+            &format!(
+                "{} answered {status}: {}",
+                host(&m.url),
+                truncate(text.trim(), 200)
+            ),
+        );
         if err.retryable {
             err.retry_after = retry;
         }
@@ -212,7 +291,10 @@ impl Channel for Http {
     fn describe(m: &HttpMessage) -> String {
         let mut out = format!("{} {}\n", m.method, redact(&m.url, m.url_secret));
         for (name, value, secret) in &m.headers {
-            out.push_str(&format!("{name}: {}\n", if *secret { "***" } else { value }));
+            out.push_str(&format!(
+                "{name}: {}\n",
+                if *secret { "***" } else { value }
+            ));
         }
         if let Some(body) = &m.body {
             out.push('\n');
@@ -233,7 +315,10 @@ fn redact(url: &str, secret: bool) -> String {
 }
 
 fn host(url: &str) -> String {
-    reqwest::Url::parse(url).ok().and_then(|u| u.host_str().map(str::to_string)).unwrap_or_else(|| "the endpoint".into())
+    reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string))
+        .unwrap_or_else(|| "the endpoint".into())
 }
 
 /// A request that got no answer: timeouts and connection failures may pass, others will not.
@@ -264,7 +349,10 @@ pub(super) fn transport_error(e: &reqwest::Error) -> SendError {
 
 /// The retry decision for an HTTP status: 408, 429 and 5xx may pass; other 4xx will not.
 pub(super) fn status_error(status: StatusCode, message: &str) -> SendError {
-    if status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+    if status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || status.is_server_error()
+    {
         SendError::retryable(message)
     } else {
         SendError::permanent(message)
@@ -273,7 +361,11 @@ pub(super) fn status_error(status: StatusCode, message: &str) -> SendError {
 
 /// `Retry-After` as seconds or an HTTP date.
 pub(super) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let value = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
     if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }

@@ -50,7 +50,12 @@ impl Channel for Log {
     }
 
     fn compile(s: Settings, cx: &mut Ctx<'_>) -> Option<Self> {
-        match cx.template(s.message.as_ref(), s.template.as_ref(), Escape::Plain, ("message", "template"))? {
+        match cx.template(
+            s.message.as_ref(),
+            s.template.as_ref(),
+            Escape::Plain,
+            ("message", "template"),
+        )? {
             Some(message) => Some(Log { message }),
             None => {
                 let at = cx.at;
@@ -65,7 +70,9 @@ impl Channel for Log {
     }
 
     fn render(&self, event: &Value, t: &Templates) -> Result<LogMessage, RenderFailure> {
-        Ok(LogMessage { message: t.render(&self.message, event)? })
+        Ok(LogMessage {
+            message: t.render(&self.message, event)?,
+        })
     }
 
     async fn send(m: &LogMessage, _: &Clients) -> Result<(), SendError> {

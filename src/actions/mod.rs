@@ -113,6 +113,7 @@ macro_rules! channels {
     ($($variant:ident($module:ident)),+ $(,)?) => {
         /// An action or destination as written: one key naming the channel.
         #[derive(Debug, Clone, serde::Deserialize)]
+        #[allow(clippy::large_enum_variant)] // parsed once per load; boxing buys nothing
         #[serde(rename_all = "lowercase")]
         pub enum RawAction {
             $(

@@ -79,7 +79,10 @@ impl Channel for Slack {
     fn compile(s: Settings, cx: &mut Ctx<'_>) -> Option<Self> {
         let Some(url) = &s.webhook_url else {
             let at = cx.at;
-            cx.error(at, "slack action needs `webhook_url` (here or in its destination)");
+            cx.error(
+                at,
+                "slack action needs `webhook_url` (here or in its destination)",
+            );
             return None;
         };
         let expanded = cx.expand(url)?;
@@ -91,9 +94,21 @@ impl Channel for Slack {
         } else {
             Ok(expanded.value)
         };
-        let payload_file = s.template.as_ref().is_some_and(|t| t.value.ends_with(".json.hbs"));
-        let escape = if payload_file { Escape::SlackJson } else { Escape::Slack };
-        let body = match cx.template(s.text.as_ref(), s.template.as_ref(), escape, ("text", "template"))? {
+        let payload_file = s
+            .template
+            .as_ref()
+            .is_some_and(|t| t.value.ends_with(".json.hbs"));
+        let escape = if payload_file {
+            Escape::SlackJson
+        } else {
+            Escape::Slack
+        };
+        let body = match cx.template(
+            s.text.as_ref(),
+            s.template.as_ref(),
+            escape,
+            ("text", "template"),
+        )? {
             Some(t) if payload_file => Body::Payload(t),
             Some(t) => Body::Text(t),
             None => Body::None,
@@ -104,7 +119,11 @@ impl Channel for Slack {
             cx.error(at, "slack action needs `text`, `template` or `blocks`");
             return None;
         }
-        Some(Slack { webhook_url, body, blocks })
+        Some(Slack {
+            webhook_url,
+            body,
+            blocks,
+        })
     }
 
     fn unconfigured(&self) -> Option<&str> {
@@ -120,16 +139,23 @@ impl Channel for Slack {
         if let Some(tpl) = &self.blocks {
             let blocks = parse_json(&t.render(tpl, event)?, "`blocks`")?;
             if !blocks.is_array() {
-                return Err(RenderFailure::Invalid("`blocks` must render to a JSON array".into()));
+                return Err(RenderFailure::Invalid(
+                    "`blocks` must render to a JSON array".into(),
+                ));
             }
             payload["blocks"] = blocks;
         }
         if !payload.is_object() {
-            return Err(RenderFailure::Invalid("the Slack payload must be a JSON object".into()));
+            return Err(RenderFailure::Invalid(
+                "the Slack payload must be a JSON object".into(),
+            ));
         }
         fit_limits(&mut payload);
         let webhook_url = self.webhook_url.clone().unwrap_or_default();
-        Ok(SlackMessage { webhook_url, payload })
+        Ok(SlackMessage {
+            webhook_url,
+            payload,
+        })
     }
 
     async fn send(m: &SlackMessage, clients: &Clients) -> Result<(), SendError> {
@@ -147,7 +173,10 @@ impl Channel for Slack {
         if status.is_success() {
             return Ok(());
         }
-        let mut err = super::http::status_error(status, &format!("Slack answered {status}: {}", truncate(body, 200)));
+        let mut err = super::http::status_error(
+            status,
+            &format!("Slack answered {status}: {}", truncate(body, 200)),
+        );
         if err.retryable {
             err.retry_after = retry_after.or(err.retry_after);
         }
@@ -157,7 +186,11 @@ impl Channel for Slack {
     fn describe(m: &SlackMessage) -> String {
         format!(
             "POST {}\nContent-Type: application/json\n\n{}",
-            if m.webhook_url.is_empty() { "(webhook_url not configured)".into() } else { redact_url(&m.webhook_url) },
+            if m.webhook_url.is_empty() {
+                "(webhook_url not configured)".into()
+            } else {
+                redact_url(&m.webhook_url)
+            },
             serde_json::to_string_pretty(&m.payload).unwrap_or_default()
         )
     }
@@ -176,7 +209,11 @@ pub fn fit_limits(payload: &mut Value) {
     if let Some(Value::Array(blocks)) = payload.get_mut("blocks") {
         blocks.truncate(MAX_BLOCKS);
         for block in blocks.iter_mut() {
-            let max = if block.get("type").and_then(Value::as_str) == Some("header") { 150 } else { MAX_SECTION_TEXT };
+            let max = if block.get("type").and_then(Value::as_str) == Some("header") {
+                150
+            } else {
+                MAX_SECTION_TEXT
+            };
             if let Some(Value::String(t)) = block.pointer_mut("/text/text") {
                 *t = truncate(t, max);
             }

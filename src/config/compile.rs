@@ -73,9 +73,11 @@ impl Ctx<'_> {
         } else {
             expanded.vars.join(" or ")
         };
-        self.unconfigured
-            .entry(self.label.clone())
-            .or_insert((self.file.to_path_buf(), at, vars.clone()));
+        self.unconfigured.entry(self.label.clone()).or_insert((
+            self.file.to_path_buf(),
+            at,
+            vars.clone(),
+        ));
         vars
     }
 
@@ -101,7 +103,10 @@ impl Ctx<'_> {
                         (Some(l), Some(c)) => format!(" (template line {l}, column {c})"),
                         _ => String::new(),
                     };
-                    self.error(pos(text), format!("`{}` does not compile: {}{within}", names.0, e.message));
+                    self.error(
+                        pos(text),
+                        format!("`{}` does not compile: {}{within}", names.0, e.message),
+                    );
                     None
                 }
             },
@@ -117,7 +122,10 @@ impl Ctx<'_> {
                     };
                     self.error(
                         pos(name),
-                        format!("template file {:?} not found in the templates directory ({known})", name.value),
+                        format!(
+                            "template file {:?} not found in the templates directory ({known})",
+                            name.value
+                        ),
                     );
                     None
                 }
@@ -135,7 +143,10 @@ struct Declared {
 }
 
 /// Compiles parsed rules files (path, text, parsed) and the templates directory.
-pub fn compile(files: Vec<(PathBuf, String, RawFile)>, templates_dir: &Path) -> Result<Config, Diagnostics> {
+pub fn compile(
+    files: Vec<(PathBuf, String, RawFile)>,
+    templates_dir: &Path,
+) -> Result<Config, Diagnostics> {
     let mut errors = Diagnostics::default();
     let (mut templates, broken) = Templates::load_dir(templates_dir);
     for (path, e) in broken {
@@ -154,21 +165,34 @@ pub fn compile(files: Vec<(PathBuf, String, RawFile)>, templates_dir: &Path) -> 
         hasher.update(text.as_bytes());
         for (name, settings) in &file.destinations {
             if let Some(first) = destinations.get(name) {
-                errors.push(Diagnostic::at(path, pos(settings).line, pos(settings).column, format!(
-                    "destination {name:?} is already defined at {}:{}",
-                    first.file.display(), first.at.line
-                )));
+                errors.push(Diagnostic::at(
+                    path,
+                    pos(settings).line,
+                    pos(settings).column,
+                    format!(
+                        "destination {name:?} is already defined at {}:{}",
+                        first.file.display(),
+                        first.at.line
+                    ),
+                ));
                 continue;
             }
             if let Some(d) = settings.value.destination() {
-                errors.push(Diagnostic::at(path, pos(d).line, pos(d).column,
-                    "a destination cannot name another destination"));
+                errors.push(Diagnostic::at(
+                    path,
+                    pos(d).line,
+                    pos(d).column,
+                    "a destination cannot name another destination",
+                ));
             }
-            destinations.insert(name.clone(), Declared {
-                file: path.clone(),
-                at: pos(settings),
-                settings: settings.value.clone(),
-            });
+            destinations.insert(
+                name.clone(),
+                Declared {
+                    file: path.clone(),
+                    at: pos(settings),
+                    settings: settings.value.clone(),
+                },
+            );
         }
     }
     let mut unconfigured = BTreeMap::new();
@@ -179,23 +203,44 @@ pub fn compile(files: Vec<(PathBuf, String, RawFile)>, templates_dir: &Path) -> 
             let rule = &raw.value;
             let name = rule.name.value.trim().to_string();
             if name.is_empty() {
-                errors.push(Diagnostic::at(path, pos(&rule.name).line, pos(&rule.name).column, "rule name is empty"));
+                errors.push(Diagnostic::at(
+                    path,
+                    pos(&rule.name).line,
+                    pos(&rule.name).column,
+                    "rule name is empty",
+                ));
             } else if let Some((f, line)) = names.get(&name) {
-                errors.push(Diagnostic::at(path, pos(&rule.name).line, pos(&rule.name).column, format!(
-                    "duplicate rule name {name:?} (first defined at {}:{line})", f.display()
-                )));
+                errors.push(Diagnostic::at(
+                    path,
+                    pos(&rule.name).line,
+                    pos(&rule.name).column,
+                    format!(
+                        "duplicate rule name {name:?} (first defined at {}:{line})",
+                        f.display()
+                    ),
+                ));
             } else {
                 names.insert(name.clone(), (path.clone(), pos(&rule.name).line));
             }
             let when = match &rule.when {
                 Some(w) => condition::compile(w, &mut |at, m| {
-                    errors.push(Diagnostic::at(path, at.line, at.column, format!("rule {name:?}: {m}")))
+                    errors.push(Diagnostic::at(
+                        path,
+                        at.line,
+                        at.column,
+                        format!("rule {name:?}: {m}"),
+                    ))
                 }),
                 None => Condition::All(vec![]),
             };
             if rule.actions.value.is_empty() {
                 let at = pos(&rule.actions);
-                errors.push(Diagnostic::at(path, at.line, at.column, format!("rule {name:?} has no actions")));
+                errors.push(Diagnostic::at(
+                    path,
+                    at.line,
+                    at.column,
+                    format!("rule {name:?} has no actions"),
+                ));
             }
             let mut actions = Vec::new();
             for (i, raw_action) in rule.actions.value.iter().enumerate() {
@@ -207,11 +252,24 @@ pub fn compile(files: Vec<(PathBuf, String, RawFile)>, templates_dir: &Path) -> 
                         None => {
                             let mut known: Vec<&String> = destinations.keys().collect();
                             known.sort();
-                            errors.push(Diagnostic::at(path, pos(d).line, pos(d).column, format!(
-                                "rule {name:?}: unknown destination {:?} (defined: {})",
-                                d.value,
-                                if known.is_empty() { "none".into() } else { known.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ") }
-                            )));
+                            errors.push(Diagnostic::at(
+                                path,
+                                pos(d).line,
+                                pos(d).column,
+                                format!(
+                                    "rule {name:?}: unknown destination {:?} (defined: {})",
+                                    d.value,
+                                    if known.is_empty() {
+                                        "none".into()
+                                    } else {
+                                        known
+                                            .iter()
+                                            .map(|s| s.as_str())
+                                            .collect::<Vec<_>>()
+                                            .join(", ")
+                                    }
+                                ),
+                            ));
                             continue;
                         }
                     },
@@ -230,7 +288,14 @@ pub fn compile(files: Vec<(PathBuf, String, RawFile)>, templates_dir: &Path) -> 
                     label,
                 };
                 if let Some(compiled) = action.compile(declared.map(|d| &d.settings), &mut cx) {
-                    probe(&compiled, &templates, path, pos(raw_action), &name, &mut errors);
+                    probe(
+                        &compiled,
+                        &templates,
+                        path,
+                        pos(raw_action),
+                        &name,
+                        &mut errors,
+                    );
                     actions.push(compiled);
                 }
             }
@@ -253,7 +318,9 @@ pub fn compile(files: Vec<(PathBuf, String, RawFile)>, templates_dir: &Path) -> 
         )));
     }
     if !errors.is_empty() {
-        errors.0.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+        errors
+            .0
+            .sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
         return Err(errors);
     }
     Ok(Config {
@@ -268,13 +335,28 @@ pub fn compile(files: Vec<(PathBuf, String, RawFile)>, templates_dir: &Path) -> 
 
 /// Renders an action against an event with every canonical field present, so that a template
 /// naming a field that does not exist (`{{lead.frist_name}}`) is caught at load, not at 3 a.m.
-fn probe(action: &Action, templates: &Templates, file: &Path, at: Pos, rule: &str, errors: &mut Diagnostics) {
+fn probe(
+    action: &Action,
+    templates: &Templates,
+    file: &Path,
+    at: Pos,
+    rule: &str,
+    errors: &mut Diagnostics,
+) {
     let mut sample = SmartLead.normalise(&serde_json::Map::new());
     sample["event_id"] = Value::String("probe".into());
     match action.render(&sample, templates) {
-        Err(RenderFailure::Template(e)) if e.missing.as_deref().is_some_and(|p| p == "raw" || p.starts_with("raw.")) => {}
+        Err(RenderFailure::Template(e))
+            if e.missing
+                .as_deref()
+                .is_some_and(|p| p == "raw" || p.starts_with("raw.")) => {}
         Err(RenderFailure::Template(e)) => {
-            errors.push(Diagnostic::at(file, at.line, at.column, format!("rule {rule:?}: {e}")));
+            errors.push(Diagnostic::at(
+                file,
+                at.line,
+                at.column,
+                format!("rule {rule:?}: {e}"),
+            ));
         }
         _ => {}
     }

@@ -22,7 +22,11 @@ pub fn watch(app: Arc<App>) -> notify::Result<Watch> {
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
     let rules = absolute(&app.sources.rules);
     let templates = absolute(&app.sources.templates);
-    let rules_dir = if rules.is_dir() { rules.clone() } else { rules.parent().map(Path::to_path_buf).unwrap_or_default() };
+    let rules_dir = if rules.is_dir() {
+        rules.clone()
+    } else {
+        rules.parent().map(Path::to_path_buf).unwrap_or_default()
+    };
     let (r, t) = (rules.clone(), templates.clone());
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let Ok(event) = res else { return };
@@ -38,7 +42,10 @@ pub fn watch(app: Arc<App>) -> notify::Result<Watch> {
     }
     tokio::spawn(async move {
         while rx.recv().await.is_some() {
-            while tokio::time::timeout(DEBOUNCE, rx.recv()).await.is_ok_and(|m| m.is_some()) {}
+            while tokio::time::timeout(DEBOUNCE, rx.recv())
+                .await
+                .is_ok_and(|m| m.is_some())
+            {}
             let app = app.clone();
             let _ = tokio::task::spawn_blocking(move || app.reload("file change")).await;
         }

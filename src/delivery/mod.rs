@@ -65,7 +65,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { capacity: 10_000, concurrency: 32 }
+        Limits {
+            capacity: 10_000,
+            concurrency: 32,
+        }
     }
 }
 
@@ -87,8 +90,17 @@ pub fn start(app: Arc<App>, clients: Clients, limits: Limits) -> (Queue, Workers
             let Some(job) = job else { break };
             for &rule in &job.rules {
                 for action in 0..job.config.rules.get(rule).actions.len() {
-                    let permit = permits.clone().acquire_owned().await.expect("semaphore open");
-                    let (app, clients, event, config) = (app.clone(), clients.clone(), job.event.clone(), job.config.clone());
+                    let permit = permits
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .expect("semaphore open");
+                    let (app, clients, event, config) = (
+                        app.clone(),
+                        clients.clone(),
+                        job.event.clone(),
+                        job.config.clone(),
+                    );
                     running.spawn(async move {
                         deliver(&app, &clients, &event, &config, rule, action).await;
                         drop(permit);
@@ -112,7 +124,14 @@ impl Workers {
 }
 
 /// Renders and sends one (event, rule, action), and logs the outcome.
-async fn deliver(app: &App, clients: &Clients, event: &Value, config: &Config, rule: usize, action: usize) {
+async fn deliver(
+    app: &App,
+    clients: &Clients,
+    event: &Value,
+    config: &Config,
+    rule: usize,
+    action: usize,
+) {
     let rule = config.rules.get(rule);
     let act = &rule.actions[action];
     let event_id = crate::event::event_id(event);

@@ -40,11 +40,12 @@ pub fn strip_secrets(value: &mut Value) {
 /// Looks up a dotted path (`lead.email`, `raw.link_details.0`) in a JSON value.
 /// Array elements are reached by their index.
 pub fn lookup<'a>(value: &'a Value, path: &[String]) -> Option<&'a Value> {
-    path.iter().try_fold(value, |current, segment| match current {
-        Value::Object(map) => map.get(segment),
-        Value::Array(items) => segment.parse::<usize>().ok().and_then(|i| items.get(i)),
-        _ => None,
-    })
+    path.iter()
+        .try_fold(value, |current, segment| match current {
+            Value::Object(map) => map.get(segment),
+            Value::Array(items) => segment.parse::<usize>().ok().and_then(|i| items.get(i)),
+            _ => None,
+        })
 }
 
 /// The canonical event type of the router and, when it differs, the one the source sent.

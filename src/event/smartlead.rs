@@ -181,16 +181,12 @@ impl Payload<'_> {
             "leadCorrespondence.replyReceivedFrom",
             "sl_lead_email",
         ]);
-        let subject = self.str_at(&["reply.subject"]).or_else(|| {
-            is_reply
-                .then(|| self.str_at(&["subject"]))
-                .flatten()
-        });
-        let message_id = self.str_at(&["reply.message_id", "reply_message.message_id"]).or_else(|| {
-            is_reply
-                .then(|| self.str_at(&["message_id"]))
-                .flatten()
-        });
+        let subject = self
+            .str_at(&["reply.subject"])
+            .or_else(|| is_reply.then(|| self.str_at(&["subject"])).flatten());
+        let message_id = self
+            .str_at(&["reply.message_id", "reply_message.message_id"])
+            .or_else(|| is_reply.then(|| self.str_at(&["message_id"])).flatten());
         json!({
             "subject": subject,
             "text": text,
@@ -231,16 +227,20 @@ impl Payload<'_> {
 pub(crate) fn bounce_type_from_text(text: &str) -> &'static str {
     let lower = text.to_ascii_lowercase();
     let has_code = |class: char| {
-        lower.split(|c: char| !c.is_ascii_alphanumeric() && c != '.').any(|word| {
-            let mut chars = word.chars();
-            let first = chars.next();
-            let rest: String = chars.collect();
-            first == Some(class)
-                && ((rest.len() == 2 && rest.chars().all(|c| c.is_ascii_digit()))
-                    || (rest.starts_with('.')
-                        && rest[1..].split('.').count() == 2
-                        && rest[1..].split('.').all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))))
-        })
+        lower
+            .split(|c: char| !c.is_ascii_alphanumeric() && c != '.')
+            .any(|word| {
+                let mut chars = word.chars();
+                let first = chars.next();
+                let rest: String = chars.collect();
+                first == Some(class)
+                    && ((rest.len() == 2 && rest.chars().all(|c| c.is_ascii_digit()))
+                        || (rest.starts_with('.')
+                            && rest[1..].split('.').count() == 2
+                            && rest[1..]
+                                .split('.')
+                                .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))))
+            })
     };
     const HARD: &[&str] = &[
         "user unknown",
@@ -295,13 +295,19 @@ fn split_name(name: Option<&str>) -> (Option<String>, Option<String>) {
     };
     let mut parts = name.splitn(2, char::is_whitespace);
     let first = parts.next().map(str::to_string).filter(|s| !s.is_empty());
-    let last = parts.next().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+    let last = parts
+        .next()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty());
     (first, last)
 }
 
 fn rfc3339(s: &str) -> String {
     DateTime::parse_from_rfc3339(s)
-        .map(|t| t.with_timezone(&Utc).to_rfc3339_opts(SecondsFormat::AutoSi, true))
+        .map(|t| {
+            t.with_timezone(&Utc)
+                .to_rfc3339_opts(SecondsFormat::AutoSi, true)
+        })
         .unwrap_or_else(|_| s.to_string())
 }
 

@@ -112,9 +112,12 @@ impl Condition {
                 let (canonical, sent) = event::event_type(event);
                 names.iter().any(|n| n == canonical || n == sent)
             }
-            Condition::CampaignId(ids) => event::campaign_id(event).is_some_and(|id| ids.contains(&id)),
-            Condition::CampaignName(globs) => campaign_name(event)
-                .is_some_and(|name| globs.iter().any(|(_, g)| g.is_match(name))),
+            Condition::CampaignId(ids) => {
+                event::campaign_id(event).is_some_and(|id| ids.contains(&id))
+            }
+            Condition::CampaignName(globs) => {
+                campaign_name(event).is_some_and(|name| globs.iter().any(|(_, g)| g.is_match(name)))
+            }
             Condition::Field { segments, test, .. } => test.holds(event::lookup(event, segments)),
         }
     }
@@ -127,7 +130,9 @@ impl Condition {
             parts: vec![],
         };
         match self {
-            Condition::All(parts) if parts.is_empty() => leaf("no conditions (matches every event)".into()),
+            Condition::All(parts) if parts.is_empty() => {
+                leaf("no conditions (matches every event)".into())
+            }
             Condition::All(parts) => group("all of", parts, event, self.holds(event)),
             Condition::Any(parts) => group("any of", parts, event, self.holds(event)),
             Condition::Not(inner) => Verdict {
@@ -137,19 +142,33 @@ impl Condition {
             },
             Condition::Event(names) => {
                 let (canonical, sent) = event::event_type(event);
-                leaf(format!("event is {} (got {canonical}, sent as {sent})", names.join(" or ")))
+                leaf(format!(
+                    "event is {} (got {canonical}, sent as {sent})",
+                    names.join(" or ")
+                ))
             }
             Condition::CampaignId(ids) => leaf(format!(
                 "campaign.id is {} (got {})",
-                ids.iter().map(i64::to_string).collect::<Vec<_>>().join(" or "),
+                ids.iter()
+                    .map(i64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" or "),
                 event::campaign_id(event).map_or("nothing".into(), |i| i.to_string())
             )),
             Condition::CampaignName(globs) => leaf(format!(
                 "campaign.name matches {} (got {})",
-                globs.iter().map(|(g, _)| format!("{g:?}")).collect::<Vec<_>>().join(" or "),
+                globs
+                    .iter()
+                    .map(|(g, _)| format!("{g:?}"))
+                    .collect::<Vec<_>>()
+                    .join(" or "),
                 campaign_name(event).map_or("nothing".into(), |n| format!("{n:?}"))
             )),
-            Condition::Field { path, segments, test } => {
+            Condition::Field {
+                path,
+                segments,
+                test,
+            } => {
                 let got = event::lookup(event, segments);
                 leaf(format!(
                     "{path} {} (got {})",
@@ -193,12 +212,18 @@ impl FieldTest {
             FieldTest::NotIn(list) => !value.is_some_and(|v| list.iter().any(|e| loose_eq(v, e))),
             FieldTest::Exists(want) => value.is_some() == *want,
             FieldTest::Contains(needle) => match value {
-                Some(Value::Array(items)) => items.iter().any(|i| as_text(i).as_deref() == Some(needle)),
+                Some(Value::Array(items)) => {
+                    items.iter().any(|i| as_text(i).as_deref() == Some(needle))
+                }
                 Some(v) => as_text(v).is_some_and(|t| t.contains(needle.as_str())),
                 None => false,
             },
-            FieldTest::StartsWith(p) => value.and_then(as_text).is_some_and(|t| t.starts_with(p.as_str())),
-            FieldTest::EndsWith(p) => value.and_then(as_text).is_some_and(|t| t.ends_with(p.as_str())),
+            FieldTest::StartsWith(p) => value
+                .and_then(as_text)
+                .is_some_and(|t| t.starts_with(p.as_str())),
+            FieldTest::EndsWith(p) => value
+                .and_then(as_text)
+                .is_some_and(|t| t.ends_with(p.as_str())),
             FieldTest::Matches(re) => value.and_then(as_text).is_some_and(|t| re.is_match(&t)),
             FieldTest::Compare(op, n) => value.and_then(as_number).is_some_and(|v| match op {
                 Cmp::Gt => v > *n,
@@ -212,7 +237,11 @@ impl FieldTest {
 
     fn describe(&self) -> String {
         match self {
-            FieldTest::All(tests) => tests.iter().map(Self::describe).collect::<Vec<_>>().join(" and "),
+            FieldTest::All(tests) => tests
+                .iter()
+                .map(Self::describe)
+                .collect::<Vec<_>>()
+                .join(" and "),
             FieldTest::Equals(v) => format!("equals {v}"),
             FieldTest::In(l) => format!("in {}", Value::Array(l.clone())),
             FieldTest::NotIn(l) => format!("not in {}", Value::Array(l.clone())),
@@ -222,12 +251,15 @@ impl FieldTest {
             FieldTest::StartsWith(s) => format!("starts with {s:?}"),
             FieldTest::EndsWith(s) => format!("ends with {s:?}"),
             FieldTest::Matches(r) => format!("matches /{}/", r.as_str()),
-            FieldTest::Compare(op, n) => format!("{} {n}", match op {
-                Cmp::Gt => ">",
-                Cmp::Gte => ">=",
-                Cmp::Lt => "<",
-                Cmp::Lte => "<=",
-            }),
+            FieldTest::Compare(op, n) => format!(
+                "{} {n}",
+                match op {
+                    Cmp::Gt => ">",
+                    Cmp::Gte => ">=",
+                    Cmp::Lt => "<",
+                    Cmp::Lte => "<=",
+                }
+            ),
             FieldTest::Not(inner) => format!("not ({})", inner.describe()),
         }
     }
@@ -291,7 +323,10 @@ pub fn compile(when: &Spanned<RawWhen>, error: &mut dyn FnMut(Pos, String)) -> C
             for id in ids {
                 match as_number(&id).filter(|n| n.fract() == 0.0) {
                     Some(n) => parsed.push(n as i64),
-                    None => error(pos(campaign), format!("campaign id {id} is not a whole number")),
+                    None => error(
+                        pos(campaign),
+                        format!("campaign id {id} is not a whole number"),
+                    ),
                 }
             }
             parts.push(Condition::CampaignId(parsed));
@@ -315,10 +350,15 @@ pub fn compile(when: &Spanned<RawWhen>, error: &mut dyn FnMut(Pos, String)) -> C
     for (path, value) in &w.fields {
         let at = pos(value);
         if path.is_empty() || path.split('.').any(str::is_empty) {
-            error(at, format!("field path {path:?} is not a dotted path like lead.email"));
+            error(
+                at,
+                format!("field path {path:?} is not a dotted path like lead.email"),
+            );
             continue;
         }
-        let test = field_test(&value.value, &mut |m| error(at, format!("field {path}: {m}")));
+        let test = field_test(&value.value, &mut |m| {
+            error(at, format!("field {path}: {m}"))
+        });
         parts.push(Condition::Field {
             path: path.clone(),
             segments: path.split('.').map(str::to_string).collect(),
@@ -354,9 +394,15 @@ fn field_test(value: &Value, error: &mut dyn FnMut(String)) -> FieldTest {
         return FieldTest::Equals(value.clone());
     };
     if ops.is_empty() {
-        error(format!("empty condition; use one of: {}", OPERATORS.join(", ")));
+        error(format!(
+            "empty condition; use one of: {}",
+            OPERATORS.join(", ")
+        ));
     }
-    let mut tests: Vec<FieldTest> = ops.iter().filter_map(|(op, arg)| operator(op, arg, error)).collect();
+    let mut tests: Vec<FieldTest> = ops
+        .iter()
+        .filter_map(|(op, arg)| operator(op, arg, error))
+        .collect();
     if tests.len() == 1 {
         tests.pop().expect("one test")
     } else {
@@ -416,7 +462,10 @@ fn operator(op: &str, arg: &Value, error: &mut dyn FnMut(String)) -> Option<Fiel
         "lte" => FieldTest::Compare(Cmp::Lte, number(error)?),
         "not" => FieldTest::Not(Box::new(field_test(arg, error))),
         other => {
-            error(format!("unknown operator `{other}`; expected one of: {}", OPERATORS.join(", ")));
+            error(format!(
+                "unknown operator `{other}`; expected one of: {}",
+                OPERATORS.join(", ")
+            ));
             return None;
         }
     })

@@ -45,10 +45,10 @@ impl Index {
         }
         let mut found = Vec::new();
         for t in types {
-            if campaign.is_some() {
-                if let Some(list) = self.buckets.get(&(t.clone(), campaign)) {
-                    found.extend_from_slice(list);
-                }
+            if campaign.is_some()
+                && let Some(list) = self.buckets.get(&(t.clone(), campaign))
+            {
+                found.extend_from_slice(list);
             }
             if let Some(list) = self.buckets.get(&(t, None)) {
                 found.extend_from_slice(list);
@@ -68,10 +68,10 @@ fn required<T: Clone>(
     if let Some(values) = pick(cond) {
         return values;
     }
-    if let Condition::All(parts) = cond {
-        if let Some(values) = parts.iter().find_map(pick) {
-            return values;
-        }
+    if let Condition::All(parts) = cond
+        && let Some(values) = parts.iter().find_map(pick)
+    {
+        return values;
     }
     vec![None]
 }

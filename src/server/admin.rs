@@ -11,7 +11,10 @@ use warp::reply::{Reply, Response};
 /// Ready when a configuration is loaded (always, once serving) and the queue has room.
 pub(super) fn ready(state: State) -> Response {
     let rules = state.app.current().rules.rules().len();
-    warp::reply::json(&json!({"status": "ready", "rules": rules, "queue_depth": state.queue.depth()})).into_response()
+    warp::reply::json(
+        &json!({"status": "ready", "rules": rules, "queue_depth": state.queue.depth()}),
+    )
+    .into_response()
 }
 
 /// Prometheus text format.
@@ -21,17 +24,65 @@ pub(super) fn metrics(state: State) -> Response {
     let status = state.app.reload_status();
     let mut out = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, value: String| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
     };
-    metric("switchboard_events_accepted_total", "counter", "Webhook events accepted.", c.events_accepted.load(Ordering::Relaxed).to_string());
-    metric("switchboard_events_rejected_total", "counter", "Webhook requests rejected.", c.events_rejected.load(Ordering::Relaxed).to_string());
-    metric("switchboard_deliveries_delivered_total", "counter", "Deliveries that reached their destination.", c.deliveries_ok.load(Ordering::Relaxed).to_string());
-    metric("switchboard_deliveries_failed_total", "counter", "Deliveries that failed.", c.deliveries_failed.load(Ordering::Relaxed).to_string());
-    metric("switchboard_deliveries_skipped_total", "counter", "Deliveries skipped: destination not configured.", c.deliveries_skipped.load(Ordering::Relaxed).to_string());
-    metric("switchboard_queue_depth", "gauge", "Accepted events waiting for a worker.", state.queue.depth().to_string());
-    metric("switchboard_rules_loaded", "gauge", "Rules in the serving configuration.", config.rules.rules().len().to_string());
-    metric("switchboard_config_last_reload_successful", "gauge", "Whether the last reload succeeded.", u8::from(status.ok).to_string());
-    metric("switchboard_config_last_reload_success_timestamp_seconds", "gauge", "Unix time of the last successful reload.", c.last_success_unix.load(Ordering::Relaxed).to_string());
+    metric(
+        "switchboard_events_accepted_total",
+        "counter",
+        "Webhook events accepted.",
+        c.events_accepted.load(Ordering::Relaxed).to_string(),
+    );
+    metric(
+        "switchboard_events_rejected_total",
+        "counter",
+        "Webhook requests rejected.",
+        c.events_rejected.load(Ordering::Relaxed).to_string(),
+    );
+    metric(
+        "switchboard_deliveries_delivered_total",
+        "counter",
+        "Deliveries that reached their destination.",
+        c.deliveries_ok.load(Ordering::Relaxed).to_string(),
+    );
+    metric(
+        "switchboard_deliveries_failed_total",
+        "counter",
+        "Deliveries that failed.",
+        c.deliveries_failed.load(Ordering::Relaxed).to_string(),
+    );
+    metric(
+        "switchboard_deliveries_skipped_total",
+        "counter",
+        "Deliveries skipped: destination not configured.",
+        c.deliveries_skipped.load(Ordering::Relaxed).to_string(),
+    );
+    metric(
+        "switchboard_queue_depth",
+        "gauge",
+        "Accepted events waiting for a worker.",
+        state.queue.depth().to_string(),
+    );
+    metric(
+        "switchboard_rules_loaded",
+        "gauge",
+        "Rules in the serving configuration.",
+        config.rules.rules().len().to_string(),
+    );
+    metric(
+        "switchboard_config_last_reload_successful",
+        "gauge",
+        "Whether the last reload succeeded.",
+        u8::from(status.ok).to_string(),
+    );
+    metric(
+        "switchboard_config_last_reload_success_timestamp_seconds",
+        "gauge",
+        "Unix time of the last successful reload.",
+        c.last_success_unix.load(Ordering::Relaxed).to_string(),
+    );
     let _ = writeln!(
         out,
         "# HELP switchboard_config_info The serving configuration's hash.\n# TYPE switchboard_config_info gauge\nswitchboard_config_info{{hash=\"{}\"}} 1",
@@ -61,7 +112,10 @@ pub(super) async fn reload(state: State) -> Response {
             StatusCode::UNPROCESSABLE_ENTITY,
         )
         .into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("reload did not finish: {e}")),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reload did not finish: {e}"),
+        ),
     }
 }
 

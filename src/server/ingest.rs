@@ -15,7 +15,13 @@ pub(super) fn receive(source: String, body: bytes::Bytes, state: State) -> Respo
     let Some(normaliser) = state.sources.iter().find(|s| s.name() == source) else {
         counters.events_rejected.fetch_add(1, Ordering::Relaxed);
         let known: Vec<&str> = state.sources.iter().map(|s| s.name()).collect();
-        return error(StatusCode::NOT_FOUND, format!("unknown source {source:?}; this router receives: {}", known.join(", ")));
+        return error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "unknown source {source:?}; this router receives: {}",
+                known.join(", ")
+            ),
+        );
     };
     let payload = match parse(&body) {
         Ok(p) => p,
@@ -31,14 +37,29 @@ pub(super) fn receive(source: String, body: bytes::Bytes, state: State) -> Respo
     let config = state.app.current();
     let rules = config.rules.matching(&event);
     let (kind, sent) = crate::event::event_type(&event);
-    tracing::info!(event_id, source, event = kind, sent_as = sent, matched = rules.len(), "Event received.");
+    tracing::info!(
+        event_id,
+        source,
+        event = kind,
+        sent_as = sent,
+        matched = rules.len(),
+        "Event received."
+    );
     if !rules.is_empty() {
-        let job = Job { event: Arc::new(event), config, rules };
+        let job = Job {
+            event: Arc::new(event),
+            config,
+            rules,
+        };
         if state.queue.submit(job).is_err() {
             counters.events_rejected.fetch_add(1, Ordering::Relaxed);
             tracing::error!(event_id, "Event refused: the delivery queue is full.");
-            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "the router is busy; retry later");
-            r.headers_mut().insert("retry-after", warp::http::HeaderValue::from_static("5"));
+            let mut r = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the router is busy; retry later",
+            );
+            r.headers_mut()
+                .insert("retry-after", warp::http::HeaderValue::from_static("5"));
             return r;
         }
     }
@@ -53,7 +74,10 @@ fn parse(body: &[u8]) -> Result<serde_json::Map<String, Value>, String> {
     }
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(other) => Err(format!("the body must be a JSON object, not {}", kind(&other))),
+        Ok(other) => Err(format!(
+            "the body must be a JSON object, not {}",
+            kind(&other)
+        )),
         Err(e) => Err(format!("the body is not valid JSON: {e}")),
     }
 }

@@ -94,7 +94,10 @@ fn limited_body() -> impl Filter<Extract = (bytes::Bytes,), Error = warp::Reject
         .and_then(collect_body)
 }
 
-async fn collect_body<S, B>(announced: Option<u64>, body: S) -> Result<bytes::Bytes, warp::Rejection>
+async fn collect_body<S, B>(
+    announced: Option<u64>,
+    body: S,
+) -> Result<bytes::Bytes, warp::Rejection>
 where
     S: futures_util::Stream<Item = Result<B, warp::Error>>,
     B: warp::Buf,
@@ -105,7 +108,11 @@ where
     }
     let mut collected = bytes::BytesMut::new();
     let mut body = std::pin::pin!(body);
-    while let Some(mut chunk) = body.try_next().await.map_err(|_| warp::reject::custom(TooLarge))? {
+    while let Some(mut chunk) = body
+        .try_next()
+        .await
+        .map_err(|_| warp::reject::custom(TooLarge))?
+    {
         if collected.len() + chunk.remaining() > MAX_BODY_BYTES as usize {
             return Err(warp::reject::custom(TooLarge));
         }
@@ -125,7 +132,8 @@ impl warp::reject::Reject for TooLarge {}
 
 /// A JSON error answer: `{"error": "…"}`.
 pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    warp::reply::with_status(warp::reply::json(&json!({"error": message.into()})), status).into_response()
+    warp::reply::with_status(warp::reply::json(&json!({"error": message.into()})), status)
+        .into_response()
 }
 
 async fn rejection(r: warp::Rejection) -> Result<Response, Infallible> {
@@ -133,11 +141,20 @@ async fn rejection(r: warp::Rejection) -> Result<Response, Infallible> {
     Ok(if r.is_not_found() {
         error(StatusCode::NOT_FOUND, "no such endpoint")
     } else if r.find::<PayloadTooLarge>().is_some() || r.find::<TooLarge>().is_some() {
-        error(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than {MAX_BODY_BYTES} bytes"))
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+        )
     } else if r.find::<LengthRequired>().is_some() {
-        error(StatusCode::LENGTH_REQUIRED, "a Content-Length header is required")
+        error(
+            StatusCode::LENGTH_REQUIRED,
+            "a Content-Length header is required",
+        )
     } else if r.find::<MethodNotAllowed>().is_some() {
-        error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint")
+        error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed on this endpoint",
+        )
     } else {
         error(StatusCode::BAD_REQUEST, format!("bad request: {r:?}"))
     })

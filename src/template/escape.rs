@@ -32,10 +32,7 @@ impl Escape {
     ];
 
     pub(crate) fn index(self) -> usize {
-        Escape::ALL
-            .iter()
-            .position(|&e| e == self)
-            .expect("listed")
+        Escape::ALL.iter().position(|&e| e == self).expect("listed")
     }
 
     /// The escaping function for values inserted with `{{…}}`.
@@ -98,10 +95,11 @@ pub fn truncate(s: &str, max: usize) -> String {
     }
     let keep = max.saturating_sub(1);
     let mut cut: String = s.chars().take(keep).collect();
-    if let Some(amp) = cut.rfind('&') {
-        if !cut[amp..].contains(';') && cut.len() - amp < 8 {
-            cut.truncate(amp);
-        }
+    if let Some(amp) = cut.rfind('&')
+        && !cut[amp..].contains(';')
+        && cut.len() - amp < 8
+    {
+        cut.truncate(amp);
     }
     cut.push('…');
     cut
@@ -113,7 +111,10 @@ mod tests {
 
     #[test]
     fn slack_escaping_neutralises_mentions_and_links() {
-        assert_eq!(slack("<!channel> & <@U123|x>"), "&lt;!channel&gt; &amp; &lt;@U123|x&gt;");
+        assert_eq!(
+            slack("<!channel> & <@U123|x>"),
+            "&lt;!channel&gt; &amp; &lt;@U123|x&gt;"
+        );
     }
 
     #[test]
@@ -125,7 +126,10 @@ mod tests {
 
     #[test]
     fn header_values_lose_line_breaks() {
-        assert_eq!(header_value("Hi\r\nBcc: evil@example.com"), "Hi  Bcc: evil@example.com");
+        assert_eq!(
+            header_value("Hi\r\nBcc: evil@example.com"),
+            "Hi  Bcc: evil@example.com"
+        );
     }
 
     #[test]

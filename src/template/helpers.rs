@@ -13,8 +13,14 @@ use serde_json::Value;
 pub(super) fn register(hb: &mut Handlebars<'static>, mode: Escape) {
     hb.register_helper("truncate", Box::new(ValueHelper(truncate)));
     hb.register_helper("default", Box::new(ValueHelper(default)));
-    hb.register_helper("upper", Box::new(ValueHelper(|h| Ok(text(h, 0)?.to_uppercase().into()))));
-    hb.register_helper("lower", Box::new(ValueHelper(|h| Ok(text(h, 0)?.to_lowercase().into()))));
+    hb.register_helper(
+        "upper",
+        Box::new(ValueHelper(|h| Ok(text(h, 0)?.to_uppercase().into()))),
+    );
+    hb.register_helper(
+        "lower",
+        Box::new(ValueHelper(|h| Ok(text(h, 0)?.to_lowercase().into()))),
+    );
     hb.register_helper("date", Box::new(ValueHelper(date)));
     hb.register_helper("json", Box::new(Json(mode)));
 }
@@ -67,7 +73,11 @@ fn default(h: &Helper<'_>) -> Result<Value, RenderError> {
         Value::String(s) => s.trim().is_empty(),
         _ => false,
     };
-    Ok(if empty { param(h, 1)?.clone() } else { value.clone() })
+    Ok(if empty {
+        param(h, 1)?.clone()
+    } else {
+        value.clone()
+    })
 }
 
 /// `{{date timestamp "%d %b %Y %H:%M"}}`: an RFC 3339 time in strftime format (UTC);

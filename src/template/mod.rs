@@ -11,8 +11,8 @@ mod helpers;
 pub use escape::Escape;
 
 use handlebars::Handlebars;
-use sha2::{Digest, Sha256};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
 use std::path::Path;
 

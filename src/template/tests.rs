@@ -22,7 +22,12 @@ fn slack_mode_escapes_control_characters() {
 
 #[test]
 fn slack_json_mode_produces_valid_json() {
-    let out = render(r#"{"text": "{{lead.name}}"}"#, Escape::SlackJson, &hostile()).unwrap();
+    let out = render(
+        r#"{"text": "{{lead.name}}"}"#,
+        Escape::SlackJson,
+        &hostile(),
+    )
+    .unwrap();
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
         v["text"],
@@ -46,8 +51,16 @@ fn json_mode_escapes_strings_and_json_helper_inserts_values() {
 
 #[test]
 fn html_mode_escapes_markup_and_triple_stash_is_raw() {
-    let out = render("<p>{{lead.name}}</p>{{{lead.name}}}", Escape::Html, &hostile()).unwrap();
-    assert!(out.starts_with("<p>&lt;!channel&gt; &amp; &quot;Bob&quot;"), "{out}");
+    let out = render(
+        "<p>{{lead.name}}</p>{{{lead.name}}}",
+        Escape::Html,
+        &hostile(),
+    )
+    .unwrap();
+    assert!(
+        out.starts_with("<p>&lt;!channel&gt; &amp; &quot;Bob&quot;"),
+        "{out}"
+    );
     assert!(out.contains("<!channel>"), "{out}");
 }
 
@@ -80,12 +93,17 @@ fn url_mode_percent_encodes_values() {
         &json!({"e": "a+b@x.example&admin=1"}),
     )
     .unwrap();
-    assert_eq!(out, "https://crm.example/leads?email=a%2Bb%40x%2Eexample%26admin%3D1");
+    assert_eq!(
+        out,
+        "https://crm.example/leads?email=a%2Bb%40x%2Eexample%26admin%3D1"
+    );
 }
 
 #[test]
 fn broken_template_reports_its_position() {
     let mut t = Templates::default();
-    let err = t.inline("line one\n{{#if x}}unclosed", Escape::Plain).unwrap_err();
+    let err = t
+        .inline("line one\n{{#if x}}unclosed", Escape::Plain)
+        .unwrap_err();
     assert!(err.line.is_some(), "{err:?}");
 }

@@ -51,12 +51,18 @@ fn check_names_line_and_column_of_every_mistake() {
         ("bad.yaml:11:", "`gt` takes a number"),
         ("bad.yaml:13:", "unknown destination \"nowhere\""),
         ("bad.yaml:14:", "duplicate rule name \"one\""),
-        ("bad.yaml:16:", "template file \"slack/missing.hbs\" not found"),
+        (
+            "bad.yaml:16:",
+            "template file \"slack/missing.hbs\" not found",
+        ),
         ("bad.yaml:17:", "does not compile"),
         ("bad.yaml:18:", "lead.frist_name"),
     ];
     for (at, what) in expect {
-        assert!(text.lines().any(|l| l.starts_with(at) && l.contains(what)), "missing {at} {what} in:\n{text}");
+        assert!(
+            text.lines().any(|l| l.starts_with(at) && l.contains(what)),
+            "missing {at} {what} in:\n{text}"
+        );
     }
     assert!(text.contains("7 problem(s) found"), "{text}");
 }
@@ -64,12 +70,30 @@ fn check_names_line_and_column_of_every_mistake() {
 #[test]
 fn check_reports_yaml_and_shape_errors_with_position() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("r.yaml"), "rules:\n  - name: x\n    actions: []\n    colour: blue\n").unwrap();
-    let text = stdout(&switchboard(&["check", "--rules", "r.yaml", "--templates", "t"], dir.path()));
-    assert!(text.lines().any(|l| l.starts_with("r.yaml:4:") && l.contains("colour")), "{text}");
+    std::fs::write(
+        dir.path().join("r.yaml"),
+        "rules:\n  - name: x\n    actions: []\n    colour: blue\n",
+    )
+    .unwrap();
+    let text = stdout(&switchboard(
+        &["check", "--rules", "r.yaml", "--templates", "t"],
+        dir.path(),
+    ));
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("r.yaml:4:") && l.contains("colour")),
+        "{text}"
+    );
     std::fs::write(dir.path().join("r.yaml"), "rules:\n  - name: [unclosed\n").unwrap();
-    let text = stdout(&switchboard(&["check", "--rules", "r.yaml", "--templates", "t"], dir.path()));
-    assert!(text.lines().any(|l| l.starts_with("r.yaml:") && !l.starts_with("r.yaml: ")), "{text}");
+    let text = stdout(&switchboard(
+        &["check", "--rules", "r.yaml", "--templates", "t"],
+        dir.path(),
+    ));
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("r.yaml:") && !l.starts_with("r.yaml: ")),
+        "{text}"
+    );
 }
 
 #[test]
@@ -77,7 +101,10 @@ fn check_passes_the_shipped_rules_and_warns_about_unset_destinations() {
     let out = switchboard(&["check"], &repo_path(""));
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{text}");
-    assert!(text.contains("warning: destination \"sales-slack\" is not configured"), "{text}");
+    assert!(
+        text.contains("warning: destination \"sales-slack\" is not configured"),
+        "{text}"
+    );
     assert!(text.contains("SALES_SLACK_WEBHOOK_URL"), "{text}");
 }
 
@@ -86,25 +113,55 @@ async fn test_shows_the_rendered_output_and_sends_nothing() {
     let peer = HttpPeer::start().await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("templates/slack")).unwrap();
-    std::fs::copy(repo_path("templates/slack/reply.json.hbs"), dir.path().join("templates/slack/reply.json.hbs")).unwrap();
+    std::fs::copy(
+        repo_path("templates/slack/reply.json.hbs"),
+        dir.path().join("templates/slack/reply.json.hbs"),
+    )
+    .unwrap();
     let rules = format!(
         "rules:\n  - name: reply-to-sales\n    when: {{ event: EMAIL_REPLIED }}\n    actions:\n      - slack: {{ webhook_url: \"{}\", template: slack/reply.json.hbs }}\n      - http: {{ url: \"{}\", headers: {{ Authorization: Bearer secret-token }}, body: '{{\"email\": \"{{{{lead.email}}}}\"}}' }}\n  - name: bounces\n    when: {{ event: EMAIL_BOUNCED }}\n    actions:\n      - log: {{ message: bounce }}\n",
         peer.url("/services/T0/B0/SECRETPATH"),
         peer.url("/crm")
     );
     std::fs::write(dir.path().join("rules.yaml"), rules).unwrap();
-    std::fs::write(dir.path().join("event.json"), include_str!("../fixtures/smartlead/real_13_email_reply.json")).unwrap();
-    let out = switchboard(&["test", "--event", "event.json", "--rules", "rules.yaml", "--explain"], dir.path());
+    std::fs::write(
+        dir.path().join("event.json"),
+        include_str!("../fixtures/smartlead/real_13_email_reply.json"),
+    )
+    .unwrap();
+    let out = switchboard(
+        &[
+            "test",
+            "--event",
+            "event.json",
+            "--rules",
+            "rules.yaml",
+            "--explain",
+        ],
+        dir.path(),
+    );
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("Matched 1 rule(s)"), "{text}");
     assert!(text.contains("== rule reply-to-sales =="), "{text}");
     assert!(text.contains("\"text\": \"Open in SmartLead\""), "{text}");
     assert!(text.contains("POST http://127.0.0.1"), "{text}");
-    assert!(text.contains("{\"email\": \"james.parker@prospect.example\"}"), "{text}");
-    assert!(text.contains("✗ bounces") && text.contains("✗ event is EMAIL_BOUNCED"), "{text}");
-    assert!(!text.contains("SECRETPATH"), "the webhook URL is a secret: {text}");
-    assert!(!text.contains("secret-token"), "headers like Authorization are secrets: {text}");
+    assert!(
+        text.contains("{\"email\": \"james.parker@prospect.example\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("✗ bounces") && text.contains("✗ event is EMAIL_BOUNCED"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("SECRETPATH"),
+        "the webhook URL is a secret: {text}"
+    );
+    assert!(
+        !text.contains("secret-token"),
+        "headers like Authorization are secrets: {text}"
+    );
     assert!(!text.contains("fakesecret"), "{text}");
     assert!(peer.received().is_empty(), "test sent something");
 }
@@ -115,7 +172,83 @@ fn test_rejects_bad_input_with_exit_1() {
     std::fs::write(dir.path().join("e.json"), "{\"event\": ").unwrap();
     let rules = repo_path("rules/rules.yaml");
     let templates = repo_path("templates");
-    let out = switchboard(&["test", "--event", "e.json", "--rules", rules.to_str().unwrap(), "--templates", templates.to_str().unwrap()], dir.path());
+    let out = switchboard(
+        &[
+            "test",
+            "--event",
+            "e.json",
+            "--rules",
+            rules.to_str().unwrap(),
+            "--templates",
+            templates.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("e.json:1:"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("e.json:1:"),
+        "{out:?}"
+    );
+}
+
+/// The README's first command: `switchboard serve` on the shipped rules with no variables set.
+/// It accepts an event, logs what it would have sent, and stops cleanly on SIGTERM.
+#[tokio::test]
+async fn serve_runs_the_shipped_rules_with_no_accounts_and_logs_what_it_would_send() {
+    use std::io::Read;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["serve", "--listen", &listen])
+        .current_dir(repo_path(""))
+        .env("RUST_LOG", "info")
+        .env_remove("SALES_SLACK_WEBHOOK_URL")
+        .env_remove("SWITCHBOARD_RULES")
+        .env_remove("SWITCHBOARD_TEMPLATES")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let url = format!("http://{listen}/webhooks/smartlead");
+    let body = include_str!("../fixtures/smartlead/real_13_email_reply.json");
+    let mut answer = None;
+    for _ in 0..100 {
+        match client.post(&url).body(body).send().await {
+            Ok(r) => {
+                answer = Some((r.status().as_u16(), r.text().await.unwrap()));
+                break;
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    }
+    let (status, text) = answer.expect("the router answers");
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("\"status\":\"received\""), "{text}");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let exit = child.wait().unwrap();
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert!(exit.success(), "exit {exit:?}\n{log}");
+    assert!(
+        log.contains("Reply from James Parker <james.parker@prospect.example>"),
+        "{log}"
+    );
+    assert!(log.contains("set SALES_SLACK_WEBHOOK_URL"), "{log}");
+    assert!(log.contains("reply-to-sales"), "{log}");
+    assert!(!log.contains("fakesecret"), "{log}");
 }

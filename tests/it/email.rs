@@ -30,11 +30,25 @@ async fn reply_is_emailed_with_text_and_html_parts() {
     let mails = smtp.wait_for(1).await;
     let m = &mails[0];
     assert_eq!(m.from, "alerts@example.com");
-    assert!(m.to.contains(&"ops@example.com".to_string()) && m.to.contains(&"sales@example.com".to_string()), "{:?}", m.to);
-    assert!(m.data.contains("Subject: Reply: Re: Some more conversions?"), "{}", m.data);
+    assert!(
+        m.to.contains(&"ops@example.com".to_string())
+            && m.to.contains(&"sales@example.com".to_string()),
+        "{:?}",
+        m.to
+    );
+    assert!(
+        m.data
+            .contains("Subject: Reply: Re: Some more conversions?"),
+        "{}",
+        m.data
+    );
     assert!(m.data.contains("multipart/alternative"), "{}", m.data);
     assert!(m.data.contains("text/html"), "{}", m.data);
-    assert!(m.data.contains("james.parker@prospect.example wrote:"), "{}", m.data);
+    assert!(
+        m.data.contains("james.parker@prospect.example wrote:"),
+        "{}",
+        m.data
+    );
 }
 
 #[tokio::test]
@@ -50,8 +64,15 @@ async fn a_subject_carrying_crlf_adds_no_header() {
     assert!(!m.to.iter().any(|t| t.contains("evil")), "{:?}", m.to);
     let headers = m.data.split("\r\n\r\n").next().unwrap();
     assert!(!headers.lines().any(|l| l.starts_with("Bcc:")), "{headers}");
-    assert!(!headers.lines().any(|l| l.starts_with("X-Injected")), "{headers}");
+    assert!(
+        !headers.lines().any(|l| l.starts_with("X-Injected")),
+        "{headers}"
+    );
     assert!(headers.contains("Hello"), "{headers}");
     let decoded = m.data.replace("=\r\n", "");
-    assert!(decoded.contains("<blockquote>Tom &amp; Jerry &lt;tom@x.example&gt; said hi"), "HTML part escapes the reply: {}", m.data);
+    assert!(
+        decoded.contains("<blockquote>Tom &amp; Jerry &lt;tom@x.example&gt; said hi"),
+        "HTML part escapes the reply: {}",
+        m.data
+    );
 }

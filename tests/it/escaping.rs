@@ -23,8 +23,13 @@ rules:
 
 async fn setup() -> (HttpPeer, Router) {
     let peer = HttpPeer::start().await;
-    let template = std::fs::read_to_string(crate::util::repo_path("templates/slack/reply.json.hbs")).unwrap();
-    let router = Router::start(&RULES.replace("PEER", &peer.url("")), &[("slack/reply.json.hbs", &template)]).await;
+    let template =
+        std::fs::read_to_string(crate::util::repo_path("templates/slack/reply.json.hbs")).unwrap();
+    let router = Router::start(
+        &RULES.replace("PEER", &peer.url("")),
+        &[("slack/reply.json.hbs", &template)],
+    )
+    .await;
     (peer, router)
 }
 
@@ -53,22 +58,38 @@ async fn hostile_text_is_escaped_for_slack_and_json() {
     let t = text["text"].as_str().unwrap();
     assert!(t.contains("&lt;!channel&gt;"), "{t}");
     assert!(t.contains("&lt;@U024BE7LH&gt;"), "{t}");
-    assert!(t.contains("&lt;https://evil.example|your invoice&gt; &amp; \"quotes\""), "{t}");
+    assert!(
+        t.contains("&lt;https://evil.example|your invoice&gt; &amp; \"quotes\""),
+        "{t}"
+    );
     assert!(t.contains("ünïcødé 🚀"), "{t}");
     assert!(!t.contains('<') && !t.contains('>'), "{t}");
 
-    let blocks = got.iter().find(|r| r.path == "/slack-blocks").unwrap().json();
+    let blocks = got
+        .iter()
+        .find(|r| r.path == "/slack-blocks")
+        .unwrap()
+        .json();
     let mut every = String::new();
     all_text(&blocks, &mut every);
     assert!(every.contains("&lt;!channel&gt;"), "{every}");
-    let leaked = every.replace("https://app.smartlead.ai/app/master-inbox?leadMap=1438627", "");
+    let leaked = every.replace(
+        "https://app.smartlead.ai/app/master-inbox?leadMap=1438627",
+        "",
+    );
     assert!(!leaked.contains('<') && !leaked.contains('>'), "{every}");
 
     let crm = got.iter().find(|r| r.path == "/crm").unwrap().json();
     assert_eq!(crm["text"], HOSTILE, "JSON bodies carry the text exactly");
     assert_eq!(crm["name"], HOSTILE);
     assert_eq!(crm["raw"]["text"], HOSTILE);
-    assert_eq!(got.iter().find(|r| r.path == "/crm").unwrap().header("content-type"), Some("application/json"));
+    assert_eq!(
+        got.iter()
+            .find(|r| r.path == "/crm")
+            .unwrap()
+            .header("content-type"),
+        Some("application/json")
+    );
 }
 
 #[tokio::test]
@@ -81,10 +102,18 @@ async fn very_long_replies_are_truncated_to_slack_limits() {
     let t = text["text"].as_str().unwrap();
     assert!(t.chars().count() <= 40_000, "{}", t.len());
     assert!(t.ends_with('…'));
-    let blocks = got.iter().find(|r| r.path == "/slack-blocks").unwrap().json();
+    let blocks = got
+        .iter()
+        .find(|r| r.path == "/slack-blocks")
+        .unwrap()
+        .json();
     for block in blocks["blocks"].as_array().unwrap() {
         if let Some(t) = block.pointer("/text/text").and_then(Value::as_str) {
-            assert!(t.chars().count() <= 3_000, "section text of {} characters", t.chars().count());
+            assert!(
+                t.chars().count() <= 3_000,
+                "section text of {} characters",
+                t.chars().count()
+            );
         }
     }
     let crm = got.iter().find(|r| r.path == "/crm").unwrap().json();

@@ -32,37 +32,87 @@ async fn every_event_type_of_both_shapes_reaches_its_rule() {
         ("docs_02_email_opened", "/opened", "john.doe@example.com"),
         ("docs_03_email_clicked", "/clicked", "john.doe@example.com"),
         ("docs_04_email_replied", "/replied", "jane.doe@example.com"),
-        ("docs_05_email_bounced_hard", "/bounced", "nobody@invalid.example"),
-        ("docs_06_email_unsubscribed", "/unsubscribed", "optout@example.org"),
-        ("real_10_email_sent", "/sent", "james.parker@prospect.example"),
-        ("real_11_email_open", "/opened", "james.parker@prospect.example"),
-        ("real_12_email_link_click", "/clicked", "james.parker@prospect.example"),
-        ("real_13_email_reply", "/replied", "james.parker@prospect.example"),
+        (
+            "docs_05_email_bounced_hard",
+            "/bounced",
+            "nobody@invalid.example",
+        ),
+        (
+            "docs_06_email_unsubscribed",
+            "/unsubscribed",
+            "optout@example.org",
+        ),
+        (
+            "real_10_email_sent",
+            "/sent",
+            "james.parker@prospect.example",
+        ),
+        (
+            "real_11_email_open",
+            "/opened",
+            "james.parker@prospect.example",
+        ),
+        (
+            "real_12_email_link_click",
+            "/clicked",
+            "james.parker@prospect.example",
+        ),
+        (
+            "real_13_email_reply",
+            "/replied",
+            "james.parker@prospect.example",
+        ),
         ("real_15_email_bounce", "/bounced", "nobody@invalid.example"),
-        ("real_16_lead_unsubscribed", "/unsubscribed", "optout@example.org"),
-        ("real_17_lead_category_updated", "/category", "james.parker@prospect.example"),
+        (
+            "real_16_lead_unsubscribed",
+            "/unsubscribed",
+            "optout@example.org",
+        ),
+        (
+            "real_17_lead_category_updated",
+            "/category",
+            "james.parker@prospect.example",
+        ),
     ];
     for (name, _, _) in &cases {
         router.post(&fixture(name)).await;
     }
     let got = peer.wait_for(cases.len()).await;
     for (name, path, lead) in &cases {
-        let hits: Vec<_> = got.iter().filter(|r| r.path == *path && r.json()["lead"] == *lead).collect();
-        assert!(!hits.is_empty(), "{name}: nothing at {path} for {lead}; got {got:?}");
+        let hits: Vec<_> = got
+            .iter()
+            .filter(|r| r.path == *path && r.json()["lead"] == *lead)
+            .collect();
+        assert!(
+            !hits.is_empty(),
+            "{name}: nothing at {path} for {lead}; got {got:?}"
+        );
     }
-    let replies: Vec<_> = got.iter().filter(|r| r.path == "/replied").map(|r| r.json()).collect();
+    let replies: Vec<_> = got
+        .iter()
+        .filter(|r| r.path == "/replied")
+        .map(|r| r.json())
+        .collect();
     assert!(replies.iter().any(|r| r["sent_as"] == "EMAIL_REPLY"));
     assert!(replies.iter().any(|r| r["sent_as"] == "EMAIL_REPLIED"));
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    assert_eq!(peer.received().len(), cases.len(), "one delivery per event, no more");
+    assert_eq!(
+        peer.received().len(),
+        cases.len(),
+        "one delivery per event, no more"
+    );
 }
 
 #[tokio::test]
 async fn unknown_types_and_leadless_events_are_accepted_and_match_fewer_rules() {
     let peer = HttpPeer::start().await;
     let router = Router::start(&per_type_rules(&peer), &[]).await;
-    router.post(&json!({"event_type": "SOMETHING_NEW", "campaign_id": "7"})).await;
-    router.post(&json!({"event": "EMAIL_REPLIED", "reply": {"body": "hi"}})).await;
+    router
+        .post(&json!({"event_type": "SOMETHING_NEW", "campaign_id": "7"}))
+        .await;
+    router
+        .post(&json!({"event": "EMAIL_REPLIED", "reply": {"body": "hi"}}))
+        .await;
     let got = peer.wait_for(1).await;
     assert_eq!(got[0].path, "/replied");
     assert_eq!(got[0].json()["lead"], "");
@@ -76,17 +126,31 @@ async fn bad_bodies_get_clear_errors() {
     let router = Router::start(&per_type_rules(&peer), &[]).await;
     let (status, body) = router.post_raw("/webhooks/smartlead", "{not json").await;
     assert_eq!(status, 400);
-    assert!(body["error"].as_str().unwrap().contains("not valid JSON"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("not valid JSON"),
+        "{body}"
+    );
     let (status, body) = router.post_raw("/webhooks/smartlead", "[1, 2]").await;
     assert_eq!(status, 400);
-    assert!(body["error"].as_str().unwrap().contains("JSON object, not an array"), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("JSON object, not an array"),
+        "{body}"
+    );
     let (status, body) = router.post_raw("/webhooks/smartlead", "").await;
     assert_eq!(status, 400, "{body}");
-    let (status, _) = router.post_raw("/webhooks/smartlead", vec![b' '; 2 * 1024 * 1024]).await;
+    let (status, _) = router
+        .post_raw("/webhooks/smartlead", vec![b' '; 2 * 1024 * 1024])
+        .await;
     assert_eq!(status, 413);
     let (status, body) = router.post_raw("/webhooks/nosuchtool", "{}").await;
     assert_eq!(status, 404);
-    assert!(body["error"].as_str().unwrap().contains("smartlead"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("smartlead"),
+        "{body}"
+    );
     assert!(peer.received().is_empty());
 }
 
@@ -108,7 +172,10 @@ async fn health_status_and_metrics_answer() {
     let (_, m) = router.get("/metrics").await;
     let m = m.as_str().unwrap().to_string();
     assert!(m.contains("switchboard_events_accepted_total 1"), "{m}");
-    assert!(m.contains("switchboard_config_last_reload_successful 1"), "{m}");
+    assert!(
+        m.contains("switchboard_config_last_reload_successful 1"),
+        "{m}"
+    );
 }
 
 #[tokio::test]

@@ -2,6 +2,7 @@
 //! peers (an HTTP stand-in for Slack and other endpoints, an SMTP server), and the real binary
 //! for `check` and `test`.
 
+mod actions;
 mod cli;
 mod email;
 mod escaping;

@@ -93,7 +93,11 @@ async fn campaign_glob_and_regex_with_negation() {
     settle().await;
     // reply: q2 + interested; competitor: q2 only; other campaign: nothing.
     assert_eq!(paths(&peer), ["/interested", "/q2", "/q2"]);
-    let interested: Vec<_> = peer.received().into_iter().filter(|r| r.path == "/interested").collect();
+    let interested: Vec<_> = peer
+        .received()
+        .into_iter()
+        .filter(|r| r.path == "/interested")
+        .collect();
     assert_eq!(interested[0].json()["lead"], "jane.doe@example.com");
 }
 
@@ -109,16 +113,27 @@ async fn numeric_comparison_accepts_numbers_and_numeric_strings() {
     router.post(&open).await;
     peer.wait_for(2).await;
     settle().await;
-    let counts: Vec<_> = peer.received().into_iter().map(|r| r.json()["count"].clone()).collect();
+    let counts: Vec<_> = peer
+        .received()
+        .into_iter()
+        .map(|r| r.json()["count"].clone())
+        .collect();
     assert_eq!(counts.len(), 2, "{counts:?}");
-    assert!(counts.contains(&json!(3)) && counts.contains(&json!(7)), "{counts:?}");
+    assert!(
+        counts.contains(&json!(3)) && counts.contains(&json!(7)),
+        "{counts:?}"
+    );
 }
 
 #[tokio::test]
 async fn stop_ends_evaluation_and_disabled_rules_never_fire() {
     let (peer, router) = setup().await;
-    router.post(&json!({"event": "EMAIL_SENT", "campaign_id": 42, "campaign_name": "X"})).await;
-    router.post(&json!({"event": "EMAIL_SENT", "campaign_id": "43", "campaign_name": "X"})).await;
+    router
+        .post(&json!({"event": "EMAIL_SENT", "campaign_id": 42, "campaign_name": "X"}))
+        .await;
+    router
+        .post(&json!({"event": "EMAIL_SENT", "campaign_id": "43", "campaign_name": "X"}))
+        .await;
     peer.wait_for(2).await;
     settle().await;
     assert_eq!(paths(&peer), ["/c42", "/c42"]);

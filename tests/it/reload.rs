@@ -25,8 +25,16 @@ async fn a_saved_edit_takes_effect_within_two_seconds() {
     let hash_before = router.get("/api/status").await.1["config_hash"].clone();
     save(&router.rules_path(), &rules(&peer, "/after"));
     let saved = Instant::now();
-    wait_until(|| router.app.current().hash != hash_before.as_str().unwrap(), "the reload").await;
-    assert!(saved.elapsed() < Duration::from_secs(2), "reload took {:?}", saved.elapsed());
+    wait_until(
+        || router.app.current().hash != hash_before.as_str().unwrap(),
+        "the reload",
+    )
+    .await;
+    assert!(
+        saved.elapsed() < Duration::from_secs(2),
+        "reload took {:?}",
+        saved.elapsed()
+    );
     router.post(&fixture("real_13_email_reply")).await;
     let got = peer.wait_for(1).await;
     assert_eq!(got[0].path, "/after");
@@ -54,14 +62,42 @@ async fn a_broken_edit_keeps_the_old_rules_and_reports_every_error() {
     assert_eq!(status["last_reload"]["ok"], false, "{status}");
     let errors = status["last_reload"]["errors"].as_array().unwrap();
     assert_eq!(errors.len(), 2, "{status}");
-    assert!(errors.iter().any(|e| e["line"] == 3 && e["message"].as_str().unwrap().contains("regular expression")), "{status}");
-    assert!(errors.iter().any(|e| e["line"] == 6 && e["message"].as_str().unwrap().contains("unknown destination \"nowhere\"")), "{status}");
-    assert!(errors.iter().all(|e| e["file"].as_str().unwrap().ends_with("rules.yaml") && e["column"].as_u64().unwrap() > 0));
+    assert!(
+        errors.iter().any(|e| e["line"] == 3
+            && e["message"]
+                .as_str()
+                .unwrap()
+                .contains("regular expression")),
+        "{status}"
+    );
+    assert!(
+        errors.iter().any(|e| e["line"] == 6
+            && e["message"]
+                .as_str()
+                .unwrap()
+                .contains("unknown destination \"nowhere\"")),
+        "{status}"
+    );
+    assert!(
+        errors
+            .iter()
+            .all(|e| e["file"].as_str().unwrap().ends_with("rules.yaml")
+                && e["column"].as_u64().unwrap() > 0)
+    );
 
     let (_, metrics) = router.get("/metrics").await;
-    assert!(metrics.as_str().unwrap().contains("switchboard_config_last_reload_successful 0"));
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains("switchboard_config_last_reload_successful 0")
+    );
 
-    let r = reqwest::Client::new().post(router.url("/-/reload")).send().await.unwrap();
+    let r = reqwest::Client::new()
+        .post(router.url("/-/reload"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 422);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["errors"].as_array().unwrap().len(), 2, "{body}");
@@ -72,7 +108,11 @@ async fn a_broken_edit_keeps_the_old_rules_and_reports_every_error() {
 
     // Fixing the file and asking for a reload brings the new rules in.
     std::fs::write(router.rules_path(), rules(&peer, "/fixed")).unwrap();
-    let r = reqwest::Client::new().post(router.url("/-/reload")).send().await.unwrap();
+    let r = reqwest::Client::new()
+        .post(router.url("/-/reload"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     router.post(&fixture("real_13_email_reply")).await;
     let got = peer.wait_for(2).await;

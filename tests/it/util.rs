@@ -16,8 +16,11 @@ use warp::Filter;
 
 /// A fixture payload from tests/fixtures/smartlead.
 pub fn fixture(name: &str) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smartlead").join(format!("{name}.json"));
-    serde_json::from_str(&std::fs::read_to_string(path).expect("fixture exists")).expect("fixture is JSON")
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/smartlead")
+        .join(format!("{name}.json"));
+    serde_json::from_str(&std::fs::read_to_string(path).expect("fixture exists"))
+        .expect("fixture is JSON")
 }
 
 /// The repository's own shipped file (rules, templates).
@@ -36,10 +39,14 @@ pub struct Request {
 
 impl Request {
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
     }
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -62,24 +69,37 @@ impl HttpPeer {
             .and(warp::path::full())
             .and(warp::header::headers_cloned())
             .and(warp::body::bytes())
-            .map(move |method: warp::http::Method, path: warp::path::FullPath, headers: warp::http::HeaderMap, body: bytes::Bytes| {
-                r.lock().unwrap().push(Request {
-                    method: method.to_string(),
-                    path: path.as_str().to_string(),
-                    headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())).collect(),
-                    body: String::from_utf8_lossy(&body).to_string(),
-                });
-                let (status, text, extra) = s.lock().unwrap().pop_front().unwrap_or((200, "ok", vec![]));
-                let mut resp = warp::http::Response::builder().status(status);
-                for (k, v) in extra {
-                    resp = resp.header(k, v);
-                }
-                resp.body(text.to_string()).unwrap()
-            });
+            .map(
+                move |method: warp::http::Method,
+                      path: warp::path::FullPath,
+                      headers: warp::http::HeaderMap,
+                      body: bytes::Bytes| {
+                    r.lock().unwrap().push(Request {
+                        method: method.to_string(),
+                        path: path.as_str().to_string(),
+                        headers: headers
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+                            .collect(),
+                        body: String::from_utf8_lossy(&body).to_string(),
+                    });
+                    let (status, text, extra) =
+                        s.lock().unwrap().pop_front().unwrap_or((200, "ok", vec![]));
+                    let mut resp = warp::http::Response::builder().status(status);
+                    for (k, v) in extra {
+                        resp = resp.header(k, v);
+                    }
+                    resp.body(text.to_string()).unwrap()
+                },
+            );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(warp::serve(route).incoming(listener).run());
-        HttpPeer { addr, received, script }
+        HttpPeer {
+            addr,
+            received,
+            script,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -97,7 +117,11 @@ impl HttpPeer {
 
     /// Waits until at least `n` requests arrived (panics after 10 s).
     pub async fn wait_for(&self, n: usize) -> Vec<Request> {
-        wait_until(|| self.received().len() >= n, &format!("{n} request(s) at {}", self.addr)).await;
+        wait_until(
+            || self.received().len() >= n,
+            &format!("{n} request(s) at {}", self.addr),
+        )
+        .await;
         self.received()
     }
 }
@@ -105,7 +129,10 @@ impl HttpPeer {
 pub async fn wait_until(mut ok: impl FnMut() -> bool, what: &str) {
     let start = Instant::now();
     while !ok() {
-        assert!(start.elapsed() < Duration::from_secs(10), "timed out waiting for {what}");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -131,8 +158,18 @@ struct Recorder {
 }
 
 impl mailin_embedded::Handler for Recorder {
-    fn data_start(&mut self, _domain: &str, from: &str, _is8bit: bool, to: &[String]) -> mailin_embedded::Response {
-        self.current = Some(Mail { from: from.to_string(), to: to.to_vec(), data: String::new() });
+    fn data_start(
+        &mut self,
+        _domain: &str,
+        from: &str,
+        _is8bit: bool,
+        to: &[String],
+    ) -> mailin_embedded::Response {
+        self.current = Some(Mail {
+            from: from.to_string(),
+            to: to.to_vec(),
+            data: String::new(),
+        });
         mailin_embedded::response::OK
     }
     fn data(&mut self, buf: &[u8]) -> std::io::Result<()> {
@@ -154,7 +191,10 @@ impl SmtpPeer {
         let mails = Arc::new(Mutex::new(Vec::new()));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let mut server = mailin_embedded::Server::new(Recorder { mails: mails.clone(), current: None });
+        let mut server = mailin_embedded::Server::new(Recorder {
+            mails: mails.clone(),
+            current: None,
+        });
         server.with_name("smtp.test").with_tcp_listener(listener);
         std::thread::spawn(move || {
             let _ = server.serve();
@@ -203,14 +243,21 @@ impl Router {
 
     /// Starts the router on a prepared directory holding `rules/rules.yaml` and `templates/`.
     pub async fn start_in(dir: tempfile::TempDir) -> Router {
-        let sources = Sources { rules: dir.path().join("rules/rules.yaml"), templates: dir.path().join("templates") };
+        let sources = Sources {
+            rules: dir.path().join("rules/rules.yaml"),
+            templates: dir.path().join("templates"),
+        };
         let app = App::load(sources).unwrap_or_else(|e| panic!("rules load:\n{e}"));
         let (queue, workers) = delivery::start(app.clone(), Clients::new(), Limits::default());
         let w = watch::watch(app.clone()).expect("watch starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let state = State { app: app.clone(), queue, sources: Arc::new(switchboard::event::sources()) };
+        let state = State {
+            app: app.clone(),
+            queue,
+            sources: Arc::new(switchboard::event::sources()),
+        };
         tokio::spawn(async move {
             server::serve(listener, state, async {
                 let _ = stopped.await;
@@ -218,7 +265,14 @@ impl Router {
             .await;
             workers.shutdown(Duration::from_secs(5)).await;
         });
-        Router { addr, dir, app, client: reqwest::Client::new(), stop: Some(stop), _watch: Some(w) }
+        Router {
+            addr,
+            dir,
+            app,
+            client: reqwest::Client::new(),
+            stop: Some(stop),
+            _watch: Some(w),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -227,15 +281,27 @@ impl Router {
 
     /// Posts a webhook body (any bytes) and returns status and JSON answer.
     pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
-        let r = self.client.post(self.url(path)).header("content-type", "application/json").body(body).send().await.unwrap();
+        let r = self
+            .client
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
         let status = r.status().as_u16();
         let text = r.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     /// Posts an event to `/webhooks/smartlead` and checks it was received.
     pub async fn post(&self, event: &Value) -> String {
-        let (status, body) = self.post_raw("/webhooks/smartlead", event.to_string()).await;
+        let (status, body) = self
+            .post_raw("/webhooks/smartlead", event.to_string())
+            .await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["status"], "received", "{body}");
         body["event_id"].as_str().unwrap().to_string()
@@ -245,7 +311,10 @@ impl Router {
         let r = self.client.get(self.url(path)).send().await.unwrap();
         let status = r.status().as_u16();
         let text = r.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     pub fn rules_path(&self) -> PathBuf {

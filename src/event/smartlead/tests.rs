@@ -51,7 +51,10 @@ fn real_reply_targets_the_lead_and_gives_plain_text() {
             .unwrap()
             .starts_with("Sounds good, send me some times.")
     );
-    assert_eq!(e["reply"]["message_id"], "<CAB=reply-7781@mail.prospect.example>");
+    assert_eq!(
+        e["reply"]["message_id"],
+        "<CAB=reply-7781@mail.prospect.example>"
+    );
     assert_eq!(
         e["inbox_url"],
         "https://app.smartlead.ai/app/master-inbox?leadMap=1438627"
@@ -86,7 +89,12 @@ fn real_bounce_type_is_read_from_the_bounce_text() {
     let e = fixture!("real_15_email_bounce");
     assert_eq!(e["event"], "EMAIL_BOUNCED");
     assert_eq!(e["bounce"]["type"], "hard");
-    assert!(e["bounce"]["reason"].as_str().unwrap().contains("User unknown"));
+    assert!(
+        e["bounce"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("User unknown")
+    );
     assert_eq!(e["lead"]["email"], "nobody@invalid.example");
 }
 
@@ -94,7 +102,10 @@ fn real_bounce_type_is_read_from_the_bounce_text() {
 fn bounce_text_classification() {
     assert_eq!(bounce_type_from_text("550 5.1.1 User unknown"), "hard");
     assert_eq!(bounce_type_from_text("452 4.2.2 Mailbox full"), "soft");
-    assert_eq!(bounce_type_from_text("mailbox full, try again later"), "soft");
+    assert_eq!(
+        bounce_type_from_text("mailbox full, try again later"),
+        "soft"
+    );
     assert_eq!(bounce_type_from_text("Something odd happened"), "unknown");
     assert_eq!(bounce_type_from_text("Status: 5.7.1 blocked"), "hard");
 }
@@ -112,7 +123,10 @@ fn clicks_opens_and_unsubscribes() {
     assert_eq!(e["event"], "EMAIL_CLICKED");
     assert_eq!(e["link"]["url"], "https://example.com/demo?a=1&b=2");
     let e = fixture!("docs_03_email_clicked");
-    assert_eq!(e["link"]["url"].as_str().unwrap(), "https://example.com/demo?utm_source=smartlead&ref=a%20b&x=<y>");
+    assert_eq!(
+        e["link"]["url"].as_str().unwrap(),
+        "https://example.com/demo?utm_source=smartlead&ref=a%20b&x=<y>"
+    );
     let e = fixture!("docs_02_email_opened");
     assert_eq!(e["event"], "EMAIL_OPENED");
     assert_eq!(e["open"]["count"], 3);

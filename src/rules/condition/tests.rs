@@ -7,7 +7,9 @@ use serde_json::json;
 fn cond(yaml: &str) -> Condition {
     let when: Spanned<RawWhen> = serde_saphyr::from_str(yaml).expect("valid yaml");
     let mut errors = Vec::new();
-    let c = compile(&when, &mut |p, m| errors.push(format!("{}:{} {m}", p.line, p.column)));
+    let c = compile(&when, &mut |p, m| {
+        errors.push(format!("{}:{} {m}", p.line, p.column))
+    });
     assert!(errors.is_empty(), "{errors:?}");
     c
 }
@@ -15,7 +17,9 @@ fn cond(yaml: &str) -> Condition {
 fn errors(yaml: &str) -> Vec<String> {
     let when: Spanned<RawWhen> = serde_saphyr::from_str(yaml).expect("valid yaml");
     let mut errors = Vec::new();
-    compile(&when, &mut |p, m| errors.push(format!("{}:{} {m}", p.line, p.column)));
+    compile(&when, &mut |p, m| {
+        errors.push(format!("{}:{} {m}", p.line, p.column))
+    });
     errors
 }
 
@@ -80,11 +84,25 @@ fn any_all_not_nest_to_any_depth() {
 
 #[test]
 fn every_bad_operator_is_reported_with_its_position() {
-    let errs = errors("fields:\n  reply.text: {matches: '(unclosed'}\n  lead.email: {startswith: x}\n  open.count: {gt: many}\n");
+    let errs = errors(
+        "fields:\n  reply.text: {matches: '(unclosed'}\n  lead.email: {startswith: x}\n  open.count: {gt: many}\n",
+    );
     assert_eq!(errs.len(), 3, "{errs:?}");
-    assert!(errs.iter().any(|e| e.starts_with("4:") && e.contains("`gt` takes a number")), "{errs:?}");
-    assert!(errs.iter().any(|e| e.starts_with("3:") && e.contains("unknown operator `startswith`")), "{errs:?}");
-    assert!(errs.iter().any(|e| e.starts_with("2:") && e.contains("bad regular expression")), "{errs:?}");
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("4:") && e.contains("`gt` takes a number")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("3:") && e.contains("unknown operator `startswith`")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("2:") && e.contains("bad regular expression")),
+        "{errs:?}"
+    );
 }
 
 #[test]
