@@ -252,3 +252,25 @@ async fn serve_runs_the_shipped_rules_with_no_accounts_and_logs_what_it_would_se
     assert!(log.contains("reply-to-sales"), "{log}");
     assert!(!log.contains("fakesecret"), "{log}");
 }
+
+#[test]
+fn every_recipe_in_examples_passes_check() {
+    let recipes = std::fs::read_dir(repo_path("examples/recipes")).unwrap();
+    let mut checked = 0;
+    for entry in recipes {
+        let path = entry.unwrap().path();
+        let out = switchboard(
+            &["check", "--rules", path.to_str().unwrap()],
+            &repo_path(""),
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}: {}",
+            path.display(),
+            stdout(&out)
+        );
+        checked += 1;
+    }
+    assert!(checked >= 2);
+}
