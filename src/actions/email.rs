@@ -8,7 +8,7 @@ use crate::template::escape::header_value;
 use crate::template::{Escape, Template, Templates};
 use lettre::message::{Mailbox, MultiPart, SinglePart, header::ContentType};
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -21,7 +21,8 @@ use std::time::Duration;
 pub struct Settings {
     /// A destination to take unset settings from.
     pub destination: Option<Spanned<String>>,
-    /// `smtp://user:pass@host:587` (STARTTLS), `smtps://host:465`, `smtp://host:2525?tls=none`.
+    /// `smtp://user:pass@host:587` (STARTTLS), `smtps://host:465`, `smtp://host:2525?tls=none`;
+    /// `?tls=opportunistic` uses STARTTLS when offered; `?ca_file=/path/ca.pem` trusts a private CA.
     pub smtp_url: Option<Spanned<String>>,
     /// The sender, `Name <address>` or an address.
     pub from: Option<Spanned<String>>,
@@ -328,11 +329,33 @@ fn transport(url: &str) -> Result<(Transport, String), String> {
         .filter(|h| !h.is_empty())
         .ok_or("no host")?
         .to_string();
-    let tls_mode = u
-        .query_pairs()
-        .find(|(k, _)| k == "tls")
-        .map(|(_, v)| v.to_string());
-    let params = || TlsParameters::new(host.clone()).map_err(|e| e.to_string());
+    let param = |name: &str| {
+        u.query_pairs()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.to_string())
+    };
+    if let Some((key, _)) = u.query_pairs().find(|(k, _)| k != "tls" && k != "ca_file") {
+        return Err(format!("unknown parameter {key:?}; known: tls, ca_file"));
+    }
+    let tls_mode = param("tls");
+    let ca = match param("ca_file") {
+        Some(path) => {
+            let pem =
+                std::fs::read(&path).map_err(|e| format!("cannot read ca_file {path}: {e}"))?;
+            Some(
+                Certificate::from_pem(&pem)
+                    .map_err(|e| format!("ca_file {path} is not a PEM certificate: {e}"))?,
+            )
+        }
+        None => None,
+    };
+    let params = || {
+        let mut builder = TlsParameters::builder(host.clone());
+        if let Some(ca) = ca.clone() {
+            builder = builder.add_root_certificate(ca);
+        }
+        builder.build_rustls().map_err(|e| e.to_string())
+    };
     let (tls, default_port) = match (u.scheme(), tls_mode.as_deref()) {
         ("smtps", _) => (Tls::Wrapper(params()?), 465),
         ("smtp", None | Some("starttls" | "required")) => (Tls::Required(params()?), 587),

@@ -229,7 +229,12 @@ async fn serve_runs_the_shipped_rules_with_no_accounts_and_logs_what_it_would_se
     let (status, text) = answer.expect("the router answers");
     assert_eq!(status, 200, "{text}");
     assert!(text.contains("\"status\":\"received\""), "{text}");
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let hup = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -250,6 +255,10 @@ async fn serve_runs_the_shipped_rules_with_no_accounts_and_logs_what_it_would_se
     );
     assert!(log.contains("set SALES_SLACK_WEBHOOK_URL"), "{log}");
     assert!(log.contains("reply-to-sales"), "{log}");
+    assert!(
+        log.contains("trigger=\"SIGHUP\"") && log.contains("Configuration reloaded."),
+        "{log}"
+    );
     assert!(!log.contains("fakesecret"), "{log}");
 }
 

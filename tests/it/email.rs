@@ -76,3 +76,69 @@ async fn a_subject_carrying_crlf_adds_no_header() {
         m.data
     );
 }
+
+const TLS_RULES: &str = r#"
+rules:
+  - name: reply-email
+    actions:
+      - email:
+          smtp_url: SMTP
+          from: alerts@example.com
+          to: ops@example.com
+          subject: "Reply from {{lead.email}}"
+          text: "{{reply.text}}"
+"#;
+
+#[tokio::test]
+async fn starttls_delivers_when_the_server_certificate_is_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = crate::util::self_signed(dir.path());
+    let smtp = SmtpPeer::start_starttls(&cert, &key);
+    let url = format!("smtp://127.0.0.1:{}?ca_file={}", smtp.port, cert.display());
+    let router = Router::start(&TLS_RULES.replace("SMTP", &url), &[]).await;
+    router.post(&fixture("real_13_email_reply")).await;
+    let mails = smtp.wait_for(1).await;
+    assert!(
+        mails[0]
+            .data
+            .contains("Subject: Reply from james.parker@prospect.example"),
+        "{}",
+        mails[0].data
+    );
+}
+
+#[tokio::test]
+async fn starttls_refuses_an_untrusted_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = crate::util::self_signed(dir.path());
+    let smtp = SmtpPeer::start_starttls(&cert, &key);
+    let url = format!("smtp://127.0.0.1:{}", smtp.port);
+    let router = Router::start(&TLS_RULES.replace("SMTP", &url), &[]).await;
+    router.post(&fixture("real_13_email_reply")).await;
+    crate::util::wait_until(
+        || {
+            router
+                .app
+                .counters
+                .deliveries_failed
+                .load(std::sync::atomic::Ordering::Relaxed)
+                == 1
+        },
+        "the delivery to fail",
+    )
+    .await;
+    assert!(smtp.mails().is_empty());
+}
+
+#[tokio::test]
+async fn implicit_tls_delivers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = crate::util::self_signed(dir.path());
+    let smtp = SmtpPeer::start();
+    let tls_port = smtp.behind_implicit_tls(&cert, &key).await;
+    let url = format!("smtps://127.0.0.1:{tls_port}?ca_file={}", cert.display());
+    let router = Router::start(&TLS_RULES.replace("SMTP", &url), &[]).await;
+    router.post(&fixture("real_13_email_reply")).await;
+    let mails = smtp.wait_for(1).await;
+    assert_eq!(mails[0].to, ["ops@example.com"]);
+}

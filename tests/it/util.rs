@@ -329,3 +329,76 @@ impl Drop for Router {
         }
     }
 }
+
+/// A self-signed certificate for 127.0.0.1, written as PEM files into `dir`:
+/// (certificate path, key path).
+pub fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).expect("certificate");
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, signing_key.serialize_pem()).unwrap();
+    (cert_path, key_path)
+}
+
+impl SmtpPeer {
+    /// An SMTP server offering STARTTLS with the certificate at `cert`/`key`.
+    pub fn start_starttls(cert: &Path, key: &Path) -> SmtpPeer {
+        let mails = Arc::new(Mutex::new(Vec::new()));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut server = mailin_embedded::Server::new(Recorder {
+            mails: mails.clone(),
+            current: None,
+        });
+        server
+            .with_name("smtp.test")
+            .with_ssl(mailin_embedded::SslConfig::SelfSigned {
+                cert_path: cert.to_string_lossy().to_string(),
+                key_path: key.to_string_lossy().to_string(),
+            })
+            .expect("TLS set up")
+            .with_tcp_listener(listener);
+        std::thread::spawn(move || {
+            let _ = server.serve();
+        });
+        SmtpPeer { port, mails }
+    }
+
+    /// Puts implicit TLS (SMTPS, like port 465) in front of this server: a TLS listener that
+    /// forwards each decrypted connection to it. Returns the TLS port.
+    pub async fn behind_implicit_tls(&self, cert: &Path, key: &Path) -> u16 {
+        use tokio_rustls::rustls::{self, pki_types::pem::PemObject};
+        let certs = vec![rustls::pki_types::CertificateDer::from_pem_file(cert).unwrap()];
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tls_port = listener.local_addr().unwrap().port();
+        let plain = self.port;
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(socket).await else {
+                        return;
+                    };
+                    let Ok(mut upstream) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", plain)).await
+                    else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut upstream).await;
+                });
+            }
+        });
+        tls_port
+    }
+}
