@@ -27,11 +27,15 @@ pub struct ReloadStatus {
 pub struct Counters {
     /// Events accepted.
     pub events_accepted: AtomicU64,
+    /// Webhook deliveries recognised as repeats.
+    pub events_duplicate: AtomicU64,
+    /// Delivery attempts that failed and will be retried.
+    pub deliveries_retried: AtomicU64,
     /// Requests rejected (bad body, unknown source, queue full).
     pub events_rejected: AtomicU64,
     /// Deliveries that reached their destination.
     pub deliveries_ok: AtomicU64,
-    /// Deliveries that failed for good.
+    /// Deliveries that failed for good (dead letters).
     pub deliveries_failed: AtomicU64,
     /// Deliveries skipped because their destination is not configured.
     pub deliveries_skipped: AtomicU64,
@@ -46,9 +50,16 @@ pub struct App {
     config: ArcSwap<Config>,
     status: Mutex<ReloadStatus>,
     reload_lock: Mutex<()>,
+    recent: Mutex<Vec<Arc<Config>>>,
     /// Counters for `/metrics`.
     pub counters: Counters,
+    /// Woken when new deliveries are stored, so workers need not wait for their next poll.
+    pub wake: tokio::sync::Notify,
 }
+
+/// How many earlier configurations are kept so that pending deliveries finish under the rules
+/// that matched them.
+const KEPT_CONFIGS: usize = 8;
 
 impl App {
     /// Loads the configuration for the first time; fails with every problem if it is invalid.
@@ -69,13 +80,31 @@ impl App {
             config: ArcSwap::from_pointee(config),
             status: Mutex::new(status),
             reload_lock: Mutex::new(()),
+            recent: Mutex::new(Vec::new()),
             counters,
+            wake: tokio::sync::Notify::new(),
         }))
     }
 
     /// The configuration serving now. Holders keep theirs through a reload.
     pub fn current(&self) -> Arc<Config> {
         self.config.load_full()
+    }
+
+    /// The configuration with this hash if it is still in memory (the one that matched a
+    /// pending delivery), else the current one.
+    pub fn config_for(&self, hash: &str) -> Arc<Config> {
+        let current = self.current();
+        if current.hash == hash {
+            return current;
+        }
+        let recent = self.recent.lock().expect("recent lock");
+        recent
+            .iter()
+            .rev()
+            .find(|c| c.hash == hash)
+            .cloned()
+            .unwrap_or(current)
     }
 
     /// The last reload's result.
@@ -95,6 +124,12 @@ impl App {
             Ok(new) => {
                 let new = Arc::new(new);
                 let old = self.config.swap(new.clone());
+                {
+                    let mut recent = self.recent.lock().expect("recent lock");
+                    recent.push(old.clone());
+                    let excess = recent.len().saturating_sub(KEPT_CONFIGS);
+                    recent.drain(..excess);
+                }
                 self.counters
                     .last_success_unix
                     .store(now.timestamp() as u64, Ordering::Relaxed);
@@ -144,7 +179,7 @@ impl App {
             "rules": rules.iter().map(|r| json!({
                 "name": r.name,
                 "enabled": r.enabled,
-                "actions": r.actions.iter().map(|a| a.kind()).collect::<Vec<_>>(),
+                "actions": r.actions.iter().map(|a| a.action.kind()).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
             "config_hash": config.hash,
             "loaded_at": config.loaded_at,

@@ -4,10 +4,11 @@
 use crate::actions::Clients;
 use crate::app::{App, short_hash};
 use crate::config::{self, Diagnostics, Sources};
-use crate::delivery::{self, Limits};
+use crate::delivery::{self, RetryPolicy};
 use crate::event;
 use crate::rules::Verdict;
 use crate::server::{self, State};
+use crate::store::{Committer, DeliveryView, Filter, Store};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::Value;
 use std::io::Read;
@@ -47,6 +48,10 @@ enum Command {
     Check(ConfigArgs),
     /// Dry run: show which rules an event matches and exactly what would be sent.
     Test(TestArgs),
+    /// Dead letters: list, retry or discard (the router may be running or stopped).
+    Dlq(DlqArgs),
+    /// Delivery history, newest first.
+    Deliveries(DeliveriesArgs),
 }
 
 /// Where the configuration lives.
@@ -76,13 +81,102 @@ struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Delivery store (durable delivery arrives with the store; today deliveries are in memory).
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Delays between attempts of a failed delivery (the last one repeats).
+    #[arg(long, env = "SWITCHBOARD_RETRY_SCHEDULE", default_value = "1s,5s,30s,2m,10m,30m,2h", value_parser = RetryPolicy::parse_schedule)]
+    retry_schedule: std::vec::Vec<Duration>,
+    /// Attempts per delivery, the first included, before it becomes a dead letter.
+    #[arg(long, env = "SWITCHBOARD_MAX_ATTEMPTS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    max_attempts: u32,
+    /// Sends in flight at once.
+    #[arg(long, env = "SWITCHBOARD_CONCURRENCY", default_value_t = 32)]
+    concurrency: usize,
+    /// Sends in flight to one destination at once.
+    #[arg(long, env = "SWITCHBOARD_PER_DESTINATION", default_value_t = 4)]
+    per_destination: usize,
+    /// How long delivered history is kept (dead letters stay until retried or discarded).
+    #[arg(long, env = "SWITCHBOARD_HISTORY", default_value = "7d", value_parser = humantime::parse_duration)]
+    history: Duration,
+    /// How long shutdown waits for deliveries in flight.
+    #[arg(long, env = "SWITCHBOARD_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    shutdown_grace: Duration,
+}
+
+/// The delivery store.
+#[derive(Debug, Args)]
+struct StoreArgs {
+    /// Delivery store: sqlite://PATH (created on start), or sqlite::memory: to keep nothing.
     #[arg(
-        long,
+        long = "store",
         env = "SWITCHBOARD_STORE",
         default_value = "sqlite://switchboard.db"
     )]
-    store: String,
+    url: String,
+}
+
+impl StoreArgs {
+    /// Opens an existing store (for the history and dead-letter commands).
+    async fn open_existing(&self) -> Result<Store, String> {
+        if let Some(path) = self.url.strip_prefix("sqlite://") {
+            let path = path.split('?').next().unwrap_or(path);
+            if !std::path::Path::new(path).exists() {
+                return Err(format!(
+                    "no store at {path}: start the router first, or name it with --store or SWITCHBOARD_STORE"
+                ));
+            }
+        }
+        Store::open(&self.url).await.map_err(|e| e.to_string())
+    }
+}
+
+#[derive(Debug, Args)]
+struct DlqArgs {
+    #[command(subcommand)]
+    command: DlqCommand,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// List dead letters with their attempts.
+    List,
+    /// Send one dead letter (or all of them) again.
+    Retry {
+        /// The dead letter's id.
+        #[arg(required_unless_present = "all")]
+        id: Option<i64>,
+        /// Every dead letter.
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+    },
+    /// Drop a dead letter for good.
+    Discard {
+        /// The dead letter's id.
+        id: i64,
+    },
+}
+
+#[derive(Debug, Args)]
+struct DeliveriesArgs {
+    /// Only this status: pending, sending, delivered, dead, discarded, skipped.
+    #[arg(long, value_parser = ["pending", "sending", "delivered", "dead", "discarded", "skipped"])]
+    status: Option<String>,
+    /// Only this rule.
+    #[arg(long)]
+    rule: Option<String>,
+    /// Only this lead (email).
+    #[arg(long)]
+    lead: Option<String>,
+    /// At most this many, newest first.
+    #[arg(long, default_value_t = 50)]
+    limit: u32,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    store: StoreArgs,
 }
 
 #[derive(Debug, Args)]
@@ -108,6 +202,8 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Check(args) => check(&args),
         Command::Test(args) => test(&args),
+        Command::Dlq(args) => block_on(dlq(args)),
+        Command::Deliveries(args) => block_on(deliveries(args)),
     }
 }
 
@@ -149,11 +245,25 @@ fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let store = match Store::open(&args.store.url).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("switchboard: cannot open the store {}: {e}", args.store.url);
+                return ExitCode::FAILURE;
+            }
+        };
         let config = app.current();
         for w in config.warnings.iter() {
             tracing::warn!("{w}");
         }
-        let (queue, workers) = delivery::start(app.clone(), Clients::new(), Limits::default());
+        let settings = delivery::Settings {
+            concurrency: args.concurrency.max(1),
+            per_destination: args.per_destination.max(1),
+            retry: RetryPolicy { schedule: args.retry_schedule, max_attempts: args.max_attempts, ..RetryPolicy::default() },
+            history: args.history,
+            ..delivery::Settings::default()
+        };
+        let workers = delivery::start(app.clone(), store.clone(), Clients::new(), settings);
         let _watch = match config::watch::watch(app.clone()) {
             Ok(w) => Some(w),
             Err(e) => {
@@ -168,14 +278,16 @@ fn serve(args: ServeArgs) -> ExitCode {
             listen = %args.listen,
             rules = config.rules.rules().len(),
             hash = %short_hash(&config.hash),
+            store = %args.store.url,
             "switchboard is listening: POST events to http://{}/webhooks/smartlead", args.listen
         );
         drop(config);
-        let state = State { app, queue, sources: Arc::new(event::sources()) };
+        let committer = Committer::start(store.clone());
+        let state = State { app, store, committer, sources: Arc::new(event::sources()) };
         server::serve(listener, state, shutdown_signal()).await;
-        tracing::info!("Stopped accepting events; finishing queued deliveries.");
-        if !workers.shutdown(Duration::from_secs(10)).await {
-            tracing::warn!("Some deliveries did not finish within 10 s of shutdown.");
+        tracing::info!("Stopped accepting events; finishing deliveries in flight.");
+        if !workers.shutdown(args.shutdown_grace).await {
+            tracing::warn!("Some deliveries did not finish in time; they are kept and resume at the next start.");
         }
         ExitCode::SUCCESS
     })
@@ -275,7 +387,8 @@ fn test(args: &TestArgs) -> ExitCode {
     for i in matched {
         let rule = config.rules.get(i);
         println!("\n== rule {} ==", rule.name);
-        for (n, action) in rule.actions.iter().enumerate() {
+        for (n, step) in rule.actions.iter().enumerate() {
+            let action = &step.action;
             println!("\n-- action {} ({}) --", n + 1, action.kind());
             if let Some(vars) = action.unconfigured() {
                 println!("(would be skipped: the destination is not configured; set {vars})");
@@ -338,5 +451,132 @@ fn print_verdict(v: &Verdict, depth: usize) {
     println!("{pad}{} {}", if v.holds { "✓" } else { "✗" }, v.what);
     for p in &v.parts {
         print_verdict(p, depth + 1);
+    }
+}
+
+fn block_on(f: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("the tokio runtime starts")
+        .block_on(f)
+}
+
+async fn dlq(args: DlqArgs) -> ExitCode {
+    let store = match args.store.open_existing().await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("switchboard dlq: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result =
+        match args.command {
+            DlqCommand::List => {
+                let filter = Filter {
+                    status: Some("dead".into()),
+                    limit: Some(1000),
+                    with_history: true,
+                    ..Filter::default()
+                };
+                store.list(&filter).await.map(|list| {
+                    if list.is_empty() {
+                        println!("No dead letters.");
+                    }
+                    print_deliveries(&list, true);
+                })
+            }
+            DlqCommand::Retry { id, all } => store
+                .retry_dead(if all { None } else { id })
+                .await
+                .map(|n| match (n, id) {
+                    (0, Some(id)) if !all => println!("No dead letter with id {id}."),
+                    (n, _) => println!(
+                        "Requeued {n} dead letter(s); a running router sends them within a second."
+                    ),
+                }),
+            DlqCommand::Discard { id } => store.discard(id).await.map(|found| {
+                if found {
+                    println!("Discarded dead letter {id}.");
+                } else {
+                    println!("No dead letter with id {id}.");
+                }
+            }),
+        };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchboard dlq: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn deliveries(args: DeliveriesArgs) -> ExitCode {
+    let store = match args.store.open_existing().await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("switchboard deliveries: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let filter = Filter {
+        status: args.status,
+        rule: args.rule,
+        lead: args.lead,
+        limit: Some(args.limit),
+        with_history: args.json,
+    };
+    match store.list(&filter).await {
+        Ok(list) if args.json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&list).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(list) => {
+            print_deliveries(&list, false);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("switchboard deliveries: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_deliveries(list: &[DeliveryView], history: bool) {
+    if list.is_empty() {
+        return;
+    }
+    println!(
+        "{:<6} {:<10} {:<9} {:<24} {:<18} {:<28} {:>3}  LAST ERROR",
+        "ID", "STATUS", "ACTION", "RULE", "EVENT", "LEAD", "TRY"
+    );
+    for d in list {
+        println!(
+            "{:<6} {:<10} {:<9} {:<24} {:<18} {:<28} {:>3}  {}",
+            d.id,
+            d.status,
+            d.action,
+            d.rule,
+            d.event_type,
+            d.lead_email.as_deref().unwrap_or("-"),
+            d.attempts,
+            d.last_error.as_deref().unwrap_or("")
+        );
+        if history {
+            for a in &d.history {
+                let code = a.status_code.map(|c| format!(" {c}")).unwrap_or_default();
+                println!(
+                    "         {} {}{code} ({} ms) {}",
+                    a.at,
+                    a.outcome,
+                    a.duration_ms,
+                    a.error.as_deref().unwrap_or("")
+                );
+            }
+        }
     }
 }

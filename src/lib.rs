@@ -20,4 +20,5 @@ pub mod delivery;
 pub mod event;
 pub mod rules;
 pub mod server;
+pub mod store;
 pub mod template;

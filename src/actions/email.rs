@@ -221,11 +221,13 @@ impl Channel for Email {
             build(m).map_err(|e| SendError::permanent(format!("cannot build the email: {e}")))?;
         transport.send(email).await.map(|_| ()).map_err(|e| {
             let message = format!("SMTP {}: {e}", m.server);
-            if e.is_permanent() {
+            let mut err = if e.is_permanent() {
                 SendError::permanent(message)
             } else {
                 SendError::retryable(message)
-            }
+            };
+            err.status = e.status().and_then(|code| code.to_string().parse().ok());
+            err
         })
     }
 

@@ -349,14 +349,16 @@ pub(super) fn transport_error(e: &reqwest::Error) -> SendError {
 
 /// The retry decision for an HTTP status: 408, 429 and 5xx may pass; other 4xx will not.
 pub(super) fn status_error(status: StatusCode, message: &str) -> SendError {
-    if status == StatusCode::REQUEST_TIMEOUT
+    let mut err = if status == StatusCode::REQUEST_TIMEOUT
         || status == StatusCode::TOO_MANY_REQUESTS
         || status.is_server_error()
     {
         SendError::retryable(message)
     } else {
         SendError::permanent(message)
-    }
+    };
+    err.status = Some(status.as_u16());
+    err
 }
 
 /// `Retry-After` as seconds or an HTTP date.

@@ -49,6 +49,8 @@ pub struct SendError {
     pub retryable: bool,
     /// How long the peer asked us to wait (`Retry-After`).
     pub retry_after: Option<Duration>,
+    /// The peer's status: HTTP status or SMTP reply code.
+    pub status: Option<u16>,
     /// What happened, for logs and history.
     pub message: String,
 }
@@ -59,6 +61,7 @@ impl SendError {
         SendError {
             retryable: true,
             retry_after: None,
+            status: None,
             message: message.into(),
         }
     }
@@ -67,6 +70,7 @@ impl SendError {
         SendError {
             retryable: false,
             retry_after: None,
+            status: None,
             message: message.into(),
         }
     }

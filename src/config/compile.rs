@@ -7,7 +7,7 @@ use super::raw::{Pos, RawFile, Spanned, pos};
 use super::{Diagnostic, Diagnostics};
 use crate::actions::{Action, RawAction, RenderFailure};
 use crate::event::{SmartLead, Source};
-use crate::rules::{Condition, Rule, RuleSet, condition};
+use crate::rules::{Condition, Rule, RuleAction, RuleSet, condition};
 use crate::template::{Escape, Template, Templates};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -296,7 +296,14 @@ pub fn compile(
                         &name,
                         &mut errors,
                     );
-                    actions.push(compiled);
+                    let destination = match &dest_name {
+                        Some(d) => d.value.clone(),
+                        None => format!("{name}#{}", i + 1),
+                    };
+                    actions.push(RuleAction {
+                        action: compiled,
+                        destination,
+                    });
                 }
             }
             rules.push(Rule {

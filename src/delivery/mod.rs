@@ -1,163 +1,320 @@
-//! Delivery: accepted events wait in a bounded in-process queue; workers turn each
-//! (event, rule, action) into a rendered message and send it, with at most `concurrency`
-//! sends in flight. A failed delivery is logged with its event, rule, action and reason.
+//! Delivery: workers take due deliveries from the store, render and send them, and record each
+//! attempt. Each (event, rule, action) is its own delivery, retried on its own per the
+//! [`RetryPolicy`]; one that runs out of attempts, or fails permanently, becomes a dead letter.
 //!
-//! Each job carries the configuration that matched it, so an event accepted before a reload
-//! finishes under the rules it started with.
+//! At most `concurrency` sends are in flight, and at most `per_destination` to any one
+//! destination, so one slow endpoint does not hold up the others. On shutdown the workers stop
+//! claiming, finish what is in flight within a bound, and leave the rest in the store.
+
+pub mod retry;
+
+pub use retry::RetryPolicy;
 
 use crate::actions::Clients;
 use crate::app::App;
-use crate::config::Config;
+use crate::store::{Attempt, Due, Next, Store, now_ms};
 use serde_json::Value;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
-use std::time::Duration;
-use tokio::sync::{Semaphore, mpsc};
-use tokio::task::JoinSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{Semaphore, watch};
 
-/// One accepted event with the rules it matched.
-pub struct Job {
-    /// The canonical event.
-    pub event: Arc<Value>,
-    /// The configuration that matched it.
-    pub config: Arc<Config>,
-    /// Positions of the matching rules in `config`.
-    pub rules: Vec<usize>,
+/// Worker limits and the retry policy.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Sends in flight at once.
+    pub concurrency: usize,
+    /// Sends in flight to one destination.
+    pub per_destination: usize,
+    /// When to retry and when to give up.
+    pub retry: RetryPolicy,
+    /// How long delivered history is kept.
+    pub history: Duration,
+    /// How often to look for due deliveries when nothing wakes the workers.
+    pub poll: Duration,
 }
 
-/// The sending side of the delivery queue.
-#[derive(Clone)]
-pub struct Queue {
-    tx: mpsc::Sender<Job>,
-}
-
-/// The queue is full: the router is not keeping up, so the caller should retry later.
-#[derive(Debug, thiserror::Error)]
-#[error("the delivery queue is full")]
-pub struct QueueFull;
-
-impl Queue {
-    /// Hands a job to the workers without waiting.
-    pub fn submit(&self, job: Job) -> Result<(), QueueFull> {
-        self.tx.try_send(job).map_err(|_| QueueFull)
-    }
-
-    /// Jobs waiting for a worker.
-    pub fn depth(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            concurrency: 32,
+            per_destination: 4,
+            retry: RetryPolicy::default(),
+            history: Duration::from_secs(7 * 24 * 3600),
+            poll: Duration::from_secs(1),
+        }
     }
 }
 
-/// The worker pool; [`Workers::shutdown`] finishes what was accepted.
+/// The running workers.
 pub struct Workers {
-    stop: tokio::sync::oneshot::Sender<()>,
+    stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
-/// Queue and worker limits.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Jobs the queue holds before intake answers 503.
-    pub capacity: usize,
-    /// Sends in flight at once.
-    pub concurrency: usize,
+/// Deliveries in flight: their ids and how many per destination.
+#[derive(Default)]
+struct InFlight {
+    ids: HashSet<i64>,
+    per_destination: HashMap<String, usize>,
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            capacity: 10_000,
-            concurrency: 32,
-        }
-    }
-}
-
-/// Starts the workers.
-pub fn start(app: Arc<App>, clients: Clients, limits: Limits) -> (Queue, Workers) {
-    let (tx, mut rx) = mpsc::channel::<Job>(limits.capacity.max(1));
-    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
-    let permits = Arc::new(Semaphore::new(limits.concurrency.max(1)));
-    let task = tokio::spawn(async move {
-        let mut running = JoinSet::new();
-        loop {
-            let job = tokio::select! {
-                job = rx.recv() => job,
-                _ = &mut stopped => {
-                    rx.close();
-                    rx.recv().await
-                }
-            };
-            let Some(job) = job else { break };
-            for &rule in &job.rules {
-                for action in 0..job.config.rules.get(rule).actions.len() {
-                    let permit = permits
-                        .clone()
-                        .acquire_owned()
-                        .await
-                        .expect("semaphore open");
-                    let (app, clients, event, config) = (
-                        app.clone(),
-                        clients.clone(),
-                        job.event.clone(),
-                        job.config.clone(),
-                    );
-                    running.spawn(async move {
-                        deliver(&app, &clients, &event, &config, rule, action).await;
-                        drop(permit);
-                    });
-                }
-            }
-            while running.try_join_next().is_some() {}
-        }
-        while running.join_next().await.is_some() {}
-    });
-    (Queue { tx }, Workers { stop, task })
+/// Starts the workers (and the pruning of old history).
+pub fn start(app: Arc<App>, store: Store, clients: Clients, settings: Settings) -> Workers {
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(dispatch(app, store, clients, settings, stopped));
+    Workers { stop, task }
 }
 
 impl Workers {
-    /// Stops taking new jobs, delivers every job already queued, and waits for the sends in
-    /// flight, for at most `grace`. Returns whether everything finished in time.
+    /// Stops claiming deliveries and waits for those in flight, for at most `grace`. Whatever
+    /// has not finished stays in the store for the next start. Returns whether all finished.
     pub async fn shutdown(self, grace: Duration) -> bool {
-        let _ = self.stop.send(());
+        let _ = self.stop.send(true);
         tokio::time::timeout(grace, self.task).await.is_ok()
     }
 }
 
-/// Renders and sends one (event, rule, action), and logs the outcome.
-async fn deliver(
+async fn dispatch(
+    app: Arc<App>,
+    store: Store,
+    clients: Clients,
+    s: Settings,
+    mut stopped: watch::Receiver<bool>,
+) {
+    match store.recover().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            deliveries = n,
+            "Picked up deliveries that were in flight when the router last stopped."
+        ),
+        Err(e) => tracing::error!(error = %e, "Cannot recover in-flight deliveries."),
+    }
+    let pruner = tokio::spawn(prune_forever(store.clone(), s.history));
+    let permits = Arc::new(Semaphore::new(s.concurrency.max(1)));
+    let flight = Arc::new(Mutex::new(InFlight::default()));
+    let settings = Arc::new(s);
+    while !*stopped.borrow() {
+        let busy: Vec<String> = {
+            let f = flight.lock().expect("in-flight lock");
+            f.per_destination
+                .iter()
+                .filter(|(_, n)| **n >= settings.per_destination)
+                .map(|(d, _)| d.clone())
+                .collect()
+        };
+        let free = permits.available_permits() as u32;
+        let claimed = match store.claim(free, &busy).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "Cannot read due deliveries from the store; trying again in 1 s.");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let mut release = Vec::new();
+        let mut started = 0;
+        for due in claimed {
+            let admitted = {
+                let mut f = flight.lock().expect("in-flight lock");
+                let n = f
+                    .per_destination
+                    .entry(due.destination.clone())
+                    .or_default();
+                if *n >= settings.per_destination {
+                    false
+                } else {
+                    *n += 1;
+                    f.ids.insert(due.id);
+                    true
+                }
+            };
+            let permit = admitted
+                .then(|| permits.clone().try_acquire_owned().ok())
+                .flatten();
+            let Some(permit) = permit else {
+                if admitted {
+                    forget(&flight, &due);
+                }
+                release.push(due.id);
+                continue;
+            };
+            started += 1;
+            let (app, store, clients, settings, flight) = (
+                app.clone(),
+                store.clone(),
+                clients.clone(),
+                settings.clone(),
+                flight.clone(),
+            );
+            tokio::spawn(async move {
+                deliver(&app, &store, &clients, &settings.retry, &due).await;
+                forget(&flight, &due);
+                drop(permit);
+                app.wake.notify_one();
+            });
+        }
+        if !release.is_empty() {
+            let _ = store.release(&release).await;
+        }
+        if started > 0 && permits.available_permits() > 0 {
+            continue;
+        }
+        let wait = match store.next_due().await {
+            Ok(Some(at)) => Duration::from_millis(
+                (at - now_ms()).clamp(5, settings.poll.as_millis() as i64) as u64,
+            ),
+            _ => settings.poll,
+        };
+        tokio::select! {
+            _ = app.wake.notified() => {},
+            _ = tokio::time::sleep(wait) => {},
+            _ = stopped.changed() => {},
+        }
+    }
+    pruner.abort();
+    while !flight.lock().expect("in-flight lock").ids.is_empty() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn forget(flight: &Mutex<InFlight>, due: &Due) {
+    let mut f = flight.lock().expect("in-flight lock");
+    f.ids.remove(&due.id);
+    if let Some(n) = f.per_destination.get_mut(&due.destination) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            f.per_destination.remove(&due.destination);
+        }
+    }
+}
+
+/// Renders and sends one delivery, then records the attempt and what comes next.
+async fn deliver(app: &App, store: &Store, clients: &Clients, policy: &RetryPolicy, due: &Due) {
+    let started_at = now_ms();
+    let clock = Instant::now();
+    let attempt_no = due.attempts + 1;
+    let outcome = attempt(app, clients, policy, due).await;
+    let (next, error, status) = outcome;
+    let record = Attempt {
+        started_at,
+        duration_ms: clock.elapsed().as_millis() as i64,
+        status_code: status,
+        error: error.clone(),
+    };
+    let c = &app.counters;
+    let (event_id, rule, action) = (&due.event_id, &due.rule, due.action_index + 1);
+    let reason = error.as_deref().unwrap_or("");
+    match &next {
+        Next::Delivered => {
+            c.deliveries_ok.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(event_id, rule, action, destination = %due.destination, attempt = attempt_no, "Delivered.");
+        }
+        Next::Retry(at) => {
+            c.deliveries_retried.fetch_add(1, Ordering::Relaxed);
+            let wait_ms = at - now_ms();
+            tracing::warn!(event_id, rule, action, destination = %due.destination, attempt = attempt_no, retry_in_ms = wait_ms, reason, "Delivery failed; will retry.");
+        }
+        Next::Dead => {
+            c.deliveries_failed.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(event_id, rule, action, destination = %due.destination, attempt = attempt_no, delivery_id = due.id, reason, "Delivery failed for good; kept as a dead letter (switchboard dlq list).");
+        }
+        Next::Skipped => {
+            c.deliveries_skipped.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(event_id, rule, action, destination = %due.destination, "Delivery skipped: {reason}.");
+        }
+    }
+    if let Err(e) = store.finish(due.id, &record, &next).await {
+        tracing::error!(event_id, rule, delivery_id = due.id, error = %e, "Cannot record a delivery attempt; it will be retried after a restart.");
+    }
+}
+
+/// One attempt: what comes next, the error, and the peer's status.
+async fn attempt(
     app: &App,
     clients: &Clients,
-    event: &Value,
-    config: &Config,
-    rule: usize,
-    action: usize,
-) {
-    let rule = config.rules.get(rule);
-    let act = &rule.actions[action];
-    let event_id = crate::event::event_id(event);
-    let label = format!("{}#{}", act.kind(), action + 1);
-    let counters = &app.counters;
-    if let Some(vars) = act.unconfigured() {
-        counters.deliveries_skipped.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(event_id, rule = %rule.name, action = %label, "Delivery skipped: its destination is not configured; set {vars} to enable it.");
-        return;
+    policy: &RetryPolicy,
+    due: &Due,
+) -> (Next, Option<String>, Option<u16>) {
+    let config = app.config_for(&due.config_hash);
+    let Some(step) = config
+        .rules
+        .by_name(&due.rule)
+        .and_then(|r| r.actions.get(due.action_index as usize))
+    else {
+        return (
+            Next::Dead,
+            Some(format!(
+                "rule {:?} action {} is no longer in the configuration",
+                due.rule,
+                due.action_index + 1
+            )),
+            None,
+        );
+    };
+    if let Some(vars) = step.action.unconfigured() {
+        return (
+            Next::Skipped,
+            Some(format!(
+                "its destination is not configured; set {vars} to enable it"
+            )),
+            None,
+        );
     }
-    let message = match act.render(event, &config.templates) {
+    let event: Value = match serde_json::from_str(&due.payload) {
+        Ok(v) => v,
+        Err(e) => {
+            return (
+                Next::Dead,
+                Some(format!("the stored event is not valid JSON: {e}")),
+                None,
+            );
+        }
+    };
+    let message = match step.action.render(&event, &config.templates) {
         Ok(m) => m,
         Err(e) => {
-            counters.deliveries_failed.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(event_id, rule = %rule.name, action = %label, reason = %e, "Delivery failed: the message could not be rendered.");
-            return;
+            return (
+                Next::Dead,
+                Some(format!("the message could not be rendered: {e}")),
+                None,
+            );
         }
     };
     match message.send(clients).await {
-        Ok(()) => {
-            counters.deliveries_ok.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(event_id, rule = %rule.name, action = %label, "Delivered.");
-        }
+        Ok(()) => (Next::Delivered, None, None),
         Err(e) => {
-            counters.deliveries_failed.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(event_id, rule = %rule.name, action = %label, retryable = e.retryable, reason = %e, "Delivery failed.");
+            let next = match e
+                .retryable
+                .then(|| policy.next_delay(due.attempts + 1, e.retry_after))
+                .flatten()
+            {
+                Some(delay) => Next::Retry(now_ms() + delay.as_millis() as i64),
+                None => Next::Dead,
+            };
+            (next, Some(e.message), e.status)
         }
+    }
+}
+
+/// Prunes finished history older than `history` (and intake keys older than 7 days, or
+/// `history` if longer) every ten minutes.
+async fn prune_forever(store: Store, history: Duration) {
+    let keys = history.max(Duration::from_secs(7 * 24 * 3600));
+    loop {
+        let now = now_ms();
+        match store
+            .prune(
+                now - history.as_millis() as i64,
+                now - keys.as_millis() as i64,
+            )
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "Pruned old delivery history."),
+            Err(e) => tracing::warn!(error = %e, "Cannot prune old delivery history."),
+        }
+        tokio::time::sleep(Duration::from_secs(600)).await;
     }
 }

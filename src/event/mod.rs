@@ -18,6 +18,21 @@ pub trait Source: Send + Sync {
     /// Builds the canonical event (SPEC section 4) from a payload that is a JSON object.
     /// Never fails: unknown types and missing fields give nulls, not errors.
     fn normalise(&self, payload: &Map<String, Value>) -> Value;
+
+    /// What identifies this webhook delivery, so that the tool sending it again (a retry, a
+    /// re-trigger days later) is recognised. By default, a hash of the body.
+    fn dedup_key(&self, _payload: &Map<String, Value>, body: &[u8]) -> String {
+        format!("{}:body:{}", self.name(), sha256_hex(body))
+    }
+}
+
+/// SHA-256 of some bytes, as lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Every webhook source the router mounts. Adding a source is one line here.

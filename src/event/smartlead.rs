@@ -2,7 +2,7 @@
 //! `reply{}`, `link{}`) and the flat one SmartLead sends in practice (`event_type`,
 //! `sl_lead_email`, `reply_message{}`, `leadCorrespondence{}`, …).
 
-use super::{Source, strip_secrets};
+use super::{Source, sha256_hex, strip_secrets};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value, json};
 
@@ -47,6 +47,51 @@ impl Source for SmartLead {
             "inbox_url": p.str_at(&["app_url", "ui_master_inbox_link", "inbox_url"]),
             "raw": raw,
         })
+    }
+
+    /// The event type, lead, campaign, SmartLead's ids (`stats_id`, message ids) and the
+    /// event's own timestamp; a hash of the body when SmartLead sent none of the ids or times.
+    fn dedup_key(&self, payload: &Map<String, Value>, body: &[u8]) -> String {
+        let p = Payload(payload);
+        let identifying = [
+            p.str_at(&["stats_id"]),
+            p.str_at(&[
+                "reply_message.message_id",
+                "reply.message_id",
+                "bounce_message.message_id",
+                "message_id",
+            ]),
+            p.str_at(&[
+                "event_timestamp",
+                "timestamp",
+                "time_replied",
+                "time_clicked",
+                "time_opened",
+                "time_sent",
+                "created_at",
+            ]),
+        ];
+        if identifying.iter().all(Option::is_none) {
+            return format!("smartlead:body:{}", sha256_hex(body));
+        }
+        let context = [
+            p.str_at(&["event_type", "event", "type"]),
+            p.str_at(&[
+                "leadCorrespondence.targetLeadEmail",
+                "sl_lead_email",
+                "lead.email",
+                "lead_email",
+                "to_email",
+            ]),
+            p.str_at(&["lead_id", "sl_email_lead_id", "lead.id"]),
+            p.str_at(&["campaign_id", "campaign.id"]),
+        ];
+        let joined: Vec<String> = context
+            .into_iter()
+            .chain(identifying)
+            .map(Option::unwrap_or_default)
+            .collect();
+        format!("smartlead:{}", sha256_hex(joined.join("\u{1f}").as_bytes()))
     }
 }
 

@@ -11,6 +11,7 @@ pub use condition::{Condition, Verdict};
 use crate::actions::Action;
 use index::Index;
 use serde_json::Value;
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 /// One compiled rule.
@@ -25,9 +26,19 @@ pub struct Rule {
     /// What must hold.
     pub when: Condition,
     /// What to do, in order.
-    pub actions: Vec<Action>,
+    pub actions: Vec<RuleAction>,
     /// Where the rule is written: file and line.
     pub origin: (PathBuf, u32),
+}
+
+/// One action of a rule, with the destination it delivers to.
+#[derive(Debug)]
+pub struct RuleAction {
+    /// The compiled action.
+    pub action: Action,
+    /// The destination's name, or `rule#n` for an action with no destination: deliveries to
+    /// one destination share its concurrency limit.
+    pub destination: String,
 }
 
 /// Every rule of one configuration, in file order, with the index used to skip rules that
@@ -36,18 +47,33 @@ pub struct Rule {
 pub struct RuleSet {
     rules: Vec<Rule>,
     index: Index,
+    by_name: HashMap<String, usize>,
 }
 
 impl RuleSet {
     /// Builds the set (and its index) from rules in evaluation order.
     pub fn new(rules: Vec<Rule>) -> Self {
         let index = Index::build(&rules);
-        RuleSet { rules, index }
+        let by_name = rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.name.clone(), i))
+            .collect();
+        RuleSet {
+            rules,
+            index,
+            by_name,
+        }
     }
 
     /// All rules in evaluation order, enabled or not.
     pub fn rules(&self) -> &[Rule] {
         &self.rules
+    }
+
+    /// A rule by its name.
+    pub fn by_name(&self, name: &str) -> Option<&Rule> {
+        self.by_name.get(name).map(|&i| &self.rules[i])
     }
 
     /// A rule by its position.

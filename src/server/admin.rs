@@ -8,20 +8,27 @@ use std::sync::atomic::Ordering;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
-/// Ready when a configuration is loaded (always, once serving) and the queue has room.
-pub(super) fn ready(state: State) -> Response {
+/// Ready when a configuration is loaded (always, once serving) and the store answers.
+pub(super) async fn ready(state: State) -> Response {
     let rules = state.app.current().rules.rules().len();
-    warp::reply::json(
-        &json!({"status": "ready", "rules": rules, "queue_depth": state.queue.depth()}),
-    )
-    .into_response()
+    match state.store.counts().await {
+        Ok(counts) => {
+            warp::reply::json(&json!({"status": "ready", "rules": rules, "pending": counts.pending})).into_response()
+        }
+        Err(e) => warp::reply::with_status(
+            warp::reply::json(&json!({"status": "not ready", "reason": format!("the store does not answer: {e}")})),
+            StatusCode::SERVICE_UNAVAILABLE,
+        )
+        .into_response(),
+    }
 }
 
 /// Prometheus text format.
-pub(super) fn metrics(state: State) -> Response {
+pub(super) async fn metrics(state: State) -> Response {
     let c = &state.app.counters;
     let config = state.app.current();
     let status = state.app.reload_status();
+    let counts = state.store.counts().await.unwrap_or_default();
     let mut out = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, value: String| {
         let _ = writeln!(
@@ -29,41 +36,60 @@ pub(super) fn metrics(state: State) -> Response {
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
         );
     };
+    let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed).to_string();
     metric(
         "switchboard_events_accepted_total",
         "counter",
         "Webhook events accepted.",
-        c.events_accepted.load(Ordering::Relaxed).to_string(),
+        n(&c.events_accepted),
+    );
+    metric(
+        "switchboard_events_duplicate_total",
+        "counter",
+        "Webhook deliveries recognised as repeats.",
+        n(&c.events_duplicate),
     );
     metric(
         "switchboard_events_rejected_total",
         "counter",
         "Webhook requests rejected.",
-        c.events_rejected.load(Ordering::Relaxed).to_string(),
+        n(&c.events_rejected),
     );
     metric(
         "switchboard_deliveries_delivered_total",
         "counter",
         "Deliveries that reached their destination.",
-        c.deliveries_ok.load(Ordering::Relaxed).to_string(),
+        n(&c.deliveries_ok),
+    );
+    metric(
+        "switchboard_deliveries_retried_total",
+        "counter",
+        "Attempts that failed and will be retried.",
+        n(&c.deliveries_retried),
     );
     metric(
         "switchboard_deliveries_failed_total",
         "counter",
-        "Deliveries that failed.",
-        c.deliveries_failed.load(Ordering::Relaxed).to_string(),
+        "Deliveries that became dead letters.",
+        n(&c.deliveries_failed),
     );
     metric(
         "switchboard_deliveries_skipped_total",
         "counter",
         "Deliveries skipped: destination not configured.",
-        c.deliveries_skipped.load(Ordering::Relaxed).to_string(),
+        n(&c.deliveries_skipped),
     );
     metric(
-        "switchboard_queue_depth",
+        "switchboard_deliveries_pending",
         "gauge",
-        "Accepted events waiting for a worker.",
-        state.queue.depth().to_string(),
+        "Deliveries waiting to be sent, retries included.",
+        counts.pending.to_string(),
+    );
+    metric(
+        "switchboard_dead_letters",
+        "gauge",
+        "Dead letters in the store.",
+        counts.dead.to_string(),
     );
     metric(
         "switchboard_rules_loaded",
@@ -81,7 +107,7 @@ pub(super) fn metrics(state: State) -> Response {
         "switchboard_config_last_reload_success_timestamp_seconds",
         "gauge",
         "Unix time of the last successful reload.",
-        c.last_success_unix.load(Ordering::Relaxed).to_string(),
+        n(&c.last_success_unix),
     );
     let _ = writeln!(
         out,
@@ -119,9 +145,12 @@ pub(super) async fn reload(state: State) -> Response {
     }
 }
 
-/// `/api/status`.
-pub(super) fn status(state: State) -> Response {
+/// `/api/status`: configuration, last reload, and delivery counts.
+pub(super) async fn status(state: State) -> Response {
     let mut v = state.app.status_json();
-    v["queue_depth"] = json!(state.queue.depth());
+    v["deliveries"] = match state.store.counts().await {
+        Ok(c) => json!(c),
+        Err(e) => json!({"error": e.to_string()}),
+    };
     warp::reply::json(&v).into_response()
 }

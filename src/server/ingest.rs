@@ -1,16 +1,15 @@
-//! `POST /webhooks/{source}`: parse, normalise, match, queue, answer. The answer never waits on
-//! a delivery.
+//! `POST /webhooks/{source}`: parse, normalise, match, commit, answer. The `200` means the event
+//! and its deliveries are on disk; it never waits on a delivery being sent.
 
 use super::{State, error};
-use crate::delivery::Job;
+use crate::store::{Intake, NewDelivery, NewEvent};
 use serde_json::{Value, json};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
 /// Receives one webhook delivery.
-pub(super) fn receive(source: String, body: bytes::Bytes, state: State) -> Response {
+pub(super) async fn receive(source: String, body: bytes::Bytes, state: State) -> Response {
     let counters = &state.app.counters;
     let Some(normaliser) = state.sources.iter().find(|s| s.name() == source) else {
         counters.events_rejected.fetch_add(1, Ordering::Relaxed);
@@ -35,36 +34,74 @@ pub(super) fn receive(source: String, body: bytes::Bytes, state: State) -> Respo
     let event_id = uuid::Uuid::now_v7().to_string();
     event["event_id"] = Value::String(event_id.clone());
     let config = state.app.current();
-    let rules = config.rules.matching(&event);
+    let matched = config.rules.matching(&event);
     let (kind, sent) = crate::event::event_type(&event);
-    tracing::info!(
-        event_id,
-        source,
-        event = kind,
-        sent_as = sent,
-        matched = rules.len(),
-        "Event received."
-    );
-    if !rules.is_empty() {
-        let job = Job {
-            event: Arc::new(event),
-            config,
-            rules,
-        };
-        if state.queue.submit(job).is_err() {
+    let (kind, sent) = (kind.to_string(), sent.to_string());
+    let deliveries = matched
+        .iter()
+        .flat_map(|&i| {
+            let rule = config.rules.get(i);
+            rule.actions
+                .iter()
+                .enumerate()
+                .map(|(n, step)| NewDelivery {
+                    rule: rule.name.clone(),
+                    action_index: n as u32,
+                    action_kind: step.action.kind().to_string(),
+                    destination: step.destination.clone(),
+                })
+        })
+        .collect::<Vec<_>>();
+    let record = NewEvent {
+        id: event_id.clone(),
+        source: source.clone(),
+        event_type: kind.clone(),
+        lead_email: event["lead"]["email"].as_str().map(str::to_string),
+        config_hash: config.hash.clone(),
+        payload: event.to_string(),
+        dedup_key: normaliser.dedup_key(&payload, &body),
+        deliveries,
+    };
+    let deliveries = record.deliveries.len();
+    match state.committer.submit(record).await {
+        Ok(Intake::Accepted) => {
+            counters.events_accepted.fetch_add(1, Ordering::Relaxed);
+            if deliveries > 0 {
+                state.app.wake.notify_one();
+            }
+            tracing::info!(
+                event_id,
+                source,
+                event = kind,
+                sent_as = sent,
+                rules = matched.len(),
+                deliveries,
+                "Event received."
+            );
+            warp::reply::json(&json!({"status": "received", "event_id": event_id})).into_response()
+        }
+        Ok(Intake::Duplicate(first)) => {
+            counters.events_duplicate.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                event_id = first,
+                source,
+                event = kind,
+                "Duplicate webhook ignored: this event was received before."
+            );
+            warp::reply::json(&json!({"status": "duplicate", "event_id": first})).into_response()
+        }
+        Err(e) => {
             counters.events_rejected.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(event_id, "Event refused: the delivery queue is full.");
+            tracing::error!(source, error = %e, "Event refused: it could not be stored.");
             let mut r = error(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "the router is busy; retry later",
+                "the event could not be stored; retry later",
             );
             r.headers_mut()
                 .insert("retry-after", warp::http::HeaderValue::from_static("5"));
-            return r;
+            r
         }
     }
-    counters.events_accepted.fetch_add(1, Ordering::Relaxed);
-    warp::reply::json(&json!({"status": "received", "event_id": event_id})).into_response()
 }
 
 /// The body as a JSON object, or a message that says what is wrong with it.

@@ -3,11 +3,12 @@
 //! server over a real socket.
 
 mod admin;
+mod api;
 mod ingest;
 
 use crate::app::App;
-use crate::delivery::Queue;
 use crate::event::Source;
+use crate::store::{Committer, Store};
 use serde_json::json;
 use std::convert::Infallible;
 use std::future::Future;
@@ -24,8 +25,10 @@ pub const MAX_BODY_BYTES: u64 = 1024 * 1024;
 pub struct State {
     /// Shared router state.
     pub app: Arc<App>,
-    /// Where accepted events go.
-    pub queue: Queue,
+    /// The delivery store (history, dead letters, readiness).
+    pub store: Store,
+    /// Where accepted events are committed, grouped across requests.
+    pub committer: Committer,
     /// The mounted webhook sources.
     pub sources: Arc<Vec<Arc<dyn Source>>>,
 }
@@ -51,26 +54,27 @@ pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Infall
         .and(warp::path!("webhooks" / String))
         .and(limited_body())
         .and(with_state.clone())
-        .map(ingest::receive);
+        .then(ingest::receive);
     let healthz = warp::get()
         .and(warp::path!("healthz"))
         .map(|| warp::reply::json(&json!({"status": "ok"})).into_response());
     let readyz = warp::get()
         .and(warp::path!("readyz"))
         .and(with_state.clone())
-        .map(admin::ready);
+        .then(admin::ready);
     let metrics = warp::get()
         .and(warp::path!("metrics"))
         .and(with_state.clone())
-        .map(admin::metrics);
+        .then(admin::metrics);
     let reload = warp::post()
         .and(warp::path!("-" / "reload"))
         .and(with_state.clone())
         .then(admin::reload);
     let status = warp::get()
         .and(warp::path!("api" / "status"))
-        .and(with_state)
-        .map(admin::status);
+        .and(with_state.clone())
+        .then(admin::status);
+    let api = api::routes(with_state);
     webhook
         .or(healthz)
         .unify()
@@ -81,6 +85,8 @@ pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Infall
         .or(reload)
         .unify()
         .or(status)
+        .unify()
+        .or(api)
         .unify()
         .recover(rejection)
         .unify()

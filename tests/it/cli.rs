@@ -202,8 +202,10 @@ async fn serve_runs_the_shipped_rules_with_no_accounts_and_logs_what_it_would_se
         .unwrap()
         .port();
     let listen = format!("127.0.0.1:{port}");
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", store_dir.path().join("s.db").display());
     let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args(["serve", "--listen", &listen])
+        .args(["serve", "--listen", &listen, "--store", &store])
         .current_dir(repo_path(""))
         .env("RUST_LOG", "info")
         .env_remove("SALES_SLACK_WEBHOOK_URL")

@@ -4,6 +4,7 @@
 
 mod actions;
 mod cli;
+mod durable;
 mod email;
 mod escaping;
 mod intake;

@@ -81,14 +81,16 @@ async fn campaign_glob_and_regex_with_negation() {
     let mut reply = fixture("docs_04_email_replied");
     reply["campaign_name"] = json!("Q2 Enterprise");
     reply["reply"]["body"] = json!("We are interested, send pricing");
-    router.post(&reply).await;
+    router.post(&crate::util::unique(reply.clone())).await;
     let mut competitor = reply.clone();
     competitor["lead"]["email"] = json!("spy@competitor.example");
-    router.post(&competitor).await;
+    router.post(&crate::util::unique(competitor.clone())).await;
     let mut other_campaign = reply.clone();
     other_campaign["campaign_name"] = json!("Q1 Outreach");
     other_campaign["reply"]["body"] = json!("No thanks");
-    router.post(&other_campaign).await;
+    router
+        .post(&crate::util::unique(other_campaign.clone()))
+        .await;
     peer.wait_for(3).await;
     settle().await;
     // reply: q2 + interested; competitor: q2 only; other campaign: nothing.
@@ -106,11 +108,11 @@ async fn numeric_comparison_accepts_numbers_and_numeric_strings() {
     let (peer, router) = setup().await;
     let mut open = fixture("docs_02_email_opened");
     open["campaign_name"] = json!("Other");
-    router.post(&open).await; // opened_count 3
+    router.post(&crate::util::unique(open.clone())).await; // opened_count 3
     open["opened_count"] = json!("2");
-    router.post(&open).await;
+    router.post(&crate::util::unique(open.clone())).await;
     open["opened_count"] = json!("7");
-    router.post(&open).await;
+    router.post(&crate::util::unique(open.clone())).await;
     peer.wait_for(2).await;
     settle().await;
     let counts: Vec<_> = peer
@@ -142,12 +144,18 @@ async fn stop_ends_evaluation_and_disabled_rules_never_fire() {
 #[tokio::test]
 async fn any_all_not_nest() {
     let (peer, router) = setup().await;
-    router.post(&fixture("real_15_email_bounce")).await; // hard, read from the text
+    router
+        .post(&crate::util::unique(fixture("real_15_email_bounce")))
+        .await; // hard, read from the text
     let mut soft = fixture("docs_05_email_bounced_hard");
     soft["bounce_type"] = json!("soft");
     soft["campaign_name"] = json!("X");
-    router.post(&soft).await;
-    router.post(&json!({"event": "EMAIL_SENT", "custom_flag": 1, "lead": {"email": "flag@example.com"}})).await;
+    router.post(&crate::util::unique(soft.clone())).await;
+    router
+        .post(&crate::util::unique(
+            json!({"event": "EMAIL_SENT", "custom_flag": 1, "lead": {"email": "flag@example.com"}}),
+        ))
+        .await;
     peer.wait_for(3).await;
     settle().await;
     let mut nested: Vec<String> = peer

@@ -35,7 +35,9 @@ async fn a_saved_edit_takes_effect_within_two_seconds() {
         "reload took {:?}",
         saved.elapsed()
     );
-    router.post(&fixture("real_13_email_reply")).await;
+    router
+        .post(&crate::util::unique(fixture("real_13_email_reply")))
+        .await;
     let got = peer.wait_for(1).await;
     assert_eq!(got[0].path, "/after");
 
@@ -43,7 +45,9 @@ async fn a_saved_edit_takes_effect_within_two_seconds() {
     save(&router.rules_path(), &rules(&peer, "/again"));
     let h = router.app.current().hash.clone();
     wait_until(|| router.app.current().hash != h, "the second reload").await;
-    router.post(&fixture("real_13_email_reply")).await;
+    router
+        .post(&crate::util::unique(fixture("real_13_email_reply")))
+        .await;
     let got = peer.wait_for(2).await;
     assert_eq!(got[1].path, "/again");
 }
@@ -102,7 +106,9 @@ async fn a_broken_edit_keeps_the_old_rules_and_reports_every_error() {
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["errors"].as_array().unwrap().len(), 2, "{body}");
 
-    router.post(&fixture("real_13_email_reply")).await;
+    router
+        .post(&crate::util::unique(fixture("real_13_email_reply")))
+        .await;
     let got = peer.wait_for(1).await;
     assert_eq!(got[0].path, "/old", "the old rules keep serving");
 
@@ -114,7 +120,9 @@ async fn a_broken_edit_keeps_the_old_rules_and_reports_every_error() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    router.post(&fixture("real_13_email_reply")).await;
+    router
+        .post(&crate::util::unique(fixture("real_13_email_reply")))
+        .await;
     let got = peer.wait_for(2).await;
     assert_eq!(got[1].path, "/fixed");
 }

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use switchboard::actions::Clients;
 use switchboard::app::App;
 use switchboard::config::{Sources, watch};
-use switchboard::delivery::{self, Limits};
+use switchboard::delivery::{self, RetryPolicy};
 use switchboard::server::{self, State};
+use switchboard::store::{Committer, Store};
 use warp::Filter;
 
 /// A fixture payload from tests/fixtures/smartlead.
@@ -35,6 +36,7 @@ pub struct Request {
     pub path: String,
     pub headers: Vec<(String, String)>,
     pub body: String,
+    pub at: Instant,
 }
 
 impl Request {
@@ -58,38 +60,46 @@ pub struct HttpPeer {
     pub addr: SocketAddr,
     received: Arc<Mutex<Vec<Request>>>,
     script: Arc<Mutex<VecDeque<Answer>>>,
+    delay: Arc<Mutex<Duration>>,
 }
 
 impl HttpPeer {
     pub async fn start() -> HttpPeer {
         let received = Arc::new(Mutex::new(Vec::new()));
         let script: Arc<Mutex<VecDeque<Answer>>> = Arc::new(Mutex::new(VecDeque::new()));
-        let (r, s) = (received.clone(), script.clone());
+        let delay = Arc::new(Mutex::new(Duration::ZERO));
+        let (r, s, d) = (received.clone(), script.clone(), delay.clone());
         let route = warp::method()
             .and(warp::path::full())
             .and(warp::header::headers_cloned())
             .and(warp::body::bytes())
-            .map(
+            .then(
                 move |method: warp::http::Method,
                       path: warp::path::FullPath,
                       headers: warp::http::HeaderMap,
                       body: bytes::Bytes| {
-                    r.lock().unwrap().push(Request {
-                        method: method.to_string(),
-                        path: path.as_str().to_string(),
-                        headers: headers
-                            .iter()
-                            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
-                            .collect(),
-                        body: String::from_utf8_lossy(&body).to_string(),
-                    });
-                    let (status, text, extra) =
-                        s.lock().unwrap().pop_front().unwrap_or((200, "ok", vec![]));
-                    let mut resp = warp::http::Response::builder().status(status);
-                    for (k, v) in extra {
-                        resp = resp.header(k, v);
+                    let (r, s, d) = (r.clone(), s.clone(), d.clone());
+                    async move {
+                        let wait = *d.lock().unwrap();
+                        tokio::time::sleep(wait).await;
+                        r.lock().unwrap().push(Request {
+                            method: method.to_string(),
+                            path: path.as_str().to_string(),
+                            headers: headers
+                                .iter()
+                                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+                                .collect(),
+                            body: String::from_utf8_lossy(&body).to_string(),
+                            at: Instant::now(),
+                        });
+                        let (status, text, extra) =
+                            s.lock().unwrap().pop_front().unwrap_or((200, "ok", vec![]));
+                        let mut resp = warp::http::Response::builder().status(status);
+                        for (k, v) in extra {
+                            resp = resp.header(k, v);
+                        }
+                        resp.body(text.to_string()).unwrap()
                     }
-                    resp.body(text.to_string()).unwrap()
                 },
             );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -99,7 +109,13 @@ impl HttpPeer {
             addr,
             received,
             script,
+            delay,
         }
+    }
+
+    /// Makes every answer wait this long (a slow endpoint).
+    pub fn set_delay(&self, delay: Duration) {
+        *self.delay.lock().unwrap() = delay;
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -188,8 +204,13 @@ impl mailin_embedded::Handler for Recorder {
 
 impl SmtpPeer {
     pub fn start() -> SmtpPeer {
+        Self::start_on(0)
+    }
+
+    /// An SMTP server on a given port (0: any free port).
+    pub fn start_on(port: u16) -> SmtpPeer {
         let mails = Arc::new(Mutex::new(Vec::new()));
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
         let port = listener.local_addr().unwrap().port();
         let mut server = mailin_embedded::Server::new(Recorder {
             mails: mails.clone(),
@@ -216,11 +237,26 @@ impl SmtpPeer {
     }
 }
 
+/// Delivery settings for tests: retries after 100 ms, 200 ms, 300 ms; 4 attempts in all.
+pub fn fast_retries() -> delivery::Settings {
+    delivery::Settings {
+        retry: RetryPolicy {
+            schedule: [100, 200, 300].map(Duration::from_millis).to_vec(),
+            max_attempts: 4,
+            jitter: 0.0,
+            ..RetryPolicy::default()
+        },
+        poll: Duration::from_millis(100),
+        ..delivery::Settings::default()
+    }
+}
+
 /// The real router, serving on 127.0.0.1:0 from rules and templates in a temporary directory.
 pub struct Router {
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
     pub app: Arc<App>,
+    pub store: Store,
     client: reqwest::Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     _watch: Option<watch::Watch>,
@@ -241,21 +277,34 @@ impl Router {
         Self::start_in(dir).await
     }
 
-    /// Starts the router on a prepared directory holding `rules/rules.yaml` and `templates/`.
+    /// Starts the router on a prepared directory holding `rules/rules.yaml` and `templates/`,
+    /// with its store in the same directory and a fast retry schedule.
     pub async fn start_in(dir: tempfile::TempDir) -> Router {
+        Self::start_with(dir, fast_retries()).await
+    }
+
+    /// Starts the router with the given delivery settings.
+    pub async fn start_with(dir: tempfile::TempDir, settings: delivery::Settings) -> Router {
         let sources = Sources {
             rules: dir.path().join("rules/rules.yaml"),
             templates: dir.path().join("templates"),
         };
         let app = App::load(sources).unwrap_or_else(|e| panic!("rules load:\n{e}"));
-        let (queue, workers) = delivery::start(app.clone(), Clients::new(), Limits::default());
+        let store = Store::open(&format!(
+            "sqlite://{}",
+            dir.path().join("switchboard.db").display()
+        ))
+        .await
+        .unwrap();
+        let workers = delivery::start(app.clone(), store.clone(), Clients::new(), settings);
         let w = watch::watch(app.clone()).expect("watch starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let state = State {
             app: app.clone(),
-            queue,
+            store: store.clone(),
+            committer: Committer::start(store.clone()),
             sources: Arc::new(switchboard::event::sources()),
         };
         tokio::spawn(async move {
@@ -269,6 +318,7 @@ impl Router {
             addr,
             dir,
             app,
+            store,
             client: reqwest::Client::new(),
             stop: Some(stop),
             _watch: Some(w),
@@ -277,6 +327,16 @@ impl Router {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// Stops the router (as a shutdown would) and starts it again on the same rules and store.
+    pub async fn restart(mut self) -> Router {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Router::start_in(dir).await
     }
 
     /// Posts a webhook body (any bytes) and returns status and JSON answer.
@@ -400,5 +460,75 @@ impl SmtpPeer {
             }
         });
         tls_port
+    }
+}
+
+/// The same payload made a distinct webhook delivery (a fresh `stats_id`), for tests that post
+/// variations of one fixture and must not have them taken for repeats.
+pub fn unique(mut event: Value) -> Value {
+    event["stats_id"] = Value::String(uuid::Uuid::now_v7().to_string());
+    event
+}
+
+/// The real binary serving `dir/rules.yaml` with its store in `dir`, on a free port.
+pub struct Binary {
+    pub child: std::process::Child,
+    pub url: String,
+}
+
+impl Binary {
+    pub async fn start(dir: &Path, extra: &[&str]) -> Binary {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let store = format!("sqlite://{}", dir.join("switchboard.db").display());
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--store",
+                &store,
+            ])
+            .args([
+                "--rules",
+                &dir.join("rules.yaml").to_string_lossy(),
+                "--templates",
+                &dir.join("templates").to_string_lossy(),
+            ])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        let start = Instant::now();
+        while client.get(format!("{url}/healthz")).send().await.is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the router did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        Binary { child, url }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

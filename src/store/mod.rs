@@ -1,0 +1,294 @@
+//! The delivery store: accepted events, their deliveries, every attempt, dead letters and the
+//! keys that recognise a repeated webhook. One interface, one file per backend (SQL stays in
+//! this module); SQLite is the embedded default.
+//!
+//! [`Committer`] groups the inserts of concurrent requests into one transaction (one fsync for
+//! many events), so a `200` can wait for the commit without costing much throughput.
+
+mod commit;
+mod sqlite;
+
+pub use commit::Committer;
+
+use serde::Serialize;
+
+/// Unix time in milliseconds.
+pub type Millis = i64;
+
+/// Now, in Unix milliseconds.
+pub fn now_ms() -> Millis {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// A store error: the database could not be opened, migrated or queried.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The `--store` URL is not one this build understands.
+    #[error(
+        "unsupported store URL {0:?}: use sqlite://PATH (or sqlite::memory: for no persistence)"
+    )]
+    Unsupported(String),
+    /// The database answered with an error.
+    #[error("store: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The schema could not be brought up to date.
+    #[error("store migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The group committer has stopped (the router is shutting down).
+    #[error("the store is shutting down")]
+    Closed,
+}
+
+/// An event to record, with the deliveries it gives rise to.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// The router's event id.
+    pub id: String,
+    /// The webhook source (`smartlead`).
+    pub source: String,
+    /// The canonical type.
+    pub event_type: String,
+    /// The lead's email, for history queries.
+    pub lead_email: Option<String>,
+    /// The configuration that matched it.
+    pub config_hash: String,
+    /// The canonical event as JSON.
+    pub payload: String,
+    /// What identifies this webhook delivery (a repeat has the same key).
+    pub dedup_key: String,
+    /// One per (rule, action) that matched.
+    pub deliveries: Vec<NewDelivery>,
+}
+
+/// A delivery to create.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    /// The rule's name.
+    pub rule: String,
+    /// The action's position in the rule.
+    pub action_index: u32,
+    /// `slack`, `email`, `http`, `log`.
+    pub action_kind: String,
+    /// The destination name (or `rule#n` for an inline action): the unit of concurrency.
+    pub destination: String,
+}
+
+/// What happened to an event handed to the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Intake {
+    /// Recorded: its deliveries are pending.
+    Accepted,
+    /// The same webhook was seen before, as this event.
+    Duplicate(String),
+}
+
+/// A delivery claimed for sending.
+#[derive(Debug, Clone)]
+pub struct Due {
+    /// Delivery id.
+    pub id: i64,
+    /// Event id.
+    pub event_id: String,
+    /// Rule name.
+    pub rule: String,
+    /// Action position in the rule.
+    pub action_index: u32,
+    /// Destination (unit of concurrency).
+    pub destination: String,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// The configuration that matched the event.
+    pub config_hash: String,
+    /// The canonical event as JSON.
+    pub payload: String,
+}
+
+/// One attempt's record.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    /// When it started.
+    pub started_at: Millis,
+    /// How long it took.
+    pub duration_ms: i64,
+    /// HTTP status or SMTP code, when there was an answer.
+    pub status_code: Option<u16>,
+    /// What went wrong, if anything.
+    pub error: Option<String>,
+}
+
+/// Where a delivery goes after an attempt.
+#[derive(Debug, Clone)]
+pub enum Next {
+    /// Delivered; final.
+    Delivered,
+    /// Try again at this time.
+    Retry(Millis),
+    /// Out of attempts or failed permanently; kept as a dead letter.
+    Dead,
+    /// Not sent (destination not configured); final.
+    Skipped,
+}
+
+/// A delivery as history shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryView {
+    /// Delivery id.
+    pub id: i64,
+    /// Event id.
+    pub event_id: String,
+    /// Canonical event type.
+    pub event_type: String,
+    /// The lead's email.
+    pub lead_email: Option<String>,
+    /// Rule name.
+    pub rule: String,
+    /// Action kind.
+    pub action: String,
+    /// Destination.
+    pub destination: String,
+    /// pending, sending, delivered, dead, discarded, skipped.
+    pub status: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// When the next attempt is due (pending only), RFC 3339.
+    pub next_attempt_at: Option<String>,
+    /// The last error.
+    pub last_error: Option<String>,
+    /// When it was created, RFC 3339.
+    pub created_at: String,
+    /// When it last changed, RFC 3339.
+    pub updated_at: String,
+    /// Every attempt, oldest first (filled for single deliveries and dead letters).
+    pub history: Vec<AttemptView>,
+}
+
+/// One attempt as history shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptView {
+    /// When it started, RFC 3339.
+    pub at: String,
+    /// How long it took.
+    pub duration_ms: i64,
+    /// delivered, retry, dead, skipped.
+    pub outcome: String,
+    /// HTTP status or SMTP code.
+    pub status_code: Option<u16>,
+    /// The error.
+    pub error: Option<String>,
+}
+
+/// Which deliveries to list.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Only this status.
+    pub status: Option<String>,
+    /// Only this rule.
+    pub rule: Option<String>,
+    /// Only this lead's email.
+    pub lead: Option<String>,
+    /// At most this many, newest first (default 100).
+    pub limit: Option<u32>,
+    /// Include each delivery's attempts.
+    pub with_history: bool,
+}
+
+/// Counts by status, for `/api/status` and `/readyz`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Counts {
+    /// Waiting to be sent (including retries).
+    pub pending: u64,
+    /// Being sent now.
+    pub sending: u64,
+    /// Dead letters.
+    pub dead: u64,
+    /// Unix ms of the oldest pending delivery.
+    pub oldest_pending_ms: Option<Millis>,
+}
+
+/// The store: one variant per backend.
+#[derive(Clone)]
+pub enum Store {
+    /// SQLite, embedded.
+    Sqlite(sqlite::Sqlite),
+}
+
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $call:expr) => {
+        match $self {
+            Store::Sqlite($s) => $call,
+        }
+    };
+}
+
+impl Store {
+    /// Opens (creating and migrating) the store named by a `--store` URL.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        if url.starts_with("sqlite:") {
+            return Ok(Store::Sqlite(sqlite::Sqlite::open(url).await?));
+        }
+        Err(StoreError::Unsupported(url.to_string()))
+    }
+
+    /// Records a batch of events in one transaction; one result per event, in order.
+    pub async fn accept(&self, events: &[NewEvent]) -> Result<Vec<Intake>, StoreError> {
+        dispatch!(self, s => s.accept(events).await)
+    }
+
+    /// Marks up to `limit` due deliveries as sending and returns them, skipping `busy`
+    /// destinations.
+    pub async fn claim(&self, limit: u32, busy: &[String]) -> Result<Vec<Due>, StoreError> {
+        dispatch!(self, s => s.claim(limit, busy).await)
+    }
+
+    /// Records an attempt and moves the delivery on.
+    pub async fn finish(&self, id: i64, attempt: &Attempt, next: &Next) -> Result<(), StoreError> {
+        dispatch!(self, s => s.finish(id, attempt, next).await)
+    }
+
+    /// Puts deliveries left `sending` by a process that died back to `pending`.
+    pub async fn recover(&self) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.recover().await)
+    }
+
+    /// Puts `sending` deliveries back to pending (on shutdown, for those not finished).
+    pub async fn release(&self, ids: &[i64]) -> Result<(), StoreError> {
+        dispatch!(self, s => s.release(ids).await)
+    }
+
+    /// When the next pending delivery is due.
+    pub async fn next_due(&self) -> Result<Option<Millis>, StoreError> {
+        dispatch!(self, s => s.next_due().await)
+    }
+
+    /// Deliveries matching a filter, newest first.
+    pub async fn list(&self, filter: &Filter) -> Result<Vec<DeliveryView>, StoreError> {
+        dispatch!(self, s => s.list(filter).await)
+    }
+
+    /// Requeues one dead letter (`Some(id)`) or all of them; returns how many.
+    pub async fn retry_dead(&self, id: Option<i64>) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.retry_dead(id).await)
+    }
+
+    /// Discards one dead letter; returns whether there was one.
+    pub async fn discard(&self, id: i64) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.discard(id).await)
+    }
+
+    /// Deletes finished history older than `before`, and intake keys older than `keys_before`.
+    pub async fn prune(&self, before: Millis, keys_before: Millis) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.prune(before, keys_before).await)
+    }
+
+    /// Delivery counts by status.
+    pub async fn counts(&self) -> Result<Counts, StoreError> {
+        dispatch!(self, s => s.counts().await)
+    }
+}
+
+/// RFC 3339 for a Unix-millisecond time.
+pub fn rfc3339(ms: Millis) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}

@@ -1,0 +1,318 @@
+//! The SQLite backend: one file, WAL journal, `synchronous=FULL` (a commit is on disk before the
+//! webhook is answered), migrations embedded at compile time.
+
+use super::{
+    Attempt, AttemptView, Counts, DeliveryView, Due, Filter, Intake, Millis, NewEvent, Next,
+    StoreError, now_ms, rfc3339,
+};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A SQLite store.
+#[derive(Clone)]
+pub struct Sqlite {
+    pool: SqlitePool,
+}
+
+impl Sqlite {
+    /// Opens `sqlite://PATH` (created if missing) or `sqlite::memory:`, and migrates it.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let memory = url.contains(":memory:");
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(if memory {
+                SqliteJournalMode::Memory
+            } else {
+                SqliteJournalMode::Wal
+            })
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        // One connection for an in-memory database: every connection would get its own.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(if memory { 1 } else { 4 })
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("migrations/sqlite").run(&pool).await?;
+        Ok(Sqlite { pool })
+    }
+
+    pub(super) async fn accept(&self, events: &[NewEvent]) -> Result<Vec<Intake>, StoreError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let mut out = Vec::with_capacity(events.len());
+        for e in events {
+            let inserted = sqlx::query("INSERT INTO intake_keys (key, event_id, created_at) VALUES (?, ?, ?) ON CONFLICT (key) DO NOTHING")
+                .bind(&e.dedup_key)
+                .bind(&e.id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if inserted == 0 {
+                let first: String =
+                    sqlx::query_scalar("SELECT event_id FROM intake_keys WHERE key = ?")
+                        .bind(&e.dedup_key)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                out.push(Intake::Duplicate(first));
+                continue;
+            }
+            sqlx::query("INSERT INTO events (id, source, event_type, lead_email, received_at, config_hash, payload) VALUES (?, ?, ?, ?, ?, ?, ?)")
+                .bind(&e.id)
+                .bind(&e.source)
+                .bind(&e.event_type)
+                .bind(&e.lead_email)
+                .bind(now)
+                .bind(&e.config_hash)
+                .bind(&e.payload)
+                .execute(&mut *tx)
+                .await?;
+            for d in &e.deliveries {
+                sqlx::query("INSERT INTO deliveries (event_id, rule, action_index, action_kind, destination, status, attempts, next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)")
+                    .bind(&e.id)
+                    .bind(&d.rule)
+                    .bind(d.action_index as i64)
+                    .bind(&d.action_kind)
+                    .bind(&d.destination)
+                    .bind(now)
+                    .bind(now)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            out.push(Intake::Accepted);
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    pub(super) async fn claim(&self, limit: u32, busy: &[String]) -> Result<Vec<Due>, StoreError> {
+        if limit == 0 {
+            return Ok(vec![]);
+        }
+        let now = now_ms();
+        let busy = serde_json::to_string(busy).unwrap_or_else(|_| "[]".into());
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query(
+            "UPDATE deliveries SET status = 'sending', updated_at = ?1
+             WHERE id IN (
+                 SELECT id FROM deliveries
+                 WHERE status = 'pending' AND next_attempt_at <= ?1
+                   AND destination NOT IN (SELECT value FROM json_each(?2))
+                 ORDER BY next_attempt_at, id LIMIT ?3)
+             RETURNING id",
+        )
+        .bind(now)
+        .bind(&busy)
+        .bind(limit as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut due = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: i64 = row.get(0);
+            let r = sqlx::query(
+                "SELECT d.id, d.event_id, d.rule, d.action_index, d.destination, d.attempts, e.config_hash, e.payload
+                 FROM deliveries d JOIN events e ON e.id = d.event_id WHERE d.id = ?",
+            )
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+            due.push(Due {
+                id: r.get(0),
+                event_id: r.get(1),
+                rule: r.get(2),
+                action_index: r.get::<i64, _>(3) as u32,
+                destination: r.get(4),
+                attempts: r.get::<i64, _>(5) as u32,
+                config_hash: r.get(6),
+                payload: r.get(7),
+            });
+        }
+        tx.commit().await?;
+        due.sort_by_key(|d| d.id);
+        Ok(due)
+    }
+
+    pub(super) async fn finish(&self, id: i64, a: &Attempt, next: &Next) -> Result<(), StoreError> {
+        let now = now_ms();
+        let (status, outcome, next_at) = match next {
+            Next::Delivered => ("delivered", "delivered", now),
+            Next::Retry(at) => ("pending", "retry", *at),
+            Next::Dead => ("dead", "dead", now),
+            Next::Skipped => ("skipped", "skipped", now),
+        };
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO attempts (delivery_id, started_at, duration_ms, outcome, status_code, error) VALUES (?, ?, ?, ?, ?, ?)")
+            .bind(id)
+            .bind(a.started_at)
+            .bind(a.duration_ms)
+            .bind(outcome)
+            .bind(a.status_code.map(i64::from))
+            .bind(&a.error)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE deliveries SET status = ?, attempts = attempts + 1, next_attempt_at = ?, last_error = COALESCE(?, last_error), updated_at = ? WHERE id = ?")
+            .bind(status)
+            .bind(next_at)
+            .bind(&a.error)
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(super) async fn recover(&self) -> Result<u64, StoreError> {
+        let n = sqlx::query(
+            "UPDATE deliveries SET status = 'pending', updated_at = ? WHERE status = 'sending'",
+        )
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n)
+    }
+
+    pub(super) async fn release(&self, ids: &[i64]) -> Result<(), StoreError> {
+        let ids = serde_json::to_string(ids).unwrap_or_else(|_| "[]".into());
+        sqlx::query("UPDATE deliveries SET status = 'pending' WHERE status = 'sending' AND id IN (SELECT value FROM json_each(?))")
+            .bind(ids)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub(super) async fn next_due(&self) -> Result<Option<Millis>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'pending'",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    pub(super) async fn list(&self, f: &Filter) -> Result<Vec<DeliveryView>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT d.id, d.event_id, e.event_type, e.lead_email, d.rule, d.action_kind, d.destination, d.status,
+                    d.attempts, d.next_attempt_at, d.last_error, d.created_at, d.updated_at
+             FROM deliveries d JOIN events e ON e.id = d.event_id
+             WHERE (?1 IS NULL OR d.status = ?1) AND (?2 IS NULL OR d.rule = ?2)
+               AND (?3 IS NULL OR lower(e.lead_email) = lower(?3))
+             ORDER BY d.id DESC LIMIT ?4",
+        )
+        .bind(&f.status)
+        .bind(&f.rule)
+        .bind(&f.lead)
+        .bind(f.limit.unwrap_or(100) as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let status: String = r.get(7);
+            let next: i64 = r.get(9);
+            let mut view = DeliveryView {
+                id: r.get(0),
+                event_id: r.get(1),
+                event_type: r.get(2),
+                lead_email: r.get(3),
+                rule: r.get(4),
+                action: r.get(5),
+                destination: r.get(6),
+                next_attempt_at: (status == "pending").then(|| rfc3339(next)),
+                status,
+                attempts: r.get::<i64, _>(8) as u32,
+                last_error: r.get(10),
+                created_at: rfc3339(r.get(11)),
+                updated_at: rfc3339(r.get(12)),
+                history: vec![],
+            };
+            if f.with_history {
+                view.history = self.history(view.id).await?;
+            }
+            out.push(view);
+        }
+        Ok(out)
+    }
+
+    async fn history(&self, id: i64) -> Result<Vec<AttemptView>, StoreError> {
+        let rows = sqlx::query("SELECT started_at, duration_ms, outcome, status_code, error FROM attempts WHERE delivery_id = ? ORDER BY id")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| AttemptView {
+                at: rfc3339(r.get(0)),
+                duration_ms: r.get(1),
+                outcome: r.get(2),
+                status_code: r.get::<Option<i64>, _>(3).map(|c| c as u16),
+                error: r.get(4),
+            })
+            .collect())
+    }
+
+    pub(super) async fn retry_dead(&self, id: Option<i64>) -> Result<u64, StoreError> {
+        let now = now_ms();
+        let n = sqlx::query("UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?1, updated_at = ?1 WHERE status = 'dead' AND (?2 IS NULL OR id = ?2)")
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n)
+    }
+
+    pub(super) async fn discard(&self, id: i64) -> Result<bool, StoreError> {
+        let n = sqlx::query("UPDATE deliveries SET status = 'discarded', updated_at = ? WHERE status = 'dead' AND id = ?")
+            .bind(now_ms())
+            .bind(id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n > 0)
+    }
+
+    pub(super) async fn prune(
+        &self,
+        before: Millis,
+        keys_before: Millis,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let deliveries = sqlx::query("DELETE FROM deliveries WHERE status IN ('delivered', 'discarded', 'skipped') AND updated_at < ?")
+            .bind(before)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let events = sqlx::query("DELETE FROM events WHERE received_at < ? AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id)")
+            .bind(before)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query("DELETE FROM intake_keys WHERE created_at < ?")
+            .bind(keys_before)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(deliveries + events)
+    }
+
+    pub(super) async fn counts(&self) -> Result<Counts, StoreError> {
+        let r = sqlx::query(
+            "SELECT
+                COALESCE(SUM(status = 'pending'), 0), COALESCE(SUM(status = 'sending'), 0), COALESCE(SUM(status = 'dead'), 0),
+                MIN(CASE WHEN status = 'pending' THEN created_at END)
+             FROM deliveries",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Counts {
+            pending: r.get::<i64, _>(0) as u64,
+            sending: r.get::<i64, _>(1) as u64,
+            dead: r.get::<i64, _>(2) as u64,
+            oldest_pending_ms: r.get(3),
+        })
+    }
+}

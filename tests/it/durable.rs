@@ -1,0 +1,352 @@
+//! Durable, at-least-once delivery: retries with backoff and `Retry-After`, permanent failures
+//! straight to the dead letters, replay, duplicates recognised across restarts, and SMTP
+//! outages survived.
+
+use crate::util::{HttpPeer, Router, SmtpPeer, fixture, unique, wait_until};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+use switchboard::store::Filter;
+
+fn slack_rules(slack: &HttpPeer) -> String {
+    format!(
+        "rules:\n  - name: reply-to-sales\n    when: {{ event: EMAIL_REPLIED }}\n    actions:\n      - slack: {{ webhook_url: \"{}\", text: \"Reply from {{{{lead.email}}}} ({{{{event_id}}}})\" }}\n",
+        slack.url("/services/T0/B0/X")
+    )
+}
+
+async fn deliveries(
+    router: &Router,
+    status: Option<&str>,
+) -> Vec<switchboard::store::DeliveryView> {
+    let filter = Filter {
+        status: status.map(str::to_string),
+        with_history: true,
+        ..Filter::default()
+    };
+    router.store.list(&filter).await.unwrap()
+}
+
+async fn wait_for_status(
+    router: &Router,
+    status: &str,
+    n: usize,
+) -> Vec<switchboard::store::DeliveryView> {
+    let start = Instant::now();
+    loop {
+        let list = deliveries(router, Some(status)).await;
+        if list.len() >= n {
+            return list;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {n} {status} deliveries: {:?}",
+            deliveries(router, None).await
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_until_slack_answers_ok() {
+    let slack = HttpPeer::start().await;
+    slack.script(vec![(500, "internal_error", vec![]), (503, "", vec![])]);
+    let router = Router::start(&slack_rules(&slack), &[]).await;
+    router.post(&fixture("real_13_email_reply")).await;
+    let done = wait_for_status(&router, "delivered", 1).await;
+    assert_eq!(done[0].attempts, 3);
+    let outcomes: Vec<_> = done[0]
+        .history
+        .iter()
+        .map(|a| (a.outcome.as_str(), a.status_code))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("retry", Some(500)),
+            ("retry", Some(503)),
+            ("delivered", None)
+        ]
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        slack.received().len(),
+        3,
+        "delivered once, after two failed attempts"
+    );
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let slack = HttpPeer::start().await;
+    slack.script(vec![(429, "rate_limited", vec![("Retry-After", "2")])]);
+    let router = Router::start(&slack_rules(&slack), &[]).await;
+    router.post(&fixture("real_13_email_reply")).await;
+    let got = slack.wait_for(2).await;
+    let gap = got[1].at - got[0].at;
+    assert!(
+        gap >= Duration::from_secs(2),
+        "second attempt after {gap:?}"
+    );
+    wait_for_status(&router, "delivered", 1).await;
+}
+
+#[tokio::test]
+async fn a_permanent_error_is_a_dead_letter_at_once_and_replays_when_fixed() {
+    let slack = HttpPeer::start().await;
+    slack.script(vec![(404, "no_service", vec![])]);
+    let router = Router::start(&slack_rules(&slack), &[]).await;
+    router.post(&fixture("real_13_email_reply")).await;
+    let dead = wait_for_status(&router, "dead", 1).await;
+    assert_eq!(dead[0].attempts, 1);
+    assert!(
+        dead[0]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("no_service"),
+        "{:?}",
+        dead[0]
+    );
+    assert_eq!(dead[0].history[0].status_code, Some(404));
+    assert_eq!(dead[0].rule, "reply-to-sales");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        slack.received().len(),
+        1,
+        "no retries after a permanent error"
+    );
+
+    let (status, dlq) = router.get("/api/dlq").await;
+    assert_eq!(status, 200);
+    assert_eq!(dlq["deliveries"][0]["id"], dead[0].id);
+    assert_eq!(dlq["deliveries"][0]["history"][0]["status_code"], 404);
+
+    let r = reqwest::Client::new()
+        .post(router.url(&format!("/api/dlq/{}/retry", dead[0].id)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let got = slack.wait_for(2).await;
+    assert_eq!(
+        got[0].body, got[1].body,
+        "the replay sends the same message"
+    );
+    let done = wait_for_status(&router, "delivered", 1).await;
+    assert_eq!(done[0].id, dead[0].id);
+    assert!(deliveries(&router, Some("dead")).await.is_empty());
+}
+
+#[tokio::test]
+async fn retries_run_out_into_a_dead_letter_with_full_history() {
+    let slack = HttpPeer::start().await;
+    slack.script((0..4).map(|_| (502, "bad gateway", vec![])).collect());
+    let router = Router::start(&slack_rules(&slack), &[]).await;
+    router.post(&fixture("real_13_email_reply")).await;
+    let dead = wait_for_status(&router, "dead", 1).await;
+    assert_eq!(dead[0].attempts, 4);
+    assert_eq!(dead[0].history.len(), 4);
+    assert!(dead[0].history.iter().all(|a| a.status_code == Some(502)));
+    let (_, m) = router.get("/metrics").await;
+    assert!(
+        m.as_str().unwrap().contains("switchboard_dead_letters 1"),
+        "{m}"
+    );
+    let r = reqwest::Client::new()
+        .post(router.url(&format!("/api/dlq/{}/discard", dead[0].id)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(deliveries(&router, Some("dead")).await.is_empty());
+    assert_eq!(deliveries(&router, Some("discarded")).await.len(), 1);
+}
+
+#[tokio::test]
+async fn one_failing_action_does_not_resend_the_others() {
+    let slack = HttpPeer::start().await;
+    let crm = HttpPeer::start().await;
+    slack.script(vec![(500, "", vec![]), (500, "", vec![])]);
+    let rules = format!(
+        "rules:\n  - name: reply\n    actions:\n      - slack: {{ webhook_url: \"{}\", text: hi }}\n      - http: {{ url: \"{}\", body: '{{}}' }}\n",
+        slack.url("/s"),
+        crm.url("/crm")
+    );
+    let router = Router::start(&rules, &[]).await;
+    router.post(&fixture("real_13_email_reply")).await;
+    wait_for_status(&router, "delivered", 2).await;
+    assert_eq!(slack.received().len(), 3);
+    assert_eq!(
+        crm.received().len(),
+        1,
+        "the CRM call is not repeated by Slack's retries"
+    );
+}
+
+#[tokio::test]
+async fn the_same_body_twice_and_after_a_restart_notifies_once() {
+    let slack = HttpPeer::start().await;
+    let router = Router::start(&slack_rules(&slack), &[]).await;
+    let body = fixture("real_13_email_reply").to_string();
+    let (s1, a1) = router.post_raw("/webhooks/smartlead", body.clone()).await;
+    let (s2, a2) = router.post_raw("/webhooks/smartlead", body.clone()).await;
+    assert_eq!((s1, s2), (200, 200));
+    assert_eq!(a1["status"], "received");
+    assert_eq!(a2["status"], "duplicate");
+    assert_eq!(a2["event_id"], a1["event_id"]);
+    slack.wait_for(1).await;
+    let router = router.restart().await;
+    let (s3, a3) = router.post_raw("/webhooks/smartlead", body.clone()).await;
+    assert_eq!(s3, 200);
+    assert_eq!(a3["status"], "duplicate", "{a3}");
+    // A different event for the same lead is not a duplicate.
+    let (_, a4) = router
+        .post_raw(
+            "/webhooks/smartlead",
+            unique(fixture("real_13_email_reply")).to_string(),
+        )
+        .await;
+    assert_eq!(a4["status"], "received");
+    slack.wait_for(2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(slack.received().len(), 2);
+}
+
+#[tokio::test]
+async fn smtp_down_then_up_is_delivered() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let rules = format!(
+        "rules:\n  - name: mail\n    actions:\n      - email: {{ smtp_url: \"smtp://127.0.0.1:{port}?tls=none\", from: a@example.com, to: b@example.com, subject: \"Reply from {{{{lead.email}}}}\", text: hi }}\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("rules")).unwrap();
+    std::fs::write(dir.path().join("rules/rules.yaml"), rules).unwrap();
+    let mut settings = crate::util::fast_retries();
+    settings.retry.schedule = vec![Duration::from_millis(200)];
+    settings.retry.max_attempts = 50;
+    let router = Router::start_with(dir, settings).await;
+    router.post(&fixture("real_13_email_reply")).await;
+    wait_until(
+        || {
+            router
+                .app
+                .counters
+                .deliveries_retried
+                .load(std::sync::atomic::Ordering::Relaxed)
+                >= 2
+        },
+        "failed SMTP attempts",
+    )
+    .await;
+    let smtp = SmtpPeer::start_on(port);
+    let mails = smtp.wait_for(1).await;
+    assert!(
+        mails[0]
+            .data
+            .contains("Reply from james.parker@prospect.example")
+    );
+    let done = wait_for_status(&router, "delivered", 1).await;
+    assert!(
+        done[0].history[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("SMTP"),
+        "{:?}",
+        done[0].history
+    );
+}
+
+#[tokio::test]
+async fn history_is_queryable_by_status_rule_and_lead() {
+    let slack = HttpPeer::start().await;
+    let router = Router::start(&slack_rules(&slack), &[]).await;
+    router.post(&fixture("real_13_email_reply")).await;
+    router.post(&fixture("docs_04_email_replied")).await;
+    wait_for_status(&router, "delivered", 2).await;
+    let (status, body) = router
+        .get("/api/deliveries?lead=jane.doe@example.com")
+        .await;
+    assert_eq!(status, 200);
+    let list = body["deliveries"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{body}");
+    assert_eq!(list[0]["lead_email"], "jane.doe@example.com");
+    assert_eq!(list[0]["status"], "delivered");
+    let (_, body) = router
+        .get("/api/deliveries?rule=reply-to-sales&status=delivered")
+        .await;
+    assert_eq!(body["deliveries"].as_array().unwrap().len(), 2);
+    let (_, body) = router.get("/api/deliveries?rule=nope").await;
+    assert_eq!(body["deliveries"], Value::Array(vec![]));
+}
+
+/// The real binary under a stream of events is killed with SIGKILL while deliveries are in
+/// flight, then started again on the same store: every acknowledged event is delivered.
+#[tokio::test]
+async fn nothing_acknowledged_is_lost_when_the_process_is_killed() {
+    let sink = HttpPeer::start().await;
+    sink.set_delay(Duration::from_millis(50));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("rules.yaml"),
+        format!("rules:\n  - name: all\n    actions:\n      - http: {{ url: \"{}\", body: '{{\"event_id\": \"{{{{event_id}}}}\"}}' }}\n", sink.url("/in")),
+    )
+    .unwrap();
+    let args = ["--retry-schedule", "100ms", "--per-destination", "4"];
+    let router = crate::util::Binary::start(dir.path(), &args).await;
+    let client = reqwest::Client::new();
+    let mut acknowledged = Vec::new();
+    for i in 0..200 {
+        if i == 60 {
+            router.signal("-KILL");
+        }
+        let sent = client
+            .post(format!("{}/webhooks/smartlead", router.url))
+            .body(unique(fixture("real_13_email_reply")).to_string())
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status() == 200 => {
+                let answer: Value = r.json().await.unwrap();
+                acknowledged.push(answer["event_id"].as_str().unwrap().to_string());
+            }
+            _ => break,
+        }
+    }
+    assert!(
+        acknowledged.len() >= 60,
+        "{} acknowledged before the kill",
+        acknowledged.len()
+    );
+    let before_restart = sink.received().len();
+    assert!(
+        before_restart < acknowledged.len(),
+        "the kill came after everything was delivered; nothing was tested"
+    );
+    drop(router);
+    let _router = crate::util::Binary::start(dir.path(), &args).await;
+    let arrived = |sink: &HttpPeer| -> Vec<String> {
+        sink.received()
+            .iter()
+            .map(|r| r.json()["event_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let start = Instant::now();
+    while !acknowledged.iter().all(|id| arrived(&sink).contains(id)) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "not every acknowledged event arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = arrived(&sink);
+    let duplicates = got.len() - acknowledged.len();
+    assert!(
+        duplicates <= 4,
+        "{duplicates} duplicates: only the sends in flight at the kill may repeat"
+    );
+}
