@@ -109,6 +109,7 @@ struct StoreArgs {
     /// Delivery store: sqlite://PATH (created on start), or sqlite::memory: to keep nothing.
     #[arg(
         long = "store",
+        global = true,
         env = "SWITCHBOARD_STORE",
         default_value = "sqlite://switchboard.db"
     )]
@@ -274,12 +275,13 @@ fn serve(args: ServeArgs) -> ExitCode {
         if let Err(e) = config::watch::reload_on_sighup(app.clone()) {
             tracing::warn!(error = %e, "Cannot handle SIGHUP.");
         }
+        let bound = listener.local_addr().unwrap_or(args.listen);
         tracing::info!(
-            listen = %args.listen,
+            listen = %bound,
             rules = config.rules.rules().len(),
             hash = %short_hash(&config.hash),
             store = %args.store.url,
-            "switchboard is listening: POST events to http://{}/webhooks/smartlead", args.listen
+            "switchboard is listening: POST events to http://{bound}/webhooks/smartlead"
         );
         drop(config);
         let committer = Committer::start(store.clone());
