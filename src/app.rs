@@ -179,6 +179,8 @@ impl App {
             "rules": rules.iter().map(|r| json!({
                 "name": r.name,
                 "enabled": r.enabled,
+                "file": r.origin.0,
+                "line": r.origin.1,
                 "actions": r.actions.iter().map(|a| a.action.kind()).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
             "config_hash": config.hash,

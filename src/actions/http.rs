@@ -55,7 +55,7 @@ pub struct Http {
 }
 
 /// A rendered HTTP request.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Clone, Serialize)]
 pub struct HttpMessage {
     /// The method.
     pub method: String,
@@ -73,6 +73,13 @@ pub struct HttpMessage {
     /// The timeout.
     #[serde(skip)]
     pub timeout: Duration,
+}
+
+// By hand, so that URLs and header values (secrets) never reach a log through `{:?}`.
+impl std::fmt::Debug for HttpMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpMessage").field("method", &self.method).field("body", &self.body).finish_non_exhaustive()
+    }
 }
 
 impl Channel for Http {
@@ -109,7 +116,7 @@ impl Channel for Http {
             cx.error(at, "http action needs `url` (here or in its destination)");
             return None;
         };
-        let expanded = cx.expand(url)?;
+        let expanded = cx.expand_template(url)?;
         let url_template = if expanded.value.trim().is_empty() {
             Err(cx.unconfigured(pos(url), "url", &expanded))
         } else {
@@ -158,7 +165,7 @@ impl Channel for Http {
                 cx.error(pos(value), format!("{name:?} is not a valid header name"));
                 continue;
             }
-            let e = cx.expand(value)?;
+            let e = cx.expand_template(value)?;
             if name.eq_ignore_ascii_case("content-type")
                 && !e.value.to_ascii_lowercase().contains("json")
             {
@@ -193,7 +200,7 @@ impl Channel for Http {
         {
             let t = cx
                 .templates
-                .inline("application/json", Escape::Plain)
+                .inline("Content-Type", "application/json", Escape::Plain)
                 .ok()?;
             headers.push(("Content-Type".into(), t, false));
         }
@@ -267,7 +274,7 @@ impl Channel for Http {
         if let Some(body) = &m.body {
             request = request.body(body.clone());
         }
-        let response = request.send().await.map_err(|e| transport_error(&e))?;
+        let response = request.send().await.map_err(transport_error)?;
         let status = response.status();
         if status.is_success() {
             return Ok(());
@@ -322,22 +329,25 @@ fn host(url: &str) -> String {
 }
 
 /// A request that got no answer: timeouts and connection failures may pass, others will not.
-pub(super) fn transport_error(e: &reqwest::Error) -> SendError {
+/// The message never contains the URL: a Slack webhook URL or a tokenised endpoint is a secret.
+pub(super) fn transport_error(e: reqwest::Error) -> SendError {
+    let host = e.url().and_then(|u| u.host_str().map(str::to_string));
+    let e = e.without_url();
     let what = if e.is_timeout() {
         "timed out".to_string()
     } else if e.is_connect() {
         "could not connect".to_string()
     } else {
         let mut msg = e.to_string();
-        let mut source = std::error::Error::source(e);
+        let mut source = std::error::Error::source(&e);
         while let Some(s) = source {
             msg = format!("{msg}: {s}");
             source = s.source();
         }
         msg
     };
-    let what = match e.url() {
-        Some(u) => format!("{} {what}", u.host_str().unwrap_or("endpoint")),
+    let what = match host {
+        Some(h) => format!("{h} {what}"),
         None => what,
     };
     if e.is_builder() || e.is_redirect() {

@@ -76,7 +76,9 @@ impl Channel for Log {
     }
 
     async fn send(m: &LogMessage, _: &Clients) -> Result<(), SendError> {
-        tracing::info!(target: "switchboard::log_action", message = %m.message, "Log action.");
+        // Lead-written text must not be able to start a new, forged log line.
+        let text = m.message.replace('\r', "\\r").replace('\n', "\\n");
+        tracing::info!(target: "switchboard::log_action", text = %text, "Log action.");
         Ok(())
     }
 

@@ -1,12 +1,7 @@
 //! Actions: what a matching rule does. Each channel is one file with the same shape (settings as
 //! written, a compiled action, the message it renders, and how it sends), behind the
 //! [`Channel`] trait, and registered by one line in the `channels!` invocation below, which
-//! builds the closed enums [`RawAction`], [`Action`] and [`Message`] from it.
-
-mod email;
-mod http;
-mod log;
-mod slack;
+//! declares the module and builds the closed enums [`RawAction`], [`Action`] and [`Message`].
 
 use crate::config::compile::Ctx;
 use crate::template::Templates;
@@ -115,6 +110,8 @@ pub trait Channel: Sized {
 
 macro_rules! channels {
     ($($variant:ident($module:ident)),+ $(,)?) => {
+        $(mod $module;)+
+
         /// An action or destination as written: one key naming the channel.
         #[derive(Debug, Clone, serde::Deserialize)]
         #[allow(clippy::large_enum_variant)] // parsed once per load; boxing buys nothing

@@ -34,7 +34,6 @@ pub struct Settings {
 }
 
 /// A compiled Slack action.
-#[derive(Debug)]
 pub struct Slack {
     webhook_url: Result<String, String>,
     body: Body,
@@ -49,13 +48,26 @@ enum Body {
 }
 
 /// A rendered Slack message.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Clone, Serialize)]
 pub struct SlackMessage {
     /// Where it goes (secret).
     #[serde(skip)]
     pub webhook_url: String,
     /// The JSON payload posted.
     pub payload: Value,
+}
+
+// By hand, so that the webhook URL (a secret) never reaches a log through `{:?}`.
+impl std::fmt::Debug for Slack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slack").field("body", &self.body).field("blocks", &self.blocks).finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for SlackMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlackMessage").field("payload", &self.payload).finish_non_exhaustive()
+    }
 }
 
 impl Channel for Slack {
@@ -165,7 +177,7 @@ impl Channel for Slack {
             .json(&m.payload)
             .send()
             .await
-            .map_err(|e| super::http::transport_error(&e))?;
+            .map_err(super::http::transport_error)?;
         let status = response.status();
         let retry_after = super::http::retry_after(response.headers());
         let body = response.text().await.unwrap_or_default();

@@ -45,6 +45,7 @@ pub struct Ctx<'a> {
     errors: &'a mut Diagnostics,
     unconfigured: &'a mut BTreeMap<String, (PathBuf, Pos, String)>,
     label: String,
+    site: String,
 }
 
 impl Ctx<'_> {
@@ -63,6 +64,21 @@ impl Ctx<'_> {
                 None
             }
         }
+    }
+
+    /// Expands a setting that is then compiled as a template (a URL, a header): a variable's
+    /// value must not bring `{{` into it, or the secret would be read as template code.
+    pub fn expand_template(&mut self, value: &Spanned<String>) -> Option<Expanded> {
+        let e = self.expand(value)?;
+        if e.value.matches("{{").count() != value.value.matches("{{").count() {
+            let vars = e.vars.join(", ");
+            self.error(
+                pos(value),
+                format!("the value of {vars} contains `{{{{`, which is not allowed here"),
+            );
+            return None;
+        }
+        Some(e)
     }
 
     /// Records that the destination's address came out empty, naming the variables to set.
@@ -96,7 +112,11 @@ impl Ctx<'_> {
                 self.error(pos(f), format!("give `{a}` or `{b}`, not both"));
                 None
             }
-            (Some(text), None) => match self.templates.inline(&text.value, escape) {
+            (Some(text), None) => match self.templates.inline(
+                &format!("{} `{}`", self.site, names.0),
+                &text.value,
+                escape,
+            ) {
                 Ok(t) => Some(Some(t)),
                 Err(e) => {
                     let within = match (e.line, e.column) {
@@ -196,6 +216,7 @@ pub fn compile(
         }
     }
     let mut unconfigured = BTreeMap::new();
+    let mut used = std::collections::HashSet::new();
     let mut rules = Vec::new();
     let mut names: HashMap<String, (PathBuf, u32)> = HashMap::new();
     for (path, _, file) in files.iter() {
@@ -248,7 +269,10 @@ pub fn compile(
                 let dest_name = action.destination().cloned();
                 let declared = match &dest_name {
                     Some(d) => match destinations.get(&d.value) {
-                        Some(decl) => Some(decl),
+                        Some(decl) => {
+                            used.insert(d.value.clone());
+                            Some(decl)
+                        }
                         None => {
                             let mut known: Vec<&String> = destinations.keys().collect();
                             known.sort();
@@ -286,6 +310,7 @@ pub fn compile(
                     errors: &mut errors,
                     unconfigured: &mut unconfigured,
                     label,
+                    site: format!("rule {name:?} action {}", i + 1),
                 };
                 if let Some(compiled) = action.compile(declared.map(|d| &d.settings), &mut cx) {
                     probe(
@@ -317,6 +342,19 @@ pub fn compile(
         }
     }
     let mut warnings = Diagnostics::default();
+    let mut unused: Vec<(&String, &Declared)> = destinations
+        .iter()
+        .filter(|(name, _)| !used.contains(*name))
+        .collect();
+    unused.sort_by(|a, b| (&a.1.file, a.1.at.line).cmp(&(&b.1.file, b.1.at.line)));
+    for (name, d) in unused {
+        warnings.push(Diagnostic::at(
+            &d.file,
+            d.at.line,
+            d.at.column,
+            format!("destination {name:?} is not used by any rule"),
+        ));
+    }
     let mut unconfigured: Vec<_> = unconfigured.into_iter().collect();
     unconfigured.sort_by(|a, b| (&a.1.0, a.1.1.line).cmp(&(&b.1.0, b.1.1.line)));
     for (label, (file, at, vars)) in unconfigured {

@@ -44,7 +44,11 @@ pub fn expand_with(
     let mut last = 0;
     for caps in VAR.captures_iter(text) {
         let whole = caps.get(0).expect("match");
-        out.value.push_str(&text[last..whole.start()]);
+        let literal = &text[last..whole.start()];
+        if literal.contains("${") {
+            return Err(EnvError::Malformed);
+        }
+        out.value.push_str(literal);
         last = whole.end();
         let Some(name) = caps.get(1) else {
             out.value.push_str("${");
@@ -52,7 +56,9 @@ pub fn expand_with(
         };
         let name = name.as_str();
         out.vars.push(name.to_string());
+        // As in the shell: `:-` takes the default when the variable is unset or empty.
         match (lookup(name), caps.get(2)) {
+            (Some(v), Some(default)) if v.is_empty() => out.value.push_str(default.as_str()),
             (Some(v), _) => out.value.push_str(&v),
             (None, Some(default)) => out.value.push_str(default.as_str()),
             (None, None) => return Err(EnvError::Unset(name.to_string())),
@@ -66,7 +72,7 @@ pub fn expand_with(
     Ok(out)
 }
 
-/// Expands `text` from the process environment. A set but empty variable counts as set.
+/// Expands `text` from the process environment.
 pub fn expand(text: &str) -> Result<Expanded, EnvError> {
     expand_with(text, |name| std::env::var(name).ok())
 }
@@ -88,7 +94,8 @@ mod tests {
         let e = expand_with("url ${HOOK}/x ${MISSING:-fallback}", env).unwrap();
         assert_eq!(e.value, "url https://hooks.example/T1/x fallback");
         assert_eq!(e.vars, ["HOOK", "MISSING"]);
-        assert_eq!(expand_with("${EMPTY:-d}", env).unwrap().value, "");
+        assert_eq!(expand_with("${EMPTY:-d}", env).unwrap().value, "d");
+        assert_eq!(expand_with("[${EMPTY}]", env).unwrap().value, "[]");
         assert_eq!(expand_with("${MISSING:-}", env).unwrap().value, "");
     }
 
@@ -104,5 +111,9 @@ mod tests {
         assert_eq!(expand_with("$${HOOK}", env).unwrap().value, "${HOOK}");
         assert_eq!(expand_with("cost $5", env).unwrap().value, "cost $5");
         assert_eq!(expand_with("${bad-name}", env), Err(EnvError::Malformed));
+        assert_eq!(
+            expand_with("${bad-name} ${HOOK}", env),
+            Err(EnvError::Malformed)
+        );
     }
 }

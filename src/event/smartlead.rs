@@ -182,7 +182,15 @@ impl Payload<'_> {
         if !is_reply {
             email_paths.push("to_email");
         }
-        let full_name = self.str_at(&["lead.name", "lead_name", "to_name"]);
+        let email = self.str_at(&email_paths);
+        // For replies `to_name` may be the mailbox's owner: trust it only when `to_email` is the lead.
+        let to_is_lead = !is_reply || (email.is_some() && self.str_at(&["to_email"]) == email);
+        let name_paths: &[&str] = if to_is_lead {
+            &["lead.name", "lead_name", "to_name"]
+        } else {
+            &["lead.name", "lead_name"]
+        };
+        let full_name = self.str_at(name_paths);
         let (split_first, split_last) = split_name(full_name.as_deref());
         let first = self
             .str_at(&["lead.first_name", "lead_data.first_name"])
@@ -198,7 +206,7 @@ impl Payload<'_> {
         };
         json!({
             "id": self.id_at(&["lead_id", "lead.id", "sl_email_lead_id"]),
-            "email": self.str_at(&email_paths),
+            "email": email,
             "first_name": first,
             "last_name": last,
             "name": name,
@@ -347,13 +355,29 @@ fn split_name(name: Option<&str>) -> (Option<String>, Option<String>) {
     (first, last)
 }
 
+/// A time as RFC 3339 in UTC: RFC 3339 with any offset, `2025-03-28 09:35:01` (read as UTC),
+/// or Unix seconds or milliseconds. Anything else passes through as sent.
 fn rfc3339(s: &str) -> String {
-    DateTime::parse_from_rfc3339(s)
-        .map(|t| {
-            t.with_timezone(&Utc)
-                .to_rfc3339_opts(SecondsFormat::AutoSi, true)
-        })
-        .unwrap_or_else(|_| s.to_string())
+    let out = |t: DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::AutoSi, true);
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return out(t.with_timezone(&Utc));
+    }
+    for format in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
+        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, format) {
+            return out(t.and_utc());
+        }
+    }
+    if let Ok(n) = s.parse::<i64>() {
+        let t = if n.abs() >= 100_000_000_000 {
+            DateTime::from_timestamp_millis(n)
+        } else {
+            DateTime::from_timestamp(n, 0)
+        };
+        if let Some(t) = t {
+            return out(t);
+        }
+    }
+    s.to_string()
 }
 
 #[cfg(test)]

@@ -117,7 +117,7 @@ where
     while let Some(mut chunk) = body
         .try_next()
         .await
-        .map_err(|_| warp::reject::custom(TooLarge))?
+        .map_err(|_| warp::reject::custom(BadBody))?
     {
         if collected.len() + chunk.remaining() > MAX_BODY_BYTES as usize {
             return Err(warp::reject::custom(TooLarge));
@@ -136,6 +136,10 @@ where
 struct TooLarge;
 impl warp::reject::Reject for TooLarge {}
 
+#[derive(Debug)]
+struct BadBody;
+impl warp::reject::Reject for BadBody {}
+
 /// A JSON error answer: `{"error": "…"}`.
 pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     warp::reply::with_status(warp::reply::json(&json!({"error": message.into()})), status)
@@ -143,7 +147,7 @@ pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response 
 }
 
 async fn rejection(r: warp::Rejection) -> Result<Response, Infallible> {
-    use warp::reject::{LengthRequired, MethodNotAllowed, PayloadTooLarge};
+    use warp::reject::{MethodNotAllowed, PayloadTooLarge};
     Ok(if r.is_not_found() {
         error(StatusCode::NOT_FOUND, "no such endpoint")
     } else if r.find::<PayloadTooLarge>().is_some() || r.find::<TooLarge>().is_some() {
@@ -151,17 +155,19 @@ async fn rejection(r: warp::Rejection) -> Result<Response, Infallible> {
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("the body is larger than {MAX_BODY_BYTES} bytes"),
         )
-    } else if r.find::<LengthRequired>().is_some() {
+    } else if r.find::<BadBody>().is_some() {
         error(
-            StatusCode::LENGTH_REQUIRED,
-            "a Content-Length header is required",
+            StatusCode::BAD_REQUEST,
+            "the request body could not be read",
         )
     } else if r.find::<MethodNotAllowed>().is_some() {
         error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method not allowed on this endpoint",
         )
+    } else if let Some(e) = r.find::<warp::reject::InvalidQuery>() {
+        error(StatusCode::BAD_REQUEST, format!("bad query string: {e}"))
     } else {
-        error(StatusCode::BAD_REQUEST, format!("bad request: {r:?}"))
+        error(StatusCode::BAD_REQUEST, "bad request")
     })
 }

@@ -1,4 +1,4 @@
-//! Template helpers: `truncate`, `default`, `upper`, `lower`, `json`, `date` (Handlebars' own
+//! Template helpers: `truncate`, `default`, `upper`, `lower`, `json`, `date`, `url` (Handlebars' own
 //! `if`, `each`, `eq`, `and`, `or`, `not`, … remain). Helpers that return a value have it escaped
 //! like any other value; `json` writes a JSON value escaped for the template's destination.
 
@@ -23,6 +23,7 @@ pub(super) fn register(hb: &mut Handlebars<'static>, mode: Escape) {
     );
     hb.register_helper("date", Box::new(ValueHelper(date)));
     hb.register_helper("json", Box::new(Json(mode)));
+    hb.register_helper("url", Box::new(Url(mode)));
 }
 
 type Compute = fn(&Helper<'_>) -> Result<Value, RenderError>;
@@ -42,10 +43,23 @@ impl HelperDef for ValueHelper {
     }
 }
 
+/// A helper's parameter. Strict mode holds here too: a path that does not exist is an error
+/// (Handlebars only checks bare `{{x}}`), except under `raw.`, whose fields vary by payload and
+/// read as null.
 fn param<'a>(h: &'a Helper<'_>, i: usize) -> Result<&'a Value, RenderError> {
-    h.param(i)
-        .map(|p| p.value())
-        .ok_or_else(|| RenderErrorReason::ParamNotFoundForIndex("helper", i).into())
+    let p = h
+        .param(i)
+        .ok_or_else(|| RenderError::from(RenderErrorReason::ParamNotFoundForIndex("helper", i)))?;
+    if p.is_value_missing() {
+        let path = p.relative_path().cloned();
+        let open = path
+            .as_deref()
+            .is_some_and(|p| p == "raw" || p.starts_with("raw."));
+        if !open {
+            return Err(RenderErrorReason::MissingVariable(path).into());
+        }
+    }
+    Ok(p.value())
 }
 
 /// A parameter as text: strings as they are, null as empty, anything else as JSON.
@@ -123,6 +137,37 @@ impl HelperDef for Json {
             _ => text,
         };
         out.write(&text)?;
+        Ok(())
+    }
+}
+
+/// `{{url inbox_url}}`: a link for a field that holds a URL (a Block Kit button's `url`, an
+/// `href`). Only http(s) URLs pass (anything else renders empty, so no `javascript:`); the URL
+/// is escaped for the JSON string or HTML attribute it sits in, but not Slack-escaped, which
+/// would break `&` in its query.
+struct Url(Escape);
+
+impl HelperDef for Url {
+    fn call<'reg: 'rc, 'rc>(
+        &self,
+        h: &Helper<'rc>,
+        _: &'reg Handlebars<'reg>,
+        _: &'rc Context,
+        _: &mut RenderContext<'reg, 'rc>,
+        out: &mut dyn Output,
+    ) -> Result<(), RenderError> {
+        let url = text(h, 0)?;
+        let lower = url.to_ascii_lowercase();
+        if !(lower.starts_with("https://") || lower.starts_with("http://")) {
+            return Ok(());
+        }
+        let escaped = match self.0 {
+            Escape::SlackJson | Escape::Json => escape::json_string(&url),
+            Escape::Html => handlebars::html_escape(&url),
+            Escape::Slack => escape::slack(&url),
+            Escape::Url | Escape::Plain => url,
+        };
+        out.write(&escaped)?;
         Ok(())
     }
 }

@@ -23,17 +23,6 @@ pub struct Template {
     escape: Escape,
 }
 
-impl Template {
-    /// The escaping this template renders with.
-    pub fn escape(&self) -> Escape {
-        self.escape
-    }
-    /// The template's name: a file under the templates directory, or `inline:…`.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-}
-
 /// A template that does not compile, with its position inside the template text.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
@@ -166,9 +155,15 @@ impl Templates {
     }
 
     /// Compiles an inline template (text written in the rules file).
-    pub fn inline(&mut self, source: &str, escape: Escape) -> Result<Template, TemplateError> {
+    /// `hint` names it in errors (`rule "reply" action 1 text`).
+    pub fn inline(
+        &mut self,
+        hint: &str,
+        source: &str,
+        escape: Escape,
+    ) -> Result<Template, TemplateError> {
         self.inline_count += 1;
-        let name = format!("inline:{}", self.inline_count);
+        let name = format!("{hint} (inline #{})", self.inline_count);
         self.registries[escape.index()]
             .register_template_string(&name, source)
             .map_err(template_error)?;

@@ -5,7 +5,7 @@ use serde_json::json;
 
 fn render(source: &str, escape: Escape, data: &Value) -> Result<String, RenderError> {
     let mut t = Templates::default();
-    let tpl = t.inline(source, escape).expect("compiles");
+    let tpl = t.inline("test", source, escape).expect("compiles");
     t.render(&tpl, data)
 }
 
@@ -103,7 +103,34 @@ fn url_mode_percent_encodes_values() {
 fn broken_template_reports_its_position() {
     let mut t = Templates::default();
     let err = t
-        .inline("line one\n{{#if x}}unclosed", Escape::Plain)
+        .inline("test", "line one\n{{#if x}}unclosed", Escape::Plain)
         .unwrap_err();
     assert!(err.line.is_some(), "{err:?}");
+}
+
+#[test]
+fn helpers_are_strict_too_except_under_raw() {
+    let data = json!({"lead": {"name": "A"}, "raw": {}});
+    let err = render("{{truncate lead.nmae 5}}", Escape::Plain, &data).unwrap_err();
+    assert_eq!(err.missing.as_deref(), Some("lead.nmae"));
+    let err = render("{{json lead.nmae}}", Escape::Json, &data).unwrap_err();
+    assert_eq!(err.missing.as_deref(), Some("lead.nmae"));
+    assert_eq!(
+        render("{{default raw.custom 'x'}}", Escape::Plain, &data).unwrap(),
+        "x"
+    );
+}
+
+#[test]
+fn url_helper_passes_only_http_links_escaped_for_json_not_for_slack() {
+    let data = json!({"a": "https://app.example/inbox?lead=1&b=\"2\"", "b": "javascript:alert(1)"});
+    let out = render(
+        r#"{"url": "{{url a}}", "bad": "{{url b}}"}"#,
+        Escape::SlackJson,
+        &data,
+    )
+    .unwrap();
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["url"], "https://app.example/inbox?lead=1&b=\"2\"");
+    assert_eq!(v["bad"], "");
 }

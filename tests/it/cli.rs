@@ -300,7 +300,14 @@ async fn dlq_and_deliveries_commands_on_a_running_and_a_stopped_router() {
     let store = format!("sqlite://{}", dir.path().join("switchboard.db").display());
     let router = crate::util::Binary::start(dir.path(), &[]).await;
     let client = reqwest::Client::new();
-    let r = client.post(format!("{}/webhooks/smartlead", router.url)).body(include_str!("../fixtures/smartlead/real_13_email_reply.json")).send().await.unwrap();
+    let r = client
+        .post(format!("{}/webhooks/smartlead", router.url))
+        .body(include_str!(
+            "../fixtures/smartlead/real_13_email_reply.json"
+        ))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     slack.wait_for(1).await;
     let list = || switchboard(&["dlq", "list", "--store", &store], dir.path());
@@ -312,33 +319,72 @@ async fn dlq_and_deliveries_commands_on_a_running_and_a_stopped_router() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert!(text.contains("dead") && text.contains("reply-to-sales") && text.contains("no_service") && text.contains("404"), "{text}");
-    assert!(!text.contains("SECRET"), "the webhook URL is a secret: {text}");
-    let id = text.lines().nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+    assert!(
+        text.contains("dead")
+            && text.contains("reply-to-sales")
+            && text.contains("no_service")
+            && text.contains("404"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("SECRET"),
+        "the webhook URL is a secret: {text}"
+    );
+    let id = text
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
 
     router.signal("-TERM");
     drop(router);
     let out = switchboard(&["dlq", "retry", &id, "--store", &store], dir.path());
     assert!(stdout(&out).contains("Requeued 1"), "{}", stdout(&out));
     let out = switchboard(&["dlq", "discard", "999", "--store", &store], dir.path());
-    assert!(stdout(&out).contains("No dead letter with id 999"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("No dead letter with id 999"),
+        "{}",
+        stdout(&out)
+    );
 
     let _router = crate::util::Binary::start(dir.path(), &[]).await;
     slack.wait_for(2).await;
     let mut text = String::new();
     for _ in 0..100 {
-        text = stdout(&switchboard(&["deliveries", "--status", "delivered", "--store", &store], dir.path()));
+        text = stdout(&switchboard(
+            &["deliveries", "--status", "delivered", "--store", &store],
+            dir.path(),
+        ));
         if text.contains("delivered") {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert!(text.contains("james.parker@prospect.example") && text.contains("reply-to-sales"), "{text}");
-    let json = stdout(&switchboard(&["deliveries", "--lead", "james.parker@prospect.example", "--json", "--store", &store], dir.path()));
+    assert!(
+        text.contains("james.parker@prospect.example") && text.contains("reply-to-sales"),
+        "{text}"
+    );
+    let json = stdout(&switchboard(
+        &[
+            "deliveries",
+            "--lead",
+            "james.parker@prospect.example",
+            "--json",
+            "--store",
+            &store,
+        ],
+        dir.path(),
+    ));
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v[0]["status"], "delivered");
     assert_eq!(v[0]["history"].as_array().unwrap().len(), 2);
-    let missing = switchboard(&["deliveries", "--store", "sqlite:///nonexistent/x.db"], dir.path());
+    let missing = switchboard(
+        &["deliveries", "--store", "sqlite:///nonexistent/x.db"],
+        dir.path(),
+    );
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no store at /nonexistent/x.db"));
 }

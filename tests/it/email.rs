@@ -68,7 +68,12 @@ async fn a_subject_carrying_crlf_adds_no_header() {
         !headers.lines().any(|l| l.starts_with("X-Injected")),
         "{headers}"
     );
-    assert!(headers.contains("Hello"), "{headers}");
+    let subject = headers.lines().find(|l| l.starts_with("Subject:")).unwrap();
+    assert!(
+        !subject.contains("=?"),
+        "the subject needed no encoding, so it carries no CR/LF: {subject}"
+    );
+    assert!(subject.contains("Hello"), "{headers}");
     let decoded = m.data.replace("=\r\n", "");
     assert!(
         decoded.contains("<blockquote>Tom &amp; Jerry &lt;tom@x.example&gt; said hi"),

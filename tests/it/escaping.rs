@@ -16,6 +16,9 @@ rules:
       - slack:
           webhook_url: PEER/slack-blocks
           template: slack/reply.json.hbs
+      - slack:
+          webhook_url: PEER/slack-section
+          blocks: '[{"type": "section", "text": {"type": "mrkdwn", "text": "{{reply.text}}"}}]'
       - http:
           url: PEER/crm
           body: '{"name": "{{lead.name}}", "text": "{{reply.text}}", "raw": {{json reply}}}'
@@ -53,7 +56,7 @@ fn all_text(v: &Value, out: &mut String) {
 async fn hostile_text_is_escaped_for_slack_and_json() {
     let (peer, router) = setup().await;
     router.post(&hostile_reply(HOSTILE)).await;
-    let got = peer.wait_for(3).await;
+    let got = peer.wait_for(4).await;
     let text = got.iter().find(|r| r.path == "/slack-text").unwrap().json();
     let t = text["text"].as_str().unwrap();
     assert!(t.contains("&lt;!channel&gt;"), "{t}");
@@ -97,7 +100,7 @@ async fn very_long_replies_are_truncated_to_slack_limits() {
     let (peer, router) = setup().await;
     let long = "x".repeat(60_000) + "&<>";
     router.post(&hostile_reply(&long)).await;
-    let got = peer.wait_for(3).await;
+    let got = peer.wait_for(4).await;
     let text = got.iter().find(|r| r.path == "/slack-text").unwrap().json();
     let t = text["text"].as_str().unwrap();
     assert!(t.chars().count() <= 40_000, "{}", t.len());
@@ -116,6 +119,18 @@ async fn very_long_replies_are_truncated_to_slack_limits() {
             );
         }
     }
+    let section = got
+        .iter()
+        .find(|r| r.path == "/slack-section")
+        .unwrap()
+        .json();
+    let text = section["blocks"][0]["text"]["text"].as_str().unwrap();
+    assert_eq!(
+        text.chars().count(),
+        3_000,
+        "a section block is cut to Slack's 3,000 characters"
+    );
+    assert!(text.ends_with('…'));
     let crm = got.iter().find(|r| r.path == "/crm").unwrap().json();
     assert_eq!(crm["text"].as_str().unwrap().len(), long.len());
 }

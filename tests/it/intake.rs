@@ -191,3 +191,37 @@ async fn secret_key_never_reaches_a_destination() {
     assert_eq!(got[0].json()["event_type"], "EMAIL_REPLY");
     assert!(!got[0].body.contains("fakesecret"), "{}", got[0].body);
 }
+
+#[tokio::test]
+async fn a_chunked_body_past_the_limit_is_refused_with_413() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let peer = HttpPeer::start().await;
+    let router = Router::start(&per_type_rules(&peer), &[]).await;
+    let mut socket = tokio::net::TcpStream::connect(router.addr).await.unwrap();
+    let head = "POST /webhooks/smartlead HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+    socket.write_all(head.as_bytes()).await.unwrap();
+    let chunk = vec![b' '; 64 * 1024];
+    for _ in 0..20 {
+        let sent = async {
+            socket
+                .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+                .await?;
+            socket.write_all(&chunk).await?;
+            socket.write_all(b"\r\n").await
+        };
+        if sent.await.is_err() {
+            break; // the router answered and closed early
+        }
+    }
+    let _ = socket.write_all(b"0\r\n\r\n").await;
+    let mut answer = String::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        socket.read_to_string(&mut answer),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    // The router still serves authentic events.
+    router.post(&fixture("real_13_email_reply")).await;
+    peer.wait_for(1).await;
+}

@@ -12,6 +12,10 @@ destinations:
       url: PEER
       method: POST
 rules:
+  - name: disabled
+    enabled: false
+    actions:
+      - http: { destination: sink, url: "PEER/disabled", body: '{}' }
   - name: q2-campaign
     when:
       campaign: { name: "Q2*" }
@@ -43,10 +47,6 @@ rules:
       campaign: { id: 42 }
     actions:
       - http: { destination: sink, url: "PEER/after-stop", body: '{}' }
-  - name: disabled
-    enabled: false
-    actions:
-      - http: { destination: sink, url: "PEER/disabled", body: '{}' }
   - name: nested
     when:
       any:

@@ -160,3 +160,27 @@ fn empty_and_null_payloads_still_normalise() {
     assert_eq!(e["event"], "UNKNOWN");
     assert_eq!(e["campaign"]["id"], Value::Null);
 }
+
+#[test]
+fn reply_lead_name_never_comes_from_the_mailbox() {
+    let e = normalise(
+        r#"{"event_type":"EMAIL_REPLY","sl_lead_email":"lead@x.example","to_email":"sdr@us.example","to_name":"Sam Sender"}"#,
+    );
+    assert_eq!(e["lead"]["email"], "lead@x.example");
+    assert_eq!(e["lead"]["name"], Value::Null);
+}
+
+#[test]
+fn timestamps_of_every_usual_form_become_rfc3339_utc() {
+    let t = |v: &str| {
+        normalise(&format!(
+            r#"{{"event_type":"EMAIL_OPEN","event_timestamp":{v}}}"#
+        ))["timestamp"]
+            .clone()
+    };
+    assert_eq!(t(r#""2025-03-28T09:35:01+02:00""#), "2025-03-28T07:35:01Z");
+    assert_eq!(t(r#""2025-03-28 09:35:01""#), "2025-03-28T09:35:01Z");
+    assert_eq!(t("1743154501"), "2025-03-28T09:35:01Z");
+    assert_eq!(t("1743154501000"), "2025-03-28T09:35:01Z");
+    assert_eq!(t(r#""yesterday""#), "yesterday");
+}
