@@ -12,7 +12,7 @@ pub use retry::RetryPolicy;
 
 use crate::actions::Clients;
 use crate::app::App;
-use crate::store::{Attempt, Due, Next, Store, now_ms};
+use crate::store::{Attempt, Due, Finished, Next, Recorder, Store, now_ms};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -93,6 +93,7 @@ async fn dispatch(
     }
     let pruner = tokio::spawn(prune_forever(store.clone(), s.history));
     let permits = Arc::new(Semaphore::new(s.concurrency.max(1)));
+    let recorder = Recorder::start(store.clone());
     let flight = Arc::new(Mutex::new(InFlight::default()));
     let settings = Arc::new(s);
     while !*stopped.borrow() {
@@ -141,15 +142,15 @@ async fn dispatch(
                 continue;
             };
             started += 1;
-            let (app, store, clients, settings, flight) = (
+            let (app, recorder, clients, settings, flight) = (
                 app.clone(),
-                store.clone(),
+                recorder.clone(),
                 clients.clone(),
                 settings.clone(),
                 flight.clone(),
             );
             tokio::spawn(async move {
-                deliver(&app, &store, &clients, &settings.retry, &due).await;
+                deliver(&app, &recorder, &clients, &settings.retry, &due).await;
                 forget(&flight, &due);
                 drop(permit);
                 app.wake.notify_one();
@@ -191,7 +192,7 @@ fn forget(flight: &Mutex<InFlight>, due: &Due) {
 }
 
 /// Renders and sends one delivery, then records the attempt and what comes next.
-async fn deliver(app: &App, store: &Store, clients: &Clients, policy: &RetryPolicy, due: &Due) {
+async fn deliver(app: &App, recorder: &Recorder, clients: &Clients, policy: &RetryPolicy, due: &Due) {
     let started_at = now_ms();
     let clock = Instant::now();
     let attempt_no = due.attempts + 1;
@@ -225,7 +226,8 @@ async fn deliver(app: &App, store: &Store, clients: &Clients, policy: &RetryPoli
             tracing::info!(event_id, rule, action, destination = %due.destination, "Delivery skipped: {reason}.");
         }
     }
-    if let Err(e) = store.finish(due.id, &record, &next).await {
+    let finished = Finished { id: due.id, attempt: record, next };
+    if let Err(e) = recorder.record(finished).await {
         tracing::error!(event_id, rule, delivery_id = due.id, error = %e, "Cannot record a delivery attempt; it will be retried after a restart.");
     }
 }

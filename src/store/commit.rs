@@ -1,37 +1,48 @@
-//! Group commit: intake requests queue their events here; one task writes whatever has queued
-//! up in one transaction and answers each request when that transaction is durable. Under load
-//! the batch grows by itself while the previous commit is being written.
+//! Group commit: callers queue their writes here; one task writes whatever has queued up in one
+//! transaction and answers each caller when that transaction is durable. Under load a batch
+//! grows by itself while the previous commit is being written, so one fsync serves many writes.
+//! [`Committer`] batches intake (a `200` waits for it); [`Recorder`] batches delivery results.
 
-use super::{Intake, NewEvent, Store, StoreError};
+use super::{Finished, Intake, NewEvent, Store, StoreError};
+use std::future::Future;
 use tokio::sync::{mpsc, oneshot};
 
 /// Largest batch written in one transaction.
 pub const MAX_BATCH: usize = 512;
 
-type Request = (NewEvent, oneshot::Sender<Result<Intake, String>>);
+type Reply<R> = oneshot::Sender<Result<R, String>>;
 
-/// The handle intake uses to record an event durably.
-#[derive(Clone)]
-pub struct Committer {
-    tx: mpsc::Sender<Request>,
+/// A queue of writes served by one task, in batches.
+struct Batch<T, R> {
+    tx: mpsc::Sender<(T, Reply<R>)>,
 }
 
-impl Committer {
-    /// Starts the committing task on `store`.
-    pub fn start(store: Store) -> Committer {
-        let (tx, mut rx) = mpsc::channel::<Request>(MAX_BATCH * 8);
+impl<T, R> Clone for Batch<T, R> {
+    fn clone(&self) -> Self {
+        Batch { tx: self.tx.clone() }
+    }
+}
+
+impl<T: Send + 'static, R: Send + 'static> Batch<T, R> {
+    fn start<F, Fut>(what: &'static str, write: F) -> Self
+    where
+        F: Fn(Vec<T>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Vec<R>, StoreError>> + Send,
+    {
+        let (tx, mut rx) = mpsc::channel::<(T, Reply<R>)>(MAX_BATCH * 8);
         tokio::spawn(async move {
-            let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
+            let mut batch = Vec::with_capacity(MAX_BATCH);
             while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-                let (events, replies): (Vec<NewEvent>, Vec<_>) = batch.drain(..).unzip();
-                match store.accept(&events).await {
-                    Ok(outcomes) => {
-                        for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                            let _ = reply.send(Ok(outcome));
+                let (items, replies): (Vec<T>, Vec<Reply<R>>) = batch.drain(..).unzip();
+                let n = items.len();
+                match write(items).await {
+                    Ok(results) => {
+                        for (reply, result) in replies.into_iter().zip(results) {
+                            let _ = reply.send(Ok(result));
                         }
                     }
                     Err(e) => {
-                        tracing::error!(error = %e, events = events.len(), "Events could not be stored; they were refused.");
+                        tracing::error!(error = %e, writes = n, "Cannot write {what} to the store.");
                         for reply in replies {
                             let _ = reply.send(Err(e.to_string()));
                         }
@@ -39,20 +50,57 @@ impl Committer {
                 }
             }
         });
-        Committer { tx }
+        Batch { tx }
+    }
+
+    async fn submit(&self, item: T) -> Result<R, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send((item, reply)).await.map_err(|_| StoreError::Closed)?;
+        match answer.await {
+            Ok(Ok(result)) => Ok(result),
+            Ok(Err(message)) => Err(StoreError::Database(sqlx::Error::Protocol(message))),
+            Err(_) => Err(StoreError::Closed),
+        }
+    }
+}
+
+/// The handle intake uses to record an event durably.
+#[derive(Clone)]
+pub struct Committer(Batch<NewEvent, Intake>);
+
+impl Committer {
+    /// Starts the committing task on `store`.
+    pub fn start(store: Store) -> Committer {
+        Committer(Batch::start("events", move |events: Vec<NewEvent>| {
+            let store = store.clone();
+            async move { store.accept(&events).await }
+        }))
     }
 
     /// Records an event; returns once it is committed (or refused).
     pub async fn submit(&self, event: NewEvent) -> Result<Intake, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.tx
-            .send((event, reply))
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        match answer.await {
-            Ok(Ok(intake)) => Ok(intake),
-            Ok(Err(message)) => Err(StoreError::Database(sqlx::Error::Protocol(message))),
-            Err(_) => Err(StoreError::Closed),
-        }
+        self.0.submit(event).await
+    }
+}
+
+/// The handle workers use to record delivery attempts.
+#[derive(Clone)]
+pub struct Recorder(Batch<Finished, ()>);
+
+impl Recorder {
+    /// Starts the recording task on `store`.
+    pub fn start(store: Store) -> Recorder {
+        Recorder(Batch::start("delivery results", move |done: Vec<Finished>| {
+            let store = store.clone();
+            async move {
+                let n = done.len();
+                store.finish(&done).await.map(|()| vec![(); n])
+            }
+        }))
+    }
+
+    /// Records an attempt; returns once it is committed.
+    pub async fn record(&self, finished: Finished) -> Result<(), StoreError> {
+        self.0.submit(finished).await
     }
 }

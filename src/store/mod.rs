@@ -8,7 +8,7 @@
 mod commit;
 mod sqlite;
 
-pub use commit::Committer;
+pub use commit::{Committer, Recorder};
 
 use serde::Serialize;
 
@@ -114,6 +114,17 @@ pub struct Attempt {
     pub status_code: Option<u16>,
     /// What went wrong, if anything.
     pub error: Option<String>,
+}
+
+/// An attempt made, and where its delivery goes next.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// Delivery id.
+    pub id: i64,
+    /// The attempt.
+    pub attempt: Attempt,
+    /// What comes next.
+    pub next: Next,
 }
 
 /// Where a delivery goes after an attempt.
@@ -240,9 +251,9 @@ impl Store {
         dispatch!(self, s => s.claim(limit, busy).await)
     }
 
-    /// Records an attempt and moves the delivery on.
-    pub async fn finish(&self, id: i64, attempt: &Attempt, next: &Next) -> Result<(), StoreError> {
-        dispatch!(self, s => s.finish(id, attempt, next).await)
+    /// Records attempts and moves their deliveries on, in one transaction.
+    pub async fn finish(&self, done: &[Finished]) -> Result<(), StoreError> {
+        dispatch!(self, s => s.finish(done).await)
     }
 
     /// Puts deliveries left `sending` by a process that died back to `pending`.

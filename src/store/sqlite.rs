@@ -2,7 +2,7 @@
 //! webhook is answered), migrations embedded at compile time.
 
 use super::{
-    Attempt, AttemptView, Counts, DeliveryView, Due, Filter, Intake, Millis, NewEvent, Next,
+    AttemptView, Counts, DeliveryView, Due, Filter, Finished, Intake, Millis, NewEvent, Next,
     StoreError, now_ms, rfc3339,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -110,17 +110,18 @@ impl Sqlite {
         .bind(limit as i64)
         .fetch_all(&mut *tx)
         .await?;
-        let mut due = Vec::with_capacity(rows.len());
-        for row in rows {
-            let id: i64 = row.get(0);
-            let r = sqlx::query(
-                "SELECT d.id, d.event_id, d.rule, d.action_index, d.destination, d.attempts, e.config_hash, e.payload
-                 FROM deliveries d JOIN events e ON e.id = d.event_id WHERE d.id = ?",
-            )
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?;
-            due.push(Due {
+        let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+        let rows = sqlx::query(
+            "SELECT d.id, d.event_id, d.rule, d.action_index, d.destination, d.attempts, e.config_hash, e.payload
+             FROM deliveries d JOIN events e ON e.id = d.event_id
+             WHERE d.id IN (SELECT value FROM json_each(?)) ORDER BY d.id",
+        )
+        .bind(serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into()))
+        .fetch_all(&mut *tx)
+        .await?;
+        let due: Vec<Due> = rows
+            .into_iter()
+            .map(|r| Due {
                 id: r.get(0),
                 event_id: r.get(1),
                 rule: r.get(2),
@@ -129,39 +130,40 @@ impl Sqlite {
                 attempts: r.get::<i64, _>(5) as u32,
                 config_hash: r.get(6),
                 payload: r.get(7),
-            });
-        }
+            })
+            .collect();
         tx.commit().await?;
-        due.sort_by_key(|d| d.id);
         Ok(due)
     }
 
-    pub(super) async fn finish(&self, id: i64, a: &Attempt, next: &Next) -> Result<(), StoreError> {
+    pub(super) async fn finish(&self, done: &[Finished]) -> Result<(), StoreError> {
         let now = now_ms();
-        let (status, outcome, next_at) = match next {
-            Next::Delivered => ("delivered", "delivered", now),
-            Next::Retry(at) => ("pending", "retry", *at),
-            Next::Dead => ("dead", "dead", now),
-            Next::Skipped => ("skipped", "skipped", now),
-        };
         let mut tx = self.pool.begin().await?;
-        sqlx::query("INSERT INTO attempts (delivery_id, started_at, duration_ms, outcome, status_code, error) VALUES (?, ?, ?, ?, ?, ?)")
-            .bind(id)
-            .bind(a.started_at)
-            .bind(a.duration_ms)
-            .bind(outcome)
-            .bind(a.status_code.map(i64::from))
-            .bind(&a.error)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("UPDATE deliveries SET status = ?, attempts = attempts + 1, next_attempt_at = ?, last_error = COALESCE(?, last_error), updated_at = ? WHERE id = ?")
-            .bind(status)
-            .bind(next_at)
-            .bind(&a.error)
-            .bind(now)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        for Finished { id, attempt: a, next } in done {
+            let (status, outcome, next_at) = match next {
+                Next::Delivered => ("delivered", "delivered", now),
+                Next::Retry(at) => ("pending", "retry", *at),
+                Next::Dead => ("dead", "dead", now),
+                Next::Skipped => ("skipped", "skipped", now),
+            };
+            sqlx::query("INSERT INTO attempts (delivery_id, started_at, duration_ms, outcome, status_code, error) VALUES (?, ?, ?, ?, ?, ?)")
+                .bind(id)
+                .bind(a.started_at)
+                .bind(a.duration_ms)
+                .bind(outcome)
+                .bind(a.status_code.map(i64::from))
+                .bind(&a.error)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE deliveries SET status = ?, attempts = attempts + 1, next_attempt_at = ?, last_error = COALESCE(?, last_error), updated_at = ? WHERE id = ?")
+                .bind(status)
+                .bind(next_at)
+                .bind(&a.error)
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(())
     }
