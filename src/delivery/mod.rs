@@ -192,7 +192,13 @@ fn forget(flight: &Mutex<InFlight>, due: &Due) {
 }
 
 /// Renders and sends one delivery, then records the attempt and what comes next.
-async fn deliver(app: &App, recorder: &Recorder, clients: &Clients, policy: &RetryPolicy, due: &Due) {
+async fn deliver(
+    app: &App,
+    recorder: &Recorder,
+    clients: &Clients,
+    policy: &RetryPolicy,
+    due: &Due,
+) {
     let started_at = now_ms();
     let clock = Instant::now();
     let attempt_no = due.attempts + 1;
@@ -226,7 +232,11 @@ async fn deliver(app: &App, recorder: &Recorder, clients: &Clients, policy: &Ret
             tracing::info!(event_id, rule, action, destination = %due.destination, "Delivery skipped: {reason}.");
         }
     }
-    let finished = Finished { id: due.id, attempt: record, next };
+    let finished = Finished {
+        id: due.id,
+        attempt: record,
+        next,
+    };
     if let Err(e) = recorder.record(finished).await {
         tracing::error!(event_id, rule, delivery_id = due.id, error = %e, "Cannot record a delivery attempt; it will be retried after a restart.");
     }

@@ -19,7 +19,9 @@ struct Batch<T, R> {
 
 impl<T, R> Clone for Batch<T, R> {
     fn clone(&self) -> Self {
-        Batch { tx: self.tx.clone() }
+        Batch {
+            tx: self.tx.clone(),
+        }
     }
 }
 
@@ -55,7 +57,10 @@ impl<T: Send + 'static, R: Send + 'static> Batch<T, R> {
 
     async fn submit(&self, item: T) -> Result<R, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.tx.send((item, reply)).await.map_err(|_| StoreError::Closed)?;
+        self.tx
+            .send((item, reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
         match answer.await {
             Ok(Ok(result)) => Ok(result),
             Ok(Err(message)) => Err(StoreError::Database(sqlx::Error::Protocol(message))),
@@ -90,13 +95,16 @@ pub struct Recorder(Batch<Finished, ()>);
 impl Recorder {
     /// Starts the recording task on `store`.
     pub fn start(store: Store) -> Recorder {
-        Recorder(Batch::start("delivery results", move |done: Vec<Finished>| {
-            let store = store.clone();
-            async move {
-                let n = done.len();
-                store.finish(&done).await.map(|()| vec![(); n])
-            }
-        }))
+        Recorder(Batch::start(
+            "delivery results",
+            move |done: Vec<Finished>| {
+                let store = store.clone();
+                async move {
+                    let n = done.len();
+                    store.finish(&done).await.map(|()| vec![(); n])
+                }
+            },
+        ))
     }
 
     /// Records an attempt; returns once it is committed.

@@ -139,7 +139,12 @@ impl Sqlite {
     pub(super) async fn finish(&self, done: &[Finished]) -> Result<(), StoreError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        for Finished { id, attempt: a, next } in done {
+        for Finished {
+            id,
+            attempt: a,
+            next,
+        } in done
+        {
             let (status, outcome, next_at) = match next {
                 Next::Delivered => ("delivered", "delivered", now),
                 Next::Retry(at) => ("pending", "retry", *at),

@@ -350,3 +350,34 @@ async fn nothing_acknowledged_is_lost_when_the_process_is_killed() {
         "{duplicates} duplicates: only the sends in flight at the kill may repeat"
     );
 }
+
+#[tokio::test]
+async fn pruning_drops_finished_history_and_keeps_dead_letters() {
+    let slack = HttpPeer::start().await;
+    slack.script(vec![(404, "no_service", vec![])]);
+    let router = Router::start(&slack_rules(&slack), &[]).await;
+    router.post(&fixture("real_13_email_reply")).await;
+    wait_for_status(&router, "dead", 1).await;
+    router.post(&fixture("docs_04_email_replied")).await;
+    wait_for_status(&router, "delivered", 1).await;
+    let later = switchboard::store::now_ms() + 1_000;
+    let pruned = router.store.prune(later, 0).await.unwrap();
+    assert!(
+        pruned >= 2,
+        "the delivered delivery and its event: {pruned}"
+    );
+    let left = deliveries(&router, None).await;
+    assert_eq!(left.len(), 1);
+    assert_eq!(
+        left[0].status, "dead",
+        "dead letters stay until retried or discarded"
+    );
+    // Intake keys younger than the cut-off still recognise repeats.
+    let (_, again) = router
+        .post_raw(
+            "/webhooks/smartlead",
+            fixture("docs_04_email_replied").to_string(),
+        )
+        .await;
+    assert_eq!(again["status"], "duplicate");
+}
