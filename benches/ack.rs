@@ -13,7 +13,7 @@ use switchboard::actions::Clients;
 use switchboard::app::App;
 use switchboard::config::Sources;
 use switchboard::delivery;
-use switchboard::server::{self, State};
+use switchboard::server::{self, Guard, State};
 use switchboard::store::{Committer, Store};
 
 const CONNECTIONS: usize = 50;
@@ -56,6 +56,7 @@ async fn run(label: &str, store_url: &str) -> Result {
         store: store.clone(),
         committer: Committer::start(store),
         sources: Arc::new(switchboard::event::sources()),
+        guard: Arc::new(Guard::new(addr, None, 0, 0)),
     };
     let server = tokio::spawn(server::serve(listener, state, async {
         let _ = stopped.await;

@@ -7,7 +7,7 @@ use crate::config::{self, Diagnostics, Sources};
 use crate::delivery::{self, RetryPolicy};
 use crate::event;
 use crate::rules::Verdict;
-use crate::server::{self, State};
+use crate::server::{self, Guard, State};
 use crate::store::{Committer, DeliveryView, Filter, Store};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::Value;
@@ -98,6 +98,16 @@ struct ServeArgs {
     /// How long delivered history is kept (dead letters stay until retried or discarded).
     #[arg(long, env = "SWITCHBOARD_HISTORY", default_value = "7d", value_parser = humantime::parse_duration)]
     history: Duration,
+    /// Listen beyond loopback even though no webhook authentication is configured.
+    #[arg(long)]
+    insecure: bool,
+    /// Failed webhook requests (bad credentials or bodies) allowed per client per second
+    /// before it is answered 429; 0 turns limiting off.
+    #[arg(long, env = "SWITCHBOARD_RATE_LIMIT", default_value_t = 10)]
+    rate_limit: u32,
+    /// Burst of failed requests allowed per client.
+    #[arg(long, env = "SWITCHBOARD_RATE_LIMIT_BURST", default_value_t = 50)]
+    rate_limit_burst: u32,
     /// How long shutdown waits for deliveries in flight.
     #[arg(long, env = "SWITCHBOARD_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
@@ -246,6 +256,25 @@ fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let open: Vec<&str> = event::sources()
+            .iter()
+            .map(|s| s.name())
+            .filter(|name| app.current().source_auth(name).is_open())
+            .collect();
+        if !args.listen.ip().is_loopback() && !open.is_empty() && !args.insecure {
+            eprintln!(
+                "switchboard: refusing to listen on {} with no authentication for /webhooks/{}: anyone who finds the URL could post fake replies into your channels.\n\
+                 Configure `sources: {{ {}: {{ secret_key: ${{SMARTLEAD_SECRET_KEY}} }} }}` (or token, hmac_secret, allow_ips) in the rules file, or pass --insecure to accept that risk. See SECURITY.md.",
+                args.listen,
+                open.join(", /webhooks/"),
+                open[0]
+            );
+            return ExitCode::FAILURE;
+        }
+        let admin_token = std::env::var("SWITCHBOARD_ADMIN_TOKEN").ok();
+        if !args.listen.ip().is_loopback() && admin_token.as_deref().is_none_or(str::is_empty) {
+            tracing::warn!("SWITCHBOARD_ADMIN_TOKEN is not set: /-/reload and /api/ are refused to every caller (the router listens beyond loopback).");
+        }
         let store = match Store::open(&args.store.url).await {
             Ok(s) => s,
             Err(e) => {
@@ -285,7 +314,8 @@ fn serve(args: ServeArgs) -> ExitCode {
         );
         drop(config);
         let committer = Committer::start(store.clone());
-        let state = State { app, store, committer, sources: Arc::new(event::sources()) };
+        let guard = Arc::new(Guard::new(args.listen, admin_token, args.rate_limit, args.rate_limit_burst));
+        let state = State { app, store, committer, sources: Arc::new(event::sources()), guard };
         server::serve(listener, state, shutdown_signal()).await;
         tracing::info!("Stopped accepting events; finishing deliveries in flight.");
         if !workers.shutdown(args.shutdown_grace).await {

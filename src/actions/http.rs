@@ -41,6 +41,8 @@ pub struct Settings {
     pub template: Option<Spanned<String>>,
     /// How long to wait for the answer (`10s`, `500ms`); default 10s.
     pub timeout: Option<Spanned<String>>,
+    /// Let a URL built from event data reach loopback, private and link-local addresses.
+    pub allow_private: Option<bool>,
 }
 
 /// A compiled HTTP action.
@@ -52,6 +54,7 @@ pub struct Http {
     headers: Vec<(String, Template, bool)>,
     body: Option<Template>,
     timeout: Duration,
+    guard_target: bool,
 }
 
 /// A rendered HTTP request.
@@ -73,6 +76,9 @@ pub struct HttpMessage {
     /// The timeout.
     #[serde(skip)]
     pub timeout: Duration,
+    /// Whether the URL comes from event data and must not reach an internal address.
+    #[serde(skip)]
+    pub guard_target: bool,
 }
 
 // By hand, so that URLs and header values (secrets) never reach a log through `{:?}`.
@@ -103,6 +109,7 @@ impl Channel for Http {
             body: a.body.or_else(|| d.body.clone()),
             template: a.template.or_else(|| d.template.clone()),
             timeout: a.timeout.or_else(|| d.timeout.clone()),
+            allow_private: a.allow_private.or(d.allow_private),
         }
     }
 
@@ -216,6 +223,7 @@ impl Channel for Http {
                 }
             }
         };
+        let templated = expanded.value.contains("{{");
         Some(Http {
             url: url_template,
             url_secret: expanded.from_env(),
@@ -223,6 +231,7 @@ impl Channel for Http {
             headers,
             body,
             timeout,
+            guard_target: templated && !s.allow_private.unwrap_or(false),
         })
     }
 
@@ -261,12 +270,16 @@ impl Channel for Http {
             headers,
             body,
             timeout: self.timeout,
+            guard_target: self.guard_target,
         })
     }
 
     async fn send(m: &HttpMessage, clients: &Clients) -> Result<(), SendError> {
         let method = reqwest::Method::from_bytes(m.method.as_bytes())
             .map_err(|e| SendError::permanent(e.to_string()))?;
+        if m.guard_target {
+            check_target(&m.url).await?;
+        }
         let mut request = clients.http.request(method, &m.url).timeout(m.timeout);
         for (name, value, _) in &m.headers {
             request = request.header(name, value);
@@ -309,6 +322,28 @@ impl Channel for Http {
         }
         out
     }
+}
+
+/// Refuses a URL built from event data whose host is, or resolves to, an internal address
+/// (loopback, private, link-local such as cloud metadata at 169.254.169.254).
+async fn check_target(url: &str) -> Result<(), SendError> {
+    let u = reqwest::Url::parse(url).map_err(|e| SendError::permanent(format!("bad URL: {e}")))?;
+    let host = u.host_str().unwrap_or("").trim_start_matches('[').trim_end_matches(']').to_string();
+    let port = u.port_or_known_default().unwrap_or(443);
+    let addrs: Vec<std::net::IpAddr> = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => vec![ip],
+        Err(_) => tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .map_err(|e| SendError::retryable(format!("cannot resolve {host}: {e}")))?
+            .map(|a| a.ip())
+            .collect(),
+    };
+    if let Some(ip) = addrs.into_iter().find(|ip| crate::server::auth::is_internal(*ip)) {
+        return Err(SendError::permanent(format!(
+            "refusing to send to {host} ({ip}): this URL is built from event data and points at an internal address; set allow_private: true on the destination if that is intended"
+        )));
+    }
+    Ok(())
 }
 
 fn redact(url: &str, secret: bool) -> String {

@@ -23,7 +23,7 @@ impl Clients {
             .user_agent(concat!("switchboard/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(30))
-            .redirect(reqwest::redirect::Policy::none())
+            .redirect(same_host_redirects())
             .build()
             .expect("the HTTP client builds with static settings");
         Clients { http }
@@ -34,6 +34,24 @@ impl Default for Clients {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Follows at most 5 redirects, and only to the host the request was sent to: a redirect never
+/// carries a delivery (and its headers) to another host.
+fn same_host_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let first = attempt
+            .previous()
+            .first()
+            .and_then(|u| u.host_str().map(str::to_string));
+        if attempt.previous().len() > 5 {
+            attempt.error("too many redirects")
+        } else if first.as_deref() == attempt.url().host_str() {
+            attempt.follow()
+        } else {
+            attempt.stop()
+        }
+    })
 }
 
 /// Why a delivery failed, and whether trying again may help.

@@ -8,6 +8,7 @@ use super::{Diagnostic, Diagnostics};
 use crate::actions::{Action, RawAction, RenderFailure};
 use crate::event::{SmartLead, Source};
 use crate::rules::{Condition, Rule, RuleAction, RuleSet, condition};
+use crate::server::auth::{SIGNATURE_HEADER, Secret, SourceAuth};
 use crate::template::{Escape, Template, Templates};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -31,6 +32,17 @@ pub struct Config {
     pub files: Vec<PathBuf>,
     /// Problems that do not stop it from serving (unconfigured destinations, …).
     pub warnings: Diagnostics,
+    /// Authentication per webhook source; a source not listed asks for no credential.
+    pub sources: HashMap<String, SourceAuth>,
+}
+
+impl Config {
+    /// The authentication settings of a source.
+    pub fn source_auth(&self, source: &str) -> &SourceAuth {
+        static OPEN: std::sync::LazyLock<SourceAuth> =
+            std::sync::LazyLock::new(SourceAuth::default);
+        self.sources.get(source).unwrap_or(&OPEN)
+    }
 }
 
 /// The compile context handed to each channel: where we are, the templates, and the lists that
@@ -215,6 +227,7 @@ pub fn compile(
             );
         }
     }
+    let sources = compile_sources(&files, &mut errors);
     let mut unconfigured = BTreeMap::new();
     let mut used = std::collections::HashSet::new();
     let mut rules = Vec::new();
@@ -375,7 +388,110 @@ pub fn compile(
         loaded_at: Utc::now(),
         files: files.into_iter().map(|(p, _, _)| p).collect(),
         warnings,
+        sources,
     })
+}
+
+/// Compiles every `sources:` entry (secrets from the environment, networks, durations).
+fn compile_sources(
+    files: &[(PathBuf, String, RawFile)],
+    errors: &mut Diagnostics,
+) -> HashMap<String, SourceAuth> {
+    let known: Vec<&'static str> = crate::event::sources().iter().map(|s| s.name()).collect();
+    let mut out: HashMap<String, SourceAuth> = HashMap::new();
+    for (path, _, file) in files {
+        for (name, raw) in &file.sources {
+            let mut err =
+                |at: Pos, m: String| errors.push(Diagnostic::at(path, at.line, at.column, m));
+            if !known.contains(&name.as_str()) {
+                err(
+                    pos(raw),
+                    format!("unknown source {name:?}; known: {}", known.join(", ")),
+                );
+                continue;
+            }
+            if out.contains_key(name) {
+                err(pos(raw), format!("source {name:?} is configured twice"));
+                continue;
+            }
+            let r = &raw.value;
+            let mut secret = |v: &Option<Spanned<String>>| -> Option<Secret> {
+                let v = v.as_ref()?;
+                match env::expand(&v.value) {
+                    Ok(e) if e.value.is_empty() => None,
+                    Ok(e) => Some(Secret::new(e.value)),
+                    Err(e) => {
+                        err(pos(v), e.to_string());
+                        None
+                    }
+                }
+            };
+            let secret_key = secret(&r.secret_key);
+            let token = secret(&r.token);
+            let hmac_key = secret(&r.hmac_secret);
+            let mut nets = |list: &Option<Vec<Spanned<String>>>, what: &str| -> Vec<ipnet::IpNet> {
+                let mut nets = Vec::new();
+                for item in list.iter().flatten() {
+                    let text = match env::expand(&item.value) {
+                        Ok(e) => e.value,
+                        Err(e) => {
+                            errors.push(Diagnostic::at(
+                                path,
+                                pos(item).line,
+                                pos(item).column,
+                                e.to_string(),
+                            ));
+                            continue;
+                        }
+                    };
+                    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                        let parsed = part
+                            .parse::<ipnet::IpNet>()
+                            .or_else(|_| part.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+                        match parsed {
+                            Ok(n) => nets.push(n),
+                            Err(_) => errors.push(Diagnostic::at(path, pos(item).line, pos(item).column, format!("{what}: {part:?} is not an address or a CIDR network like 203.0.113.0/24"))),
+                        }
+                    }
+                }
+                nets
+            };
+            let allow_ips = nets(&r.allow_ips, "allow_ips");
+            let trusted_proxies = nets(&r.trusted_proxies, "trusted_proxies");
+            let replay_window =
+                r.replay_window
+                    .as_ref()
+                    .and_then(|w| match humantime::parse_duration(&w.value) {
+                        Ok(d) => Some(d),
+                        Err(_) => {
+                            errors.push(Diagnostic::at(
+                                path,
+                                pos(w).line,
+                                pos(w).column,
+                                format!("replay_window {:?} is not a duration like 10m", w.value),
+                            ));
+                            None
+                        }
+                    });
+            let header = r
+                .signature_header
+                .as_ref()
+                .map(|h| h.value.clone())
+                .unwrap_or_else(|| SIGNATURE_HEADER.to_string());
+            out.insert(
+                name.clone(),
+                SourceAuth {
+                    secret_key,
+                    token,
+                    hmac: hmac_key.map(|k| (k, header)),
+                    allow_ips,
+                    trusted_proxies,
+                    replay_window,
+                },
+            );
+        }
+    }
+    out
 }
 
 /// Renders an action against an event with every canonical field present, so that a template

@@ -15,12 +15,35 @@ pub use serde_saphyr::Spanned;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawFile {
+    /// How each webhook source authenticates.
+    #[serde(default)]
+    pub sources: BTreeMap<String, Spanned<RawSource>>,
     /// Named, reusable delivery targets.
     #[serde(default)]
     pub destinations: BTreeMap<String, Spanned<RawAction>>,
     /// The rules, in evaluation order.
     #[serde(default)]
     pub rules: Vec<Spanned<RawRule>>,
+}
+
+/// A webhook source's authentication, as written. Every mode given must pass.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSource {
+    /// SmartLead's `secret_key` body field must equal this.
+    pub secret_key: Option<Spanned<String>>,
+    /// The URL must carry this token (`/webhooks/smartlead/{token}` or `?token=`).
+    pub token: Option<Spanned<String>>,
+    /// The body must be signed with HMAC-SHA256 under this key.
+    pub hmac_secret: Option<Spanned<String>>,
+    /// The header carrying the signature (default `X-Smartlead-Signature`).
+    pub signature_header: Option<Spanned<String>>,
+    /// Networks (CIDR) clients may post from.
+    pub allow_ips: Option<Vec<Spanned<String>>>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Option<Vec<Spanned<String>>>,
+    /// Refuse events whose own timestamp is further from now than this (`10m`).
+    pub replay_window: Option<Spanned<String>>,
 }
 
 /// One rule as written.
@@ -127,6 +150,7 @@ pub fn pos<T>(s: &Spanned<T>) -> Pos {
 pub fn parse(text: &str) -> Result<RawFile, Diagnostic> {
     if text.trim().is_empty() {
         return Ok(RawFile {
+            sources: BTreeMap::new(),
             destinations: BTreeMap::new(),
             rules: Vec::new(),
         });

@@ -19,6 +19,11 @@ pub trait Source: Send + Sync {
     /// Never fails: unknown types and missing fields give nulls, not errors.
     fn normalise(&self, payload: &Map<String, Value>) -> Value;
 
+    /// When the tool says the event happened, if it says so (for the replay window).
+    fn sent_at(&self, _payload: &Map<String, Value>) -> Option<chrono::DateTime<chrono::Utc>> {
+        None
+    }
+
     /// What identifies this webhook delivery, so that the tool sending it again (a retry, a
     /// re-trigger days later) is recognised. By default, a hash of the body.
     fn dedup_key(&self, _payload: &Map<String, Value>, body: &[u8]) -> String {

@@ -49,6 +49,22 @@ impl Source for SmartLead {
         })
     }
 
+    fn sent_at(&self, payload: &Map<String, Value>) -> Option<DateTime<Utc>> {
+        let p = Payload(payload);
+        let sent = p.str_at(&[
+            "event_timestamp",
+            "timestamp",
+            "time_replied",
+            "time_clicked",
+            "time_opened",
+            "time_sent",
+            "created_at",
+        ])?;
+        DateTime::parse_from_rfc3339(&rfc3339(&sent))
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
+    }
+
     /// The event type, lead, campaign, SmartLead's ids (`stats_id`, message ids) and the
     /// event's own timestamp; a hash of the body when SmartLead sent none of the ids or times.
     fn dedup_key(&self, payload: &Map<String, Value>, body: &[u8]) -> String {

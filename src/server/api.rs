@@ -28,7 +28,7 @@ pub(super) fn routes(
     + 'static,
 ) -> impl warp::Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     let deliveries = warp::get()
-        .and(warp::path!("api" / "deliveries"))
+        .and(warp::path!("deliveries"))
         .and(warp::query::<Query>())
         .and(with_state.clone())
         .then(|q: Query, s: State| async move {
@@ -42,7 +42,7 @@ pub(super) fn routes(
             list(s, filter).await
         });
     let dlq = warp::get()
-        .and(warp::path!("api" / "dlq"))
+        .and(warp::path!("dlq"))
         .and(with_state.clone())
         .then(|s: State| async move {
             let filter = Filter {
@@ -54,15 +54,15 @@ pub(super) fn routes(
             list(s, filter).await
         });
     let retry_one = warp::post()
-        .and(warp::path!("api" / "dlq" / i64 / "retry"))
+        .and(warp::path!("dlq" / i64 / "retry"))
         .and(with_state.clone())
         .then(|id: i64, s: State| retry(s, Some(id)));
     let retry_all = warp::post()
-        .and(warp::path!("api" / "dlq" / "retry"))
+        .and(warp::path!("dlq" / "retry"))
         .and(with_state.clone())
         .then(|s: State| retry(s, None));
     let discard = warp::post()
-        .and(warp::path!("api" / "dlq" / i64 / "discard"))
+        .and(warp::path!("dlq" / i64 / "discard"))
         .and(with_state)
         .then(|id: i64, s: State| async move {
             match s.store.discard(id).await {

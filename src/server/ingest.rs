@@ -1,20 +1,81 @@
 //! `POST /webhooks/{source}`: parse, normalise, match, commit, answer. The `200` means the event
 //! and its deliveries are on disk; it never waits on a delivery being sent.
 
+use super::auth::Credentials;
 use super::{State, error};
 use crate::store::{Intake, NewDelivery, NewEvent};
 use serde_json::{Value, json};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
+use warp::http::HeaderMap;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
-/// Receives one webhook delivery.
-pub(super) async fn receive(source: String, body: bytes::Bytes, state: State) -> Response {
+/// Who is calling, read before the body.
+pub(super) struct Caller {
+    source: String,
+    token: Option<String>,
+    client: Option<IpAddr>,
+    headers: HeaderMap,
+}
+
+/// Reads who is calling and refuses, before reading the body, a client that is rate-limited.
+pub(super) async fn admit(
+    source: String,
+    path_token: Option<String>,
+    query: String,
+    peer: Option<SocketAddr>,
+    headers: HeaderMap,
+    state: State,
+) -> Result<Caller, warp::Rejection> {
+    let config = state.app.current();
+    let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    let client = config
+        .source_auth(&source)
+        .client_ip(peer.map(|p| p.ip()), forwarded);
+    if let Some(wait) = client.and_then(|ip| state.guard.limiter.refused_for(ip)) {
+        state
+            .app
+            .counters
+            .events_rejected
+            .fetch_add(1, Ordering::Relaxed);
+        return Err(warp::reject::custom(super::Refused::RateLimited(wait)));
+    }
+    let query_token = query.split('&').find_map(|pair| {
+        let value = pair.strip_prefix("token=")?;
+        Some(
+            percent_encoding::percent_decode_str(value)
+                .decode_utf8_lossy()
+                .into_owned(),
+        )
+    });
+    Ok(Caller {
+        source,
+        token: path_token.or(query_token),
+        client,
+        headers,
+    })
+}
+
+/// Receives one webhook delivery: authenticate, parse, normalise, match, commit, answer.
+pub(super) async fn receive<S, B>(caller: Caller, body: S, state: State) -> Response
+where
+    S: futures_util::Stream<Item = Result<B, warp::Error>>,
+    B: warp::Buf,
+{
     let counters = &state.app.counters;
-    let Some(normaliser) = state.sources.iter().find(|s| s.name() == source) else {
+    let refuse = |status: StatusCode, message: String| {
         counters.events_rejected.fetch_add(1, Ordering::Relaxed);
+        if let Some(ip) = caller.client {
+            state.guard.limiter.penalise(ip);
+        }
+        tracing::warn!(source = %caller.source, client = ?caller.client, status = status.as_u16(), reason = %message, "Webhook refused.");
+        error(status, message)
+    };
+    let source = caller.source.as_str();
+    let Some(normaliser) = state.sources.iter().find(|s| s.name() == source) else {
         let known: Vec<&str> = state.sources.iter().map(|s| s.name()).collect();
-        return error(
+        return refuse(
             StatusCode::NOT_FOUND,
             format!(
                 "unknown source {source:?}; this router receives: {}",
@@ -22,14 +83,50 @@ pub(super) async fn receive(source: String, body: bytes::Bytes, state: State) ->
             ),
         );
     };
-    let payload = match parse(&body) {
-        Ok(p) => p,
-        Err(message) => {
-            counters.events_rejected.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(source, reason = %message, "Webhook rejected.");
-            return error(StatusCode::BAD_REQUEST, message);
+    let announced = caller
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let body = match super::collect_body(announced, body).await {
+        Ok(b) => b,
+        Err(super::BodyError::TooLarge) => {
+            return refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is larger than {} bytes", super::MAX_BODY_BYTES),
+            );
+        }
+        Err(super::BodyError::Broken) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "the request body could not be read".into(),
+            );
         }
     };
+    let config = state.app.current();
+    let auth = config.source_auth(source);
+    let signature = auth
+        .hmac
+        .as_ref()
+        .and_then(|(_, header)| caller.headers.get(header.as_str()))
+        .and_then(|v| v.to_str().ok());
+    let credentials = Credentials {
+        token: caller.token.as_deref(),
+        signature,
+        client: caller.client,
+    };
+    if let Err(e) = auth.check_request(&credentials, &body) {
+        return refuse(StatusCode::UNAUTHORIZED, e.to_string());
+    }
+    let payload = match parse(&body) {
+        Ok(p) => p,
+        Err(message) => return refuse(StatusCode::BAD_REQUEST, message),
+    };
+    let secret_key = payload.get("secret_key").and_then(Value::as_str);
+    if let Err(e) = auth.check_payload(secret_key, normaliser.sent_at(&payload), chrono::Utc::now())
+    {
+        return refuse(StatusCode::UNAUTHORIZED, e.to_string());
+    }
     let mut event = normaliser.normalise(&payload);
     let event_id = uuid::Uuid::now_v7().to_string();
     event["event_id"] = Value::String(event_id.clone());
@@ -54,7 +151,7 @@ pub(super) async fn receive(source: String, body: bytes::Bytes, state: State) ->
         .collect::<Vec<_>>();
     let record = NewEvent {
         id: event_id.clone(),
-        source: source.clone(),
+        source: source.to_string(),
         event_type: kind.clone(),
         lead_email: event["lead"]["email"].as_str().map(str::to_string),
         config_hash: config.hash.clone(),

@@ -4,7 +4,11 @@
 
 mod admin;
 mod api;
+pub mod auth;
 mod ingest;
+mod limit;
+
+pub use limit::Limiter;
 
 use crate::app::App;
 use crate::event::Source;
@@ -31,6 +35,77 @@ pub struct State {
     pub committer: Committer,
     /// The mounted webhook sources.
     pub sources: Arc<Vec<Arc<dyn Source>>>,
+    /// Admin access and rate limiting.
+    pub guard: Arc<Guard>,
+}
+
+/// Who may use the admin endpoints, and the per-client limiter for failed webhook requests.
+pub struct Guard {
+    admin_token: Option<auth::Secret>,
+    loopback_only: bool,
+    /// Failed webhook requests per client.
+    pub limiter: Limiter,
+}
+
+impl Guard {
+    /// For a router listening on `listen`: the admin endpoints need `admin_token` (required
+    /// unless listening on loopback only); `rate` and `burst` limit failed requests per client.
+    pub fn new(
+        listen: std::net::SocketAddr,
+        admin_token: Option<String>,
+        rate: u32,
+        burst: u32,
+    ) -> Self {
+        Guard {
+            admin_token: admin_token.filter(|t| !t.is_empty()).map(auth::Secret::new),
+            loopback_only: listen.ip().is_loopback(),
+            limiter: Limiter::new(rate, burst),
+        }
+    }
+
+    /// Whether a request with this `Authorization` header may use the admin endpoints.
+    fn admit_admin(&self, authorization: Option<&str>) -> Result<(), Refused> {
+        match &self.admin_token {
+            Some(token) => {
+                let offered = authorization
+                    .and_then(|h| h.strip_prefix("Bearer "))
+                    .map(str::trim);
+                if offered.is_some_and(|t| token.matches(t)) {
+                    Ok(())
+                } else {
+                    Err(Refused::Unauthorized(
+                        "a bearer token is required: Authorization: Bearer $SWITCHBOARD_ADMIN_TOKEN",
+                    ))
+                }
+            }
+            None if self.loopback_only => Ok(()),
+            None => Err(Refused::Forbidden(
+                "the admin API is off: the router listens beyond loopback and SWITCHBOARD_ADMIN_TOKEN is not set",
+            )),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Refused {
+    Unauthorized(&'static str),
+    Forbidden(&'static str),
+    RateLimited(std::time::Duration),
+}
+impl warp::reject::Reject for Refused {}
+
+/// Passes requests that may use the admin endpoints.
+fn admin_only(state: State) -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
+    warp::header::optional::<String>("authorization")
+        .and_then(move |h: Option<String>| {
+            let guard = state.guard.clone();
+            async move {
+                guard
+                    .admit_admin(h.as_deref())
+                    .map_err(warp::reject::custom)
+            }
+        })
+        .untuple_one()
 }
 
 /// Serves the router's HTTP interface on `listener` until `shutdown` resolves, then stops
@@ -49,10 +124,24 @@ pub async fn serve(
 
 /// Every route of the router.
 pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    let admin = admin_only(state.clone());
     let with_state = warp::any().map(move || state.clone());
+    let token_segment = warp::path::param::<String>()
+        .map(Some)
+        .or(warp::any().map(|| None))
+        .unify();
+    let query = warp::query::raw().or(warp::any().map(String::new)).unify();
     let webhook = warp::post()
-        .and(warp::path!("webhooks" / String))
-        .and(limited_body())
+        .and(warp::path("webhooks"))
+        .and(warp::path::param::<String>())
+        .and(token_segment)
+        .and(warp::path::end())
+        .and(query)
+        .and(warp::addr::remote())
+        .and(warp::header::headers_cloned())
+        .and(with_state.clone())
+        .and_then(ingest::admit)
+        .and(warp::body::stream())
         .and(with_state.clone())
         .then(ingest::receive);
     let healthz = warp::get()
@@ -68,13 +157,15 @@ pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Infall
         .then(admin::metrics);
     let reload = warp::post()
         .and(warp::path!("-" / "reload"))
+        .and(admin.clone())
         .and(with_state.clone())
         .then(admin::reload);
     let status = warp::get()
         .and(warp::path!("api" / "status"))
+        .and(admin.clone())
         .and(with_state.clone())
         .then(admin::status);
-    let api = api::routes(with_state);
+    let api = warp::path("api").and(admin).and(api::routes(with_state));
     webhook
         .or(healthz)
         .unify()
@@ -92,35 +183,33 @@ pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Infall
         .unify()
 }
 
-/// The request body, refused with 413 as soon as it passes [`MAX_BODY_BYTES`], whether the
-/// client announced its length or streams it chunked.
-fn limited_body() -> impl Filter<Extract = (bytes::Bytes,), Error = warp::Rejection> + Clone {
-    warp::header::optional::<u64>("content-length")
-        .and(warp::body::stream())
-        .and_then(collect_body)
+/// Why a body could not be collected.
+pub(crate) enum BodyError {
+    /// Past [`MAX_BODY_BYTES`].
+    TooLarge,
+    /// The connection failed mid-body.
+    Broken,
 }
 
-async fn collect_body<S, B>(
+/// Collects a request body, giving up as soon as it passes [`MAX_BODY_BYTES`], whether the
+/// client announced its length or streams it chunked.
+pub(crate) async fn collect_body<S, B>(
     announced: Option<u64>,
     body: S,
-) -> Result<bytes::Bytes, warp::Rejection>
+) -> Result<bytes::Bytes, BodyError>
 where
     S: futures_util::Stream<Item = Result<B, warp::Error>>,
     B: warp::Buf,
 {
     use futures_util::TryStreamExt;
     if announced.is_some_and(|n| n > MAX_BODY_BYTES) {
-        return Err(warp::reject::custom(TooLarge));
+        return Err(BodyError::TooLarge);
     }
     let mut collected = bytes::BytesMut::new();
     let mut body = std::pin::pin!(body);
-    while let Some(mut chunk) = body
-        .try_next()
-        .await
-        .map_err(|_| warp::reject::custom(BadBody))?
-    {
+    while let Some(mut chunk) = body.try_next().await.map_err(|_| BodyError::Broken)? {
         if collected.len() + chunk.remaining() > MAX_BODY_BYTES as usize {
-            return Err(warp::reject::custom(TooLarge));
+            return Err(BodyError::TooLarge);
         }
         while chunk.has_remaining() {
             let part = chunk.chunk();
@@ -132,14 +221,6 @@ where
     Ok(collected.freeze())
 }
 
-#[derive(Debug)]
-struct TooLarge;
-impl warp::reject::Reject for TooLarge {}
-
-#[derive(Debug)]
-struct BadBody;
-impl warp::reject::Reject for BadBody {}
-
 /// A JSON error answer: `{"error": "…"}`.
 pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     warp::reply::with_status(warp::reply::json(&json!({"error": message.into()})), status)
@@ -150,15 +231,23 @@ async fn rejection(r: warp::Rejection) -> Result<Response, Infallible> {
     use warp::reject::{MethodNotAllowed, PayloadTooLarge};
     Ok(if r.is_not_found() {
         error(StatusCode::NOT_FOUND, "no such endpoint")
-    } else if r.find::<PayloadTooLarge>().is_some() || r.find::<TooLarge>().is_some() {
+    } else if let Some(refused) = r.find::<Refused>() {
+        match refused {
+            Refused::Unauthorized(m) => {
+                let mut resp = error(StatusCode::UNAUTHORIZED, *m);
+                resp.headers_mut().insert(
+                    "www-authenticate",
+                    warp::http::HeaderValue::from_static("Bearer"),
+                );
+                resp
+            }
+            Refused::Forbidden(m) => error(StatusCode::FORBIDDEN, *m),
+            Refused::RateLimited(wait) => too_many(*wait),
+        }
+    } else if r.find::<PayloadTooLarge>().is_some() {
         error(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("the body is larger than {MAX_BODY_BYTES} bytes"),
-        )
-    } else if r.find::<BadBody>().is_some() {
-        error(
-            StatusCode::BAD_REQUEST,
-            "the request body could not be read",
         )
     } else if r.find::<MethodNotAllowed>().is_some() {
         error(
@@ -170,4 +259,17 @@ async fn rejection(r: warp::Rejection) -> Result<Response, Infallible> {
     } else {
         error(StatusCode::BAD_REQUEST, "bad request")
     })
+}
+
+/// 429 with `Retry-After` in whole seconds (at least 1).
+pub(crate) fn too_many(wait: std::time::Duration) -> Response {
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+    let mut resp = error(
+        StatusCode::TOO_MANY_REQUESTS,
+        format!("too many failed requests from this client; retry in {secs} s"),
+    );
+    if let Ok(v) = warp::http::HeaderValue::from_str(&secs.to_string()) {
+        resp.headers_mut().insert("retry-after", v);
+    }
+    resp
 }

@@ -1,7 +1,14 @@
 //! Escaping: what a value from an event becomes where it lands. Lead-written text (replies,
 //! names, subjects) is untrusted, so escaping is automatic and chosen by destination.
 
-use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+
+/// Everything but RFC 3986's unreserved characters is percent-encoded in URL values.
+const URL_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// Where a rendered template lands, and so how values are escaped inside it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -75,7 +82,7 @@ pub fn json_string(s: &str) -> String {
 
 /// Percent-encoding for a value placed inside a URL.
 pub fn url_component(s: &str) -> String {
-    utf8_percent_encode(s, NON_ALPHANUMERIC).to_string()
+    utf8_percent_encode(s, URL_COMPONENT).to_string()
 }
 
 /// One header line's value: CR, LF and other control characters become spaces.

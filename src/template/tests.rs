@@ -95,7 +95,7 @@ fn url_mode_percent_encodes_values() {
     .unwrap();
     assert_eq!(
         out,
-        "https://crm.example/leads?email=a%2Bb%40x%2Eexample%26admin%3D1"
+        "https://crm.example/leads?email=a%2Bb%40x.example%26admin%3D1"
     );
 }
 

@@ -10,4 +10,5 @@ mod escaping;
 mod intake;
 mod matching;
 mod reload;
+mod security;
 mod util;

@@ -11,7 +11,7 @@ use switchboard::actions::Clients;
 use switchboard::app::App;
 use switchboard::config::{Sources, watch};
 use switchboard::delivery::{self, RetryPolicy};
-use switchboard::server::{self, State};
+use switchboard::server::{self, Guard, State};
 use switchboard::store::{Committer, Store};
 use warp::Filter;
 
@@ -285,6 +285,15 @@ impl Router {
 
     /// Starts the router with the given delivery settings.
     pub async fn start_with(dir: tempfile::TempDir, settings: delivery::Settings) -> Router {
+        Self::start_guarded(dir, settings, ("127.0.0.1:8080".parse().unwrap(), None)).await
+    }
+
+    /// Starts the router as if it listened on `listen` (loopback or not) with an admin token.
+    pub async fn start_guarded(
+        dir: tempfile::TempDir,
+        settings: delivery::Settings,
+        settings_guard: (SocketAddr, Option<String>),
+    ) -> Router {
         let sources = Sources {
             rules: dir.path().join("rules/rules.yaml"),
             templates: dir.path().join("templates"),
@@ -306,6 +315,7 @@ impl Router {
             store: store.clone(),
             committer: Committer::start(store.clone()),
             sources: Arc::new(switchboard::event::sources()),
+            guard: Arc::new(Guard::new(settings_guard.0, settings_guard.1, 5, 20)),
         };
         tokio::spawn(async move {
             server::serve(listener, state, async {
@@ -478,6 +488,11 @@ pub struct Binary {
 
 impl Binary {
     pub async fn start(dir: &Path, extra: &[&str]) -> Binary {
+        Self::start_with_env(dir, extra, &[]).await
+    }
+
+    /// Starts with extra environment variables; its log (stderr) goes to `dir/router.log`.
+    pub async fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Binary {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -499,9 +514,10 @@ impl Binary {
                 &dir.join("templates").to_string_lossy(),
             ])
             .args(extra)
-            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "info")
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("router.log")).unwrap())
             .spawn()
             .unwrap();
         let url = format!("http://127.0.0.1:{port}");

@@ -1,0 +1,767 @@
+//! Only SmartLead gets in, and no input can hurt the router or the people it notifies: each
+//! authentication mode, abuse, per-client limiting, outbound safety, admin access, secrets.
+
+use crate::util::{Binary, HttpPeer, Router, fixture, unique};
+use serde_json::{Value, json};
+use std::time::Duration;
+use switchboard::server::auth::sign;
+
+/// Rules delivering every event to the peer, with `sources` as given.
+fn rules(peer: &HttpPeer, sources: &str) -> String {
+    format!(
+        "sources:\n  smartlead:\n{sources}\nrules:\n  - name: all\n    actions:\n      - http: {{ url: \"{}\", body: '{{\"lead\": \"{{{{lead.email}}}}\"}}' }}\n",
+        peer.url("/in")
+    )
+}
+
+async fn post(router: &Router, path: &str, body: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+    let mut r = reqwest::Client::new()
+        .post(router.url(path))
+        .body(body.to_string());
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    let r = r.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn secret_key_mode() {
+    let peer = HttpPeer::start().await;
+    let router = Router::start(
+        &rules(
+            &peer,
+            "    secret_key: 00000000-test-4000-8000-fakesecret01",
+        ),
+        &[],
+    )
+    .await;
+    let good = unique(fixture("real_13_email_reply"));
+    assert_eq!(
+        post(&router, "/webhooks/smartlead", &good.to_string(), &[])
+            .await
+            .0,
+        200
+    );
+    let mut wrong = unique(fixture("real_13_email_reply"));
+    wrong["secret_key"] = json!("00000000-test-4000-8000-fakesecret02");
+    let (status, body) = post(&router, "/webhooks/smartlead", &wrong.to_string(), &[]).await;
+    assert_eq!(status, 401);
+    assert!(
+        body["error"].as_str().unwrap().contains("secret_key"),
+        "{body}"
+    );
+    let missing = unique(fixture("docs_04_email_replied"));
+    assert_eq!(
+        post(&router, "/webhooks/smartlead", &missing.to_string(), &[])
+            .await
+            .0,
+        401
+    );
+    peer.wait_for(1).await;
+    settle().await;
+    assert_eq!(
+        peer.received().len(),
+        1,
+        "only the authentic event notifies"
+    );
+}
+
+#[tokio::test]
+async fn token_mode_in_the_path_or_the_query() {
+    let peer = HttpPeer::start().await;
+    let router = Router::start(&rules(&peer, "    token: t0ken-abc"), &[]).await;
+    let body = || unique(fixture("real_13_email_reply")).to_string();
+    assert_eq!(
+        post(&router, "/webhooks/smartlead/t0ken-abc", &body(), &[])
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        post(&router, "/webhooks/smartlead?token=t0ken-abc", &body(), &[])
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        post(&router, "/webhooks/smartlead/t0ken-abd", &body(), &[])
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        post(&router, "/webhooks/smartlead?token=", &body(), &[])
+            .await
+            .0,
+        401
+    );
+    let (status, answer) = post(&router, "/webhooks/smartlead", &body(), &[]).await;
+    assert_eq!(status, 401);
+    assert!(
+        answer["error"].as_str().unwrap().contains("token"),
+        "{answer}"
+    );
+    peer.wait_for(2).await;
+    settle().await;
+    assert_eq!(peer.received().len(), 2);
+}
+
+#[tokio::test]
+async fn hmac_signature_mode() {
+    let peer = HttpPeer::start().await;
+    let router = Router::start(
+        &rules(
+            &peer,
+            "    hmac_secret: sh4red\n    signature_header: X-Signature",
+        ),
+        &[],
+    )
+    .await;
+    let body = unique(fixture("real_13_email_reply")).to_string();
+    let sig = sign("sh4red", body.as_bytes());
+    assert_eq!(
+        post(
+            &router,
+            "/webhooks/smartlead",
+            &body,
+            &[("X-Signature", &sig)]
+        )
+        .await
+        .0,
+        200
+    );
+    let other = unique(fixture("real_13_email_reply")).to_string();
+    assert_eq!(
+        post(
+            &router,
+            "/webhooks/smartlead",
+            &other,
+            &[("X-Signature", &sig)]
+        )
+        .await
+        .0,
+        401,
+        "a signature of another body"
+    );
+    assert_eq!(
+        post(
+            &router,
+            "/webhooks/smartlead",
+            &other,
+            &[("X-Signature", "sha256=00")]
+        )
+        .await
+        .0,
+        401
+    );
+    assert_eq!(
+        post(&router, "/webhooks/smartlead", &other, &[]).await.0,
+        401
+    );
+    let bare_hex = sign("sh4red", other.as_bytes())
+        .trim_start_matches("sha256=")
+        .to_string();
+    assert_eq!(
+        post(
+            &router,
+            "/webhooks/smartlead",
+            &other,
+            &[("X-Signature", &bare_hex)]
+        )
+        .await
+        .0,
+        200
+    );
+    peer.wait_for(2).await;
+    settle().await;
+    assert_eq!(peer.received().len(), 2);
+}
+
+#[tokio::test]
+async fn ip_allowlist_believes_forwarded_for_only_from_trusted_proxies() {
+    let peer = HttpPeer::start().await;
+    let router = Router::start(
+        &rules(
+            &peer,
+            "    allow_ips: [203.0.113.0/24]\n    trusted_proxies: [127.0.0.1]",
+        ),
+        &[],
+    )
+    .await;
+    let body = || unique(fixture("real_13_email_reply")).to_string();
+    assert_eq!(
+        post(
+            &router,
+            "/webhooks/smartlead",
+            &body(),
+            &[("X-Forwarded-For", "203.0.113.7")]
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        post(
+            &router,
+            "/webhooks/smartlead",
+            &body(),
+            &[("X-Forwarded-For", "198.51.100.7")]
+        )
+        .await
+        .0,
+        401
+    );
+    assert_eq!(
+        post(&router, "/webhooks/smartlead", &body(), &[]).await.0,
+        401,
+        "the proxy itself is not allowed"
+    );
+
+    let strict_peer = HttpPeer::start().await;
+    let strict = Router::start(
+        &rules(
+            &strict_peer,
+            "    allow_ips: [203.0.113.0/24]\n    trusted_proxies: [10.0.0.1]",
+        ),
+        &[],
+    )
+    .await;
+    let (status, _) = post(
+        &strict,
+        "/webhooks/smartlead",
+        &body(),
+        &[("X-Forwarded-For", "203.0.113.7")],
+    )
+    .await;
+    assert_eq!(
+        status, 401,
+        "X-Forwarded-For from an untrusted peer is ignored"
+    );
+    peer.wait_for(1).await;
+    settle().await;
+    assert_eq!(peer.received().len(), 1);
+    assert!(strict_peer.received().is_empty());
+}
+
+#[tokio::test]
+async fn replay_window_refuses_old_events() {
+    let peer = HttpPeer::start().await;
+    let router = Router::start(
+        &rules(
+            &peer,
+            "    secret_key: 00000000-test-4000-8000-fakesecret01\n    replay_window: 10m",
+        ),
+        &[],
+    )
+    .await;
+    let mut fresh = unique(fixture("real_13_email_reply"));
+    fresh["event_timestamp"] = json!(chrono::Utc::now().to_rfc3339());
+    assert_eq!(
+        post(&router, "/webhooks/smartlead", &fresh.to_string(), &[])
+            .await
+            .0,
+        200
+    );
+    let old = unique(fixture("real_13_email_reply")); // 2025-03-28
+    let (status, body) = post(&router, "/webhooks/smartlead", &old.to_string(), &[]).await;
+    assert_eq!(status, 401);
+    assert!(
+        body["error"].as_str().unwrap().contains("replay window"),
+        "{body}"
+    );
+    peer.wait_for(1).await;
+    settle().await;
+    assert_eq!(peer.received().len(), 1);
+}
+
+#[tokio::test]
+async fn abuse_gets_clear_answers_and_authentic_events_keep_flowing() {
+    let peer = HttpPeer::start().await;
+    let router = std::sync::Arc::new(
+        Router::start(
+            &rules(&peer, "    token: t0k\n    trusted_proxies: [127.0.0.1]"),
+            &[],
+        )
+        .await,
+    );
+    let abuser = [("X-Forwarded-For", "198.51.100.66")];
+    let deep = "[".repeat(100_000) + &"]".repeat(100_000);
+    let (status, body) = post(&router, "/webhooks/smartlead/t0k", &deep, &abuser).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = post(
+        &router,
+        "/webhooks/smartlead/t0k",
+        &"x".repeat(2 * 1024 * 1024),
+        &abuser,
+    )
+    .await;
+    assert_eq!(status, 413);
+    let (status, body) = post(&router, "/webhooks/smartlead/t0k", "{\"event\": ", &abuser).await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"].as_str().unwrap().contains("not valid JSON"),
+        "{body}"
+    );
+    let (status, body) = post(&router, "/webhooks/smartlead/t0k", "\"a string\"", &abuser).await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"].as_str().unwrap().contains("JSON object"),
+        "{body}"
+    );
+
+    let flood = {
+        let router = router.clone();
+        tokio::spawn(async move {
+            let mut answers = Vec::new();
+            for i in 0..300 {
+                let body = if i % 2 == 0 {
+                    "[".repeat(5000)
+                } else {
+                    "{}".into()
+                };
+                let path = if i % 2 == 0 {
+                    "/webhooks/smartlead/t0k"
+                } else {
+                    "/webhooks/smartlead/wrong"
+                };
+                answers.push(post(&router, path, &body, &abuser).await.0);
+            }
+            answers
+        })
+    };
+    let smartlead = [("X-Forwarded-For", "203.0.113.9")];
+    for _ in 0..20 {
+        let body = unique(fixture("real_13_email_reply")).to_string();
+        let (status, answer) = post(&router, "/webhooks/smartlead/t0k", &body, &smartlead).await;
+        assert_eq!(status, 200, "an authentic event during the abuse: {answer}");
+    }
+    let answers = flood.await.unwrap();
+    assert!(
+        answers.iter().all(|s| [400, 401, 429].contains(s)),
+        "{answers:?}"
+    );
+    assert!(answers.contains(&429), "the abuser was limited");
+    peer.wait_for(20).await;
+    settle().await;
+    assert_eq!(
+        peer.received().len(),
+        20,
+        "every authentic event, and nothing else, was delivered"
+    );
+}
+
+#[tokio::test]
+async fn a_flood_from_one_client_is_limited_while_another_clients_events_are_accepted() {
+    let peer = HttpPeer::start().await;
+    let router = Router::start(
+        &rules(&peer, "    token: t0k\n    trusted_proxies: [127.0.0.1]"),
+        &[],
+    )
+    .await;
+    let flood = [("X-Forwarded-For", "198.51.100.66")];
+    let mut limited = None;
+    for i in 0..200 {
+        let (status, _) = post(&router, "/webhooks/smartlead/wrong", "{}", &flood).await;
+        if status == 429 {
+            limited = Some(i);
+            break;
+        }
+        assert_eq!(status, 401);
+    }
+    let after = limited.expect("the flood is answered 429");
+    assert!(
+        after >= 20,
+        "the burst (20 in tests) is allowed first, then 429 after {after}"
+    );
+    let r = reqwest::Client::new()
+        .post(router.url("/webhooks/smartlead/wrong"))
+        .header("X-Forwarded-For", "198.51.100.66")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().get("retry-after").is_some());
+    let good = unique(fixture("real_13_email_reply")).to_string();
+    let (status, _) = post(
+        &router,
+        "/webhooks/smartlead/t0k",
+        &good,
+        &[("X-Forwarded-For", "203.0.113.9")],
+    )
+    .await;
+    assert_eq!(status, 200, "another client is not limited");
+    peer.wait_for(1).await;
+}
+
+#[tokio::test]
+async fn templated_urls_cannot_reach_internal_addresses() {
+    let inside = HttpPeer::start().await;
+    let rules = r#"
+rules:
+  - name: steer
+    actions:
+      # Triple braces insert the value raw: the event chooses the host.
+      - http: { url: "http://{{{raw.target}}}/hook", body: '{}' }
+"#;
+    let router = Router::start(rules, &[]).await;
+    for target in [
+        inside.addr.to_string(),
+        "169.254.169.254".to_string(),
+        "[::1]:1".to_string(),
+    ] {
+        let mut e = unique(fixture("real_13_email_reply"));
+        e["target"] = json!(target);
+        router.post(&e).await;
+    }
+    let start = std::time::Instant::now();
+    loop {
+        let dead = router
+            .store
+            .list(&switchboard::store::Filter {
+                status: Some("dead".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        if dead.len() == 3 {
+            assert!(
+                dead.iter().all(|d| d
+                    .last_error
+                    .as_deref()
+                    .unwrap()
+                    .contains("internal address")),
+                "{dead:?}"
+            );
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{dead:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        inside.received().is_empty(),
+        "nothing reached the internal peer"
+    );
+}
+
+#[tokio::test]
+async fn admin_endpoints_need_the_token_beyond_loopback() {
+    let peer = HttpPeer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("rules")).unwrap();
+    std::fs::write(
+        dir.path().join("rules/rules.yaml"),
+        rules(&peer, "    token: t0k"),
+    )
+    .unwrap();
+    let public = ("0.0.0.0:8080".parse().unwrap(), Some("adm1n".to_string()));
+    let router = Router::start_guarded(dir, crate::util::fast_retries(), public).await;
+    let client = reqwest::Client::new();
+    for (method, path) in [
+        ("GET", "/api/status"),
+        ("GET", "/api/dlq"),
+        ("GET", "/api/deliveries"),
+        ("POST", "/-/reload"),
+        ("POST", "/api/dlq/retry"),
+    ] {
+        let req = |token: Option<&str>| {
+            let mut r = client.request(method.parse().unwrap(), router.url(path));
+            if let Some(t) = token {
+                r = r.bearer_auth(t);
+            }
+            r
+        };
+        assert_eq!(
+            req(None).send().await.unwrap().status(),
+            401,
+            "{path} without a token"
+        );
+        assert_eq!(
+            req(Some("wrong")).send().await.unwrap().status(),
+            401,
+            "{path} with a wrong token"
+        );
+        assert_eq!(
+            req(Some("adm1n")).send().await.unwrap().status(),
+            200,
+            "{path} with the token"
+        );
+    }
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(
+            client.get(router.url(path)).send().await.unwrap().status(),
+            200,
+            "{path} stays open"
+        );
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("rules")).unwrap();
+    std::fs::write(
+        dir.path().join("rules/rules.yaml"),
+        rules(&peer, "    token: t0k"),
+    )
+    .unwrap();
+    let no_token = Router::start_guarded(
+        dir,
+        crate::util::fast_retries(),
+        ("0.0.0.0:8080".parse().unwrap(), None),
+    )
+    .await;
+    let r = client
+        .get(no_token.url("/api/status"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("SWITCHBOARD_ADMIN_TOKEN"));
+}
+
+#[tokio::test]
+async fn serve_refuses_a_public_address_without_authentication_unless_insecure() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("rules.yaml"),
+        "rules:\n  - name: r\n    actions:\n      - log: { message: hi }\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args([
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+            "--rules",
+            "rules.yaml",
+            "--store",
+            "sqlite::memory:",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refusing to listen on 0.0.0.0:0")
+            && err.contains("--insecure")
+            && err.contains("secret_key"),
+        "{err}"
+    );
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args([
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+            "--rules",
+            "rules.yaml",
+            "--store",
+            "sqlite::memory:",
+            "--insecure",
+        ])
+        .current_dir(dir.path())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "with --insecure it serves"
+    );
+    child.kill().unwrap();
+    let _ = child.wait();
+}
+
+#[tokio::test]
+async fn secrets_never_reach_logs_status_check_test_output_or_the_store() {
+    let slack = HttpPeer::start().await;
+    slack.script(vec![(404, "no_service", vec![])]);
+    let crm = HttpPeer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let rules = r#"
+sources:
+  smartlead:
+    secret_key: ${SL_SECRET}
+destinations:
+  sales:
+    slack:
+      webhook_url: ${SLACK_URL}
+  crm:
+    http:
+      url: ${CRM_URL}
+      headers:
+        Authorization: Bearer ${CRM_TOKEN}
+  mail:
+    email:
+      smtp_url: ${SMTP_URL}
+      from: a@example.com
+      to: b@example.com
+rules:
+  - name: all
+    actions:
+      - slack: { destination: sales, text: "Reply from {{lead.email}}" }
+      - http: { destination: crm, body: '{"raw": {{json raw}}}' }
+      - email: { destination: mail, subject: hi, text: "{{reply.text}}" }
+"#;
+    std::fs::write(dir.path().join("rules.yaml"), rules).unwrap();
+    let slack_url = slack.url("/services/T0/B0/SLACKSECRETPATH");
+    let crm_url = crm.url("/hooks/CRMPATHSECRET");
+    let env = [
+        ("SL_SECRET", "00000000-test-4000-8000-fakesecret01"),
+        ("SLACK_URL", slack_url.as_str()),
+        ("CRM_URL", crm_url.as_str()),
+        ("CRM_TOKEN", "crmtokensecret"),
+        (
+            "SMTP_URL",
+            "smtp://user:smtppasswordsecret@127.0.0.1:9?tls=none",
+        ),
+    ];
+    let secrets = [
+        "fakesecret01",
+        "SLACKSECRETPATH",
+        "CRMPATHSECRET",
+        "crmtokensecret",
+        "smtppasswordsecret",
+    ];
+    let router = Binary::start_with_env(
+        dir.path(),
+        &["--retry-schedule", "50ms", "--max-attempts", "2"],
+        &env,
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let body = include_str!("../fixtures/smartlead/real_13_email_reply.json");
+    let r = client
+        .post(format!("{}/webhooks/smartlead", router.url))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client
+        .post(format!("{}/webhooks/smartlead", router.url))
+        .body("{\"secret_key\": \"guessedfakesecret01\"}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    slack.wait_for(1).await;
+    let got = crm.wait_for(1).await;
+    assert!(
+        got[0].header("authorization") == Some("Bearer crmtokensecret"),
+        "the secret is used, just never shown"
+    );
+    assert!(
+        !got[0].body.contains("fakesecret01"),
+        "the stored and forwarded event has no secret_key"
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await; // SMTP fails twice, Slack dead-letters
+    let status = client
+        .get(format!("{}/api/status", router.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let deliveries = client
+        .get(format!("{}/api/deliveries", router.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let dlq = client
+        .get(format!("{}/api/dlq", router.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(dlq.contains("no_service"), "{dlq}");
+    router.signal("-TERM");
+    drop(router);
+    let log = std::fs::read_to_string(dir.path().join("router.log")).unwrap();
+    assert!(log.contains("Delivery failed"), "{log}");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(args)
+            .envs(env)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let check = run(&["check", "--rules", "rules.yaml", "--templates", "t"]);
+    std::fs::write(dir.path().join("e.json"), body).unwrap();
+    let test = run(&[
+        "test",
+        "--event",
+        "e.json",
+        "--rules",
+        "rules.yaml",
+        "--templates",
+        "t",
+    ]);
+    assert!(
+        test.contains("Reply from james.parker@prospect.example"),
+        "{test}"
+    );
+    let store = String::from_utf8_lossy(&std::fs::read(dir.path().join("switchboard.db")).unwrap())
+        .to_string()
+        + &String::from_utf8_lossy(
+            &std::fs::read(dir.path().join("switchboard.db-wal")).unwrap_or_default(),
+        );
+    for (what, text) in [
+        ("log", &log),
+        ("status", &status),
+        ("deliveries", &deliveries),
+        ("dlq", &dlq),
+        ("check", &check),
+        ("test", &test),
+        ("store", &store),
+    ] {
+        for secret in secrets {
+            assert!(
+                !text.contains(secret),
+                "{secret} leaked into {what}:\n{text}"
+            );
+        }
+    }
+}
+
+#[test]
+fn an_alias_bomb_in_the_rules_file_is_refused_quickly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..12 {
+        bomb.push_str(&format!(
+            "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n",
+            p = i - 1
+        ));
+    }
+    bomb.push_str("rules: *a11\n");
+    std::fs::write(dir.path().join("bomb.yaml"), bomb).unwrap();
+    let start = std::time::Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["check", "--rules", "bomb.yaml", "--templates", "t"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("bomb.yaml"),
+        "{out:?}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(10));
+}
