@@ -133,15 +133,15 @@ impl SourceAuth {
         {
             return Err(AuthError::Address);
         }
-        if let Some(token) = &self.token {
-            if !c.token.is_some_and(|t| token.matches(t)) {
-                return Err(AuthError::Token);
-            }
+        if let Some(token) = &self.token
+            && !c.token.is_some_and(|t| token.matches(t))
+        {
+            return Err(AuthError::Token);
         }
-        if let Some((key, _)) = &self.hmac {
-            if !c.signature.is_some_and(|s| signature_matches(key, s, body)) {
-                return Err(AuthError::Signature);
-            }
+        if let Some((key, _)) = &self.hmac
+            && !c.signature.is_some_and(|s| signature_matches(key, s, body))
+        {
+            return Err(AuthError::Signature);
         }
         Ok(())
     }
@@ -153,10 +153,10 @@ impl SourceAuth {
         sent_at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<(), AuthError> {
-        if let Some(expected) = &self.secret_key {
-            if !secret_key.is_some_and(|k| expected.matches(k)) {
-                return Err(AuthError::SecretKey);
-            }
+        if let Some(expected) = &self.secret_key
+            && !secret_key.is_some_and(|k| expected.matches(k))
+        {
+            return Err(AuthError::SecretKey);
         }
         if let Some(window) = self.replay_window {
             let Some(at) = sent_at else {
