@@ -3,6 +3,9 @@
 //! [`Channel`] trait, and registered by one line in the `channels!` invocation below, which
 //! declares the module and builds the closed enums [`RawAction`], [`Action`] and [`Message`].
 
+#[cfg(test)]
+mod props;
+
 use crate::config::compile::Ctx;
 use crate::template::Templates;
 use serde::Serialize;

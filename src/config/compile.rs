@@ -355,6 +355,15 @@ pub fn compile(
         }
     }
     let mut warnings = Diagnostics::default();
+    for source in crate::event::sources() {
+        if sources.get(source.name()).is_none_or(SourceAuth::is_open) {
+            let file = files.first().map(|(p, _, _)| p.clone()).unwrap_or_default();
+            warnings.push(Diagnostic::file(&file, format!(
+                "source {:?} asks for no credential: anyone who can reach /webhooks/{} can post events (`serve` then listens on loopback only, or with --insecure); set sources.{}.secret_key, token, hmac_secret or allow_ips (SECURITY.md)",
+                source.name(), source.name(), source.name()
+            )));
+        }
+    }
     let mut unused: Vec<(&String, &Declared)> = destinations
         .iter()
         .filter(|(name, _)| !used.contains(*name))

@@ -1,0 +1,147 @@
+//! Property tests over open-ended input: whatever a lead writes, Slack payloads are valid JSON
+//! with no live `<`, `>` or `&`, email subjects carry no CR or LF, and JSON bodies parse.
+
+use crate::config::{compile, raw};
+use crate::event::{SmartLead, Source};
+use proptest::prelude::*;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+
+const RULES: &str = r#"
+rules:
+  - name: all
+    actions:
+      - slack: { webhook_url: "https://hooks.slack.example/services/T/B/X", text: "Reply from {{lead.name}}: {{reply.text}}" }
+      - slack:
+          webhook_url: "https://hooks.slack.example/services/T/B/X"
+          blocks: '[{"type": "section", "text": {"type": "mrkdwn", "text": "*{{lead.name}}*: {{reply.text}}"}}, {"type": "context", "elements": [{"type": "mrkdwn", "text": {{json raw}}}]}]'
+      - email: { smtp_url: "smtp://127.0.0.1:25?tls=none", from: a@example.com, to: b@example.com, subject: "Re: {{reply.subject}} from {{lead.name}}", text: "{{reply.text}}" }
+      - http: { url: "https://crm.example/hook", body: '{"text": "{{reply.text}}", "name": "{{lead.name}}", "lead": {{json lead}}, "raw": {{json raw}}}' }
+"#;
+
+fn config() -> compile::Config {
+    let file = raw::parse(RULES).expect("valid rules");
+    compile::compile(
+        vec![(PathBuf::from("props.yaml"), RULES.to_string(), file)],
+        Path::new("/nonexistent"),
+    )
+    .expect("rules compile")
+}
+
+/// Any JSON, with SmartLead's own keys likely so that normalisation goes deep.
+fn any_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(|n| json!(n)),
+        ".{0,40}".prop_map(Value::String),
+    ];
+    let key = prop_oneof![
+        Just("event_type".to_string()),
+        Just("event".to_string()),
+        Just("lead".to_string()),
+        Just("reply_message".to_string()),
+        Just("leadCorrespondence".to_string()),
+        Just("campaign_id".to_string()),
+        Just("bounce_message".to_string()),
+        Just("link_details".to_string()),
+        Just("event_timestamp".to_string()),
+        "[a-z_]{1,10}",
+    ];
+    leaf.prop_recursive(4, 64, 6, move |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::vec((key.clone(), inner), 0..6)
+                .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+        ]
+    })
+}
+
+/// An event whose lead-written fields are arbitrary text.
+fn hostile_event(name: String, text: String, subject: String, extra: Value) -> Value {
+    let payload = json!({
+        "event_type": "EMAIL_REPLY",
+        "to_name": name,
+        "sl_lead_email": "lead@example.com",
+        "to_email": "lead@example.com",
+        "subject": subject,
+        "reply_message": {"text": text},
+        "extra": extra,
+    });
+    let mut e = SmartLead.normalise(payload.as_object().expect("object"));
+    e["event_id"] = json!("prop");
+    e
+}
+
+fn strings(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::String(s) => out.push(s.clone()),
+        Value::Array(a) => a.iter().for_each(|x| strings(x, out)),
+        Value::Object(m) => m.values().for_each(|x| strings(x, out)),
+        _ => {}
+    }
+}
+
+/// Every `&` starts one of Slack's three entities, and no `<` or `>` is left.
+fn slack_safe(s: &str) -> bool {
+    !s.contains('<')
+        && !s.contains('>')
+        && s.match_indices('&').all(|(i, _)| {
+            ["&amp;", "&lt;", "&gt;"]
+                .iter()
+                .any(|e| s[i..].starts_with(e))
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn normalisation_never_panics(payload in any_json()) {
+        let object = match payload {
+            Value::Object(m) => m,
+            other => [("event".to_string(), other)].into_iter().collect(),
+        };
+        let e = SmartLead.normalise(&object);
+        prop_assert!(e["event"].is_string());
+        prop_assert!(e["raw"].is_object());
+        let _ = SmartLead.dedup_key(&object, b"{}");
+    }
+
+    #[test]
+    fn slack_payloads_are_valid_json_with_nothing_live(name in ".{0,60}", text in ".{0,300}", extra in any_json()) {
+        let config = config();
+        let event = hostile_event(name, text, String::new(), extra);
+        for step in &config.rules.get(0).actions[..2] {
+            let message = step.action.render(&event, &config.templates).expect("renders");
+            let crate::actions::Message::Slack(m) = message else { panic!("slack") };
+            let text = serde_json::to_string(&m.payload).expect("serialises");
+            let reparsed: Value = serde_json::from_str(&text).expect("valid JSON");
+            let mut all = Vec::new();
+            strings(&reparsed, &mut all);
+            for s in all {
+                prop_assert!(slack_safe(&s), "unescaped text in the Slack payload: {s:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn email_subjects_never_carry_cr_or_lf(name in ".{0,60}", subject in "(.|\r|\n){0,80}") {
+        let config = config();
+        let event = hostile_event(name, "hi".into(), subject, Value::Null);
+        let message = config.rules.get(0).actions[2].action.render(&event, &config.templates).expect("renders");
+        let crate::actions::Message::Email(m) = message else { panic!("email") };
+        prop_assert!(!m.subject.contains('\r') && !m.subject.contains('\n'), "{:?}", m.subject);
+    }
+
+    #[test]
+    fn json_bodies_always_parse(name in ".{0,60}", text in "(.|\r|\n|\t){0,300}", extra in any_json()) {
+        let config = config();
+        let event = hostile_event(name.clone(), text.clone(), String::new(), extra);
+        let message = config.rules.get(0).actions[3].action.render(&event, &config.templates).expect("renders");
+        let crate::actions::Message::Http(m) = message else { panic!("http") };
+        let body: Value = serde_json::from_str(m.body.as_deref().unwrap_or("")).expect("the body is JSON");
+        prop_assert_eq!(&body["lead"], &event["lead"]);
+        prop_assert_eq!(&body["raw"], &event["raw"]);
+    }
+}
