@@ -57,6 +57,7 @@ async fn run(label: &str, store_url: &str) -> Result {
         committer: Committer::start(store),
         sources: Arc::new(switchboard::event::sources()),
         guard: Arc::new(Guard::new(addr, None, 0, 0)),
+        ready_max_pending: u64::MAX,
     };
     let server = tokio::spawn(server::serve(listener, state, async {
         let _ = stopped.await;

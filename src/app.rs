@@ -1,12 +1,13 @@
 //! The state the server, the reload triggers and the workers share: the current configuration
-//! (swapped atomically on reload), the last reload's result, and counters for `/metrics`.
+//! (swapped atomically on reload), the last reload's result, and the metrics.
 
 use crate::config::{self, Config, Diagnostics, Sources};
+use crate::metrics::Metrics;
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Value, json};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// The result of the most recent reload attempt.
@@ -22,27 +23,6 @@ pub struct ReloadStatus {
     pub errors: Diagnostics,
 }
 
-/// Counters exposed on `/metrics`.
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Events accepted.
-    pub events_accepted: AtomicU64,
-    /// Webhook deliveries recognised as repeats.
-    pub events_duplicate: AtomicU64,
-    /// Delivery attempts that failed and will be retried.
-    pub deliveries_retried: AtomicU64,
-    /// Requests rejected (bad body, unknown source, queue full).
-    pub events_rejected: AtomicU64,
-    /// Deliveries that reached their destination.
-    pub deliveries_ok: AtomicU64,
-    /// Deliveries that failed for good (dead letters).
-    pub deliveries_failed: AtomicU64,
-    /// Deliveries skipped because their destination is not configured.
-    pub deliveries_skipped: AtomicU64,
-    /// Unix time of the last successful reload.
-    pub last_success_unix: AtomicU64,
-}
-
 /// Shared router state.
 pub struct App {
     /// Where the configuration is loaded from.
@@ -51,8 +31,10 @@ pub struct App {
     status: Mutex<ReloadStatus>,
     reload_lock: Mutex<()>,
     recent: Mutex<Vec<Arc<Config>>>,
-    /// Counters for `/metrics`.
-    pub counters: Counters,
+    /// Metrics for `/metrics`.
+    pub metrics: Metrics,
+    /// Unix time of the last successful reload.
+    pub last_success_unix: AtomicI64,
     /// Woken when new deliveries are stored, so workers need not wait for their next poll.
     pub wake: tokio::sync::Notify,
 }
@@ -65,10 +47,7 @@ impl App {
     /// Loads the configuration for the first time; fails with every problem if it is invalid.
     pub fn load(sources: Sources) -> Result<Arc<App>, Diagnostics> {
         let config = config::load(&sources)?;
-        let counters = Counters::default();
-        counters
-            .last_success_unix
-            .store(config.loaded_at.timestamp() as u64, Ordering::Relaxed);
+        let last_success_unix = AtomicI64::new(config.loaded_at.timestamp());
         let status = ReloadStatus {
             ok: true,
             at: config.loaded_at,
@@ -81,7 +60,8 @@ impl App {
             status: Mutex::new(status),
             reload_lock: Mutex::new(()),
             recent: Mutex::new(Vec::new()),
-            counters,
+            metrics: Metrics::default(),
+            last_success_unix,
             wake: tokio::sync::Notify::new(),
         }))
     }
@@ -130,9 +110,8 @@ impl App {
                     let excess = recent.len().saturating_sub(KEPT_CONFIGS);
                     recent.drain(..excess);
                 }
-                self.counters
-                    .last_success_unix
-                    .store(now.timestamp() as u64, Ordering::Relaxed);
+                self.last_success_unix
+                    .store(now.timestamp(), Ordering::Relaxed);
                 *status = ReloadStatus {
                     ok: true,
                     at: now,

@@ -32,6 +32,9 @@ pub struct Cli {
         default_value = "text"
     )]
     log_format: LogFormat,
+    /// Log level or filter (`debug`, `info,switchboard=debug`); wins over RUST_LOG.
+    #[arg(long, global = true, env = "SWITCHBOARD_LOG_LEVEL")]
+    log_level: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -108,6 +111,9 @@ struct ServeArgs {
     /// Burst of failed requests allowed per client.
     #[arg(long, env = "SWITCHBOARD_RATE_LIMIT_BURST", default_value_t = 50)]
     rate_limit_burst: u32,
+    /// `/readyz` answers 503 while more deliveries than this are pending.
+    #[arg(long, env = "SWITCHBOARD_READY_MAX_PENDING", default_value_t = 100_000)]
+    ready_max_pending: u64,
     /// How long shutdown waits for deliveries in flight.
     #[arg(long, env = "SWITCHBOARD_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
@@ -208,7 +214,7 @@ struct TestArgs {
 /// Parses the command line and runs the command.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    init_logging(cli.log_format, cli.log_level.as_deref());
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Check(args) => check(&args),
@@ -218,9 +224,12 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+fn init_logging(format: LogFormat, level: Option<&str>) {
+    let filter = match level {
+        Some(l) => tracing_subscriber::EnvFilter::new(l),
+        None => tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -315,7 +324,14 @@ fn serve(args: ServeArgs) -> ExitCode {
         drop(config);
         let committer = Committer::start(store.clone());
         let guard = Arc::new(Guard::new(args.listen, admin_token, args.rate_limit, args.rate_limit_burst));
-        let state = State { app, store, committer, sources: Arc::new(event::sources()), guard };
+        let state = State {
+            app,
+            store,
+            committer,
+            sources: Arc::new(event::sources()),
+            guard,
+            ready_max_pending: args.ready_max_pending,
+        };
         server::serve(listener, state, shutdown_signal()).await;
         tracing::info!("Stopped accepting events; finishing deliveries in flight.");
         if !workers.shutdown(args.shutdown_grace).await {

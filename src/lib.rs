@@ -18,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod event;
+pub mod metrics;
 pub mod rules;
 pub mod server;
 pub mod store;

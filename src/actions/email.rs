@@ -227,7 +227,8 @@ impl Channel for Email {
                 SendError::retryable(message)
             };
             err.status = e.status().and_then(|code| code.to_string().parse().ok());
-            err
+            let kind = if e.is_timeout() { "timeout" } else { "smtp" };
+            err.because(kind)
         })
     }
 

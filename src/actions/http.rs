@@ -334,14 +334,15 @@ async fn check_target(url: &str) -> Result<(), SendError> {
         Ok(ip) => vec![ip],
         Err(_) => tokio::net::lookup_host((host.as_str(), port))
             .await
-            .map_err(|e| SendError::retryable(format!("cannot resolve {host}: {e}")))?
+            .map_err(|e| SendError::retryable(format!("cannot resolve {host}: {e}")).because("dns"))?
             .map(|a| a.ip())
             .collect(),
     };
     if let Some(ip) = addrs.into_iter().find(|ip| crate::server::auth::is_internal(*ip)) {
         return Err(SendError::permanent(format!(
             "refusing to send to {host} ({ip}): this URL is built from event data and points at an internal address; set allow_private: true on the destination if that is intended"
-        )));
+        ))
+        .because("internal_address"));
     }
     Ok(())
 }
@@ -385,10 +386,17 @@ pub(super) fn transport_error(e: reqwest::Error) -> SendError {
         Some(h) => format!("{h} {what}"),
         None => what,
     };
-    if e.is_builder() || e.is_redirect() {
-        SendError::permanent(what)
+    let kind = if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connect"
     } else {
-        SendError::retryable(what)
+        "network"
+    };
+    if e.is_builder() || e.is_redirect() {
+        SendError::permanent(what).because(kind)
+    } else {
+        SendError::retryable(what).because(kind)
     }
 }
 

@@ -69,6 +69,8 @@ pub struct SendError {
     pub status: Option<u16>,
     /// What happened, for logs and history.
     pub message: String,
+    /// The kind of failure, for metrics (bounded: see [`SendError::reason`]).
+    pub kind: &'static str,
 }
 
 impl SendError {
@@ -79,8 +81,28 @@ impl SendError {
             retry_after: None,
             status: None,
             message: message.into(),
+            kind: "other",
         }
     }
+    /// The same error, classified (`timeout`, `connect`, `network`, `smtp`, `internal_address`, …).
+    pub fn because(mut self, kind: &'static str) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// The metric reason: the HTTP status class or SMTP reply class when there was an answer,
+    /// else the kind of failure.
+    pub fn reason(&self) -> &'static str {
+        match (self.kind, self.status) {
+            ("smtp", Some(400..=499)) => "smtp_4xx",
+            ("smtp", Some(500..=599)) => "smtp_5xx",
+            (_, Some(429)) => "http_429",
+            (_, Some(400..=499)) => "http_4xx",
+            (_, Some(500..=599)) => "http_5xx",
+            (kind, _) => kind,
+        }
+    }
+
     /// A failure that trying again cannot fix.
     pub fn permanent(message: impl Into<String>) -> Self {
         SendError {
@@ -88,6 +110,7 @@ impl SendError {
             retry_after: None,
             status: None,
             message: message.into(),
+            kind: "other",
         }
     }
 }

@@ -12,10 +12,10 @@ pub use retry::RetryPolicy;
 
 use crate::actions::Clients;
 use crate::app::App;
+use crate::metrics::ActionLabels;
 use crate::store::{Attempt, Due, Finished, Next, Recorder, Store, now_ms};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, watch};
@@ -191,6 +191,17 @@ fn forget(flight: &Mutex<InFlight>, due: &Due) {
     }
 }
 
+/// What one attempt came to.
+struct Outcome {
+    next: Next,
+    error: Option<String>,
+    status: Option<u16>,
+    /// The metric reason (`none` when delivered).
+    reason: &'static str,
+    /// The action's kind, when the rule still exists.
+    kind: &'static str,
+}
+
 /// Renders and sends one delivery, then records the attempt and what comes next.
 async fn deliver(
     app: &App,
@@ -202,100 +213,148 @@ async fn deliver(
     let started_at = now_ms();
     let clock = Instant::now();
     let attempt_no = due.attempts + 1;
-    let outcome = attempt(app, clients, policy, due).await;
-    let (next, error, status) = outcome;
-    let record = Attempt {
-        started_at,
-        duration_ms: clock.elapsed().as_millis() as i64,
-        status_code: status,
-        error: error.clone(),
-    };
-    let c = &app.counters;
-    let (event_id, rule, action) = (&due.event_id, &due.rule, due.action_index + 1);
-    let reason = error.as_deref().unwrap_or("");
-    match &next {
+    let o = attempt(app, clients, policy, due).await;
+    let (event_id, rule, action, destination) = (
+        &due.event_id,
+        &due.rule,
+        due.action_index + 1,
+        &due.destination,
+    );
+    let reason = o.error.as_deref().unwrap_or("");
+    let m = &app.metrics;
+    match &o.next {
         Next::Delivered => {
-            c.deliveries_ok.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(event_id, rule, action, destination = %due.destination, attempt = attempt_no, "Delivered.");
+            m.delivery(o.kind, destination, "delivered", "none");
+            let waited = (now_ms() - due.received_at).max(0) as f64 / 1000.0;
+            m.delivery_latency
+                .get_or_create(&ActionLabels { action: o.kind })
+                .observe(waited);
+            tracing::info!(
+                event_id,
+                rule,
+                action,
+                destination,
+                attempt = attempt_no,
+                "Delivered."
+            );
         }
         Next::Retry(at) => {
-            c.deliveries_retried.fetch_add(1, Ordering::Relaxed);
-            let wait_ms = at - now_ms();
-            tracing::warn!(event_id, rule, action, destination = %due.destination, attempt = attempt_no, retry_in_ms = wait_ms, reason, "Delivery failed; will retry.");
+            m.delivery(o.kind, destination, "retried", o.reason);
+            let retry_in_ms = at - now_ms();
+            tracing::warn!(
+                event_id,
+                rule,
+                action,
+                destination,
+                attempt = attempt_no,
+                retry_in_ms,
+                reason,
+                "Delivery failed; will retry."
+            );
         }
         Next::Dead => {
-            c.deliveries_failed.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(event_id, rule, action, destination = %due.destination, attempt = attempt_no, delivery_id = due.id, reason, "Delivery failed for good; kept as a dead letter (switchboard dlq list).");
+            m.delivery(o.kind, destination, "dead", o.reason);
+            tracing::error!(
+                event_id,
+                rule,
+                action,
+                destination,
+                attempt = attempt_no,
+                delivery_id = due.id,
+                reason,
+                "Delivery failed for good; kept as a dead letter (switchboard dlq list)."
+            );
         }
         Next::Skipped => {
-            c.deliveries_skipped.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(event_id, rule, action, destination = %due.destination, "Delivery skipped: {reason}.");
+            m.delivery(o.kind, destination, "skipped", o.reason);
+            tracing::info!(
+                event_id,
+                rule,
+                action,
+                destination,
+                "Delivery skipped: {reason}."
+            );
         }
     }
-    let finished = Finished {
-        id: due.id,
-        attempt: record,
-        next,
+    let attempt = Attempt {
+        started_at,
+        duration_ms: clock.elapsed().as_millis() as i64,
+        status_code: o.status,
+        error: o.error,
     };
-    if let Err(e) = recorder.record(finished).await {
+    if let Err(e) = recorder
+        .record(Finished {
+            id: due.id,
+            attempt,
+            next: o.next,
+        })
+        .await
+    {
         tracing::error!(event_id, rule, delivery_id = due.id, error = %e, "Cannot record a delivery attempt; it will be retried after a restart.");
     }
 }
 
-/// One attempt: what comes next, the error, and the peer's status.
-async fn attempt(
-    app: &App,
-    clients: &Clients,
-    policy: &RetryPolicy,
-    due: &Due,
-) -> (Next, Option<String>, Option<u16>) {
+/// One attempt: render and send, and decide what comes next.
+async fn attempt(app: &App, clients: &Clients, policy: &RetryPolicy, due: &Due) -> Outcome {
+    let fail = |next, error: String, reason, kind| Outcome {
+        next,
+        error: Some(error),
+        status: None,
+        reason,
+        kind,
+    };
     let config = app.config_for(&due.config_hash);
     let Some(step) = config
         .rules
         .by_name(&due.rule)
         .and_then(|r| r.actions.get(due.action_index as usize))
     else {
-        return (
-            Next::Dead,
-            Some(format!(
-                "rule {:?} action {} is no longer in the configuration",
-                due.rule,
-                due.action_index + 1
-            )),
-            None,
+        let error = format!(
+            "rule {:?} action {} is no longer in the configuration",
+            due.rule,
+            due.action_index + 1
         );
+        return fail(Next::Dead, error, "rule_removed", "unknown");
     };
+    let kind = step.action.kind();
     if let Some(vars) = step.action.unconfigured() {
-        return (
+        return fail(
             Next::Skipped,
-            Some(format!(
-                "its destination is not configured; set {vars} to enable it"
-            )),
-            None,
+            format!("its destination is not configured; set {vars} to enable it"),
+            "unconfigured",
+            kind,
         );
     }
     let event: Value = match serde_json::from_str(&due.payload) {
         Ok(v) => v,
         Err(e) => {
-            return (
+            return fail(
                 Next::Dead,
-                Some(format!("the stored event is not valid JSON: {e}")),
-                None,
+                format!("the stored event is not valid JSON: {e}"),
+                "bad_event",
+                kind,
             );
         }
     };
     let message = match step.action.render(&event, &config.templates) {
         Ok(m) => m,
         Err(e) => {
-            return (
+            return fail(
                 Next::Dead,
-                Some(format!("the message could not be rendered: {e}")),
-                None,
+                format!("the message could not be rendered: {e}"),
+                "render",
+                kind,
             );
         }
     };
     match message.send(clients).await {
-        Ok(()) => (Next::Delivered, None, None),
+        Ok(()) => Outcome {
+            next: Next::Delivered,
+            error: None,
+            status: None,
+            reason: "none",
+            kind,
+        },
         Err(e) => {
             let next = match e
                 .retryable
@@ -305,7 +364,13 @@ async fn attempt(
                 Some(delay) => Next::Retry(now_ms() + delay.as_millis() as i64),
                 None => Next::Dead,
             };
-            (next, Some(e.message), e.status)
+            Outcome {
+                next,
+                status: e.status,
+                reason: e.reason(),
+                error: Some(e.message),
+                kind,
+            }
         }
     }
 }

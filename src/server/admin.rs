@@ -1,120 +1,58 @@
 //! Operator endpoints: `/readyz`, `/metrics`, `POST /-/reload`, `/api/status`.
 
 use super::{State, error};
-use crate::app::short_hash;
+use crate::metrics::Sample;
 use serde_json::json;
-use std::fmt::Write;
 use std::sync::atomic::Ordering;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
-/// Ready when a configuration is loaded (always, once serving) and the store answers.
+/// Ready when a configuration is loaded (always, once serving), the store answers and the
+/// backlog is under `--ready-max-pending`; otherwise 503 with the reason.
 pub(super) async fn ready(state: State) -> Response {
     let rules = state.app.current().rules.rules().len();
-    match state.store.counts().await {
-        Ok(counts) => {
-            warp::reply::json(&json!({"status": "ready", "rules": rules, "pending": counts.pending})).into_response()
-        }
-        Err(e) => warp::reply::with_status(
-            warp::reply::json(&json!({"status": "not ready", "reason": format!("the store does not answer: {e}")})),
+    let not_ready = |reason: String| {
+        warp::reply::with_status(
+            warp::reply::json(&json!({"status": "not ready", "reason": reason})),
             StatusCode::SERVICE_UNAVAILABLE,
         )
-        .into_response(),
+        .into_response()
+    };
+    match state.store.counts().await {
+        Ok(c) if c.pending > state.ready_max_pending => not_ready(format!(
+            "{} deliveries are pending, more than --ready-max-pending {}",
+            c.pending, state.ready_max_pending
+        )),
+        Ok(c) => {
+            warp::reply::json(&json!({"status": "ready", "rules": rules, "pending": c.pending}))
+                .into_response()
+        }
+        Err(e) => not_ready(format!("the store does not answer: {e}")),
     }
 }
 
-/// Prometheus text format.
+/// Metrics in the OpenMetrics text format (Prometheus scrapes it).
 pub(super) async fn metrics(state: State) -> Response {
-    let c = &state.app.counters;
     let config = state.app.current();
     let status = state.app.reload_status();
     let counts = state.store.counts().await.unwrap_or_default();
-    let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, value: String| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
-    };
-    let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed).to_string();
-    metric(
-        "switchboard_events_accepted_total",
-        "counter",
-        "Webhook events accepted.",
-        n(&c.events_accepted),
-    );
-    metric(
-        "switchboard_events_duplicate_total",
-        "counter",
-        "Webhook deliveries recognised as repeats.",
-        n(&c.events_duplicate),
-    );
-    metric(
-        "switchboard_events_rejected_total",
-        "counter",
-        "Webhook requests rejected.",
-        n(&c.events_rejected),
-    );
-    metric(
-        "switchboard_deliveries_delivered_total",
-        "counter",
-        "Deliveries that reached their destination.",
-        n(&c.deliveries_ok),
-    );
-    metric(
-        "switchboard_deliveries_retried_total",
-        "counter",
-        "Attempts that failed and will be retried.",
-        n(&c.deliveries_retried),
-    );
-    metric(
-        "switchboard_deliveries_failed_total",
-        "counter",
-        "Deliveries that became dead letters.",
-        n(&c.deliveries_failed),
-    );
-    metric(
-        "switchboard_deliveries_skipped_total",
-        "counter",
-        "Deliveries skipped: destination not configured.",
-        n(&c.deliveries_skipped),
-    );
-    metric(
-        "switchboard_deliveries_pending",
-        "gauge",
-        "Deliveries waiting to be sent, retries included.",
-        counts.pending.to_string(),
-    );
-    metric(
-        "switchboard_dead_letters",
-        "gauge",
-        "Dead letters in the store.",
-        counts.dead.to_string(),
-    );
-    metric(
-        "switchboard_rules_loaded",
-        "gauge",
-        "Rules in the serving configuration.",
-        config.rules.rules().len().to_string(),
-    );
-    metric(
-        "switchboard_config_last_reload_successful",
-        "gauge",
-        "Whether the last reload succeeded.",
-        u8::from(status.ok).to_string(),
-    );
-    metric(
-        "switchboard_config_last_reload_success_timestamp_seconds",
-        "gauge",
-        "Unix time of the last successful reload.",
-        n(&c.last_success_unix),
-    );
-    let _ = writeln!(
-        out,
-        "# HELP switchboard_config_info The serving configuration's hash.\n# TYPE switchboard_config_info gauge\nswitchboard_config_info{{hash=\"{}\"}} 1",
-        short_hash(&config.hash)
-    );
-    warp::reply::with_header(out, "content-type", "text/plain; version=0.0.4").into_response()
+    let oldest = counts.oldest_pending_ms.map_or(0.0, |t| {
+        ((crate::store::now_ms() - t).max(0) as f64) / 1000.0
+    });
+    let text = state.app.metrics.render(&Sample {
+        pending: counts.pending,
+        oldest_pending_age: oldest,
+        dead_letters: counts.dead,
+        reload_ok: status.ok,
+        reload_success_time: state.app.last_success_unix.load(Ordering::Relaxed),
+        config_hash: &config.hash,
+    });
+    warp::reply::with_header(
+        text,
+        "content-type",
+        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+    )
+    .into_response()
 }
 
 /// Reloads now: 200 with a summary, or 422 with every error (the old rules keep serving).

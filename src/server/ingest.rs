@@ -3,10 +3,10 @@
 
 use super::auth::Credentials;
 use super::{State, error};
+use crate::metrics::RuleLabels;
 use crate::store::{Intake, NewDelivery, NewEvent};
 use serde_json::{Value, json};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering;
 use warp::http::HeaderMap;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
@@ -34,11 +34,15 @@ pub(super) async fn admit(
         .source_auth(&source)
         .client_ip(peer.map(|p| p.ip()), forwarded);
     if let Some(wait) = client.and_then(|ip| state.guard.limiter.refused_for(ip)) {
+        let known = state
+            .sources
+            .iter()
+            .find(|s| s.name() == source)
+            .map_or("unknown", |s| s.name());
         state
             .app
-            .counters
-            .events_rejected
-            .fetch_add(1, Ordering::Relaxed);
+            .metrics
+            .event(known, "unknown", "rejected", "rate_limited");
         return Err(warp::reject::custom(super::Refused::RateLimited(wait)));
     }
     let query_token = query.split('&').find_map(|pair| {
@@ -63,9 +67,21 @@ where
     S: futures_util::Stream<Item = Result<B, warp::Error>>,
     B: warp::Buf,
 {
-    let counters = &state.app.counters;
+    let started = std::time::Instant::now();
+    let metrics = &state.app.metrics;
+    let label = state
+        .sources
+        .iter()
+        .find(|s| s.name() == caller.source)
+        .map_or("unknown", |s| s.name());
     let refuse = |status: StatusCode, message: String| {
-        counters.events_rejected.fetch_add(1, Ordering::Relaxed);
+        let reason = match status {
+            StatusCode::UNAUTHORIZED => "unauthorized",
+            StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+            StatusCode::NOT_FOUND => "unknown_source",
+            _ => "bad_request",
+        };
+        metrics.event(label, "unknown", "rejected", reason);
         if let Some(ip) = caller.client {
             state.guard.limiter.penalise(ip);
         }
@@ -162,7 +178,14 @@ where
     let deliveries = record.deliveries.len();
     match state.committer.submit(record).await {
         Ok(Intake::Accepted) => {
-            counters.events_accepted.fetch_add(1, Ordering::Relaxed);
+            metrics.event(label, &kind, "accepted", "none");
+            for &i in &matched {
+                let rule = RuleLabels {
+                    rule: config.rules.get(i).name.clone(),
+                };
+                metrics.rule_matches.get_or_create(&rule).inc();
+            }
+            metrics.ack_latency.observe(started.elapsed().as_secs_f64());
             if deliveries > 0 {
                 state.app.wake.notify_one();
             }
@@ -178,7 +201,7 @@ where
             warp::reply::json(&json!({"status": "received", "event_id": event_id})).into_response()
         }
         Ok(Intake::Duplicate(first)) => {
-            counters.events_duplicate.fetch_add(1, Ordering::Relaxed);
+            metrics.event(label, &kind, "duplicate", "none");
             tracing::info!(
                 event_id = first,
                 source,
@@ -188,7 +211,7 @@ where
             warp::reply::json(&json!({"status": "duplicate", "event_id": first})).into_response()
         }
         Err(e) => {
-            counters.events_rejected.fetch_add(1, Ordering::Relaxed);
+            metrics.event(label, &kind, "rejected", "store_unavailable");
             tracing::error!(source, error = %e, "Event refused: it could not be stored.");
             let mut r = error(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -37,6 +37,8 @@ pub struct State {
     pub sources: Arc<Vec<Arc<dyn Source>>>,
     /// Admin access and rate limiting.
     pub guard: Arc<Guard>,
+    /// `/readyz` answers 503 past this many pending deliveries.
+    pub ready_max_pending: u64,
 }
 
 /// Who may use the admin endpoints, and the per-client limiter for failed webhook requests.

@@ -101,6 +101,8 @@ pub struct Due {
     pub config_hash: String,
     /// The canonical event as JSON.
     pub payload: String,
+    /// When the event was accepted.
+    pub received_at: Millis,
 }
 
 /// One attempt's record.

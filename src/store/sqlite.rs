@@ -112,7 +112,7 @@ impl Sqlite {
         .await?;
         let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
         let rows = sqlx::query(
-            "SELECT d.id, d.event_id, d.rule, d.action_index, d.destination, d.attempts, e.config_hash, e.payload
+            "SELECT d.id, d.event_id, d.rule, d.action_index, d.destination, d.attempts, e.config_hash, e.payload, e.received_at
              FROM deliveries d JOIN events e ON e.id = d.event_id
              WHERE d.id IN (SELECT value FROM json_each(?)) ORDER BY d.id",
         )
@@ -130,6 +130,7 @@ impl Sqlite {
                 attempts: r.get::<i64, _>(5) as u32,
                 config_hash: r.get(6),
                 payload: r.get(7),
+                received_at: r.get(8),
             })
             .collect();
         tx.commit().await?;

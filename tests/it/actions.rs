@@ -1,7 +1,7 @@
 //! Actions against real peers: HTTP method, templated URL, headers and timeout; Slack Block Kit;
 //! Slack's error answers counted as failed deliveries.
 
-use crate::util::{HttpPeer, Router, fixture, wait_until};
+use crate::util::{HttpPeer, Router, fixture};
 
 #[tokio::test]
 async fn http_action_uses_method_templated_url_and_headers() {
@@ -83,23 +83,27 @@ async fn slack_errors_are_failed_deliveries_and_other_actions_still_run() {
     router.post(&fixture("real_13_email_reply")).await;
     slack.wait_for(1).await;
     sink.wait_for(1).await;
-    wait_until(
-        || {
-            router
-                .app
-                .counters
-                .deliveries_failed
-                .load(std::sync::atomic::Ordering::Relaxed)
-                == 1
-        },
-        "the failed Slack delivery to be counted",
-    )
-    .await;
-    let (_, metrics) = router.get("/metrics").await;
-    let m = metrics.as_str().unwrap();
-    assert!(m.contains("switchboard_deliveries_failed_total 1"), "{m}");
-    assert!(
-        m.contains("switchboard_deliveries_delivered_total 1"),
-        "{m}"
+    router
+        .wait_metric("switchboard_deliveries_total", &[("outcome", "dead")], 1.0)
+        .await;
+    let dead = [
+        ("action", "slack"),
+        ("outcome", "dead"),
+        ("reason", "http_4xx"),
+    ];
+    assert_eq!(
+        router.metric("switchboard_deliveries_total", &dead).await,
+        1.0
+    );
+    let delivered = [
+        ("action", "http"),
+        ("outcome", "delivered"),
+        ("destination", "reply#2"),
+    ];
+    assert_eq!(
+        router
+            .metric("switchboard_deliveries_total", &delivered)
+            .await,
+        1.0
     );
 }

@@ -2,7 +2,7 @@
 //! straight to the dead letters, replay, duplicates recognised across restarts, and SMTP
 //! outages survived.
 
-use crate::util::{HttpPeer, Router, SmtpPeer, fixture, unique, wait_until};
+use crate::util::{HttpPeer, Router, SmtpPeer, fixture, unique};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 use switchboard::store::Filter;
@@ -230,18 +230,13 @@ async fn smtp_down_then_up_is_delivered() {
     settings.retry.max_attempts = 50;
     let router = Router::start_with(dir, settings).await;
     router.post(&fixture("real_13_email_reply")).await;
-    wait_until(
-        || {
-            router
-                .app
-                .counters
-                .deliveries_retried
-                .load(std::sync::atomic::Ordering::Relaxed)
-                >= 2
-        },
-        "failed SMTP attempts",
-    )
-    .await;
+    router
+        .wait_metric(
+            "switchboard_deliveries_total",
+            &[("outcome", "retried")],
+            2.0,
+        )
+        .await;
     let smtp = SmtpPeer::start_on(port);
     let mails = smtp.wait_for(1).await;
     assert!(

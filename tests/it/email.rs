@@ -120,18 +120,9 @@ async fn starttls_refuses_an_untrusted_certificate() {
     let url = format!("smtp://127.0.0.1:{}", smtp.port);
     let router = Router::start(&TLS_RULES.replace("SMTP", &url), &[]).await;
     router.post(&fixture("real_13_email_reply")).await;
-    crate::util::wait_until(
-        || {
-            router
-                .app
-                .counters
-                .deliveries_failed
-                .load(std::sync::atomic::Ordering::Relaxed)
-                == 1
-        },
-        "the delivery to fail",
-    )
-    .await;
+    router
+        .wait_metric("switchboard_deliveries_total", &[("outcome", "dead")], 1.0)
+        .await;
     assert!(smtp.mails().is_empty());
 }
 

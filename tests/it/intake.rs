@@ -171,7 +171,22 @@ async fn health_status_and_metrics_answer() {
     peer.wait_for(1).await;
     let (_, m) = router.get("/metrics").await;
     let m = m.as_str().unwrap().to_string();
-    assert!(m.contains("switchboard_events_accepted_total 1"), "{m}");
+    let accepted = [
+        ("source", "smartlead"),
+        ("event_type", "EMAIL_REPLIED"),
+        ("outcome", "accepted"),
+    ];
+    assert_eq!(
+        crate::util::metric_sum(&m, "switchboard_events_received_total", &accepted),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        crate::util::metric_sum(&m, "switchboard_rule_matches_total", &[("rule", "replied")]),
+        1.0,
+        "{m}"
+    );
+    assert!(m.contains("switchboard_build_info{version="), "{m}");
     assert!(
         m.contains("switchboard_config_last_reload_successful 1"),
         "{m}"

@@ -9,6 +9,7 @@ mod email;
 mod escaping;
 mod intake;
 mod matching;
+mod observability;
 mod reload;
 mod security;
 mod util;

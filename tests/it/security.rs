@@ -461,7 +461,7 @@ async fn admin_endpoints_need_the_token_beyond_loopback() {
     )
     .unwrap();
     let public = ("0.0.0.0:8080".parse().unwrap(), Some("adm1n".to_string()));
-    let router = Router::start_guarded(dir, crate::util::fast_retries(), public).await;
+    let router = Router::start_guarded(dir, crate::util::fast_retries(), public, 1_000).await;
     let client = reqwest::Client::new();
     for (method, path) in [
         ("GET", "/api/status"),
@@ -512,6 +512,7 @@ async fn admin_endpoints_need_the_token_beyond_loopback() {
         dir,
         crate::util::fast_retries(),
         ("0.0.0.0:8080".parse().unwrap(), None),
+        1_000,
     )
     .await;
     let r = client

@@ -285,7 +285,13 @@ impl Router {
 
     /// Starts the router with the given delivery settings.
     pub async fn start_with(dir: tempfile::TempDir, settings: delivery::Settings) -> Router {
-        Self::start_guarded(dir, settings, ("127.0.0.1:8080".parse().unwrap(), None)).await
+        Self::start_guarded(
+            dir,
+            settings,
+            ("127.0.0.1:8080".parse().unwrap(), None),
+            1_000,
+        )
+        .await
     }
 
     /// Starts the router as if it listened on `listen` (loopback or not) with an admin token.
@@ -293,6 +299,7 @@ impl Router {
         dir: tempfile::TempDir,
         settings: delivery::Settings,
         settings_guard: (SocketAddr, Option<String>),
+        ready_max_pending: u64,
     ) -> Router {
         let sources = Sources {
             rules: dir.path().join("rules/rules.yaml"),
@@ -316,6 +323,7 @@ impl Router {
             committer: Committer::start(store.clone()),
             sources: Arc::new(switchboard::event::sources()),
             guard: Arc::new(Guard::new(settings_guard.0, settings_guard.1, 5, 20)),
+            ready_max_pending,
         };
         tokio::spawn(async move {
             server::serve(listener, state, async {
@@ -547,4 +555,44 @@ impl Drop for Binary {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+impl Router {
+    /// The sum of a metric's series whose labels include every `(label, value)` given.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let (_, text) = self.get("/metrics").await;
+        metric_sum(text.as_str().unwrap_or(""), name, labels)
+    }
+
+    /// Waits until [`Router::metric`] reaches at least `value` (panics after 10 s).
+    pub async fn wait_metric(&self, name: &str, labels: &[(&str, &str)], value: f64) {
+        let start = Instant::now();
+        loop {
+            let now = self.metric(name, labels).await;
+            if now >= value {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{name}{labels:?} stayed at {now}, expected {value}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+/// Sums the series of `name` in a Prometheus/OpenMetrics text whose labels include `labels`.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            let ok = metric == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            ok.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
 }
