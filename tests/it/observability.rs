@@ -218,3 +218,40 @@ async fn json_logs_carry_event_id_rule_and_action() {
     assert_eq!(delivered["fields"]["action"], 1);
     assert_eq!(delivered["level"], "INFO");
 }
+
+/// Every metric the shipped alerting rules and Grafana dashboard use is one the router exposes.
+#[tokio::test]
+async fn the_example_alerts_and_dashboard_use_real_metric_names() {
+    let slack = HttpPeer::start().await;
+    let router = Router::start(&slack_rules(&slack), &[]).await;
+    router.post(&fixture("real_13_email_reply")).await; // so that every family has a series
+    router
+        .wait_metric(
+            "switchboard_deliveries_total",
+            &[("outcome", "delivered")],
+            1.0,
+        )
+        .await;
+    let (_, text) = router.get("/metrics").await;
+    let exposed = text.as_str().unwrap().to_string();
+    let re = regex::Regex::new(r"switchboard_[a-z_]+").unwrap();
+    for file in [
+        "examples/prometheus/alerts.yaml",
+        "examples/grafana/switchboard.json",
+    ] {
+        let content = std::fs::read_to_string(crate::util::repo_path(file)).unwrap();
+        let mut used: Vec<&str> = re.find_iter(&content).map(|m| m.as_str()).collect();
+        used.sort();
+        used.dedup();
+        assert!(used.len() >= 5, "{file} uses the router's metrics");
+        for name in used {
+            let base = ["_total", "_bucket", "_count", "_sum"]
+                .iter()
+                .fold(name, |n, s| n.strip_suffix(s).unwrap_or(n));
+            assert!(
+                exposed.contains(&format!("# TYPE {base} ")),
+                "{file} uses {name}, which /metrics does not expose"
+            );
+        }
+    }
+}
