@@ -6,6 +6,7 @@
 //! many events), so a `200` can wait for the commit without costing much throughput.
 
 mod commit;
+mod rows;
 mod sqlite;
 
 pub use commit::{Committer, Recorder};

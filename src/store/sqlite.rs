@@ -1,10 +1,8 @@
 //! The SQLite backend: one file, WAL journal, `synchronous=FULL` (a commit is on disk before the
 //! webhook is answered), migrations embedded at compile time.
 
-use super::{
-    AttemptView, Counts, DeliveryView, Due, Filter, Finished, Intake, Millis, NewEvent, Next,
-    StoreError, now_ms, rfc3339,
-};
+use super::rows::{AttemptRow, DUE_COLUMNS, DueRow, VIEW_COLUMNS, ViewRow, after};
+use super::{AttemptView, Counts, DeliveryView, Due, Filter, Finished, Intake, Millis, NewEvent, StoreError, now_ms};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 use std::str::FromStr;
@@ -111,27 +109,16 @@ impl Sqlite {
         .fetch_all(&mut *tx)
         .await?;
         let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
-        let rows = sqlx::query(
-            "SELECT d.id, d.event_id, d.rule, d.action_index, d.destination, d.attempts, e.config_hash, e.payload, e.received_at
-             FROM deliveries d JOIN events e ON e.id = d.event_id
-             WHERE d.id IN (SELECT value FROM json_each(?)) ORDER BY d.id",
-        )
-        .bind(serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into()))
-        .fetch_all(&mut *tx)
-        .await?;
-        let due: Vec<Due> = rows
+        let sql = format!(
+            "SELECT {DUE_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id
+             WHERE d.id IN (SELECT value FROM json_each(?)) ORDER BY d.id"
+        );
+        let due: Vec<Due> = sqlx::query_as::<_, DueRow>(sqlx::AssertSqlSafe(sql))
+            .bind(serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into()))
+            .fetch_all(&mut *tx)
+            .await?
             .into_iter()
-            .map(|r| Due {
-                id: r.get(0),
-                event_id: r.get(1),
-                rule: r.get(2),
-                action_index: r.get::<i64, _>(3) as u32,
-                destination: r.get(4),
-                attempts: r.get::<i64, _>(5) as u32,
-                config_hash: r.get(6),
-                payload: r.get(7),
-                received_at: r.get(8),
-            })
+            .map(Due::from)
             .collect();
         tx.commit().await?;
         Ok(due)
@@ -146,12 +133,7 @@ impl Sqlite {
             next,
         } in done
         {
-            let (status, outcome, next_at) = match next {
-                Next::Delivered => ("delivered", "delivered", now),
-                Next::Retry(at) => ("pending", "retry", *at),
-                Next::Dead => ("dead", "dead", now),
-                Next::Skipped => ("skipped", "skipped", now),
-            };
+            let (status, outcome, next_at) = after(next, now);
             sqlx::query("INSERT INTO attempts (delivery_id, started_at, duration_ms, outcome, status_code, error) VALUES (?, ?, ?, ?, ?, ?)")
                 .bind(id)
                 .bind(a.started_at)
@@ -203,63 +185,36 @@ impl Sqlite {
     }
 
     pub(super) async fn list(&self, f: &Filter) -> Result<Vec<DeliveryView>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT d.id, d.event_id, e.event_type, e.lead_email, d.rule, d.action_kind, d.destination, d.status,
-                    d.attempts, d.next_attempt_at, d.last_error, d.created_at, d.updated_at
-             FROM deliveries d JOIN events e ON e.id = d.event_id
+        let sql = format!(
+            "SELECT {VIEW_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id
              WHERE (?1 IS NULL OR d.status = ?1) AND (?2 IS NULL OR d.rule = ?2)
                AND (?3 IS NULL OR lower(e.lead_email) = lower(?3))
-             ORDER BY d.id DESC LIMIT ?4",
-        )
-        .bind(&f.status)
-        .bind(&f.rule)
-        .bind(&f.lead)
-        .bind(f.limit.unwrap_or(100) as i64)
-        .fetch_all(&self.pool)
-        .await?;
+             ORDER BY d.id DESC LIMIT ?4"
+        );
+        let rows = sqlx::query_as::<_, ViewRow>(sqlx::AssertSqlSafe(sql))
+            .bind(&f.status)
+            .bind(&f.rule)
+            .bind(&f.lead)
+            .bind(f.limit.unwrap_or(100) as i64)
+            .fetch_all(&self.pool)
+            .await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
-            let status: String = r.get(7);
-            let next: i64 = r.get(9);
-            let mut view = DeliveryView {
-                id: r.get(0),
-                event_id: r.get(1),
-                event_type: r.get(2),
-                lead_email: r.get(3),
-                rule: r.get(4),
-                action: r.get(5),
-                destination: r.get(6),
-                next_attempt_at: (status == "pending").then(|| rfc3339(next)),
-                status,
-                attempts: r.get::<i64, _>(8) as u32,
-                last_error: r.get(10),
-                created_at: rfc3339(r.get(11)),
-                updated_at: rfc3339(r.get(12)),
-                history: vec![],
-            };
+            let mut view = DeliveryView::from(r);
             if f.with_history {
-                view.history = self.history(view.id).await?;
+                view.history = sqlx::query_as::<_, AttemptRow>(
+                    "SELECT started_at, duration_ms, outcome, status_code, error FROM attempts WHERE delivery_id = ? ORDER BY id",
+                )
+                .bind(view.id)
+                .fetch_all(&self.pool)
+                .await?
+                .into_iter()
+                .map(AttemptView::from)
+                .collect();
             }
             out.push(view);
         }
         Ok(out)
-    }
-
-    async fn history(&self, id: i64) -> Result<Vec<AttemptView>, StoreError> {
-        let rows = sqlx::query("SELECT started_at, duration_ms, outcome, status_code, error FROM attempts WHERE delivery_id = ? ORDER BY id")
-            .bind(id)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| AttemptView {
-                at: rfc3339(r.get(0)),
-                duration_ms: r.get(1),
-                outcome: r.get(2),
-                status_code: r.get::<Option<i64>, _>(3).map(|c| c as u16),
-                error: r.get(4),
-            })
-            .collect())
     }
 
     pub(super) async fn retry_dead(&self, id: Option<i64>) -> Result<u64, StoreError> {

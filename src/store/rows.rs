@@ -1,0 +1,108 @@
+//! Rows as both backends read them (same column names and types), and their conversion to the
+//! views the store hands out. Keeps the backends to their SQL.
+
+use super::{AttemptView, DeliveryView, Due, rfc3339};
+
+/// The columns every backend selects for a claimed delivery.
+pub(super) const DUE_COLUMNS: &str = "d.id, d.event_id, d.rule, d.action_index, d.destination, d.attempts, e.config_hash, e.payload, e.received_at";
+
+/// The columns every backend selects for a delivery in history.
+pub(super) const VIEW_COLUMNS: &str = "d.id, d.event_id, e.event_type, e.lead_email, d.rule, d.action_kind, d.destination, d.status, d.attempts, d.next_attempt_at, d.last_error, d.created_at, d.updated_at";
+
+#[derive(sqlx::FromRow)]
+pub(super) struct DueRow {
+    id: i64,
+    event_id: String,
+    rule: String,
+    action_index: i64,
+    destination: String,
+    attempts: i64,
+    config_hash: String,
+    payload: String,
+    received_at: i64,
+}
+
+impl From<DueRow> for Due {
+    fn from(r: DueRow) -> Due {
+        Due {
+            id: r.id,
+            event_id: r.event_id,
+            rule: r.rule,
+            action_index: r.action_index as u32,
+            destination: r.destination,
+            attempts: r.attempts as u32,
+            config_hash: r.config_hash,
+            payload: r.payload,
+            received_at: r.received_at,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct ViewRow {
+    id: i64,
+    event_id: String,
+    event_type: String,
+    lead_email: Option<String>,
+    rule: String,
+    action_kind: String,
+    destination: String,
+    status: String,
+    attempts: i64,
+    next_attempt_at: i64,
+    last_error: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl From<ViewRow> for DeliveryView {
+    fn from(r: ViewRow) -> DeliveryView {
+        DeliveryView {
+            id: r.id,
+            event_id: r.event_id,
+            event_type: r.event_type,
+            lead_email: r.lead_email,
+            rule: r.rule,
+            action: r.action_kind,
+            destination: r.destination,
+            next_attempt_at: (r.status == "pending").then(|| rfc3339(r.next_attempt_at)),
+            status: r.status,
+            attempts: r.attempts as u32,
+            last_error: r.last_error,
+            created_at: rfc3339(r.created_at),
+            updated_at: rfc3339(r.updated_at),
+            history: vec![],
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct AttemptRow {
+    started_at: i64,
+    duration_ms: i64,
+    outcome: String,
+    status_code: Option<i64>,
+    error: Option<String>,
+}
+
+impl From<AttemptRow> for AttemptView {
+    fn from(r: AttemptRow) -> AttemptView {
+        AttemptView {
+            at: rfc3339(r.started_at),
+            duration_ms: r.duration_ms,
+            outcome: r.outcome,
+            status_code: r.status_code.map(|c| c as u16),
+            error: r.error,
+        }
+    }
+}
+
+/// The status, outcome label and next-attempt time a finished attempt writes.
+pub(super) fn after(next: &super::Next, now: i64) -> (&'static str, &'static str, i64) {
+    match next {
+        super::Next::Delivered => ("delivered", "delivered", now),
+        super::Next::Retry(at) => ("pending", "retry", *at),
+        super::Next::Dead => ("dead", "dead", now),
+        super::Next::Skipped => ("skipped", "skipped", now),
+    }
+}
