@@ -56,8 +56,11 @@ fn config(count: usize) -> Config {
     let text = rulegen::rules_yaml(count, "http://127.0.0.1:9");
     let raw = parse(&text).unwrap_or_else(|e| panic!("generated rules do not parse: {e}"));
     let templates = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
-    compile(vec![(PathBuf::from("generated.yaml"), text, raw)], &templates)
-        .unwrap_or_else(|e| panic!("generated rules do not compile:\n{e}"))
+    compile(
+        vec![(PathBuf::from("generated.yaml"), text, raw)],
+        &templates,
+    )
+    .unwrap_or_else(|e| panic!("generated rules do not compile:\n{e}"))
 }
 
 /// Matching, then rendering every action of every matching rule; the number of messages.
@@ -68,7 +71,9 @@ fn match_and_render(config: &Config, event: &Value) -> usize {
             let message = step
                 .action
                 .render(event, &config.templates)
-                .unwrap_or_else(|e| panic!("rule {} does not render: {e}", config.rules.get(i).name));
+                .unwrap_or_else(|e| {
+                    panic!("rule {} does not render: {e}", config.rules.get(i).name)
+                });
             black_box(&message);
             messages += 1;
         }

@@ -111,6 +111,10 @@ struct ServeArgs {
     /// Burst of failed requests allowed per client.
     #[arg(long, env = "SWITCHBOARD_RATE_LIMIT_BURST", default_value_t = 50)]
     rate_limit_burst: u32,
+    /// With PostgreSQL: how long a claimed delivery stays with an instance that stops renewing it
+    /// (an instance that died); other instances take it over after this.
+    #[arg(long, env = "SWITCHBOARD_LEASE", default_value = "30s", value_parser = humantime::parse_duration)]
+    lease: Duration,
     /// `/readyz` answers 503 while more deliveries than this are pending.
     #[arg(long, env = "SWITCHBOARD_READY_MAX_PENDING", default_value_t = 100_000)]
     ready_max_pending: u64,
@@ -284,7 +288,8 @@ fn serve(args: ServeArgs) -> ExitCode {
         if !args.listen.ip().is_loopback() && admin_token.as_deref().is_none_or(str::is_empty) {
             tracing::warn!("SWITCHBOARD_ADMIN_TOKEN is not set: /-/reload and /api/ are refused to every caller (the router listens beyond loopback).");
         }
-        let store = match Store::open(&args.store.url).await {
+        let options = crate::store::Options { lease: args.lease.max(Duration::from_secs(1)) };
+        let store = match Store::open_with(&args.store.url, &options).await {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("switchboard: cannot open the store {}: {e}", args.store.url);
@@ -300,6 +305,8 @@ fn serve(args: ServeArgs) -> ExitCode {
             per_destination: args.per_destination.max(1),
             retry: RetryPolicy { schedule: args.retry_schedule, max_attempts: args.max_attempts, ..RetryPolicy::default() },
             history: args.history,
+            heartbeat: (args.lease / 4).clamp(Duration::from_millis(200), Duration::from_secs(5)),
+            listen: listener.local_addr().unwrap_or(args.listen).to_string(),
             ..delivery::Settings::default()
         };
         let workers = delivery::start(app.clone(), store.clone(), Clients::new(), settings);

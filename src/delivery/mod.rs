@@ -33,6 +33,10 @@ pub struct Settings {
     pub history: Duration,
     /// How often to look for due deliveries when nothing wakes the workers.
     pub poll: Duration,
+    /// How often this instance records that it is alive and renews its leases.
+    pub heartbeat: Duration,
+    /// The address this instance listens on (shown in `/api/status`).
+    pub listen: String,
 }
 
 impl Default for Settings {
@@ -43,6 +47,8 @@ impl Default for Settings {
             retry: RetryPolicy::default(),
             history: Duration::from_secs(7 * 24 * 3600),
             poll: Duration::from_secs(1),
+            heartbeat: Duration::from_secs(5),
+            listen: String::new(),
         }
     }
 }
@@ -92,6 +98,11 @@ async fn dispatch(
         Err(e) => tracing::error!(error = %e, "Cannot recover in-flight deliveries."),
     }
     let pruner = tokio::spawn(prune_forever(store.clone(), s.history));
+    let heartbeat = tokio::spawn(heartbeat_forever(app.clone(), store.clone(), s.heartbeat, s.listen.clone()));
+    let woken = app.clone();
+    if let Err(e) = store.listen(Box::new(move || woken.wake.notify_one())).await {
+        tracing::warn!(error = %e, "Cannot listen for new deliveries from other instances; polling instead.");
+    }
     let permits = Arc::new(Semaphore::new(s.concurrency.max(1)));
     let recorder = Recorder::start(store.clone());
     let flight = Arc::new(Mutex::new(InFlight::default()));
@@ -175,6 +186,7 @@ async fn dispatch(
         }
     }
     pruner.abort();
+    heartbeat.abort();
     while !flight.lock().expect("in-flight lock").ids.is_empty() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -372,6 +384,17 @@ async fn attempt(app: &App, clients: &Clients, policy: &RetryPolicy, due: &Due) 
                 kind,
             }
         }
+    }
+}
+
+/// Records every `every` that this instance is alive, with its configuration, and renews the
+/// leases of the deliveries it is sending.
+async fn heartbeat_forever(app: Arc<App>, store: Store, every: Duration, listen: String) {
+    loop {
+        if let Err(e) = store.heartbeat(&listen, &app.current().hash).await {
+            tracing::warn!(error = %e, "Cannot record this instance's heartbeat.");
+        }
+        tokio::time::sleep(every).await;
     }
 }
 

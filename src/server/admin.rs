@@ -90,5 +90,10 @@ pub(super) async fn status(state: State) -> Response {
         Ok(c) => json!(c),
         Err(e) => json!({"error": e.to_string()}),
     };
+    let alive_since = crate::store::now_ms() - 60_000;
+    v["instances"] = match state.store.instances(alive_since).await {
+        Ok(list) => json!(list),
+        Err(e) => json!({"error": e.to_string()}),
+    };
     warp::reply::json(&v).into_response()
 }

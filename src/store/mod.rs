@@ -6,12 +6,14 @@
 //! many events), so a `200` can wait for the commit without costing much throughput.
 
 mod commit;
+mod postgres;
 mod rows;
 mod sqlite;
 
 pub use commit::{Committer, Recorder};
 
 use serde::Serialize;
+use std::time::Duration;
 
 /// Unix time in milliseconds.
 pub type Millis = i64;
@@ -25,9 +27,7 @@ pub fn now_ms() -> Millis {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The `--store` URL is not one this build understands.
-    #[error(
-        "unsupported store URL {0:?}: use sqlite://PATH (or sqlite::memory: for no persistence)"
-    )]
+    #[error("unsupported store URL {0:?}: use sqlite://PATH, sqlite::memory: (no persistence) or postgres://…")]
     Unsupported(String),
     /// The database answered with an error.
     #[error("store: {0}")]
@@ -219,17 +219,50 @@ pub struct Counts {
     pub oldest_pending_ms: Option<Millis>,
 }
 
+/// A live router instance, as `/api/status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceView {
+    /// The instance's id (new at every start).
+    pub id: String,
+    /// The address it listens on.
+    pub listen: String,
+    /// The configuration it runs.
+    pub config_hash: String,
+    /// When it started, RFC 3339.
+    pub started_at: String,
+    /// Its last heartbeat, RFC 3339.
+    pub heartbeat_at: String,
+    /// Whether it is the instance answering.
+    pub current: bool,
+}
+
+/// How a store is opened.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How long a claimed delivery belongs to its instance without a heartbeat (PostgreSQL).
+    pub lease: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { lease: Duration::from_secs(30) }
+    }
+}
+
 /// The store: one variant per backend.
 #[derive(Clone)]
 pub enum Store {
-    /// SQLite, embedded.
+    /// SQLite, embedded: one instance.
     Sqlite(sqlite::Sqlite),
+    /// PostgreSQL: shared by several instances.
+    Postgres(postgres::Postgres),
 }
 
 macro_rules! dispatch {
     ($self:ident, $s:ident => $call:expr) => {
         match $self {
             Store::Sqlite($s) => $call,
+            Store::Postgres($s) => $call,
         }
     };
 }
@@ -237,10 +270,35 @@ macro_rules! dispatch {
 impl Store {
     /// Opens (creating and migrating) the store named by a `--store` URL.
     pub async fn open(url: &str) -> Result<Store, StoreError> {
+        Self::open_with(url, &Options::default()).await
+    }
+
+    /// Opens the store with explicit options.
+    pub async fn open_with(url: &str, options: &Options) -> Result<Store, StoreError> {
+        let instance = uuid::Uuid::now_v7().to_string();
         if url.starts_with("sqlite:") {
-            return Ok(Store::Sqlite(sqlite::Sqlite::open(url).await?));
+            return Ok(Store::Sqlite(sqlite::Sqlite::open(url, instance).await?));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Store::Postgres(postgres::Postgres::open(url, instance, options.lease).await?));
         }
         Err(StoreError::Unsupported(url.to_string()))
+    }
+
+    /// Records this instance as alive (with its configuration) and renews its leases.
+    pub async fn heartbeat(&self, listen: &str, config_hash: &str) -> Result<(), StoreError> {
+        dispatch!(self, s => s.heartbeat(listen, config_hash).await)
+    }
+
+    /// Instances with a heartbeat since `alive_since`.
+    pub async fn instances(&self, alive_since: Millis) -> Result<Vec<InstanceView>, StoreError> {
+        dispatch!(self, s => s.instances(alive_since).await)
+    }
+
+    /// Calls `wake` when another writer stores new deliveries (PostgreSQL `NOTIFY`); SQLite has
+    /// one writer, which wakes its own workers directly.
+    pub async fn listen(&self, wake: Box<dyn Fn() + Send + Sync>) -> Result<(), StoreError> {
+        dispatch!(self, s => s.listen(wake).await)
     }
 
     /// Records a batch of events in one transaction; one result per event, in order.

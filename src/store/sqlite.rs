@@ -2,7 +2,7 @@
 //! webhook is answered), migrations embedded at compile time.
 
 use super::rows::{AttemptRow, DUE_COLUMNS, DueRow, VIEW_COLUMNS, ViewRow, after};
-use super::{AttemptView, Counts, DeliveryView, Due, Filter, Finished, Intake, Millis, NewEvent, StoreError, now_ms};
+use super::{AttemptView, Counts, DeliveryView, Due, Filter, Finished, InstanceView, Intake, Millis, NewEvent, StoreError, now_ms, rfc3339};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 use std::str::FromStr;
@@ -12,11 +12,12 @@ use std::time::Duration;
 #[derive(Clone)]
 pub struct Sqlite {
     pool: SqlitePool,
+    instance: String,
 }
 
 impl Sqlite {
     /// Opens `sqlite://PATH` (created if missing) or `sqlite::memory:`, and migrates it.
-    pub async fn open(url: &str) -> Result<Self, StoreError> {
+    pub async fn open(url: &str, instance: String) -> Result<Self, StoreError> {
         let memory = url.contains(":memory:");
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
@@ -34,7 +35,7 @@ impl Sqlite {
             .connect_with(options)
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&pool).await?;
-        Ok(Sqlite { pool })
+        Ok(Sqlite { pool, instance })
     }
 
     pub(super) async fn accept(&self, events: &[NewEvent]) -> Result<Vec<Intake>, StoreError> {
@@ -277,5 +278,43 @@ impl Sqlite {
             dead: r.get::<i64, _>(2) as u64,
             oldest_pending_ms: r.get(3),
         })
+    }
+
+    pub(super) async fn heartbeat(&self, listen: &str, config_hash: &str) -> Result<(), StoreError> {
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO instances (id, listen, config_hash, started_at, heartbeat_at) VALUES (?1, ?2, ?3, ?4, ?4)
+             ON CONFLICT (id) DO UPDATE SET listen = ?2, config_hash = ?3, heartbeat_at = ?4",
+        )
+        .bind(&self.instance)
+        .bind(listen)
+        .bind(config_hash)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        sqlx::query("DELETE FROM instances WHERE heartbeat_at < ?").bind(now - 3_600_000).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub(super) async fn instances(&self, alive_since: Millis) -> Result<Vec<InstanceView>, StoreError> {
+        let rows = sqlx::query("SELECT id, listen, config_hash, started_at, heartbeat_at FROM instances WHERE heartbeat_at >= ? ORDER BY started_at")
+            .bind(alive_since)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| InstanceView {
+                current: r.get::<String, _>(0) == self.instance,
+                id: r.get(0),
+                listen: r.get(1),
+                config_hash: r.get(2),
+                started_at: rfc3339(r.get(3)),
+                heartbeat_at: rfc3339(r.get(4)),
+            })
+            .collect())
+    }
+
+    pub(super) async fn listen(&self, _wake: Box<dyn Fn() + Send + Sync>) -> Result<(), StoreError> {
+        Ok(())
     }
 }

@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# The benchmark suite: `bench/run.sh` from anywhere in the repository.
+#
+# Builds release binaries (the router, `examples/bare_warp.rs`, `examples/loadgen.rs`), then,
+# all on 127.0.0.1, reports in one table:
+#   (1) acknowledgement throughput and p50/p99 of POST /webhooks/smartlead, router with the
+#       SQLite store (durable) against a bare warp server that parses the JSON and answers 200;
+#   (2) end to end: events/s delivered at saturation, and p50/p99 from POST to arrival at the
+#       sink (loadgen's Slack stand-in) at a fixed open-loop rate;
+#   (3) rule matching and rendering per event for 10 to 10,000 rules (criterion,
+#       benches/match_render.rs);
+#   (4) reload time of 10,000 generated rules via POST /-/reload under load, and the requests
+#       that failed meanwhile;
+#   (5) the router's peak RSS (VmHWM from /proc).
+# Uses wrk for (1) as well when it is installed (its figures are then the ones judged); the
+# loadgen alone is enough. Exit 0 when every target is met, 1 otherwise.
+#
+# Settings (environment): BENCH_SECONDS (10, per run), BENCH_CONNECTIONS (50), BENCH_RATE
+# (1000 events/s), BENCH_RULES (10000), BENCH_LOG_LEVEL (info, the router's default),
+# BENCH_MICRO=0 to skip criterion, BENCH_KEEP=1 to keep the temporary directory (logs, store).
+# The load generator runs on the same machine and takes a share of its cores.
+
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+secs="${BENCH_SECONDS:-10}"
+connections="${BENCH_CONNECTIONS:-50}"
+rate="${BENCH_RATE:-1000}"
+rule_count="${BENCH_RULES:-10000}"
+log_level="${BENCH_LOG_LEVEL:-info}"
+
+# The router must see only the flags given here (no admin token, no other store).
+while read -r name; do
+    unset "$name"
+done < <(compgen -e | grep '^SWITCHBOARD_' || true)
+
+tmp="$(mktemp -d "${TMPDIR:-/tmp}/switchboard-bench.XXXXXX")"
+results="$tmp/results.jsonl"
+: >"$results"
+pids=()
+
+cleanup() {
+    for pid in "${pids[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${pids[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    if [ -n "${BENCH_KEEP:-}" ]; then
+        echo "kept $tmp"
+    else
+        rm -rf "$tmp"
+    fi
+}
+trap cleanup EXIT
+
+# Appends the router's memory high-water mark and current RSS (KiB) to the results.
+record_rss() { # label pid
+    local hwm rss
+    hwm="$(awk '/^VmHWM:/ {print $2}' "/proc/$2/status")"
+    rss="$(awk '/^VmRSS:/ {print $2}' "/proc/$2/status")"
+    echo "{\"kind\":\"rss\",\"label\":\"$1\",\"vmhwm_kib\":$hwm,\"vmrss_kib\":$rss}" | tee -a "$results"
+}
+
+# Runs wrk with the loadgen's script (distinct bodies) and appends its JSON line.
+run_wrk() { # label url
+    "$loadgen" wrk-script --label "$1" --connections "$connections" >"$tmp/$1.lua"
+    wrk -t2 -c"$connections" -d"${secs}s" --timeout 10s --latency -s "$tmp/$1.lua" "$2" \
+        >"$tmp/wrk-$1.txt" 2>&1 || true
+    grep '^{"kind":"wrk"' "$tmp/wrk-$1.txt" | tee -a "$results" || echo "wrk ($1) printed no result: see $tmp/wrk-$1.txt"
+}
+
+echo "== build (release)"
+cargo build --release --locked --bin switchboard --example bare_warp --example loadgen
+target_dir="$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
+switchboard="$target_dir/release/switchboard"
+loadgen="$target_dir/release/examples/loadgen"
+bare_warp="$target_dir/release/examples/bare_warp"
+
+have_wrk=""
+if command -v wrk >/dev/null 2>&1; then
+    have_wrk=1
+fi
+echo "== $(nproc) cores, $(uname -sr), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'), wrk: ${have_wrk:+yes}${have_wrk:-no}"
+
+if [ "${BENCH_MICRO:-1}" != "0" ]; then
+    echo "== (3) matching and rendering: cargo bench --bench match_render"
+    cargo bench --locked --bench match_render -- --output-format bencher | tee "$tmp/criterion.txt"
+fi
+
+read -r bare_port router_port sink_port < <("$loadgen" free-ports --count 3 | tr '\n' ' ')
+sink="127.0.0.1:$sink_port"
+
+echo "== (1) bare warp baseline on 127.0.0.1:$bare_port"
+"$bare_warp" "127.0.0.1:$bare_port" 2>"$tmp/bare_warp.log" &
+bare_pid=$!
+pids+=("$bare_pid")
+"$loadgen" wait --url "http://127.0.0.1:$bare_port/healthz"
+"$loadgen" closed --label bare --url "http://127.0.0.1:$bare_port/webhooks/smartlead" \
+    --connections "$connections" --duration "$secs" | tee -a "$results"
+if [ -n "$have_wrk" ]; then
+    run_wrk bare "http://127.0.0.1:$bare_port/webhooks/smartlead"
+fi
+kill "$bare_pid"
+wait "$bare_pid" 2>/dev/null || true
+
+echo "== router on 127.0.0.1:$router_port, store sqlite://$tmp/bench.db, sink $sink"
+mkdir -p "$tmp/rules"
+cat >"$tmp/rules/00-sink.yaml" <<EOF
+# Every event is posted to the loadgen's sink with its id, so its arrival can be timed.
+rules:
+  - name: bench-sink
+    actions:
+      - http:
+          url: 'http://$sink/notify'
+          allow_private: true
+          body: '{"event_id": "{{event_id}}"}'
+EOF
+(cd "$tmp" && exec "$switchboard" serve --listen "127.0.0.1:$router_port" \
+    --rules "$tmp/rules" --templates "$root/templates" --store "sqlite://$tmp/bench.db" \
+    --log-level "$log_level") >"$tmp/router.log" 2>&1 &
+router_pid=$!
+pids+=("$router_pid")
+"$loadgen" wait --url "http://127.0.0.1:$router_port/readyz" --timeout 60
+webhook="http://127.0.0.1:$router_port/webhooks/smartlead"
+
+echo "== (1)(2) router acknowledgement and delivery at saturation, $connections connections"
+"$loadgen" closed --label router --url "$webhook" --sink "$sink" \
+    --connections "$connections" --duration "$secs" | tee -a "$results"
+if [ -n "$have_wrk" ]; then
+    "$loadgen" sink --label wrk-router --sink "$sink" --idle 3 --max 300 >>"$results" &
+    sink_pid=$!
+    pids+=("$sink_pid")
+    "$loadgen" wait --url "http://$sink/"
+    run_wrk router "$webhook"
+    wait "$sink_pid" || true
+fi
+
+echo "== (2) open loop, $rate events/s"
+"$loadgen" open --label open --url "$webhook" --sink "$sink" \
+    --rate "$rate" --duration "$secs" | tee -a "$results"
+record_rss load "$router_pid"
+
+echo "== (4) reload of $rule_count generated rules under load"
+"$loadgen" rules --count "$rule_count" --sink "http://$sink" >"$tmp/bulk.yaml.part"
+mv "$tmp/bulk.yaml.part" "$tmp/rules/10-bulk.yaml"
+"$loadgen" closed --label reload --url "$webhook" --sink "$sink" \
+    --connections 10 --duration "$secs" --drain-timeout 30 \
+    --reload-url "http://127.0.0.1:$router_port/-/reload" --reload-times 3 --reload-after 5 |
+    tee -a "$results"
+record_rss reload "$router_pid"
+
+echo
+echo "== results ($connections connections, $secs s per run; the load generator shares the machine)"
+status=0
+"$loadgen" report --results "$results" --criterion "$tmp/criterion.txt" || status=$?
+exit "$status"

@@ -1,0 +1,1045 @@
+//! Load generator and Slack stand-in for `bench/run.sh`: one small program, so that the time a
+//! request is sent and the time its notification arrives are read from the same clock.
+//!
+//! - `closed`: N connections, each sending its next request when the previous one is answered,
+//!   for D seconds (after a warm-up second that is not measured); acknowledgement throughput and
+//!   p50/p99 latency. With `--sink`, it also serves the sink and waits for the notifications of
+//!   every accepted event (bounded): events/s delivered at saturation. With `--reload-url`, it
+//!   posts reloads while the load runs and keeps the load going until they are done, so every
+//!   failed request during a reload is counted.
+//! - `open`: R requests per second on a fixed schedule, whatever the answers; latency is counted
+//!   from the scheduled time (no coordinated omission), acknowledgement and POST to sink.
+//! - `sink`: only the sink (for a run driven by `wrk`), until idle.
+//! - `rules`, `wrk-script`, `free-ports`, `wait`: helpers for the script.
+//! - `report`: reads the JSON lines of a run and prints the table, with the targets.
+//!
+//! The sink answers every POST `200 ok`, as a Slack incoming webhook does, and records the
+//! arrival of each body whose top-level `event_id` it has not seen. Every request is a distinct
+//! EMAIL_REPLY payload (the fixture with its own `stats_id`), so none is a duplicate. Every
+//! result is one JSON line on stdout. All traffic is on 127.0.0.1; every loop is bounded.
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use warp::Filter;
+
+#[path = "../benches/support/rulegen.rs"]
+mod rulegen;
+
+/// The payload every request is made from (a real EMAIL_REPLY, 2 KB).
+const FIXTURE: &str = include_str!("../tests/fixtures/smartlead/real_13_email_reply.json");
+/// Stands in for the `stats_id` in the serialised fixture.
+const MARK: &str = "@@STATS_ID@@";
+/// Most arrivals the sink records (beyond, it only counts).
+const MAX_ARRIVALS: usize = 5_000_000;
+/// Longest wait for one request (connect included).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for one reload.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Parser)]
+#[command(about = "Load generator and HTTP sink for bench/run.sh (loopback only)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Closed loop: N connections for D seconds.
+    Closed(Closed),
+    /// Open loop: R requests per second for D seconds.
+    Open(Open),
+    /// Only the sink, until it has been idle for `--idle` seconds after its first arrival.
+    Sink {
+        /// Where the sink listens.
+        #[arg(long)]
+        sink: SocketAddr,
+        /// Name of the run in the output.
+        #[arg(long, default_value = "sink")]
+        label: String,
+        /// Stop after this many seconds without an arrival (once one arrived).
+        #[arg(long, default_value_t = 3)]
+        idle: u64,
+        /// Stop after this many seconds in any case.
+        #[arg(long, default_value_t = 300)]
+        max: u64,
+    },
+    /// Prints a generated rules file (the mix of `benches/support/rulegen.rs`).
+    Rules {
+        /// How many rules.
+        #[arg(long)]
+        count: usize,
+        /// Base URL of the sink the generated destinations post to.
+        #[arg(long)]
+        sink: String,
+    },
+    /// Prints a wrk Lua script that posts distinct EMAIL_REPLY bodies and ends with a JSON line.
+    WrkScript {
+        /// Name of the run in the output.
+        #[arg(long)]
+        label: String,
+        /// The connection count wrk is run with (reported only).
+        #[arg(long)]
+        connections: usize,
+    },
+    /// Prints free loopback ports, one a line.
+    FreePorts {
+        /// How many.
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+    },
+    /// Waits until GET `url` answers 200 (exit 1 after the timeout).
+    Wait {
+        /// The URL to poll.
+        #[arg(long)]
+        url: String,
+        /// Seconds to wait at most.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+    /// Prints the results table from a run's JSON lines; exit 1 when a target is missed.
+    Report {
+        /// The JSON lines written by the runs.
+        #[arg(long)]
+        results: PathBuf,
+        /// `cargo bench --bench match_render -- --output-format bencher` output.
+        #[arg(long)]
+        criterion: Option<PathBuf>,
+    },
+}
+
+#[derive(Args, Clone)]
+struct Target {
+    /// The URL posted to (`http://127.0.0.1:PORT/webhooks/smartlead`).
+    #[arg(long)]
+    url: String,
+    /// Name of the run in the output.
+    #[arg(long)]
+    label: String,
+    /// Serve the sink here and measure POST to arrival.
+    #[arg(long)]
+    sink: Option<SocketAddr>,
+    /// Seconds to wait at most, after the load, for the notifications of accepted events.
+    #[arg(long, default_value_t = 120)]
+    drain_timeout: u64,
+}
+
+#[derive(Args)]
+struct Closed {
+    #[command(flatten)]
+    target: Target,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 50)]
+    connections: usize,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Seconds of load before measuring.
+    #[arg(long, default_value_t = 1)]
+    warmup: u64,
+    /// POST this URL (`…/-/reload`) while the load runs.
+    #[arg(long)]
+    reload_url: Option<String>,
+    /// How many reloads, one after the other.
+    #[arg(long, default_value_t = 3)]
+    reload_times: usize,
+    /// Seconds of load before the first reload.
+    #[arg(long, default_value_t = 5)]
+    reload_after: u64,
+}
+
+#[derive(Args)]
+struct Open {
+    #[command(flatten)]
+    target: Target,
+    /// Requests per second.
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Seconds.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Requests in flight at most; a request due beyond is not sent and counted as dropped.
+    #[arg(long, default_value_t = 2000)]
+    max_in_flight: usize,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Closed(args) => closed(args).await,
+        Command::Open(args) => open(args).await,
+        Command::Sink {
+            sink,
+            label,
+            idle,
+            max,
+        } => sink_only(sink, &label, idle, max).await,
+        Command::Rules { count, sink } => {
+            print!("{}", rulegen::rules_yaml(count, &sink));
+            ExitCode::SUCCESS
+        }
+        Command::WrkScript { label, connections } => {
+            print!("{}", wrk_script(&label, connections));
+            ExitCode::SUCCESS
+        }
+        Command::FreePorts { count } => free_ports(count),
+        Command::Wait { url, timeout } => wait(&url, timeout).await,
+        Command::Report { results, criterion } => report(&results, criterion.as_deref()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bodies
+
+/// Distinct request bodies: the fixture with `stats_id` = nonce-connection-number.
+#[derive(Clone)]
+struct Bodies {
+    prefix: Arc<str>,
+    suffix: Arc<str>,
+    nonce: Arc<str>,
+}
+
+impl Bodies {
+    fn new() -> Self {
+        let mut payload: Value = serde_json::from_str(FIXTURE).expect("the fixture is JSON");
+        payload["stats_id"] = Value::String(MARK.into());
+        let text = payload.to_string();
+        let (prefix, suffix) = text.split_once(MARK).expect("the mark is in the body");
+        Bodies {
+            prefix: prefix.into(),
+            suffix: suffix.into(),
+            nonce: nonce().into(),
+        }
+    }
+
+    fn body(&self, connection: usize, n: usize) -> String {
+        format!(
+            "{}{}-{connection}-{n}{}",
+            self.prefix, self.nonce, self.suffix
+        )
+    }
+}
+
+/// Unique per run, so that a second run on the same store sends no duplicates.
+fn nonce() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("lg{:x}p{}", nanos, std::process::id())
+}
+
+fn client(pool: usize) -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(pool)
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .expect("the HTTP client builds")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sink
+
+/// The Slack stand-in: first arrival of each `event_id`, and counts.
+#[derive(Clone, Default)]
+struct Sink {
+    arrivals: Arc<Mutex<HashMap<String, Instant>>>,
+    received: Arc<AtomicUsize>,
+    repeated: Arc<AtomicUsize>,
+    last: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Sink {
+    async fn start(addr: SocketAddr) -> Sink {
+        let sink = Sink::default();
+        let recorder = sink.clone();
+        let notify = warp::post()
+            .and(warp::body::bytes())
+            .map(move |body: bytes::Bytes| {
+                recorder.record(&body);
+                "ok"
+            });
+        // GET answers without counting, so that the script can wait for the sink.
+        let route = notify.or(warp::get().map(|| "ok")).unify();
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .unwrap_or_else(|e| panic!("the sink cannot listen on {addr}: {e}"));
+        tokio::spawn(warp::serve(route).incoming(listener).run());
+        sink
+    }
+
+    fn record(&self, body: &[u8]) {
+        let now = Instant::now();
+        self.received.fetch_add(1, Ordering::Relaxed);
+        *self.last.lock().unwrap() = Some(now);
+        let id = serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|v| v.get("event_id")?.as_str().map(str::to_string));
+        if let Some(id) = id {
+            let mut arrivals = self.arrivals.lock().unwrap();
+            if arrivals.len() < MAX_ARRIVALS && !arrivals.contains_key(&id) {
+                arrivals.insert(id, now);
+            } else {
+                self.repeated.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// How many of `ids` have arrived.
+    fn arrived(&self, ids: &[&str]) -> usize {
+        let arrivals = self.arrivals.lock().unwrap();
+        ids.iter().filter(|id| arrivals.contains_key(**id)).count()
+    }
+
+    /// Waits until every one of `ids` has arrived, nothing arrived for 10 s, or `timeout`.
+    async fn drain(&self, ids: &[&str], timeout: Duration) {
+        let started = Instant::now();
+        let (mut seen, mut progress) = (0, Instant::now());
+        while started.elapsed() < timeout {
+            let now = self.arrived(ids);
+            if now >= ids.len() {
+                return;
+            }
+            if now > seen {
+                (seen, progress) = (now, Instant::now());
+            } else if progress.elapsed() > Duration::from_secs(10) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn arrival(&self, id: &str) -> Option<Instant> {
+        self.arrivals.lock().unwrap().get(id).copied()
+    }
+}
+
+async fn sink_only(addr: SocketAddr, label: &str, idle: u64, max: u64) -> ExitCode {
+    let sink = Sink::start(addr).await;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(max) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let last = *sink.last.lock().unwrap();
+        if last.is_some_and(|t| t.elapsed() > Duration::from_secs(idle)) {
+            break;
+        }
+    }
+    let out = json!({
+        "kind": "sink",
+        "label": label,
+        "received": sink.received.load(Ordering::Relaxed),
+        "with_event_id": sink.arrivals.lock().unwrap().len(),
+        "seconds": round(started.elapsed().as_secs_f64()),
+    });
+    println!("{out}");
+    ExitCode::SUCCESS
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests
+
+/// One answered request.
+struct Sample {
+    /// When it was sent (closed loop) or due (open loop).
+    sent: Instant,
+    /// Until the answer was read.
+    latency: Duration,
+    /// Whether it started after the warm-up.
+    measured: bool,
+    /// The router's id for the event, when it returned one.
+    event_id: Option<String>,
+}
+
+/// What happened to one request.
+enum Outcome {
+    Ok(Duration, Option<String>),
+    Status,
+    Error,
+}
+
+async fn post(client: &reqwest::Client, url: &str, body: String, from: Instant) -> Outcome {
+    let response = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await;
+    match response {
+        Ok(r) => {
+            let ok = r.status().is_success();
+            let bytes = r.bytes().await;
+            let latency = from.elapsed();
+            match (ok, bytes) {
+                (true, Ok(b)) => {
+                    let id = serde_json::from_slice::<Value>(&b)
+                        .ok()
+                        .and_then(|v| v.get("event_id")?.as_str().map(str::to_string));
+                    Outcome::Ok(latency, id)
+                }
+                (true, Err(_)) => Outcome::Error,
+                (false, _) => Outcome::Status,
+            }
+        }
+        Err(_) => Outcome::Error,
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    samples: Vec<Sample>,
+    non_2xx: usize,
+    errors: usize,
+    dropped: usize,
+}
+
+impl Tally {
+    fn add(&mut self, sent: Instant, measured: bool, outcome: Outcome) {
+        match outcome {
+            Outcome::Ok(latency, event_id) => self.samples.push(Sample {
+                sent,
+                latency,
+                measured,
+                event_id,
+            }),
+            Outcome::Status => self.non_2xx += 1,
+            Outcome::Error => self.errors += 1,
+        }
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.samples.extend(other.samples);
+        self.non_2xx += other.non_2xx;
+        self.errors += other.errors;
+        self.dropped += other.dropped;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Closed loop
+
+async fn closed(args: Closed) -> ExitCode {
+    let target = args.target.clone();
+    let sink = match target.sink {
+        Some(addr) => Some(Sink::start(addr).await),
+        None => None,
+    };
+    let bodies = Bodies::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let measure_from = start + Duration::from_secs(args.warmup);
+    let mut tasks = Vec::new();
+    for c in 0..args.connections {
+        // One client per connection: exactly N connections, each kept alive.
+        let (client, url, bodies, stop) =
+            (client(1), target.url.clone(), bodies.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut tally = Tally::default();
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let sent = Instant::now();
+                let outcome = post(&client, &url, bodies.body(c, n), sent).await;
+                n += 1;
+                let failed = !matches!(outcome, Outcome::Ok(..));
+                tally.add(sent, sent >= measure_from, outcome);
+                if failed {
+                    // Do not spin on a refused connection.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            tally
+        }));
+    }
+    let reloads = args.reload_url.clone().map(|url| {
+        let (times, after) = (args.reload_times, args.reload_after);
+        tokio::spawn(async move { reload_loop(&url, times, after).await })
+    });
+    tokio::time::sleep_until((measure_from + Duration::from_secs(args.duration)).into()).await;
+    let reloads = match reloads {
+        Some(task) => {
+            let done = task.await.unwrap_or_default();
+            // Keep the load going a little past the last reload.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            Some(done)
+        }
+        None => None,
+    };
+    stop.store(true, Ordering::Relaxed);
+    let load_end = Instant::now();
+    let mut tally = Tally::default();
+    for task in tasks {
+        tally.merge(task.await.expect("a connection task does not panic"));
+    }
+    let seconds = (load_end - measure_from).as_secs_f64();
+    let mut acks: Vec<Duration> = tally
+        .samples
+        .iter()
+        .filter(|s| s.measured)
+        .map(|s| s.latency)
+        .collect();
+    acks.sort_unstable();
+    let mut out = json!({
+        "kind": "closed",
+        "label": target.label,
+        "url": target.url,
+        "connections": args.connections,
+        "seconds": round(seconds),
+        "ok": acks.len(),
+        "non_2xx": tally.non_2xx,
+        "errors": tally.errors,
+        "rps": round(acks.len() as f64 / seconds),
+        "p50_ms": ms(pct(&acks, 0.50)),
+        "p99_ms": ms(pct(&acks, 0.99)),
+        "max_ms": ms(acks.last().copied().unwrap_or_default()),
+    });
+    if let Some(sink) = &sink {
+        delivered(&mut out, sink, &tally.samples, start, load_end, &target).await;
+    }
+    if let Some(reloads) = reloads {
+        out["reloads"] = Value::Array(reloads);
+    }
+    println!("{out}");
+    ExitCode::SUCCESS
+}
+
+/// Posts `times` reloads, one after the other, after `after` seconds; one JSON value each.
+async fn reload_loop(url: &str, times: usize, after: u64) -> Vec<Value> {
+    tokio::time::sleep(Duration::from_secs(after)).await;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(RELOAD_TIMEOUT)
+        .build()
+        .expect("the HTTP client builds");
+    let mut results = Vec::new();
+    for _ in 0..times {
+        let started = Instant::now();
+        let result = client.post(url).send().await;
+        let took = started.elapsed();
+        results.push(match result {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                let body: Value = r.json().await.unwrap_or(Value::Null);
+                json!({"status": status, "ms": ms(took), "rules_loaded": body["rules_loaded"]})
+            }
+            Err(e) => json!({"status": null, "ms": ms(took), "error": e.to_string()}),
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    results
+}
+
+// ---------------------------------------------------------------------------------------------
+// Open loop
+
+async fn open(args: Open) -> ExitCode {
+    let target = args.target.clone();
+    let Some(sink_addr) = target.sink else {
+        eprintln!("loadgen open: --sink is required");
+        return ExitCode::from(2);
+    };
+    if !(args.rate > 0.0 && args.rate <= 100_000.0) {
+        eprintln!("loadgen open: --rate must be in (0, 100000]");
+        return ExitCode::from(2);
+    }
+    let sink = Sink::start(sink_addr).await;
+    let bodies = Bodies::new();
+    let client = client(args.max_in_flight);
+    let slots = Arc::new(tokio::sync::Semaphore::new(args.max_in_flight));
+    let total = (args.rate * args.duration as f64).round() as usize;
+    let start = Instant::now() + Duration::from_millis(100);
+    let mut tally = Tally::default();
+    let mut in_flight = tokio::task::JoinSet::new();
+    for i in 0..total {
+        let due = start + Duration::from_secs_f64(i as f64 / args.rate);
+        tokio::time::sleep_until(due.into()).await;
+        while let Some(done) = in_flight.try_join_next() {
+            let (due, outcome) = done.expect("a request task does not panic");
+            tally.add(due, true, outcome);
+        }
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tally.dropped += 1;
+            continue;
+        };
+        let (client, url, body) = (client.clone(), target.url.clone(), bodies.body(0, i));
+        in_flight.spawn(async move {
+            let _slot = slot;
+            (due, post(&client, &url, body, due).await)
+        });
+    }
+    while let Some(done) = in_flight.join_next().await {
+        let (due, outcome) = done.expect("a request task does not panic");
+        tally.add(due, true, outcome);
+    }
+    let load_end = Instant::now();
+    let mut acks: Vec<Duration> = tally.samples.iter().map(|s| s.latency).collect();
+    acks.sort_unstable();
+    let seconds = (load_end - start).as_secs_f64();
+    let mut out = json!({
+        "kind": "open",
+        "label": target.label,
+        "url": target.url,
+        "rate": args.rate,
+        "seconds": round(seconds),
+        "scheduled": total,
+        "ok": acks.len(),
+        "non_2xx": tally.non_2xx,
+        "errors": tally.errors,
+        "dropped": tally.dropped,
+        "rps": round(acks.len() as f64 / seconds),
+        "p50_ms": ms(pct(&acks, 0.50)),
+        "p99_ms": ms(pct(&acks, 0.99)),
+        "max_ms": ms(acks.last().copied().unwrap_or_default()),
+    });
+    delivered(&mut out, &sink, &tally.samples, start, load_end, &target).await;
+    println!("{out}");
+    ExitCode::SUCCESS
+}
+
+// ---------------------------------------------------------------------------------------------
+// Delivery figures
+
+/// Waits for the notifications of the accepted events, then adds to `out`: how many arrived,
+/// events/s delivered from the first request to the last arrival, and p50/p99 from request
+/// (sent or due) to arrival at the sink.
+async fn delivered(
+    out: &mut Value,
+    sink: &Sink,
+    samples: &[Sample],
+    start: Instant,
+    load_end: Instant,
+    target: &Target,
+) {
+    let ids: Vec<&str> = samples
+        .iter()
+        .filter_map(|s| s.event_id.as_deref())
+        .collect();
+    sink.drain(&ids, Duration::from_secs(target.drain_timeout))
+        .await;
+    let mut e2e = Vec::with_capacity(ids.len());
+    let mut last = None::<Instant>;
+    for s in samples {
+        let Some(at) = s.event_id.as_deref().and_then(|id| sink.arrival(id)) else {
+            continue;
+        };
+        e2e.push(at.saturating_duration_since(s.sent));
+        last = Some(last.map_or(at, |l| l.max(at)));
+    }
+    e2e.sort_unstable();
+    let span = last.map_or(0.0, |l| (l - start).as_secs_f64());
+    out["accepted"] = json!(ids.len());
+    out["delivered"] = json!(e2e.len());
+    out["undelivered"] = json!(ids.len() - e2e.len());
+    out["delivered_per_s"] = json!(if span > 0.0 {
+        round(e2e.len() as f64 / span)
+    } else {
+        0.0
+    });
+    out["drain_s"] =
+        json!(round(last.map_or(0.0, |l| {
+            l.saturating_duration_since(load_end).as_secs_f64()
+        })));
+    out["e2e_p50_ms"] = json!(ms(pct(&e2e, 0.50)));
+    out["e2e_p99_ms"] = json!(ms(pct(&e2e, 0.99)));
+    out["sink_received"] = json!(sink.received.load(Ordering::Relaxed));
+    out["sink_repeated"] = json!(sink.repeated.load(Ordering::Relaxed));
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+fn ms(d: Duration) -> f64 {
+    round(d.as_secs_f64() * 1000.0)
+}
+
+fn round(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers for the script
+
+fn wrk_script(label: &str, connections: usize) -> String {
+    let bodies = Bodies::new();
+    format!(
+        r#"-- Generated by `loadgen wrk-script`: distinct EMAIL_REPLY bodies, one JSON line at the end.
+local prefix = [==[{prefix}]==]
+local suffix = [==[{suffix}]==]
+local nonce = "{nonce}-wrk"
+local label = "{label}"
+local connections = {connections}
+local counter = 0
+local threads = 0
+
+function setup(thread)
+  thread:set("tid", threads)
+  threads = threads + 1
+end
+
+function request()
+  counter = counter + 1
+  local body = prefix .. nonce .. "-" .. tid .. "-" .. counter .. suffix
+  return wrk.format("POST", nil, {{["Content-Type"] = "application/json"}}, body)
+end
+
+function done(summary, latency, requests)
+  local seconds = summary.duration / 1e6
+  local errors = summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout
+  io.write(string.format(
+    '{{"kind":"wrk","label":"%s","connections":%d,"seconds":%.3f,"requests":%d,"rps":%.1f,"p50_ms":%.3f,"p99_ms":%.3f,"max_ms":%.3f,"non_2xx":%d,"errors":%d}}\n',
+    label, connections, seconds, summary.requests, summary.requests / seconds,
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000, latency.max / 1000,
+    summary.errors.status, errors))
+end
+"#,
+        prefix = bodies.prefix,
+        suffix = bodies.suffix,
+        nonce = bodies.nonce,
+    )
+}
+
+fn free_ports(count: usize) -> ExitCode {
+    // Hold every listener until all are printed, so the ports differ.
+    let listeners: Vec<std::net::TcpListener> = (0..count.min(16))
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port is free"))
+        .collect();
+    for l in &listeners {
+        println!("{}", l.local_addr().expect("bound").port());
+    }
+    ExitCode::SUCCESS
+}
+
+async fn wait(url: &str, timeout: u64) -> ExitCode {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("the HTTP client builds");
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(timeout) {
+        if let Ok(r) = client.get(url).send().await
+            && r.status().is_success()
+        {
+            return ExitCode::SUCCESS;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("loadgen wait: {url} did not answer 200 within {timeout} s");
+    ExitCode::FAILURE
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report
+
+/// One line of the table: what, the figure, the target, and whether it is met.
+struct Line {
+    what: String,
+    figure: String,
+    target: &'static str,
+    verdict: Option<bool>,
+}
+
+impl Line {
+    fn info(what: impl Into<String>, figure: impl Into<String>) -> Line {
+        Line {
+            what: what.into(),
+            figure: figure.into(),
+            target: "",
+            verdict: None,
+        }
+    }
+
+    /// A line with a target; a missing figure fails it.
+    fn check(
+        what: impl Into<String>,
+        figure: Option<(String, bool)>,
+        target: &'static str,
+    ) -> Line {
+        let (figure, verdict) = figure.unwrap_or_else(|| ("missing".into(), false));
+        Line {
+            what: what.into(),
+            figure,
+            target,
+            verdict: Some(verdict),
+        }
+    }
+}
+
+fn report(results: &Path, criterion: Option<&Path>) -> ExitCode {
+    let text = std::fs::read_to_string(results).unwrap_or_default();
+    let records: Vec<Value> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with('{'))
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let find = |kind: &str, label: &str| -> Option<&Value> {
+        records
+            .iter()
+            .rev()
+            .find(|r| r["kind"] == kind && r["label"] == label)
+    };
+    let num = |r: Option<&Value>, key: &str| r.and_then(|r| r[key].as_f64());
+    let benches = criterion
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .map(|t| bencher_lines(&t))
+        .unwrap_or_default();
+
+    let mut sections: Vec<(String, Vec<Line>)> = Vec::new();
+
+    // (1) Acknowledgement.
+    let bare = find("closed", "bare");
+    let router = find("closed", "router");
+    let (wrk_bare, wrk_router) = (find("wrk", "bare"), find("wrk", "router"));
+    let mut lines = Vec::new();
+    for (name, r) in [
+        ("bare warp, loadgen", bare),
+        ("router (SQLite, durable), loadgen", router),
+        ("bare warp, wrk", wrk_bare),
+        ("router (SQLite, durable), wrk", wrk_router),
+    ] {
+        if let Some(r) = r {
+            lines.push(Line::info(
+                name,
+                format!(
+                    "{:>8.0} req/s  p50 {:.2} ms  p99 {:.2} ms  failed {}",
+                    r["rps"].as_f64().unwrap_or(0.0),
+                    r["p50_ms"].as_f64().unwrap_or(0.0),
+                    r["p99_ms"].as_f64().unwrap_or(0.0),
+                    r["non_2xx"].as_u64().unwrap_or(0) + r["errors"].as_u64().unwrap_or(0),
+                ),
+            ));
+        }
+    }
+    // wrk is the better load tool when it is there: the targets are judged on its figures.
+    let (b, r, tool) = if wrk_bare.is_some() && wrk_router.is_some() {
+        (wrk_bare, wrk_router, "wrk")
+    } else {
+        (bare, router, "loadgen")
+    };
+    let ratio = match (num(b, "rps"), num(r, "rps")) {
+        (Some(b), Some(r)) if b > 0.0 => Some(r / b),
+        _ => None,
+    };
+    lines.push(Line::check(
+        format!("durable / bare throughput ({tool})"),
+        ratio.map(|x| (format!("{:.0} %", x * 100.0), x >= 0.5)),
+        ">= 50 %",
+    ));
+    let connections = num(r, "connections").unwrap_or(0.0);
+    lines.push(Line::check(
+        format!("durable ack p99 at {connections:.0} connections ({tool})"),
+        num(r, "p99_ms").map(|p| (format!("{p:.2} ms"), p <= 10.0 && connections >= 50.0)),
+        "<= 10 ms at 50",
+    ));
+    sections.push((
+        "(1) Acknowledgement: POST /webhooks/smartlead, closed loop".into(),
+        lines,
+    ));
+
+    // (2) End to end.
+    let open = find("open", "open");
+    let mut lines = Vec::new();
+    if let Some(r) = router {
+        lines.push(Line::info(
+            "saturation run: delivered / accepted",
+            format!(
+                "{} / {}  (backlog drained {:.1} s after the load)",
+                r["delivered"],
+                r["accepted"],
+                r["drain_s"].as_f64().unwrap_or(0.0)
+            ),
+        ));
+    }
+    lines.push(Line::check(
+        "delivered at saturation (first POST to last arrival)",
+        num(router, "delivered_per_s").map(|x| (format!("{x:.0} events/s"), x >= 5000.0)),
+        ">= 5,000 events/s",
+    ));
+    if let Some(o) = open {
+        lines.push(Line::info(
+            format!("open loop {} events/s: ack", o["rate"]),
+            format!(
+                "p50 {:.2} ms  p99 {:.2} ms  sent {}  dropped {}  failed {}  undelivered {}",
+                o["p50_ms"].as_f64().unwrap_or(0.0),
+                o["p99_ms"].as_f64().unwrap_or(0.0),
+                o["ok"],
+                o["dropped"],
+                o["non_2xx"].as_u64().unwrap_or(0) + o["errors"].as_u64().unwrap_or(0),
+                o["undelivered"],
+            ),
+        ));
+        lines.push(Line::info(
+            "open loop: POST to sink p50",
+            format!("{:.2} ms", o["e2e_p50_ms"].as_f64().unwrap_or(0.0)),
+        ));
+    }
+    let rate = num(open, "rate").unwrap_or(0.0);
+    let clean = open.is_some_and(|o| {
+        o["dropped"] == 0 && o["undelivered"] == 0 && o["non_2xx"] == 0 && o["errors"] == 0
+    });
+    lines.push(Line::check(
+        format!("open loop {rate:.0} events/s: POST to sink p99"),
+        num(open, "e2e_p99_ms")
+            .map(|p| (format!("{p:.2} ms"), p <= 25.0 && rate >= 1000.0 && clean)),
+        "<= 25 ms at 1,000/s",
+    ));
+    sections.push(("(2) End to end: POST to arrival at the sink".into(), lines));
+
+    // (3) Matching and rendering.
+    let mut lines = Vec::new();
+    for (id, ns) in &benches {
+        lines.push(Line::info(
+            id.clone(),
+            format!("{:.2} µs per event", ns / 1000.0),
+        ));
+    }
+    let matching = benches
+        .iter()
+        .find(|(id, _)| id == "matching/10000")
+        .map(|(_, ns)| *ns);
+    lines.push(Line::check(
+        "matching, 10,000 rules",
+        matching.map(|ns| (format!("{:.2} µs", ns / 1000.0), ns <= 20_000.0)),
+        "<= 20 µs per event",
+    ));
+    sections.push((
+        "(3) Rule matching and rendering (criterion median, per event)".into(),
+        lines,
+    ));
+
+    // (4) Reload.
+    let reload = find("closed", "reload");
+    let mut lines = Vec::new();
+    let reloads: Vec<&Value> = reload
+        .and_then(|r| r["reloads"].as_array())
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+    let mut times: Vec<f64> = reloads.iter().filter_map(|r| r["ms"].as_f64()).collect();
+    times.sort_by(f64::total_cmp);
+    let all_ok = !reloads.is_empty()
+        && reloads
+            .iter()
+            .all(|r| r["status"] == 200 && r["rules_loaded"].as_u64() >= Some(10_000));
+    if let Some(r) = reloads.first() {
+        lines.push(Line::info(
+            "reload: rules loaded, answers",
+            format!(
+                "{}  [{}]",
+                r["rules_loaded"],
+                reloads
+                    .iter()
+                    .map(|r| format!(
+                        "{} in {:.0} ms",
+                        r["status"],
+                        r["ms"].as_f64().unwrap_or(0.0)
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    lines.push(Line::check(
+        "reload time, 10,000 generated rules (median)",
+        times
+            .get(times.len() / 2)
+            .map(|t| (format!("{t:.0} ms"), all_ok)),
+        "every reload 200",
+    ));
+    if let Some(r) = reload {
+        lines.push(Line::info(
+            "load during reloads",
+            format!(
+                "{:.0} req/s  p50 {:.2} ms  p99 {:.2} ms  max {:.1} ms",
+                r["rps"].as_f64().unwrap_or(0.0),
+                r["p50_ms"].as_f64().unwrap_or(0.0),
+                r["p99_ms"].as_f64().unwrap_or(0.0),
+                r["max_ms"].as_f64().unwrap_or(0.0),
+            ),
+        ));
+    }
+    let failed =
+        reload.map(|r| r["non_2xx"].as_u64().unwrap_or(0) + r["errors"].as_u64().unwrap_or(0));
+    lines.push(Line::check(
+        "failed requests while reloading under load",
+        failed.map(|f| (f.to_string(), f == 0 && !reloads.is_empty())),
+        "= 0",
+    ));
+    sections.push(("(4) Reload under load: POST /-/reload".into(), lines));
+
+    // (5) Memory.
+    let mut lines = Vec::new();
+    let rss = |label: &str| num(find("rss", label), "vmhwm_kib").map(|k| k / 1024.0);
+    lines.push(Line::check(
+        "peak RSS of the router under load (VmHWM, 1 rule)",
+        rss("load").map(|m| (format!("{m:.1} MiB"), m <= 40.0)),
+        "<= 40 MiB",
+    ));
+    if let Some(m) = rss("reload") {
+        lines.push(Line::info(
+            "peak RSS after the 10,000-rule reloads (VmHWM)",
+            format!("{m:.1} MiB"),
+        ));
+    }
+    sections.push(("(5) Memory".into(), lines));
+
+    let mut missed = 0;
+    for (title, lines) in &sections {
+        println!("\n{title}");
+        for l in lines {
+            let verdict = match l.verdict {
+                Some(true) => "PASS",
+                Some(false) => {
+                    missed += 1;
+                    "FAIL"
+                }
+                None => "",
+            };
+            println!(
+                "  {:<54} {:<58} {:<22} {verdict}",
+                l.what, l.figure, l.target
+            );
+        }
+    }
+    println!();
+    if missed == 0 {
+        println!("Every target met.");
+        ExitCode::SUCCESS
+    } else {
+        println!("{missed} target(s) missed or not measured.");
+        ExitCode::FAILURE
+    }
+}
+
+/// `(id, median ns)` from criterion's `--output-format bencher` lines:
+/// `test matching/10000 ... bench:      12,345 ns/iter (+/- 678)`.
+fn bencher_lines(text: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.trim().strip_prefix("test ")?;
+            let (id, rest) = rest.split_once(" ... bench:")?;
+            let mut words = rest.split_whitespace();
+            let value: f64 = words.next()?.replace(',', "").parse().ok()?;
+            let scale = match words.next()? {
+                "ps/iter" => 0.001,
+                "ns/iter" => 1.0,
+                "us/iter" | "µs/iter" => 1_000.0,
+                "ms/iter" => 1_000_000.0,
+                "s/iter" => 1_000_000_000.0,
+                _ => return None,
+            };
+            Some((id.trim().to_string(), value * scale))
+        })
+        .collect()
+}
