@@ -68,15 +68,21 @@ async fn run(label: &str, store_url: &str) -> Result {
         .build()
         .unwrap();
     let target = format!("http://{addr}/webhooks/smartlead");
+    let run = uuid::Uuid::now_v7().simple().to_string();
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..CONNECTIONS {
-        let (client, target, template) = (client.clone(), target.clone(), template.clone());
+        let (client, target, template, run) = (
+            client.clone(),
+            target.clone(),
+            template.clone(),
+            run.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let (mut lat, mut errors, mut n) = (Vec::new(), 0usize, 0usize);
             while start.elapsed() < DURATION {
                 let mut body = template.clone();
-                body["stats_id"] = serde_json::Value::String(format!("bench-{c}-{n}"));
+                body["stats_id"] = serde_json::Value::String(format!("bench-{run}-{c}-{n}"));
                 n += 1;
                 let t = Instant::now();
                 match client.post(&target).body(body.to_string()).send().await {
@@ -125,14 +131,19 @@ fn main() {
         .build()
         .unwrap();
     let results = rt.block_on(async {
-        vec![
+        let mut results = vec![
             run(
                 "SQLite on disk (durable: 200 = committed)",
                 "sqlite://DIR/bench.db",
             )
             .await,
             run("storage in memory (sqlite::memory:)", "sqlite::memory:").await,
-        ]
+        ];
+        // PostgreSQL when a server is named: SWITCHBOARD_BENCH_POSTGRES_URL=postgres://…
+        if let Ok(url) = std::env::var("SWITCHBOARD_BENCH_POSTGRES_URL") {
+            results.push(run("PostgreSQL (durable: 200 = committed)", &url).await);
+        }
+        results
     });
     println!(
         "\n{CONNECTIONS} connections, {} s each, distinct EMAIL_REPLY bodies\n",

@@ -642,10 +642,9 @@ async fn delivered(
     } else {
         0.0
     });
-    out["drain_s"] =
-        json!(round(last.map_or(0.0, |l| {
-            l.saturating_duration_since(load_end).as_secs_f64()
-        })));
+    out["drain_s"] = json!(round(last.map_or(0.0, |l| {
+        l.saturating_duration_since(load_end).as_secs_f64()
+    })));
     out["e2e_p50_ms"] = json!(ms(pct(&e2e, 0.50)));
     out["e2e_p99_ms"] = json!(ms(pct(&e2e, 0.99)));
     out["sink_received"] = json!(sink.received.load(Ordering::Relaxed));

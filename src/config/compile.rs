@@ -193,7 +193,12 @@ pub fn compile(
     hasher.update(templates.digest());
     let mut destinations: HashMap<String, Declared> = HashMap::new();
     for (path, text, file) in &files {
-        hasher.update(path.to_string_lossy().as_bytes());
+        hasher.update(
+            path.file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default()
+                .as_bytes(),
+        );
         hasher.update(text.as_bytes());
         for (name, settings) in &file.destinations {
             if let Some(first) = destinations.get(name) {

@@ -98,9 +98,17 @@ async fn dispatch(
         Err(e) => tracing::error!(error = %e, "Cannot recover in-flight deliveries."),
     }
     let pruner = tokio::spawn(prune_forever(store.clone(), s.history));
-    let heartbeat = tokio::spawn(heartbeat_forever(app.clone(), store.clone(), s.heartbeat, s.listen.clone()));
+    let heartbeat = tokio::spawn(heartbeat_forever(
+        app.clone(),
+        store.clone(),
+        s.heartbeat,
+        s.listen.clone(),
+    ));
     let woken = app.clone();
-    if let Err(e) = store.listen(Box::new(move || woken.wake.notify_one())).await {
+    if let Err(e) = store
+        .listen(Box::new(move || woken.wake.notify_one()))
+        .await
+    {
         tracing::warn!(error = %e, "Cannot listen for new deliveries from other instances; polling instead.");
     }
     let permits = Arc::new(Semaphore::new(s.concurrency.max(1)));

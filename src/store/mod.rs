@@ -27,7 +27,9 @@ pub fn now_ms() -> Millis {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The `--store` URL is not one this build understands.
-    #[error("unsupported store URL {0:?}: use sqlite://PATH, sqlite::memory: (no persistence) or postgres://…")]
+    #[error(
+        "unsupported store URL {0:?}: use sqlite://PATH, sqlite::memory: (no persistence) or postgres://…"
+    )]
     Unsupported(String),
     /// The database answered with an error.
     #[error("store: {0}")]
@@ -245,7 +247,9 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { lease: Duration::from_secs(30) }
+        Options {
+            lease: Duration::from_secs(30),
+        }
     }
 }
 
@@ -280,7 +284,9 @@ impl Store {
             return Ok(Store::Sqlite(sqlite::Sqlite::open(url, instance).await?));
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Ok(Store::Postgres(postgres::Postgres::open(url, instance, options.lease).await?));
+            return Ok(Store::Postgres(
+                postgres::Postgres::open(url, instance, options.lease).await?,
+            ));
         }
         Err(StoreError::Unsupported(url.to_string()))
     }

@@ -6,8 +6,8 @@
 
 use super::rows::{AttemptRow, DUE_COLUMNS, DueRow, VIEW_COLUMNS, ViewRow, after};
 use super::{
-    AttemptView, Counts, DeliveryView, Due, Filter, Finished, InstanceView, Intake, Millis, NewEvent, StoreError,
-    now_ms, rfc3339,
+    AttemptView, Counts, DeliveryView, Due, Filter, Finished, InstanceView, Intake, Millis,
+    NewEvent, StoreError, now_ms, rfc3339,
 };
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Row};
@@ -29,7 +29,11 @@ impl Postgres {
     pub async fn open(url: &str, instance: String, lease: Duration) -> Result<Self, StoreError> {
         let pool = PgPoolOptions::new().max_connections(8).connect(url).await?;
         sqlx::migrate!("migrations/postgres").run(&pool).await?;
-        Ok(Postgres { pool, instance, lease })
+        Ok(Postgres {
+            pool,
+            instance,
+            lease,
+        })
     }
 
     fn lease_ms(&self) -> i64 {
@@ -50,10 +54,11 @@ impl Postgres {
                 .await?
                 .rows_affected();
             if inserted == 0 {
-                let first: String = sqlx::query_scalar("SELECT event_id FROM intake_keys WHERE key = $1")
-                    .bind(&e.dedup_key)
-                    .fetch_one(&mut *tx)
-                    .await?;
+                let first: String =
+                    sqlx::query_scalar("SELECT event_id FROM intake_keys WHERE key = $1")
+                        .bind(&e.dedup_key)
+                        .fetch_one(&mut *tx)
+                        .await?;
                 out.push(Intake::Duplicate(first));
                 continue;
             }
@@ -82,7 +87,9 @@ impl Postgres {
             out.push(Intake::Accepted);
         }
         if any {
-            sqlx::query(AssertSqlSafe(format!("NOTIFY {CHANNEL}"))).execute(&mut *tx).await?;
+            sqlx::query(AssertSqlSafe(format!("NOTIFY {CHANNEL}")))
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(out)
@@ -111,7 +118,9 @@ impl Postgres {
         .bind(limit as i64)
         .fetch_all(&mut *tx)
         .await?;
-        let sql = format!("SELECT {DUE_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id WHERE d.id = ANY($1) ORDER BY d.id");
+        let sql = format!(
+            "SELECT {DUE_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id WHERE d.id = ANY($1) ORDER BY d.id"
+        );
         let due = sqlx::query_as::<_, DueRow>(AssertSqlSafe(sql))
             .bind(&ids)
             .fetch_all(&mut *tx)
@@ -126,7 +135,12 @@ impl Postgres {
     pub(super) async fn finish(&self, done: &[Finished]) -> Result<(), StoreError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        for Finished { id, attempt: a, next } in done {
+        for Finished {
+            id,
+            attempt: a,
+            next,
+        } in done
+        {
             let (status, outcome, next_at) = after(next, now);
             sqlx::query("INSERT INTO attempts (delivery_id, started_at, duration_ms, outcome, status_code, error) VALUES ($1, $2, $3, $4, $5, $6)")
                 .bind(id)
@@ -214,7 +228,9 @@ impl Postgres {
             .await?
             .rows_affected();
         if n > 0 {
-            sqlx::query(AssertSqlSafe(format!("NOTIFY {CHANNEL}"))).execute(&self.pool).await?;
+            sqlx::query(AssertSqlSafe(format!("NOTIFY {CHANNEL}")))
+                .execute(&self.pool)
+                .await?;
         }
         Ok(n)
     }
@@ -229,7 +245,11 @@ impl Postgres {
         Ok(n > 0)
     }
 
-    pub(super) async fn prune(&self, before: Millis, keys_before: Millis) -> Result<u64, StoreError> {
+    pub(super) async fn prune(
+        &self,
+        before: Millis,
+        keys_before: Millis,
+    ) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
         let deliveries = sqlx::query("DELETE FROM deliveries WHERE status IN ('delivered', 'discarded', 'skipped') AND updated_at < $1")
             .bind(before)
@@ -241,8 +261,14 @@ impl Postgres {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        sqlx::query("DELETE FROM intake_keys WHERE created_at < $1").bind(keys_before).execute(&mut *tx).await?;
-        sqlx::query("DELETE FROM instances WHERE heartbeat_at < $1").bind(now_ms() - 3_600_000).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM intake_keys WHERE created_at < $1")
+            .bind(keys_before)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM instances WHERE heartbeat_at < $1")
+            .bind(now_ms() - 3_600_000)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(deliveries + events)
     }
@@ -265,7 +291,11 @@ impl Postgres {
 
     /// Records this instance as alive with its configuration, and renews the leases of the
     /// deliveries it is sending.
-    pub(super) async fn heartbeat(&self, listen: &str, config_hash: &str) -> Result<(), StoreError> {
+    pub(super) async fn heartbeat(
+        &self,
+        listen: &str,
+        config_hash: &str,
+    ) -> Result<(), StoreError> {
         let now = now_ms();
         sqlx::query(
             "INSERT INTO instances (id, listen, config_hash, started_at, heartbeat_at) VALUES ($1, $2, $3, $4, $4)
@@ -277,15 +307,20 @@ impl Postgres {
         .bind(now)
         .execute(&self.pool)
         .await?;
-        sqlx::query("UPDATE deliveries SET lease_until = $1 WHERE status = 'sending' AND claimed_by = $2")
-            .bind(now + self.lease_ms())
-            .bind(&self.instance)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "UPDATE deliveries SET lease_until = $1 WHERE status = 'sending' AND claimed_by = $2",
+        )
+        .bind(now + self.lease_ms())
+        .bind(&self.instance)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
-    pub(super) async fn instances(&self, alive_since: Millis) -> Result<Vec<InstanceView>, StoreError> {
+    pub(super) async fn instances(
+        &self,
+        alive_since: Millis,
+    ) -> Result<Vec<InstanceView>, StoreError> {
         let rows = sqlx::query("SELECT id, listen, config_hash, started_at, heartbeat_at FROM instances WHERE heartbeat_at >= $1 ORDER BY started_at")
             .bind(alive_since)
             .fetch_all(&self.pool)

@@ -2,7 +2,10 @@
 //! webhook is answered), migrations embedded at compile time.
 
 use super::rows::{AttemptRow, DUE_COLUMNS, DueRow, VIEW_COLUMNS, ViewRow, after};
-use super::{AttemptView, Counts, DeliveryView, Due, Filter, Finished, InstanceView, Intake, Millis, NewEvent, StoreError, now_ms, rfc3339};
+use super::{
+    AttemptView, Counts, DeliveryView, Due, Filter, Finished, InstanceView, Intake, Millis,
+    NewEvent, StoreError, now_ms, rfc3339,
+};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 use std::str::FromStr;
@@ -280,7 +283,11 @@ impl Sqlite {
         })
     }
 
-    pub(super) async fn heartbeat(&self, listen: &str, config_hash: &str) -> Result<(), StoreError> {
+    pub(super) async fn heartbeat(
+        &self,
+        listen: &str,
+        config_hash: &str,
+    ) -> Result<(), StoreError> {
         let now = now_ms();
         sqlx::query(
             "INSERT INTO instances (id, listen, config_hash, started_at, heartbeat_at) VALUES (?1, ?2, ?3, ?4, ?4)
@@ -292,11 +299,17 @@ impl Sqlite {
         .bind(now)
         .execute(&self.pool)
         .await?;
-        sqlx::query("DELETE FROM instances WHERE heartbeat_at < ?").bind(now - 3_600_000).execute(&self.pool).await?;
+        sqlx::query("DELETE FROM instances WHERE heartbeat_at < ?")
+            .bind(now - 3_600_000)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
-    pub(super) async fn instances(&self, alive_since: Millis) -> Result<Vec<InstanceView>, StoreError> {
+    pub(super) async fn instances(
+        &self,
+        alive_since: Millis,
+    ) -> Result<Vec<InstanceView>, StoreError> {
         let rows = sqlx::query("SELECT id, listen, config_hash, started_at, heartbeat_at FROM instances WHERE heartbeat_at >= ? ORDER BY started_at")
             .bind(alive_since)
             .fetch_all(&self.pool)
@@ -314,7 +327,10 @@ impl Sqlite {
             .collect())
     }
 
-    pub(super) async fn listen(&self, _wake: Box<dyn Fn() + Send + Sync>) -> Result<(), StoreError> {
+    pub(super) async fn listen(
+        &self,
+        _wake: Box<dyn Fn() + Send + Sync>,
+    ) -> Result<(), StoreError> {
         Ok(())
     }
 }

@@ -10,6 +10,7 @@ mod escaping;
 mod intake;
 mod matching;
 mod observability;
+mod postgres;
 mod reload;
 mod security;
 mod util;

@@ -375,7 +375,11 @@ async fn a_flood_from_one_client_is_limited_while_another_clients_events_are_acc
             .await
             .unwrap();
         if r.status() == 429 {
-            let wait: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+            let wait: u64 = r.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
             assert!((1..=60).contains(&wait), "Retry-After: {wait}");
             limited = Some(i);
             break;
@@ -383,7 +387,10 @@ async fn a_flood_from_one_client_is_limited_while_another_clients_events_are_acc
         assert_eq!(r.status(), 401);
     }
     let after = limited.expect("the flood is answered 429");
-    assert!(after >= 20, "the burst (20 in tests) is allowed first, then 429 after {after}");
+    assert!(
+        after >= 20,
+        "the burst (20 in tests) is allowed first, then 429 after {after}"
+    );
     let good = unique(fixture("real_13_email_reply")).to_string();
     let (status, _) = post(
         &router,

@@ -301,17 +301,29 @@ impl Router {
         settings_guard: (SocketAddr, Option<String>),
         ready_max_pending: u64,
     ) -> Router {
+        Self::start_full(dir, settings, settings_guard, ready_max_pending, None).await
+    }
+
+    /// Starts the router on a given store URL (default: SQLite in `dir`).
+    pub async fn start_full(
+        dir: tempfile::TempDir,
+        settings: delivery::Settings,
+        settings_guard: (SocketAddr, Option<String>),
+        ready_max_pending: u64,
+        store_url: Option<&str>,
+    ) -> Router {
         let sources = Sources {
             rules: dir.path().join("rules/rules.yaml"),
             templates: dir.path().join("templates"),
         };
         let app = App::load(sources).unwrap_or_else(|e| panic!("rules load:\n{e}"));
-        let store = Store::open(&format!(
-            "sqlite://{}",
-            dir.path().join("switchboard.db").display()
-        ))
-        .await
-        .unwrap();
+        let url = store_url
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("switchboard.db").display()));
+        let options = switchboard::store::Options {
+            lease: Duration::from_secs(2),
+        };
+        let store = Store::open_with(&url, &options).await.unwrap();
         let workers = delivery::start(app.clone(), store.clone(), Clients::new(), settings);
         let w = watch::watch(app.clone()).expect("watch starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -501,12 +513,24 @@ impl Binary {
 
     /// Starts with extra environment variables; its log (stderr) goes to `dir/router.log`.
     pub async fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Binary {
+        Self::start_on(dir, None, extra, env).await
+    }
+
+    /// Starts on a given store URL (default: SQLite in `dir`).
+    pub async fn start_on(
+        dir: &Path,
+        store: Option<&str>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Binary {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let store = format!("sqlite://{}", dir.join("switchboard.db").display());
+        let store = store
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("sqlite://{}", dir.join("switchboard.db").display()));
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
             .args([
                 "serve",
