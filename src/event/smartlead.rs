@@ -6,6 +6,17 @@ use super::{Source, sha256_hex, strip_secrets};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value, json};
 
+/// Where SmartLead puts the moment an event happened, in order of preference.
+const EVENT_TIME: &[&str] = &[
+    "event_timestamp",
+    "timestamp",
+    "time_replied",
+    "time_clicked",
+    "time_opened",
+    "time_sent",
+    "created_at",
+];
+
 /// The SmartLead source, mounted at `/webhooks/smartlead`.
 pub struct SmartLead;
 
@@ -51,15 +62,7 @@ impl Source for SmartLead {
 
     fn sent_at(&self, payload: &Map<String, Value>) -> Option<DateTime<Utc>> {
         let p = Payload(payload);
-        let sent = p.str_at(&[
-            "event_timestamp",
-            "timestamp",
-            "time_replied",
-            "time_clicked",
-            "time_opened",
-            "time_sent",
-            "created_at",
-        ])?;
+        let sent = p.str_at(EVENT_TIME)?;
         DateTime::parse_from_rfc3339(&rfc3339(&sent))
             .ok()
             .map(|t| t.with_timezone(&Utc))
@@ -77,15 +80,7 @@ impl Source for SmartLead {
                 "bounce_message.message_id",
                 "message_id",
             ]),
-            p.str_at(&[
-                "event_timestamp",
-                "timestamp",
-                "time_replied",
-                "time_clicked",
-                "time_opened",
-                "time_sent",
-                "created_at",
-            ]),
+            p.str_at(EVENT_TIME),
         ];
         if identifying.iter().all(Option::is_none) {
             return format!("smartlead:body:{}", sha256_hex(body));
@@ -173,16 +168,8 @@ impl Payload<'_> {
     }
 
     fn timestamp(&self) -> String {
-        self.time_at(&[
-            "timestamp",
-            "event_timestamp",
-            "time_replied",
-            "time_clicked",
-            "time_opened",
-            "time_sent",
-            "created_at",
-        ])
-        .unwrap_or_else(|| Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true))
+        self.time_at(EVENT_TIME)
+            .unwrap_or_else(|| Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true))
     }
 
     /// The targeted lead. For replies the mailbox fields are ambiguous, so only fields that name
