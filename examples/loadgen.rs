@@ -949,12 +949,15 @@ fn report(results: &Path, criterion: Option<&Path>) -> ExitCode {
             ),
         ));
     }
+    let loaded = reloads
+        .first()
+        .map_or(Value::Null, |r| r["rules_loaded"].clone());
     lines.push(Line::check(
-        "reload time, 10,000 generated rules (median)",
+        format!("reload time, {loaded} rules (median)"),
         times
             .get(times.len() / 2)
             .map(|t| (format!("{t:.0} ms"), all_ok)),
-        "every reload 200",
+        "200, >= 10,000 rules",
     ));
     if let Some(r) = reload {
         lines.push(Line::info(

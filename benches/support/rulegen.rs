@@ -12,16 +12,19 @@
 //! | 5 % | event + campaign id + `lead.email` not ending in a competitor's domain | Slack |
 //! | 5 % | event + campaign id + `sequence_number` ≤ k | log |
 //! | 15 % | event + campaign name glob (`Q2 SaaS*`) | HTTP, inline JSON body |
-//! | 5 % | EMAIL_BOUNCED + `bounce.type: hard` | HTTP, `json/bounce.json.hbs` |
-//! | 5 % | EMAIL_OPENED + `open.count` ≥ k | Slack |
+//! | 5 % | EMAIL_BOUNCED + campaign id + `bounce.type: hard` | HTTP, `json/bounce.json.hbs` |
+//! | 5 % | EMAIL_OPENED + campaign id + `open.count` ≥ k | Slack |
 //! | 5 % | event + `lead.company_name` exists + `lead.email` domain | HTTP |
-//! | 5 % | `any` of (EMAIL_CLICKED in a campaign, EMAIL_OPENED ≥ 3 times) | Slack |
+//! | 5 % | `any` of (EMAIL_CLICKED, or EMAIL_OPENED ≥ 3 times, in a campaign) | Slack |
 //! | 5 % | campaign id, `not` EMAIL_SENT | log |
 //! | 5 % | `lead.email` domain only (a suppression rule: every event is a candidate) | HTTP |
 //!
 //! Event types are weighted towards replies (3 in 9 rules that name one). There is one campaign
-//! per 4 rules; the first two are the campaigns of the SmartLead fixtures (123 and 9181), so
-//! some generated rules match the fixture events, as some rules of a real file would.
+//! per 4 rules, each with its own name; the first two are the campaigns of the SmartLead
+//! fixtures (123 "Q1 Outreach" and 9181 "Q2 SaaS Outreach"), so a few generated rules match
+//! each fixture event, as a few rules of a real file would. 30 % of the rules are not filed
+//! under a campaign id, and 10 % under no event type either: those are evaluated for every
+//! event of their type, or every event.
 
 use std::fmt::Write;
 
@@ -77,21 +80,27 @@ pub fn rules_yaml(count: usize, sink: &str) -> String {
     y
 }
 
-/// The campaign id and a name for rule `i`, from a pool of `campaigns`.
-fn campaign(i: usize, campaigns: usize) -> (i64, usize) {
+/// The campaign id of rule `i` and a glob on its name, from a pool of `campaigns`.
+fn campaign(i: usize, campaigns: usize) -> (i64, String) {
     let slot = (i.wrapping_mul(7919) + 13) % campaigns;
-    let id = match slot {
-        0 => 123,
-        1 => 9181,
-        s => 100_000 + s as i64,
-    };
-    (id, slot)
+    match slot {
+        0 => (123, "Q1 Outreach*".into()),
+        1 => (9181, "Q2 SaaS*".into()),
+        s => (
+            100_000 + s as i64,
+            format!(
+                "Q{} {} Outreach {s}*",
+                1 + s % 4,
+                SEGMENTS[s % SEGMENTS.len()]
+            ),
+        ),
+    }
 }
 
 fn rule(y: &mut String, i: usize, campaigns: usize) {
     let name = format!("gen-{i:05}");
     let event = EVENTS[(i / 20 + i) % EVENTS.len()];
-    let (cid, slot) = campaign(i, campaigns);
+    let (cid, glob) = campaign(i, campaigns);
     let _ = writeln!(y, "  - name: {name}\n    when:");
     match i % 20 {
         0..=7 => {
@@ -126,7 +135,6 @@ fn rule(y: &mut String, i: usize, campaigns: usize) {
             log(y, &name);
         }
         11..=13 => {
-            let glob = format!("Q{} {}*", 1 + slot % 4, SEGMENTS[slot % SEGMENTS.len()]);
             let _ = writeln!(
                 y,
                 "      event: {event}\n      campaign: {{ name: '{glob}' }}"
@@ -134,7 +142,10 @@ fn rule(y: &mut String, i: usize, campaigns: usize) {
             http_body(y, &name);
         }
         14 => {
-            y.push_str("      event: EMAIL_BOUNCED\n      fields:\n        bounce.type: hard\n");
+            let _ = writeln!(
+                y,
+                "      event: EMAIL_BOUNCED\n      campaign: {{ id: {cid} }}\n      fields:\n        bounce.type: hard"
+            );
             y.push_str(
                 "    actions:\n      - http:\n          destination: gen-crm\n          template: json/bounce.json.hbs\n",
             );
@@ -142,7 +153,7 @@ fn rule(y: &mut String, i: usize, campaigns: usize) {
         15 => {
             let _ = writeln!(
                 y,
-                "      event: EMAIL_OPENED\n      fields:\n        open.count: {{ gte: {} }}",
+                "      event: EMAIL_OPENED\n      campaign: {{ id: {cid} }}\n      fields:\n        open.count: {{ gte: {} }}",
                 2 + i % 4
             );
             slack_text(y, &name);
@@ -157,7 +168,7 @@ fn rule(y: &mut String, i: usize, campaigns: usize) {
         17 => {
             let _ = writeln!(
                 y,
-                "      any:\n        - event: EMAIL_CLICKED\n          campaign: {{ id: {cid} }}\n        - event: EMAIL_OPENED\n          fields:\n            open.count: {{ gte: 3 }}"
+                "      any:\n        - event: EMAIL_CLICKED\n          campaign: {{ id: {cid} }}\n        - event: EMAIL_OPENED\n          campaign: {{ id: {cid} }}\n          fields:\n            open.count: {{ gte: 3 }}"
             );
             slack_text(y, &name);
         }
