@@ -90,7 +90,7 @@ if [ "${BENCH_MICRO:-1}" != "0" ]; then
     cargo bench --locked --bench match_render -- --output-format bencher | tee "$tmp/criterion.txt"
 fi
 
-read -r bare_port router_port sink_port < <("$loadgen" free-ports --count 3 | tr '\n' ' ')
+read -r bare_port router_port sink_port < <("$loadgen" free-ports --count 3 | tr '\n' ' '; echo)
 sink="127.0.0.1:$sink_port"
 
 echo "== (1) bare warp baseline on 127.0.0.1:$bare_port"

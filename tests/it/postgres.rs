@@ -144,8 +144,11 @@ async fn two_instances_share_the_work_and_deliver_each_event_once() {
         instance_dir(&sink_rules(&sink)),
         instance_dir(&sink_rules(&sink)),
     );
-    let a = Binary::start_on(dir_a.path(), Some(&url), &[], &[]).await;
-    let b = Binary::start_on(dir_b.path(), Some(&url), &[], &[]).await;
+    // Both start at once on an empty schema: the migration runs once, under its lock.
+    let (a, b) = tokio::join!(
+        Binary::start_on(dir_a.path(), Some(&url), &[], &[]),
+        Binary::start_on(dir_b.path(), Some(&url), &[], &[])
+    );
     let client = reqwest::Client::new();
     let mut ids = Vec::new();
     for i in 0..40 {
