@@ -41,7 +41,7 @@ pub struct App {
 
 /// How many earlier configurations are kept so that pending deliveries finish under the rules
 /// that matched them.
-const KEPT_CONFIGS: usize = 8;
+const KEPT_CONFIGS: usize = 2;
 
 impl App {
     /// Loads the configuration for the first time; fails with every problem if it is invalid.

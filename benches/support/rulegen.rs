@@ -105,7 +105,7 @@ fn rule(y: &mut String, i: usize, campaigns: usize) {
     match i % 20 {
         0..=7 => {
             let _ = writeln!(y, "      event: {event}\n      campaign: {{ id: {cid} }}");
-            if i % 3 == 0 {
+            if i.is_multiple_of(3) {
                 slack_file(y);
             } else {
                 slack_text(y, &name);

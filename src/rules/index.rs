@@ -1,8 +1,12 @@
-//! The rule index: rules filed under the event types and campaign ids their top-level
-//! conditions require, so that matching skips rules that cannot match an event.
+//! The rule index: rules filed under the event types and campaign ids their conditions require,
+//! and, within those, under the campaign-name glob, field value or email domain they require,
+//! so that matching evaluates only rules that could match an event. A rule set of thousands
+//! then costs little more per event than a handful.
 
+use super::condition::FieldTest;
 use super::{Condition, Rule};
 use crate::event;
+use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde_json::Value;
 use std::collections::HashMap;
 
@@ -11,26 +15,74 @@ type Key = (Option<String>, Option<i64>);
 /// Rule positions filed by (event type, campaign id); `None` means "any".
 #[derive(Debug, Default)]
 pub(super) struct Index {
-    buckets: HashMap<Key, Vec<usize>>,
+    buckets: HashMap<Key, Bucket>,
+}
+
+/// The rules of one (event type, campaign id) key.
+#[derive(Debug, Default)]
+struct Bucket {
+    /// Rules evaluated for every event of the key.
+    always: Vec<usize>,
+    /// Rules that require a campaign-name glob: the set, and the rule of each glob.
+    globs: Vec<(Glob, usize)>,
+    glob_set: Option<(GlobSet, Vec<usize>)>,
+    /// Rules that require a field to equal a string: path → value → rules.
+    values: HashMap<Vec<String>, HashMap<String, Vec<usize>>>,
+    /// Rules that require an email field to end with `@domain`: path → `@domain` → rules.
+    domains: HashMap<Vec<String>, HashMap<String, Vec<usize>>>,
+}
+
+/// What narrows a rule within its bucket.
+enum Narrow {
+    Globs(Vec<Glob>),
+    Value(Vec<String>, String),
+    Domain(Vec<String>, String),
+    Nothing,
 }
 
 impl Index {
     pub(super) fn build(rules: &[Rule]) -> Self {
-        let mut buckets: HashMap<Key, Vec<usize>> = HashMap::new();
+        let mut buckets: HashMap<Key, Bucket> = HashMap::new();
         for (i, rule) in rules.iter().enumerate().filter(|(_, r)| r.enabled) {
-            let events = required(&rule.when, |c| match c {
-                Condition::Event(names) => Some(names.iter().cloned().map(Some).collect()),
+            let events: Vec<Option<String>> = requirement(&rule.when, &|c| match c {
+                Condition::Event(names) => Some(names.clone()),
                 _ => None,
-            });
-            let campaigns = required(&rule.when, |c| match c {
-                Condition::CampaignId(ids) => Some(ids.iter().copied().map(Some).collect()),
+            })
+            .map_or(vec![None], |v| v.into_iter().map(Some).collect());
+            let campaigns: Vec<Option<i64>> = requirement(&rule.when, &|c| match c {
+                Condition::CampaignId(ids) => Some(ids.clone()),
                 _ => None,
-            });
+            })
+            .map_or(vec![None], |v| v.into_iter().map(Some).collect());
+            let narrow = narrow(&rule.when);
             for e in &events {
                 for c in &campaigns {
-                    buckets.entry((e.clone(), *c)).or_default().push(i);
+                    let bucket = buckets.entry((e.clone(), *c)).or_default();
+                    match &narrow {
+                        Narrow::Globs(globs) => {
+                            bucket.globs.extend(globs.iter().map(|g| (g.clone(), i)))
+                        }
+                        Narrow::Value(path, v) => bucket
+                            .values
+                            .entry(path.clone())
+                            .or_default()
+                            .entry(v.clone())
+                            .or_default()
+                            .push(i),
+                        Narrow::Domain(path, d) => bucket
+                            .domains
+                            .entry(path.clone())
+                            .or_default()
+                            .entry(d.clone())
+                            .or_default()
+                            .push(i),
+                        Narrow::Nothing => bucket.always.push(i),
+                    }
                 }
             }
+        }
+        for bucket in buckets.values_mut() {
+            bucket.seal();
         }
         Index { buckets }
     }
@@ -39,20 +91,22 @@ impl Index {
     pub(super) fn candidates(&self, event: &Value) -> Vec<usize> {
         let (canonical, sent) = event::event_type(event);
         let campaign = event::campaign_id(event);
-        let mut types = vec![Some(canonical.to_string()), None];
-        if sent != canonical {
-            types.push(Some(sent.to_string()));
-        }
         let mut found = Vec::new();
-        for t in types {
+        let mut visit = |t: Option<&str>| {
+            let t = t.map(str::to_string);
             if campaign.is_some()
-                && let Some(list) = self.buckets.get(&(t.clone(), campaign))
+                && let Some(b) = self.buckets.get(&(t.clone(), campaign))
             {
-                found.extend_from_slice(list);
+                b.candidates(event, &mut found);
             }
-            if let Some(list) = self.buckets.get(&(t, None)) {
-                found.extend_from_slice(list);
+            if let Some(b) = self.buckets.get(&(t, None)) {
+                b.candidates(event, &mut found);
             }
+        };
+        visit(Some(canonical));
+        visit(None);
+        if sent != canonical {
+            visit(Some(sent));
         }
         found.sort_unstable();
         found.dedup();
@@ -60,18 +114,180 @@ impl Index {
     }
 }
 
-/// The values a condition requires at its top level (through `all`), or `[None]` for "any".
-fn required<T: Clone>(
+impl Bucket {
+    fn seal(&mut self) {
+        if self.globs.is_empty() {
+            return;
+        }
+        let mut builder = GlobSetBuilder::new();
+        for (glob, _) in &self.globs {
+            builder.add(glob.clone());
+        }
+        if let Ok(set) = builder.build() {
+            self.glob_set = Some((set, self.globs.iter().map(|(_, i)| *i).collect()));
+        } else {
+            // Cannot happen (every glob compiled on its own); evaluate them all rather than none.
+            self.always.extend(self.globs.iter().map(|(_, i)| *i));
+        }
+    }
+
+    fn candidates(&self, event: &Value, out: &mut Vec<usize>) {
+        out.extend_from_slice(&self.always);
+        if let Some((set, rules)) = &self.glob_set
+            && let Some(name) = event
+                .get("campaign")
+                .and_then(|c| c.get("name"))
+                .and_then(Value::as_str)
+        {
+            out.extend(set.matches(name).into_iter().map(|g| rules[g]));
+        }
+        for (path, by_value) in &self.values {
+            if let Some(v) = event::lookup(event, path).and_then(Value::as_str)
+                && let Some(rules) = by_value.get(v)
+            {
+                out.extend_from_slice(rules);
+            }
+        }
+        for (path, by_domain) in &self.domains {
+            if let Some(v) = event::lookup(event, path).and_then(Value::as_str)
+                && let Some(at) = v.rfind('@')
+                && let Some(rules) = by_domain.get(&v[at..])
+            {
+                out.extend_from_slice(rules);
+            }
+        }
+    }
+}
+
+/// The values a condition requires (`None`: no requirement, any value may match). Through
+/// `all`, the first part that requires some; through `any`, the union when every branch does.
+fn requirement<T: Clone>(
     cond: &Condition,
-    pick: impl Fn(&Condition) -> Option<Vec<Option<T>>> + Copy,
-) -> Vec<Option<T>> {
+    pick: &dyn Fn(&Condition) -> Option<Vec<T>>,
+) -> Option<Vec<T>> {
     if let Some(values) = pick(cond) {
-        return values;
+        return Some(values);
     }
-    if let Condition::All(parts) = cond
-        && let Some(values) = parts.iter().find_map(pick)
-    {
-        return values;
+    match cond {
+        Condition::All(parts) => parts.iter().find_map(|p| requirement(p, pick)),
+        Condition::Any(parts) if !parts.is_empty() => {
+            let mut union = Vec::new();
+            for p in parts {
+                union.extend(requirement(p, pick)?);
+            }
+            Some(union)
+        }
+        _ => None,
     }
-    vec![None]
+}
+
+/// A further requirement within a bucket: a campaign-name glob, a field equal to a string, or
+/// an email field in a domain (`ends_with: "@domain"`), found at the top level or through `all`.
+fn narrow(cond: &Condition) -> Narrow {
+    let parts: Vec<&Condition> = match cond {
+        Condition::All(parts) => parts.iter().collect(),
+        other => vec![other],
+    };
+    for part in &parts {
+        if let Condition::CampaignName(globs) = part {
+            let compiled: Option<Vec<Glob>> =
+                globs.iter().map(|(g, _)| Glob::new(g).ok()).collect();
+            if let Some(compiled) = compiled {
+                return Narrow::Globs(compiled);
+            }
+        }
+    }
+    for part in &parts {
+        if let Condition::Field { segments, test, .. } = part {
+            match test {
+                // Only strings that equal nothing but themselves: numeric and boolean strings
+                // also equal numbers and booleans, which a lookup by text would miss.
+                FieldTest::Equals(Value::String(s))
+                    if s.trim().parse::<f64>().is_err()
+                        && !s.eq_ignore_ascii_case("true")
+                        && !s.eq_ignore_ascii_case("false") =>
+                {
+                    return Narrow::Value(segments.clone(), s.clone());
+                }
+                FieldTest::EndsWith(s)
+                    if s.starts_with('@') && s.len() > 1 && s[1..].find('@').is_none() =>
+                {
+                    return Narrow::Domain(segments.clone(), s.clone());
+                }
+                _ => {}
+            }
+        }
+    }
+    Narrow::Nothing
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{compile, raw};
+    use serde_json::json;
+    use std::path::{Path, PathBuf};
+
+    fn rules(yaml: &str) -> super::super::RuleSet {
+        let file = raw::parse(yaml).unwrap();
+        compile::compile(
+            vec![(PathBuf::from("t.yaml"), yaml.into(), file)],
+            Path::new("/nonexistent"),
+        )
+        .unwrap()
+        .rules
+    }
+
+    const RULES: &str = r#"
+rules:
+  - name: by-glob
+    when: { event: EMAIL_REPLIED, campaign: { name: "Q2 *" } }
+    actions: [{ log: { message: x } }]
+  - name: by-domain
+    when: { fields: { lead.email: { ends_with: "@acme.example" } } }
+    actions: [{ log: { message: x } }]
+  - name: by-value
+    when: { fields: { bounce.type: hard } }
+    actions: [{ log: { message: x } }]
+  - name: by-any
+    when: { any: [{ event: EMAIL_CLICKED }, { event: EMAIL_OPENED, fields: { open.count: { gte: 3 } } }] }
+    actions: [{ log: { message: x } }]
+  - name: always
+    when: { fields: { lead.email: { contains: "x" } } }
+    actions: [{ log: { message: x } }]
+"#;
+
+    #[test]
+    fn only_rules_that_could_match_are_candidates() {
+        let set = rules(RULES);
+        let names = |e: Value| -> Vec<String> {
+            set.index
+                .candidates(&e)
+                .into_iter()
+                .map(|i| set.get(i).name.clone())
+                .collect()
+        };
+        let reply = json!({"event": "EMAIL_REPLIED", "campaign": {"name": "Q2 Launch"}, "lead": {"email": "a@acme.example"}});
+        assert_eq!(names(reply), ["by-glob", "by-domain", "always"]);
+        let other = json!({"event": "EMAIL_REPLIED", "campaign": {"name": "Q1"}, "lead": {"email": "a@other.example"}, "bounce": {"type": "hard"}});
+        assert_eq!(names(other), ["by-value", "always"]);
+        let click = json!({"event": "EMAIL_CLICKED", "lead": {"email": null}});
+        assert_eq!(names(click), ["by-any", "always"]);
+    }
+
+    #[test]
+    fn the_index_never_changes_what_matches() {
+        let set = rules(RULES);
+        for e in [
+            json!({"event": "EMAIL_REPLIED", "campaign": {"name": "Q2 Launch"}, "lead": {"email": "x@acme.example"}}),
+            json!({"event": "EMAIL_OPENED", "open": {"count": 5}, "lead": {"email": "b@x.example"}}),
+            json!({"event": "EMAIL_BOUNCED", "bounce": {"type": "hard"}, "lead": {"email": "c@acme.example"}}),
+        ] {
+            let indexed: Vec<usize> = set.matching(&e);
+            let brute: Vec<usize> = (0..set.rules().len())
+                .filter(|&i| set.get(i).when.holds(&e))
+                .collect();
+            assert_eq!(indexed, brute, "{e}");
+        }
+    }
 }
