@@ -1,5 +1,10 @@
-//! The SQLite backend: one file, WAL journal, `synchronous=FULL` (a commit is on disk before the
-//! webhook is answered), migrations embedded at compile time.
+//! The SQLite backend: one file, WAL journal, migrations embedded at compile time.
+//!
+//! Every write goes through one connection, so writers queue in the process instead of
+//! sleeping in SQLite's busy handler, and reads use their own connections (WAL lets them run
+//! beside the writer). Intake commits with `synchronous=FULL`: the webhook's `200` means the
+//! event is on disk. Claims and attempt records commit with `synchronous=NORMAL`: a power cut
+//! can lose the last of those, which only means a delivery is sent again (at least once).
 
 use super::rows::{AttemptRow, DUE_COLUMNS, DueRow, VIEW_COLUMNS, ViewRow, after};
 use super::{
@@ -7,14 +12,15 @@ use super::{
     NewEvent, StoreError, now_ms, rfc3339,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::{Acquire, Row, SqlitePool};
 use std::str::FromStr;
 use std::time::Duration;
 
 /// A SQLite store.
 #[derive(Clone)]
 pub struct Sqlite {
-    pool: SqlitePool,
+    writer: SqlitePool,
+    reader: SqlitePool,
     instance: String,
 }
 
@@ -32,18 +38,34 @@ impl Sqlite {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
-        // One connection for an in-memory database: every connection would get its own.
-        let pool = SqlitePoolOptions::new()
-            .max_connections(if memory { 1 } else { 4 })
-            .connect_with(options)
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
             .await?;
-        sqlx::migrate!("migrations/sqlite").run(&pool).await?;
-        Ok(Sqlite { pool, instance })
+        sqlx::migrate!("migrations/sqlite").run(&writer).await?;
+        // An in-memory database exists once per connection: there, everything shares the writer.
+        let reader = if memory {
+            writer.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(3)
+                .connect_with(options.read_only(true))
+                .await?
+        };
+        Ok(Sqlite {
+            writer,
+            reader,
+            instance,
+        })
     }
 
     pub(super) async fn accept(&self, events: &[NewEvent]) -> Result<Vec<Intake>, StoreError> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.writer.acquire().await?;
+        sqlx::query("PRAGMA synchronous = FULL")
+            .execute(&mut *conn)
+            .await?;
+        let mut tx = conn.begin().await?;
         let mut out = Vec::with_capacity(events.len());
         for e in events {
             let inserted = sqlx::query("INSERT INTO intake_keys (key, event_id, created_at) VALUES (?, ?, ?) ON CONFLICT (key) DO NOTHING")
@@ -97,7 +119,11 @@ impl Sqlite {
         }
         let now = now_ms();
         let busy = serde_json::to_string(busy).unwrap_or_else(|_| "[]".into());
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.writer.acquire().await?;
+        sqlx::query("PRAGMA synchronous = NORMAL")
+            .execute(&mut *conn)
+            .await?;
+        let mut tx = conn.begin().await?;
         let rows = sqlx::query(
             "UPDATE deliveries SET status = 'sending', updated_at = ?1
              WHERE id IN (
@@ -130,7 +156,11 @@ impl Sqlite {
 
     pub(super) async fn finish(&self, done: &[Finished]) -> Result<(), StoreError> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.writer.acquire().await?;
+        sqlx::query("PRAGMA synchronous = NORMAL")
+            .execute(&mut *conn)
+            .await?;
+        let mut tx = conn.begin().await?;
         for Finished {
             id,
             attempt: a,
@@ -165,7 +195,7 @@ impl Sqlite {
             "UPDATE deliveries SET status = 'pending', updated_at = ? WHERE status = 'sending'",
         )
         .bind(now_ms())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?
         .rows_affected();
         Ok(n)
@@ -175,7 +205,7 @@ impl Sqlite {
         let ids = serde_json::to_string(ids).unwrap_or_else(|_| "[]".into());
         sqlx::query("UPDATE deliveries SET status = 'pending' WHERE status = 'sending' AND id IN (SELECT value FROM json_each(?))")
             .bind(ids)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -184,7 +214,7 @@ impl Sqlite {
         Ok(sqlx::query_scalar(
             "SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'pending'",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(&self.reader)
         .await?)
     }
 
@@ -200,7 +230,7 @@ impl Sqlite {
             .bind(&f.rule)
             .bind(&f.lead)
             .bind(f.limit.unwrap_or(100) as i64)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.reader)
             .await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
@@ -210,7 +240,7 @@ impl Sqlite {
                     "SELECT started_at, duration_ms, outcome, status_code, error FROM attempts WHERE delivery_id = ? ORDER BY id",
                 )
                 .bind(view.id)
-                .fetch_all(&self.pool)
+                .fetch_all(&self.reader)
                 .await?
                 .into_iter()
                 .map(AttemptView::from)
@@ -226,7 +256,7 @@ impl Sqlite {
         let n = sqlx::query("UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?1, updated_at = ?1 WHERE status = 'dead' AND (?2 IS NULL OR id = ?2)")
             .bind(now)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?
             .rows_affected();
         Ok(n)
@@ -236,7 +266,7 @@ impl Sqlite {
         let n = sqlx::query("UPDATE deliveries SET status = 'discarded', updated_at = ? WHERE status = 'dead' AND id = ?")
             .bind(now_ms())
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?
             .rows_affected();
         Ok(n > 0)
@@ -247,7 +277,7 @@ impl Sqlite {
         before: Millis,
         keys_before: Millis,
     ) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let deliveries = sqlx::query("DELETE FROM deliveries WHERE status IN ('delivered', 'discarded', 'skipped') AND updated_at < ?")
             .bind(before)
             .execute(&mut *tx)
@@ -273,7 +303,7 @@ impl Sqlite {
                 MIN(CASE WHEN status = 'pending' THEN created_at END)
              FROM deliveries",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(&self.reader)
         .await?;
         Ok(Counts {
             pending: r.get::<i64, _>(0) as u64,
@@ -297,11 +327,11 @@ impl Sqlite {
         .bind(listen)
         .bind(config_hash)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         sqlx::query("DELETE FROM instances WHERE heartbeat_at < ?")
             .bind(now - 3_600_000)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -312,7 +342,7 @@ impl Sqlite {
     ) -> Result<Vec<InstanceView>, StoreError> {
         let rows = sqlx::query("SELECT id, listen, config_hash, started_at, heartbeat_at FROM instances WHERE heartbeat_at >= ? ORDER BY started_at")
             .bind(alive_since)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.reader)
             .await?;
         Ok(rows
             .into_iter()
