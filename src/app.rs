@@ -39,9 +39,9 @@ pub struct App {
     pub wake: tokio::sync::Notify,
 }
 
-/// How many earlier configurations are kept so that pending deliveries finish under the rules
-/// that matched them.
-const KEPT_CONFIGS: usize = 2;
+/// How many earlier configurations are kept (besides the serving one) so that pending
+/// deliveries finish under the rules that matched them.
+const KEPT_CONFIGS: usize = 1;
 
 impl App {
     /// Loads the configuration for the first time; fails with every problem if it is invalid.

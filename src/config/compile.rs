@@ -472,26 +472,38 @@ fn compile_sources(
             };
             let allow_ips = nets(&r.allow_ips, "allow_ips");
             let trusted_proxies = nets(&r.trusted_proxies, "trusted_proxies");
-            let replay_window =
-                r.replay_window
-                    .as_ref()
-                    .and_then(|w| match humantime::parse_duration(&w.value) {
-                        Ok(d) => Some(d),
-                        Err(_) => {
-                            errors.push(Diagnostic::at(
-                                path,
-                                pos(w).line,
-                                pos(w).column,
-                                format!("replay_window {:?} is not a duration like 10m", w.value),
-                            ));
-                            None
-                        }
-                    });
-            let header = r
-                .signature_header
-                .as_ref()
-                .map(|h| h.value.clone())
-                .unwrap_or_else(|| SIGNATURE_HEADER.to_string());
+            // Both may use ${VAR}; an empty replay window switches the check off.
+            let mut setting = |v: &Option<Spanned<String>>| -> Option<(String, Pos)> {
+                let v = v.as_ref()?;
+                match env::expand(&v.value) {
+                    Ok(e) if e.value.trim().is_empty() => None,
+                    Ok(e) => Some((e.value.trim().to_string(), pos(v))),
+                    Err(e) => {
+                        errors.push(Diagnostic::at(
+                            path,
+                            pos(v).line,
+                            pos(v).column,
+                            e.to_string(),
+                        ));
+                        None
+                    }
+                }
+            };
+            let replay = setting(&r.replay_window);
+            let header = setting(&r.signature_header)
+                .map_or_else(|| SIGNATURE_HEADER.to_string(), |(h, _)| h);
+            let replay_window = replay.and_then(|(w, at)| match humantime::parse_duration(&w) {
+                Ok(d) => Some(d),
+                Err(_) => {
+                    errors.push(Diagnostic::at(
+                        path,
+                        at.line,
+                        at.column,
+                        format!("replay_window {w:?} is not a duration like 10m"),
+                    ));
+                    None
+                }
+            });
             out.insert(
                 name.clone(),
                 SourceAuth {

@@ -165,7 +165,8 @@ impl HelperDef for Url {
             Escape::SlackJson | Escape::Json => escape::json_string(&url),
             Escape::Html => handlebars::html_escape(&url),
             Escape::Slack => escape::slack(&url),
-            Escape::Url | Escape::Plain => url,
+            Escape::Url => escape::url_component(&url),
+            Escape::Plain => url,
         };
         out.write(&escaped)?;
         Ok(())

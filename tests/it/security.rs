@@ -769,3 +769,37 @@ fn an_alias_bomb_in_the_rules_file_is_refused_quickly() {
     );
     assert!(start.elapsed() < Duration::from_secs(10));
 }
+
+#[test]
+fn source_settings_take_variables_and_an_empty_one_switches_its_check_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = "sources:\n  smartlead:\n    secret_key: ${SB_TEST_UNSET_KEY:-}\n    replay_window: ${SB_TEST_UNSET_WINDOW:-}\n    hmac_secret: ${SB_TEST_UNSET_HMAC:-k}\n    signature_header: ${SB_TEST_UNSET_HEADER:-X-Sig}\nrules:\n  - name: r\n    actions:\n      - log: { message: hi }\n";
+    std::fs::write(dir.path().join("r.yaml"), rules).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["check", "--rules", "r.yaml", "--templates", "t"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        !text.contains("asks for no credential"),
+        "the HMAC mode is on: {text}"
+    );
+    std::fs::write(
+        dir.path().join("r.yaml"),
+        rules.replace("${SB_TEST_UNSET_WINDOW:-}", "${SB_TEST_UNSET_WINDOW:-soon}"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["check", "--rules", "r.yaml", "--templates", "t"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("r.yaml:4:") && text.contains("replay_window \"soon\""),
+        "{text}"
+    );
+}
