@@ -44,7 +44,7 @@ fn events() -> Vec<Value> {
             let text = std::fs::read_to_string(path).expect("fixture is readable");
             let payload: Value = serde_json::from_str(&text).expect("fixture is JSON");
             let map = payload.as_object().expect("fixture is a JSON object");
-            let mut event = SmartLead.normalise(map);
+            let mut event = SmartLead.normalise(map.clone());
             event["event_id"] = Value::String(format!("0190c4f5-0000-7000-8000-{i:012}"));
             event
         })

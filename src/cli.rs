@@ -412,7 +412,7 @@ fn test(args: &TestArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut event = source.normalise(&payload);
+    let mut event = source.normalise(payload);
     event["event_id"] = Value::String("test".into());
     print!("{}", describe_event(&event));
     if args.explain {

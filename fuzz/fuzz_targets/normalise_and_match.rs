@@ -35,9 +35,9 @@ static CONFIG: LazyLock<Config> = LazyLock::new(|| {
 
 fuzz_target!(|data: &[u8]| {
     let Ok(Value::Object(payload)) = serde_json::from_slice::<Value>(data) else { return };
-    let event = SmartLead.normalise(&payload);
     let _ = SmartLead.dedup_key(&payload, data);
     let _ = SmartLead.sent_at(&payload);
+    let event = SmartLead.normalise(payload);
     for i in CONFIG.rules.matching(&event) {
         for step in &CONFIG.rules.get(i).actions {
             let _ = step.action.render(&event, &CONFIG.templates);

@@ -5,13 +5,12 @@ use super::{Channel, Clients, RenderFailure, SendError};
 use crate::config::compile::Ctx;
 use crate::config::raw::{OneOrMany, Spanned, pos};
 use crate::template::escape::header_value;
-use crate::template::{Escape, Template, Templates};
+use crate::template::{Data, Escape, Template, Templates};
 use lettre::message::{Mailbox, MultiPart, SinglePart, header::ContentType};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -196,7 +195,7 @@ impl Channel for Email {
         self.transport.as_ref().err().map(String::as_str)
     }
 
-    fn render(&self, event: &Value, t: &Templates) -> Result<EmailMessage, RenderFailure> {
+    fn render(&self, event: &Data, t: &Templates) -> Result<EmailMessage, RenderFailure> {
         let subject = header_value(&t.render(&self.subject, event)?);
         let text = self.text.as_ref().map(|x| t.render(x, event)).transpose()?;
         let html = self.html.as_ref().map(|x| t.render(x, event)).transpose()?;

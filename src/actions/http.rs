@@ -6,11 +6,10 @@ use super::{Channel, Clients, RenderFailure, SendError, redact_url};
 use crate::config::compile::Ctx;
 use crate::config::raw::{Spanned, pos};
 use crate::template::escape::{header_value, truncate};
-use crate::template::{Escape, Template, Templates};
+use crate::template::{Data, Escape, Template, Templates};
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
@@ -239,7 +238,7 @@ impl Channel for Http {
         self.url.as_ref().err().map(String::as_str)
     }
 
-    fn render(&self, event: &Value, t: &Templates) -> Result<HttpMessage, RenderFailure> {
+    fn render(&self, event: &Data, t: &Templates) -> Result<HttpMessage, RenderFailure> {
         let url = match &self.url {
             Ok(tpl) => t.render(tpl, event)?,
             Err(_) => String::new(),

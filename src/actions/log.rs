@@ -4,9 +4,8 @@
 use super::{Channel, Clients, RenderFailure, SendError};
 use crate::config::compile::Ctx;
 use crate::config::raw::Spanned;
-use crate::template::{Escape, Template, Templates};
+use crate::template::{Data, Escape, Template, Templates};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 /// `log:` settings.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -69,7 +68,7 @@ impl Channel for Log {
         None
     }
 
-    fn render(&self, event: &Value, t: &Templates) -> Result<LogMessage, RenderFailure> {
+    fn render(&self, event: &Data, t: &Templates) -> Result<LogMessage, RenderFailure> {
         Ok(LogMessage {
             message: t.render(&self.message, event)?,
         })

@@ -7,7 +7,7 @@
 mod props;
 
 use crate::config::compile::Ctx;
-use crate::template::Templates;
+use crate::template::{Data, Templates};
 use serde::Serialize;
 use serde_json::Value;
 use std::time::Duration;
@@ -142,7 +142,7 @@ pub trait Channel: Sized {
     /// What to set when the destination's address came out empty (deliveries are skipped).
     fn unconfigured(&self) -> Option<&str>;
     /// Renders the message for one event (also when unconfigured, for `test`).
-    fn render(&self, event: &Value, templates: &Templates) -> Result<Self::Message, RenderFailure>;
+    fn render(&self, event: &Data, templates: &Templates) -> Result<Self::Message, RenderFailure>;
     /// Sends a rendered message.
     fn send(
         message: &Self::Message,
@@ -232,7 +232,8 @@ macro_rules! channels {
 
             /// Renders the message this action sends for an event.
             pub fn render(&self, event: &Value, templates: &Templates) -> Result<Message, RenderFailure> {
-                match self { $(Action::$variant(a) => a.render(event, templates).map(Message::$variant),)+ }
+                let data = Data::new(event);
+                match self { $(Action::$variant(a) => a.render(&data, templates).map(Message::$variant),)+ }
             }
         }
 

@@ -68,7 +68,7 @@ fn hostile_event(name: String, text: String, subject: String, extra: Value) -> V
         "reply_message": {"text": text},
         "extra": extra,
     });
-    let mut e = SmartLead.normalise(payload.as_object().expect("object"));
+    let mut e = SmartLead.normalise(payload.as_object().expect("object").clone());
     e["event_id"] = json!("prop");
     e
 }
@@ -102,10 +102,10 @@ proptest! {
             Value::Object(m) => m,
             other => [("event".to_string(), other)].into_iter().collect(),
         };
-        let e = SmartLead.normalise(&object);
+        let _ = SmartLead.dedup_key(&object, b"{}");
+        let e = SmartLead.normalise(object);
         prop_assert!(e["event"].is_string());
         prop_assert!(e["raw"].is_object());
-        let _ = SmartLead.dedup_key(&object, b"{}");
     }
 
     #[test]

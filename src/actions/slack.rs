@@ -6,7 +6,7 @@ use super::{Channel, Clients, RenderFailure, SendError, redact_url};
 use crate::config::compile::Ctx;
 use crate::config::raw::{Spanned, pos};
 use crate::template::escape::truncate;
-use crate::template::{Escape, Template, Templates};
+use crate::template::{Data, Escape, Template, Templates};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -142,7 +142,7 @@ impl Channel for Slack {
         self.webhook_url.as_ref().err().map(String::as_str)
     }
 
-    fn render(&self, event: &Value, t: &Templates) -> Result<SlackMessage, RenderFailure> {
+    fn render(&self, event: &Data, t: &Templates) -> Result<SlackMessage, RenderFailure> {
         let mut payload = match &self.body {
             Body::Payload(tpl) => parse_json(&t.render(tpl, event)?, "the Slack payload template")?,
             Body::Text(tpl) => json!({ "text": t.render(tpl, event)? }),

@@ -530,7 +530,7 @@ fn probe(
     rule: &str,
     errors: &mut Diagnostics,
 ) {
-    let mut sample = SmartLead.normalise(&serde_json::Map::new());
+    let mut sample = SmartLead.normalise(serde_json::Map::new());
     sample["event_id"] = Value::String("probe".into());
     match action.render(&sample, templates) {
         Err(RenderFailure::Template(e))

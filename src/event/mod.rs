@@ -17,7 +17,8 @@ pub trait Source: Send + Sync {
     fn name(&self) -> &'static str;
     /// Builds the canonical event (SPEC section 4) from a payload that is a JSON object.
     /// Never fails: unknown types and missing fields give nulls, not errors.
-    fn normalise(&self, payload: &Map<String, Value>) -> Value;
+    /// The payload is moved in: it becomes the event's `raw` without a copy.
+    fn normalise(&self, payload: Map<String, Value>) -> Value;
 
     /// When the tool says the event happened, if it says so (for the replay window).
     fn sent_at(&self, _payload: &Map<String, Value>) -> Option<chrono::DateTime<chrono::Utc>> {

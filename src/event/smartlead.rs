@@ -25,14 +25,12 @@ impl Source for SmartLead {
         "smartlead"
     }
 
-    fn normalise(&self, payload: &Map<String, Value>) -> Value {
-        let p = Payload(payload);
+    fn normalise(&self, payload: Map<String, Value>) -> Value {
+        let p = Payload(&payload);
         let sent_type = p.str_at(&["event_type", "event", "type"]);
         let canonical = sent_type.as_deref().map(canonical_type);
         let is_reply = canonical == Some("EMAIL_REPLIED");
-        let mut raw = Value::Object(payload.clone());
-        strip_secrets(&mut raw);
-        json!({
+        let mut event = json!({
             "event": canonical.unwrap_or("UNKNOWN"),
             "source": "smartlead",
             "source_event": sent_type.as_deref().unwrap_or("UNKNOWN"),
@@ -56,8 +54,12 @@ impl Source for SmartLead {
                 "last_at": p.time_at(&["last_opened_at", "time_opened"]),
             },
             "inbox_url": p.str_at(&["app_url", "ui_master_inbox_link", "inbox_url"]),
-            "raw": raw,
-        })
+            "raw": Value::Null,
+        });
+        let mut raw = Value::Object(payload);
+        strip_secrets(&mut raw);
+        event["raw"] = raw;
+        event
     }
 
     fn sent_at(&self, payload: &Map<String, Value>) -> Option<DateTime<Utc>> {

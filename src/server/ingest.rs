@@ -143,7 +143,8 @@ where
     {
         return refuse(StatusCode::UNAUTHORIZED, e.to_string());
     }
-    let mut event = normaliser.normalise(&payload);
+    let dedup_key = normaliser.dedup_key(&payload, &body);
+    let mut event = normaliser.normalise(payload);
     let event_id = uuid::Uuid::now_v7().to_string();
     event["event_id"] = Value::String(event_id.clone());
     let config = state.app.current();
@@ -172,7 +173,7 @@ where
         lead_email: event["lead"]["email"].as_str().map(str::to_string),
         config_hash: config.hash.clone(),
         payload: event.to_string(),
-        dedup_key: normaliser.dedup_key(&payload, &body),
+        dedup_key,
         deliveries,
     };
     let deliveries = record.deliveries.len();

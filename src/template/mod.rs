@@ -47,6 +47,17 @@ pub struct RenderError {
     pub missing: Option<String>,
 }
 
+/// An event made ready for rendering, once per message: every template of the message renders
+/// from it without copying the event again.
+pub struct Data(handlebars::Context);
+
+impl Data {
+    /// Prepares an event for rendering.
+    pub fn new(event: &Value) -> Data {
+        Data(handlebars::Context::wraps(event).unwrap_or_else(|_| handlebars::Context::null()))
+    }
+}
+
 /// Every compiled template of one configuration.
 pub struct Templates {
     registries: Vec<Handlebars<'static>>,
@@ -171,9 +182,9 @@ impl Templates {
     }
 
     /// Renders a template against an event.
-    pub fn render(&self, template: &Template, data: &Value) -> Result<String, RenderError> {
+    pub fn render(&self, template: &Template, data: &Data) -> Result<String, RenderError> {
         self.registries[template.escape.index()]
-            .render(&template.name, data)
+            .render_with_context(&template.name, &data.0)
             .map_err(|e| {
                 let missing = match e.reason() {
                     handlebars::RenderErrorReason::MissingVariable(path) => path.clone(),

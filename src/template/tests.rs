@@ -6,7 +6,7 @@ use serde_json::json;
 fn render(source: &str, escape: Escape, data: &Value) -> Result<String, RenderError> {
     let mut t = Templates::default();
     let tpl = t.inline("test", source, escape).expect("compiles");
-    t.render(&tpl, data)
+    t.render(&tpl, &Data::new(data))
 }
 
 fn hostile() -> Value {

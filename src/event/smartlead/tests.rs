@@ -5,7 +5,7 @@ use crate::event::Source;
 
 fn normalise(text: &str) -> Value {
     let payload: Value = serde_json::from_str(text).unwrap();
-    SmartLead.normalise(payload.as_object().unwrap())
+    SmartLead.normalise(payload.as_object().unwrap().clone())
 }
 
 macro_rules! fixture {
