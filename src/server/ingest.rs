@@ -69,11 +69,12 @@ where
 {
     let started = std::time::Instant::now();
     let metrics = &state.app.metrics;
-    let label = state
+    let normaliser = state
         .sources
         .iter()
         .find(|s| s.name() == caller.source)
-        .map_or("unknown", |s| s.name());
+        .cloned();
+    let label = normaliser.as_ref().map_or("unknown", |s| s.name());
     let refuse = |status: StatusCode, message: String| {
         let reason = match status {
             StatusCode::UNAUTHORIZED => "unauthorized",
@@ -89,7 +90,7 @@ where
         error(status, message)
     };
     let source = caller.source.as_str();
-    let Some(normaliser) = state.sources.iter().find(|s| s.name() == source) else {
+    let Some(normaliser) = normaliser else {
         let known: Vec<&str> = state.sources.iter().map(|s| s.name()).collect();
         return refuse(
             StatusCode::NOT_FOUND,

@@ -4,10 +4,12 @@
 //! New deliveries are announced with `NOTIFY`, so idle workers wake without polling. Migrations
 //! take an advisory lock, so instances starting together migrate once.
 
-use super::rows::{AttemptRow, DUE_COLUMNS, DueRow, VIEW_COLUMNS, ViewRow, after};
+use super::rows::{
+    AttemptRow, DUE_COLUMNS, DueRow, INSTANCE_COLUMNS, InstanceRow, VIEW_COLUMNS, ViewRow, after,
+};
 use super::{
     AttemptView, Counts, DeliveryView, Due, Filter, Finished, InstanceView, Intake, Millis,
-    NewEvent, StoreError, now_ms, rfc3339,
+    NewEvent, StoreError, now_ms,
 };
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Row};
@@ -321,21 +323,14 @@ impl Postgres {
         &self,
         alive_since: Millis,
     ) -> Result<Vec<InstanceView>, StoreError> {
-        let rows = sqlx::query("SELECT id, listen, config_hash, started_at, heartbeat_at FROM instances WHERE heartbeat_at >= $1 ORDER BY started_at")
+        let sql = format!(
+            "SELECT {INSTANCE_COLUMNS} FROM instances WHERE heartbeat_at >= $1 ORDER BY started_at"
+        );
+        let rows = sqlx::query_as::<_, InstanceRow>(sqlx::AssertSqlSafe(sql))
             .bind(alive_since)
             .fetch_all(&self.pool)
             .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| InstanceView {
-                current: r.get::<String, _>(0) == self.instance,
-                id: r.get(0),
-                listen: r.get(1),
-                config_hash: r.get(2),
-                started_at: rfc3339(r.get(3)),
-                heartbeat_at: rfc3339(r.get(4)),
-            })
-            .collect())
+        Ok(rows.into_iter().map(|r| r.view(&self.instance)).collect())
     }
 
     /// Calls `wake` whenever any instance stores new deliveries or requeues dead letters.

@@ -1,7 +1,7 @@
 //! Rows as both backends read them (same column names and types), and their conversion to the
 //! views the store hands out. Keeps the backends to their SQL.
 
-use super::{AttemptView, DeliveryView, Due, rfc3339};
+use super::{AttemptView, DeliveryView, Due, InstanceView, rfc3339};
 
 /// The columns every backend selects for a claimed delivery.
 pub(super) const DUE_COLUMNS: &str = "d.id, d.event_id, d.rule, d.action_index, d.destination, d.attempts, e.config_hash, e.payload, e.received_at";
@@ -104,5 +104,31 @@ pub(super) fn after(next: &super::Next, now: i64) -> (&'static str, &'static str
         super::Next::Retry(at) => ("pending", "retry", *at),
         super::Next::Dead => ("dead", "dead", now),
         super::Next::Skipped => ("skipped", "skipped", now),
+    }
+}
+
+/// The columns every backend selects for a live instance.
+pub(super) const INSTANCE_COLUMNS: &str = "id, listen, config_hash, started_at, heartbeat_at";
+
+#[derive(sqlx::FromRow)]
+pub(super) struct InstanceRow {
+    id: String,
+    listen: String,
+    config_hash: String,
+    started_at: i64,
+    heartbeat_at: i64,
+}
+
+impl InstanceRow {
+    /// The view, marked `current` when it is the instance answering (`me`).
+    pub(super) fn view(self, me: &str) -> InstanceView {
+        InstanceView {
+            current: self.id == me,
+            id: self.id,
+            listen: self.listen,
+            config_hash: self.config_hash,
+            started_at: rfc3339(self.started_at),
+            heartbeat_at: rfc3339(self.heartbeat_at),
+        }
     }
 }

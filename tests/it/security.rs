@@ -664,30 +664,15 @@ rules:
         "the stored and forwarded event has no secret_key"
     );
     tokio::time::sleep(Duration::from_millis(800)).await; // SMTP fails twice, Slack dead-letters
-    let status = client
-        .get(format!("{}/api/status", router.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let deliveries = client
-        .get(format!("{}/api/deliveries", router.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let dlq = client
-        .get(format!("{}/api/dlq", router.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let get = |path: &'static str| {
+        let request = client.get(format!("{}{path}", router.url));
+        async move { request.send().await.unwrap().text().await.unwrap() }
+    };
+    let (status, deliveries, dlq) = (
+        get("/api/status").await,
+        get("/api/deliveries").await,
+        get("/api/dlq").await,
+    );
     assert!(dlq.contains("no_service"), "{dlq}");
     router.signal("-TERM");
     drop(router);
@@ -774,30 +759,27 @@ fn an_alias_bomb_in_the_rules_file_is_refused_quickly() {
 fn source_settings_take_variables_and_an_empty_one_switches_its_check_off() {
     let dir = tempfile::tempdir().unwrap();
     let rules = "sources:\n  smartlead:\n    secret_key: ${SB_TEST_UNSET_KEY:-}\n    replay_window: ${SB_TEST_UNSET_WINDOW:-}\n    hmac_secret: ${SB_TEST_UNSET_HMAC:-k}\n    signature_header: ${SB_TEST_UNSET_HEADER:-X-Sig}\nrules:\n  - name: r\n    actions:\n      - log: { message: hi }\n";
-    std::fs::write(dir.path().join("r.yaml"), rules).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args(["check", "--rules", "r.yaml", "--templates", "t"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{text}");
+    let check = |rules: &str| {
+        std::fs::write(dir.path().join("r.yaml"), rules).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(["check", "--rules", "r.yaml", "--templates", "t"])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let (code, text) = check(rules);
+    assert_eq!(code, Some(0), "{text}");
     assert!(
         !text.contains("asks for no credential"),
         "the HMAC mode is on: {text}"
     );
-    std::fs::write(
-        dir.path().join("r.yaml"),
-        rules.replace("${SB_TEST_UNSET_WINDOW:-}", "${SB_TEST_UNSET_WINDOW:-soon}"),
-    )
-    .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args(["check", "--rules", "r.yaml", "--templates", "t"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let (code, text) =
+        check(&rules.replace("${SB_TEST_UNSET_WINDOW:-}", "${SB_TEST_UNSET_WINDOW:-soon}"));
+    assert_eq!(code, Some(1), "{text}");
     assert!(
         text.contains("r.yaml:4:") && text.contains("replay_window \"soon\""),
         "{text}"
