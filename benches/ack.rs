@@ -14,7 +14,7 @@ use switchboard::app::App;
 use switchboard::config::Sources;
 use switchboard::delivery;
 use switchboard::server::{self, Guard, State};
-use switchboard::store::{Committer, Store};
+use switchboard::store::Store;
 
 const CONNECTIONS: usize = 50;
 const DURATION: Duration = Duration::from_secs(8);
@@ -54,7 +54,8 @@ async fn run(label: &str, store_url: &str) -> Result {
     let state = State {
         app,
         store: store.clone(),
-        committer: Committer::start(store),
+        committer: workers.committer(),
+        handoff: workers.handoff(),
         sources: Arc::new(switchboard::event::sources()),
         guard: Arc::new(Guard::new(addr, None, 0, 0)),
         ready_max_pending: u64::MAX,

@@ -8,7 +8,7 @@ use crate::delivery::{self, RetryPolicy};
 use crate::event;
 use crate::rules::Verdict;
 use crate::server::{self, Guard, State};
-use crate::store::{Committer, DeliveryView, Filter, Store};
+use crate::store::{DeliveryView, Filter, Store};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::Value;
 use std::io::Read;
@@ -329,12 +329,12 @@ fn serve(args: ServeArgs) -> ExitCode {
             "switchboard is listening: POST events to http://{bound}/webhooks/smartlead"
         );
         drop(config);
-        let committer = Committer::start(store.clone());
         let guard = Arc::new(Guard::new(args.listen, admin_token, args.rate_limit, args.rate_limit_burst));
         let state = State {
             app,
             store,
-            committer,
+            committer: workers.committer(),
+            handoff: workers.handoff(),
             sources: Arc::new(event::sources()),
             guard,
             ready_max_pending: args.ready_max_pending,

@@ -13,12 +13,13 @@ pub use retry::RetryPolicy;
 use crate::actions::Clients;
 use crate::app::App;
 use crate::metrics::ActionLabels;
-use crate::store::{Attempt, Due, Finished, Next, Recorder, Store, now_ms};
+use crate::store::{Attempt, Committer, Due, Finished, Next, Store, now_ms};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 /// Worker limits and the retry policy.
 #[derive(Debug, Clone)]
@@ -57,6 +58,8 @@ impl Default for Settings {
 pub struct Workers {
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    committer: Committer,
+    handoff: Handoff,
 }
 
 /// Deliveries in flight: their ids and how many per destination.
@@ -66,14 +69,90 @@ struct InFlight {
     per_destination: HashMap<String, usize>,
 }
 
+/// Intake's way to give the deliveries of an event it has just committed straight to this
+/// instance's workers, without a round trip through the store: it reserves room for them
+/// before the commit (then they are recorded as claimed), and sends them after it. When the
+/// workers are busy there is no room, and the deliveries wait in the store for a claim.
+#[derive(Clone)]
+pub struct Handoff {
+    permits: Arc<Semaphore>,
+    open: Arc<AtomicBool>,
+    backlog: Arc<AtomicBool>,
+    tx: mpsc::UnboundedSender<(Vec<Due>, OwnedSemaphorePermit)>,
+}
+
+/// Room reserved with the workers for the deliveries of one event.
+pub struct Reservation(OwnedSemaphorePermit);
+
+impl Handoff {
+    /// Room for `n` deliveries to start now, or `None` (none to send, workers busy, or not
+    /// running).
+    pub fn reserve(&self, n: usize) -> Option<Reservation> {
+        if n == 0 || !self.open.load(Ordering::Acquire) {
+            return None;
+        }
+        let n = u32::try_from(n).ok()?;
+        self.permits
+            .clone()
+            .try_acquire_many_owned(n)
+            .ok()
+            .map(Reservation)
+    }
+
+    /// Tells the workers that deliveries were stored pending for want of room: they look in
+    /// the store again as sends finish.
+    pub fn stored_pending(&self) {
+        self.backlog.store(true, Ordering::Release);
+    }
+
+    /// Gives the workers committed deliveries recorded as claimed. If the workers have
+    /// stopped, the deliveries come back: put them back in the store (`Store::release`).
+    pub fn send(&self, due: Vec<Due>, room: Reservation) -> Result<(), Vec<Due>> {
+        self.tx
+            .send((due, room.0))
+            .map_err(|mpsc::error::SendError((due, _))| due)
+    }
+}
+
 /// Starts the workers (and the pruning of old history).
 pub fn start(app: Arc<App>, store: Store, clients: Clients, settings: Settings) -> Workers {
     let (stop, stopped) = watch::channel(false);
-    let task = tokio::spawn(dispatch(app, store, clients, settings, stopped));
-    Workers { stop, task }
+    let committer = Committer::start(store.clone());
+    let (tx, handed) = mpsc::unbounded_channel();
+    let handoff = Handoff {
+        permits: Arc::new(Semaphore::new(settings.concurrency.max(1))),
+        open: Arc::new(AtomicBool::new(false)),
+        backlog: Arc::new(AtomicBool::new(true)),
+        tx,
+    };
+    let shared = Arc::new(Shared {
+        app,
+        committer: committer.clone(),
+        clients,
+        settings,
+        flight: Mutex::new(InFlight::default()),
+        backlog: handoff.backlog.clone(),
+    });
+    let task = tokio::spawn(dispatch(shared, store, handoff.clone(), handed, stopped));
+    Workers {
+        stop,
+        task,
+        committer,
+        handoff,
+    }
 }
 
 impl Workers {
+    /// Where intake commits events: the queue the workers record their attempts in.
+    pub fn committer(&self) -> Committer {
+        self.committer.clone()
+    }
+
+    /// Where intake hands the deliveries of a committed event to these workers.
+    pub fn handoff(&self) -> Handoff {
+        self.handoff.clone()
+    }
+
     /// Stops claiming deliveries and waits for those in flight, for at most `grace`. Whatever
     /// has not finished stays in the store for the next start. Returns whether all finished.
     pub async fn shutdown(self, grace: Duration) -> bool {
@@ -82,13 +161,90 @@ impl Workers {
     }
 }
 
-async fn dispatch(
+/// What the dispatcher shares with the deliveries it starts.
+struct Shared {
     app: Arc<App>,
-    store: Store,
+    committer: Committer,
     clients: Clients,
-    s: Settings,
+    settings: Settings,
+    flight: Mutex<InFlight>,
+    /// The store may hold due deliveries the workers had no room for: a finished delivery
+    /// wakes the dispatcher to look again.
+    backlog: Arc<AtomicBool>,
+}
+
+impl Shared {
+    /// Starts `due` if its destination has room, holding `permit` until it is done; gives it
+    /// back (dropping the permit) when the destination is at its limit.
+    fn start(self: &Arc<Self>, due: Due, permit: OwnedSemaphorePermit) -> Result<(), Due> {
+        {
+            let mut f = self.flight.lock().expect("in-flight lock");
+            let n = f
+                .per_destination
+                .entry(due.destination.clone())
+                .or_default();
+            if *n >= self.settings.per_destination {
+                return Err(due);
+            }
+            *n += 1;
+            f.ids.insert(due.id);
+        }
+        let shared = self.clone();
+        tokio::spawn(async move {
+            let s = &*shared;
+            deliver(&s.app, &s.committer, &s.clients, &s.settings.retry, &due).await;
+            forget(&s.flight, &due);
+            drop(permit);
+            if s.backlog.load(Ordering::Acquire) {
+                s.app.wake.notify_one();
+            }
+        });
+        Ok(())
+    }
+
+    /// Destinations at their limit (a claim skips them).
+    fn busy(&self) -> Vec<String> {
+        let f = self.flight.lock().expect("in-flight lock");
+        f.per_destination
+            .iter()
+            .filter(|(_, n)| **n >= self.settings.per_destination)
+            .map(|(d, _)| d.clone())
+            .collect()
+    }
+
+    /// Starts deliveries handed over by intake; those whose destination is at its limit go
+    /// back to the store as pending, for a later claim.
+    async fn start_handed(
+        self: &Arc<Self>,
+        store: &Store,
+        due: Vec<Due>,
+        mut room: OwnedSemaphorePermit,
+    ) {
+        let mut release = Vec::new();
+        for d in due {
+            let Some(permit) = room.split(1) else {
+                release.push(d.id);
+                continue;
+            };
+            if let Err(d) = self.start(d, permit) {
+                release.push(d.id);
+            }
+        }
+        if !release.is_empty() {
+            self.backlog.store(true, Ordering::Release);
+            let _ = store.release(&release).await;
+        }
+    }
+}
+
+async fn dispatch(
+    shared: Arc<Shared>,
+    store: Store,
+    handoff: Handoff,
+    mut handed: mpsc::UnboundedReceiver<(Vec<Due>, OwnedSemaphorePermit)>,
     mut stopped: watch::Receiver<bool>,
 ) {
+    let app = shared.app.clone();
     match store.recover().await {
         Ok(0) => {}
         Ok(n) => tracing::info!(
@@ -97,12 +253,14 @@ async fn dispatch(
         ),
         Err(e) => tracing::error!(error = %e, "Cannot recover in-flight deliveries."),
     }
-    let pruner = tokio::spawn(prune_forever(store.clone(), s.history));
+    // Only now may intake record deliveries as claimed: recovery would have reset them.
+    handoff.open.store(true, Ordering::Release);
+    let pruner = tokio::spawn(prune_forever(store.clone(), shared.settings.history));
     let heartbeat = tokio::spawn(heartbeat_forever(
         app.clone(),
         store.clone(),
-        s.heartbeat,
-        s.listen.clone(),
+        shared.settings.heartbeat,
+        shared.settings.listen.clone(),
     ));
     let woken = app.clone();
     if let Err(e) = store
@@ -111,91 +269,76 @@ async fn dispatch(
     {
         tracing::warn!(error = %e, "Cannot listen for new deliveries from other instances; polling instead.");
     }
-    let permits = Arc::new(Semaphore::new(s.concurrency.max(1)));
-    let recorder = Recorder::start(store.clone());
-    let flight = Arc::new(Mutex::new(InFlight::default()));
-    let settings = Arc::new(s);
+    let permits = handoff.permits.clone();
+    let poll = shared.settings.poll;
+    // Look in the store at start, when woken, and at the latest at `deadline`; deliveries
+    // handed over by intake start without a look.
+    let mut look = true;
+    let mut deadline = tokio::time::Instant::now();
     while !*stopped.borrow() {
-        let busy: Vec<String> = {
-            let f = flight.lock().expect("in-flight lock");
-            f.per_destination
-                .iter()
-                .filter(|(_, n)| **n >= settings.per_destination)
-                .map(|(d, _)| d.clone())
-                .collect()
-        };
-        let free = permits.available_permits() as u32;
-        let claimed = match store.claim(free, &busy).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(error = %e, "Cannot read due deliveries from the store; trying again in 1 s.");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+        if look {
+            look = false;
+            let busy = shared.busy();
+            let free = permits.available_permits() as u32;
+            if free == 0 {
+                // No room to look now: the next finished delivery wakes this loop.
+                shared.backlog.store(true, Ordering::Release);
+                deadline = tokio::time::Instant::now() + poll;
                 continue;
             }
-        };
-        let mut release = Vec::new();
-        let mut started = 0;
-        for due in claimed {
-            let admitted = {
-                let mut f = flight.lock().expect("in-flight lock");
-                let n = f
-                    .per_destination
-                    .entry(due.destination.clone())
-                    .or_default();
-                if *n >= settings.per_destination {
-                    false
-                } else {
-                    *n += 1;
-                    f.ids.insert(due.id);
-                    true
+            let claimed = match store.claim(free, &busy).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, "Cannot read due deliveries from the store; trying again in 1 s.");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    look = true;
+                    continue;
                 }
             };
-            let permit = admitted
-                .then(|| permits.clone().try_acquire_owned().ok())
-                .flatten();
-            let Some(permit) = permit else {
-                if admitted {
-                    forget(&flight, &due);
+            let full = claimed.len() as u32 >= free;
+            let mut release = Vec::new();
+            for due in claimed {
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    release.push(due.id);
+                    continue;
+                };
+                if let Err(due) = shared.start(due, permit) {
+                    release.push(due.id);
                 }
-                release.push(due.id);
+            }
+            let more = full || !busy.is_empty() || !release.is_empty();
+            shared.backlog.store(more, Ordering::Release);
+            if !release.is_empty() {
+                let _ = store.release(&release).await;
+            }
+            if full && permits.available_permits() > 0 {
+                look = true;
                 continue;
+            }
+            let wait = match store.next_due().await {
+                Ok(Some(at)) => {
+                    Duration::from_millis((at - now_ms()).clamp(5, poll.as_millis() as i64) as u64)
+                }
+                _ => poll,
             };
-            started += 1;
-            let (app, recorder, clients, settings, flight) = (
-                app.clone(),
-                recorder.clone(),
-                clients.clone(),
-                settings.clone(),
-                flight.clone(),
-            );
-            tokio::spawn(async move {
-                deliver(&app, &recorder, &clients, &settings.retry, &due).await;
-                forget(&flight, &due);
-                drop(permit);
-                app.wake.notify_one();
-            });
+            deadline = tokio::time::Instant::now() + wait;
         }
-        if !release.is_empty() {
-            let _ = store.release(&release).await;
-        }
-        if started > 0 && permits.available_permits() > 0 {
-            continue;
-        }
-        let wait = match store.next_due().await {
-            Ok(Some(at)) => Duration::from_millis(
-                (at - now_ms()).clamp(5, settings.poll.as_millis() as i64) as u64,
-            ),
-            _ => settings.poll,
-        };
         tokio::select! {
-            _ = app.wake.notified() => {},
-            _ = tokio::time::sleep(wait) => {},
+            _ = app.wake.notified() => look = true,
+            _ = tokio::time::sleep_until(deadline) => look = true,
+            Some((due, room)) = handed.recv() => shared.start_handed(&store, due, room).await,
             _ = stopped.changed() => {},
         }
     }
+    handoff.open.store(false, Ordering::Release);
+    handed.close();
+    while let Some((due, _room)) = handed.recv().await {
+        let ids: Vec<i64> = due.iter().map(|d| d.id).collect();
+        let _ = store.release(&ids).await;
+    }
     pruner.abort();
     heartbeat.abort();
-    while !flight.lock().expect("in-flight lock").ids.is_empty() {
+    while !shared.flight.lock().expect("in-flight lock").ids.is_empty() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -225,7 +368,7 @@ struct Outcome {
 /// Renders and sends one delivery, then records the attempt and what comes next.
 async fn deliver(
     app: &App,
-    recorder: &Recorder,
+    recorder: &Committer,
     clients: &Clients,
     policy: &RetryPolicy,
     due: &Due,
@@ -345,18 +488,25 @@ async fn attempt(app: &App, clients: &Clients, policy: &RetryPolicy, due: &Due) 
             kind,
         );
     }
-    let event: Value = match serde_json::from_str(&due.payload) {
-        Ok(v) => v,
-        Err(e) => {
-            return fail(
-                Next::Dead,
-                format!("the stored event is not valid JSON: {e}"),
-                "bad_event",
-                kind,
-            );
-        }
+    let parsed;
+    let event: &Value = match &due.event {
+        Some(event) => event,
+        None => match serde_json::from_str::<Value>(&due.payload) {
+            Ok(v) => {
+                parsed = v;
+                &parsed
+            }
+            Err(e) => {
+                return fail(
+                    Next::Dead,
+                    format!("the stored event is not valid JSON: {e}"),
+                    "bad_event",
+                    kind,
+                );
+            }
+        },
     };
-    let message = match step.action.render(&event, &config.templates) {
+    let message = match step.action.render(event, &config.templates) {
         Ok(m) => m,
         Err(e) => {
             return fail(

@@ -4,9 +4,10 @@
 use super::auth::Credentials;
 use super::{State, error};
 use crate::metrics::RuleLabels;
-use crate::store::{Intake, NewDelivery, NewEvent};
+use crate::store::{Due, Intake, NewDelivery, NewEvent};
 use serde_json::{Value, json};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use warp::http::HeaderMap;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
@@ -167,6 +168,9 @@ where
                 })
         })
         .collect::<Vec<_>>();
+    // Room with this instance's workers: then the deliveries start as soon as the commit is
+    // done, without waiting for a claim.
+    let room = state.handoff.reserve(deliveries.len());
     let record = NewEvent {
         id: event_id.clone(),
         source: source.to_string(),
@@ -176,10 +180,19 @@ where
         payload: event.to_string(),
         dedup_key,
         deliveries,
+        claimed: room.is_some(),
+    };
+    let targets: Vec<(String, u32, String)> = match room {
+        Some(_) => record
+            .deliveries
+            .iter()
+            .map(|d| (d.rule.clone(), d.action_index, d.destination.clone()))
+            .collect(),
+        None => vec![],
     };
     let deliveries = record.deliveries.len();
     match state.committer.submit(record).await {
-        Ok(Intake::Accepted) => {
+        Ok(Intake::Accepted(ids)) => {
             metrics.event(label, &kind, "accepted", "none");
             for &i in &matched {
                 let rule = RuleLabels {
@@ -188,7 +201,34 @@ where
                 metrics.rule_matches.get_or_create(&rule).inc();
             }
             metrics.ack_latency.observe(started.elapsed().as_secs_f64());
-            if deliveries > 0 {
+            if let Some(room) = room {
+                let received_at = crate::store::now_ms();
+                let event = Arc::new(event);
+                let due = ids
+                    .into_iter()
+                    .zip(targets)
+                    .map(|(id, (rule, action_index, destination))| Due {
+                        id,
+                        event_id: event_id.clone(),
+                        rule,
+                        action_index,
+                        destination,
+                        attempts: 0,
+                        config_hash: config.hash.clone(),
+                        payload: String::new(),
+                        event: Some(event.clone()),
+                        received_at,
+                    })
+                    .collect();
+                if let Err(due) = state.handoff.send(due, room) {
+                    // The workers have stopped: the deliveries wait in the store for the next start.
+                    let ids: Vec<i64> = due.iter().map(|d| d.id).collect();
+                    if let Err(e) = state.store.release(&ids).await {
+                        tracing::warn!(event_id, error = %e, "Cannot put deliveries back as pending; they resume after a restart.");
+                    }
+                }
+            } else if deliveries > 0 {
+                state.handoff.stored_pending();
                 state.app.wake.notify_one();
             }
             tracing::info!(

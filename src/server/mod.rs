@@ -11,6 +11,7 @@ mod limit;
 pub use limit::Limiter;
 
 use crate::app::App;
+use crate::delivery::Handoff;
 use crate::event::Source;
 use crate::store::{Committer, Store};
 use serde_json::json;
@@ -33,6 +34,8 @@ pub struct State {
     pub store: Store,
     /// Where accepted events are committed, grouped across requests.
     pub committer: Committer,
+    /// Where the deliveries of a committed event go straight to this instance's workers.
+    pub handoff: Handoff,
     /// The mounted webhook sources.
     pub sources: Arc<Vec<Arc<dyn Source>>>,
     /// Admin access and rate limiting.

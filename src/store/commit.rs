@@ -1,7 +1,8 @@
 //! Group commit: callers queue their writes here; one task writes whatever has queued up in one
 //! transaction and answers each caller when that transaction is durable. Under load a batch
 //! grows by itself while the previous commit is being written, so one fsync serves many writes.
-//! [`Committer`] batches intake (a `200` waits for it); [`Recorder`] batches delivery results.
+//! Intake's events (a `200` waits for their commit) and the workers' attempt records share the
+//! queue and its transactions.
 
 use super::{Finished, Intake, NewEvent, Store, StoreError};
 use std::future::Future;
@@ -69,46 +70,79 @@ impl<T: Send + 'static, R: Send + 'static> Batch<T, R> {
     }
 }
 
-/// The handle intake uses to record an event durably.
+/// What one caller asks to have written.
+enum Write {
+    /// An accepted webhook (intake waits for it before answering).
+    Event(NewEvent),
+    /// A delivery attempt and what comes next.
+    Finished(Finished),
+}
+
+/// The answer to one [`Write`].
+enum Written {
+    Event(Intake),
+    Finished,
+}
+
+/// The one queue of writes: intake's events and the workers' attempt records share each
+/// transaction, so one commit (one fsync) serves both.
 #[derive(Clone)]
-pub struct Committer(Batch<NewEvent, Intake>);
+pub struct Committer(Batch<Write, Written>);
 
 impl Committer {
     /// Starts the committing task on `store`.
     pub fn start(store: Store) -> Committer {
-        Committer(Batch::start("events", move |events: Vec<NewEvent>| {
-            let store = store.clone();
-            async move { store.accept(&events).await }
-        }))
-    }
-
-    /// Records an event; returns once it is committed (or refused).
-    pub async fn submit(&self, event: NewEvent) -> Result<Intake, StoreError> {
-        self.0.submit(event).await
-    }
-}
-
-/// The handle workers use to record delivery attempts.
-#[derive(Clone)]
-pub struct Recorder(Batch<Finished, ()>);
-
-impl Recorder {
-    /// Starts the recording task on `store`.
-    pub fn start(store: Store) -> Recorder {
-        Recorder(Batch::start(
-            "delivery results",
-            move |done: Vec<Finished>| {
+        Committer(Batch::start(
+            "events and delivery results",
+            move |writes: Vec<Write>| {
                 let store = store.clone();
                 async move {
-                    let n = done.len();
-                    store.finish(&done).await.map(|()| vec![(); n])
+                    let mut events = Vec::new();
+                    let mut done = Vec::new();
+                    let kinds: Vec<bool> = writes
+                        .into_iter()
+                        .map(|w| match w {
+                            Write::Event(e) => {
+                                events.push(e);
+                                true
+                            }
+                            Write::Finished(f) => {
+                                done.push(f);
+                                false
+                            }
+                        })
+                        .collect();
+                    let intakes = store.write(&events, &done).await?;
+                    if intakes.len() != events.len() {
+                        return Err(StoreError::Database(sqlx::Error::Protocol(format!(
+                            "the store answered for {} of {} events",
+                            intakes.len(),
+                            events.len()
+                        ))));
+                    }
+                    let mut intakes = intakes.into_iter();
+                    Ok(kinds
+                        .into_iter()
+                        .map(|event| match event {
+                            true => Written::Event(intakes.next().expect("one answer per event")),
+                            false => Written::Finished,
+                        })
+                        .collect())
                 }
             },
         ))
     }
 
+    /// Records an event; returns once it is committed (or refused).
+    pub async fn submit(&self, event: NewEvent) -> Result<Intake, StoreError> {
+        match self.0.submit(Write::Event(event)).await? {
+            Written::Event(intake) => Ok(intake),
+            Written::Finished => Err(StoreError::Closed),
+        }
+    }
+
     /// Records an attempt; returns once it is committed.
     pub async fn record(&self, finished: Finished) -> Result<(), StoreError> {
-        self.0.submit(finished).await
+        self.0.submit(Write::Finished(finished)).await.map(|_| ())
     }
 }

@@ -10,10 +10,14 @@ mod postgres;
 mod rows;
 mod sqlite;
 
-pub use commit::{Committer, Recorder};
+pub use commit::Committer;
 
 use serde::Serialize;
 use std::time::Duration;
+
+/// Most rows one multi-row statement writes (SQLite allows 32,766 bound values, PostgreSQL
+/// 65,535; a delivery row binds 10).
+const ROWS_PER_STATEMENT: usize = 500;
 
 /// Unix time in milliseconds.
 pub type Millis = i64;
@@ -61,6 +65,10 @@ pub struct NewEvent {
     pub dedup_key: String,
     /// One per (rule, action) that matched.
     pub deliveries: Vec<NewDelivery>,
+    /// Record the deliveries as already claimed by this instance (`sending`): intake hands them
+    /// straight to its own workers after the commit instead of leaving them for a claim. A
+    /// crash before they finish leaves them to recovery (SQLite) or lease expiry (PostgreSQL).
+    pub claimed: bool,
 }
 
 /// A delivery to create.
@@ -79,8 +87,8 @@ pub struct NewDelivery {
 /// What happened to an event handed to the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Intake {
-    /// Recorded: its deliveries are pending.
-    Accepted,
+    /// Recorded, with the ids of its deliveries (in the order given).
+    Accepted(Vec<i64>),
     /// The same webhook was seen before, as this event.
     Duplicate(String),
 }
@@ -104,6 +112,8 @@ pub struct Due {
     pub config_hash: String,
     /// The canonical event as JSON.
     pub payload: String,
+    /// The canonical event, already parsed (handed over by intake; then `payload` is empty).
+    pub event: Option<std::sync::Arc<serde_json::Value>>,
     /// When the event was accepted.
     pub received_at: Millis,
 }
@@ -307,20 +317,20 @@ impl Store {
         dispatch!(self, s => s.listen(wake).await)
     }
 
-    /// Records a batch of events in one transaction; one result per event, in order.
-    pub async fn accept(&self, events: &[NewEvent]) -> Result<Vec<Intake>, StoreError> {
-        dispatch!(self, s => s.accept(events).await)
+    /// Records a batch of events and of finished attempts in one transaction; one result per
+    /// event, in order. A handful of multi-row statements serve the whole batch.
+    pub async fn write(
+        &self,
+        events: &[NewEvent],
+        done: &[Finished],
+    ) -> Result<Vec<Intake>, StoreError> {
+        dispatch!(self, s => s.write(events, done).await)
     }
 
     /// Marks up to `limit` due deliveries as sending and returns them, skipping `busy`
     /// destinations.
     pub async fn claim(&self, limit: u32, busy: &[String]) -> Result<Vec<Due>, StoreError> {
         dispatch!(self, s => s.claim(limit, busy).await)
-    }
-
-    /// Records attempts and moves their deliveries on, in one transaction.
-    pub async fn finish(&self, done: &[Finished]) -> Result<(), StoreError> {
-        dispatch!(self, s => s.finish(done).await)
     }
 
     /// Puts deliveries left `sending` by a process that died back to `pending`.

@@ -9,10 +9,11 @@ use super::rows::{
 };
 use super::{
     AttemptView, Counts, DeliveryView, Due, Filter, Finished, InstanceView, Intake, Millis,
-    NewEvent, StoreError, now_ms,
+    NewDelivery, NewEvent, StoreError, now_ms,
 };
-use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnection, PgListener, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Row};
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 /// The channel new deliveries are announced on.
@@ -42,59 +43,129 @@ impl Postgres {
         self.lease.as_millis() as i64
     }
 
-    pub(super) async fn accept(&self, events: &[NewEvent]) -> Result<Vec<Intake>, StoreError> {
+    pub(super) async fn write(
+        &self,
+        events: &[NewEvent],
+        done: &[Finished],
+    ) -> Result<Vec<Intake>, StoreError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        let mut out = Vec::with_capacity(events.len());
-        let mut any = false;
-        for e in events {
-            let inserted = sqlx::query("INSERT INTO intake_keys (key, event_id, created_at) VALUES ($1, $2, $3) ON CONFLICT (key) DO NOTHING")
-                .bind(&e.dedup_key)
-                .bind(&e.id)
-                .bind(now)
-                .execute(&mut *tx)
+        let out = self.accept(&mut tx, events, now).await?;
+        finish(&mut tx, done, now).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// Records events (keys, events, deliveries) with one statement each, over arrays.
+    async fn accept(
+        &self,
+        tx: &mut PgConnection,
+        events: &[NewEvent],
+        now: Millis,
+    ) -> Result<Vec<Intake>, StoreError> {
+        if events.is_empty() {
+            return Ok(vec![]);
+        }
+        let keys: Vec<&str> = events.iter().map(|e| e.dedup_key.as_str()).collect();
+        let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+        let fresh: HashSet<String> = sqlx::query_scalar(
+            "INSERT INTO intake_keys (key, event_id, created_at)
+             SELECT k, e, $3 FROM UNNEST($1::TEXT[], $2::TEXT[]) AS t(k, e)
+             ON CONFLICT (key) DO NOTHING RETURNING event_id",
+        )
+        .bind(&keys)
+        .bind(&ids)
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+        let repeats: Vec<&str> = events
+            .iter()
+            .filter(|e| !fresh.contains(&e.id))
+            .map(|e| e.dedup_key.as_str())
+            .collect();
+        let first: HashMap<String, String> = if repeats.is_empty() {
+            HashMap::new()
+        } else {
+            sqlx::query_as("SELECT key, event_id FROM intake_keys WHERE key = ANY($1)")
+                .bind(&repeats)
+                .fetch_all(&mut *tx)
                 .await?
-                .rows_affected();
-            if inserted == 0 {
-                let first: String =
-                    sqlx::query_scalar("SELECT event_id FROM intake_keys WHERE key = $1")
-                        .bind(&e.dedup_key)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                out.push(Intake::Duplicate(first));
-                continue;
+                .into_iter()
+                .collect()
+        };
+        let accepted: Vec<&NewEvent> = events.iter().filter(|e| fresh.contains(&e.id)).collect();
+        let column = |f: fn(&NewEvent) -> &str| accepted.iter().map(|e| f(e)).collect::<Vec<_>>();
+        sqlx::query(
+            "INSERT INTO events (id, source, event_type, lead_email, received_at, config_hash, payload)
+             SELECT id, source, event_type, lead_email, $7, config_hash, payload
+             FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[])
+               AS t(id, source, event_type, lead_email, config_hash, payload)",
+        )
+        .bind(column(|e| &e.id))
+        .bind(column(|e| &e.source))
+        .bind(column(|e| &e.event_type))
+        .bind(accepted.iter().map(|e| e.lead_email.as_deref()).collect::<Vec<_>>())
+        .bind(column(|e| &e.config_hash))
+        .bind(column(|e| &e.payload))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let rows: Vec<(&NewEvent, &NewDelivery)> = accepted
+            .iter()
+            .flat_map(|e| e.deliveries.iter().map(move |d| (*e, d)))
+            .collect();
+        let mut ids = HashMap::with_capacity(rows.len());
+        if !rows.is_empty() {
+            let claimed: Vec<bool> = rows.iter().map(|(e, _)| e.claimed).collect();
+            let returned: Vec<(i64, String, String, i64)> = sqlx::query_as(
+                "INSERT INTO deliveries (event_id, rule, action_index, action_kind, destination, status, attempts, next_attempt_at, claimed_by, lease_until, created_at, updated_at)
+                 SELECT event_id, rule, action_index, action_kind, destination,
+                        CASE WHEN claimed THEN 'sending' ELSE 'pending' END, 0, $7,
+                        CASE WHEN claimed THEN $8 END, CASE WHEN claimed THEN $7 + $9 END, $7, $7
+                 FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::TEXT[], $6::BOOLEAN[])
+                   AS t(event_id, rule, action_index, action_kind, destination, claimed)
+                 RETURNING id, event_id, rule, action_index",
+            )
+            .bind(rows.iter().map(|(e, _)| e.id.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|(_, d)| d.rule.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|(_, d)| d.action_index as i64).collect::<Vec<_>>())
+            .bind(rows.iter().map(|(_, d)| d.action_kind.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|(_, d)| d.destination.as_str()).collect::<Vec<_>>())
+            .bind(&claimed)
+            .bind(now)
+            .bind(&self.instance)
+            .bind(self.lease_ms())
+            .fetch_all(&mut *tx)
+            .await?;
+            for (id, event, rule, index) in returned {
+                ids.insert((event, rule, index), id);
             }
-            sqlx::query("INSERT INTO events (id, source, event_type, lead_email, received_at, config_hash, payload) VALUES ($1, $2, $3, $4, $5, $6, $7)")
-                .bind(&e.id)
-                .bind(&e.source)
-                .bind(&e.event_type)
-                .bind(&e.lead_email)
-                .bind(now)
-                .bind(&e.config_hash)
-                .bind(&e.payload)
-                .execute(&mut *tx)
-                .await?;
-            for d in &e.deliveries {
-                any = true;
-                sqlx::query("INSERT INTO deliveries (event_id, rule, action_index, action_kind, destination, status, attempts, next_attempt_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $6, $6)")
-                    .bind(&e.id)
-                    .bind(&d.rule)
-                    .bind(d.action_index as i64)
-                    .bind(&d.action_kind)
-                    .bind(&d.destination)
-                    .bind(now)
+            if claimed.contains(&false) {
+                sqlx::query(AssertSqlSafe(format!("NOTIFY {CHANNEL}")))
                     .execute(&mut *tx)
                     .await?;
             }
-            out.push(Intake::Accepted);
         }
-        if any {
-            sqlx::query(AssertSqlSafe(format!("NOTIFY {CHANNEL}")))
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(out)
+        Ok(events
+            .iter()
+            .map(|e| {
+                if fresh.contains(&e.id) {
+                    Intake::Accepted(
+                        e.deliveries
+                            .iter()
+                            .map(|d| {
+                                let key = (e.id.clone(), d.rule.clone(), d.action_index as i64);
+                                ids.get(&key).copied().unwrap_or_default()
+                            })
+                            .collect(),
+                    )
+                } else {
+                    Intake::Duplicate(first.get(&e.dedup_key).cloned().unwrap_or_default())
+                }
+            })
+            .collect())
     }
 
     pub(super) async fn claim(&self, limit: u32, busy: &[String]) -> Result<Vec<Due>, StoreError> {
@@ -132,38 +203,6 @@ impl Postgres {
             .collect();
         tx.commit().await?;
         Ok(due)
-    }
-
-    pub(super) async fn finish(&self, done: &[Finished]) -> Result<(), StoreError> {
-        let now = now_ms();
-        let mut tx = self.pool.begin().await?;
-        for Finished {
-            id,
-            attempt: a,
-            next,
-        } in done
-        {
-            let (status, outcome, next_at) = after(next, now);
-            sqlx::query("INSERT INTO attempts (delivery_id, started_at, duration_ms, outcome, status_code, error) VALUES ($1, $2, $3, $4, $5, $6)")
-                .bind(id)
-                .bind(a.started_at)
-                .bind(a.duration_ms)
-                .bind(outcome)
-                .bind(a.status_code.map(i64::from))
-                .bind(&a.error)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("UPDATE deliveries SET status = $1, attempts = attempts + 1, next_attempt_at = $2, last_error = COALESCE($3, last_error), claimed_by = NULL, lease_until = NULL, updated_at = $4 WHERE id = $5")
-                .bind(status)
-                .bind(next_at)
-                .bind(&a.error)
-                .bind(now)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
     }
 
     /// Other instances may be sending: nothing is reset here. Deliveries of an instance that
@@ -350,4 +389,40 @@ impl Postgres {
         });
         Ok(())
     }
+}
+
+/// Records attempts and moves their deliveries on: one statement each, over arrays.
+async fn finish(tx: &mut PgConnection, done: &[Finished], now: Millis) -> Result<(), StoreError> {
+    if done.is_empty() {
+        return Ok(());
+    }
+    let after: Vec<_> = done.iter().map(|f| after(&f.next, now)).collect();
+    let ids: Vec<i64> = done.iter().map(|f| f.id).collect();
+    let errors: Vec<Option<&str>> = done.iter().map(|f| f.attempt.error.as_deref()).collect();
+    sqlx::query(
+        "INSERT INTO attempts (delivery_id, started_at, duration_ms, outcome, status_code, error)
+         SELECT * FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], $4::TEXT[], $5::BIGINT[], $6::TEXT[])",
+    )
+    .bind(&ids)
+    .bind(done.iter().map(|f| f.attempt.started_at).collect::<Vec<_>>())
+    .bind(done.iter().map(|f| f.attempt.duration_ms).collect::<Vec<_>>())
+    .bind(after.iter().map(|a| a.1).collect::<Vec<_>>())
+    .bind(done.iter().map(|f| f.attempt.status_code.map(i64::from)).collect::<Vec<_>>())
+    .bind(&errors)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE deliveries d SET status = v.status, attempts = d.attempts + 1, next_attempt_at = v.next_at,
+             last_error = COALESCE(v.error, d.last_error), claimed_by = NULL, lease_until = NULL, updated_at = $5
+         FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[]) AS v(id, status, next_at, error)
+         WHERE d.id = v.id",
+    )
+    .bind(&ids)
+    .bind(after.iter().map(|a| a.0).collect::<Vec<_>>())
+    .bind(after.iter().map(|a| a.2).collect::<Vec<_>>())
+    .bind(&errors)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }

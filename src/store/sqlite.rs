@@ -3,18 +3,19 @@
 //! Every write goes through one connection, so writers queue in the process instead of
 //! sleeping in SQLite's busy handler, and reads use their own connections (WAL lets them run
 //! beside the writer). Intake commits with `synchronous=FULL`: the webhook's `200` means the
-//! event is on disk. Claims and attempt records commit with `synchronous=NORMAL`: a power cut
-//! can lose the last of those, which only means a delivery is sent again (at least once).
+//! event is on disk. Every write (events, claims, attempt records) commits with
+//! `synchronous=FULL`; events and attempt records share group commits, so one fsync serves many.
 
 use super::rows::{
     AttemptRow, DUE_COLUMNS, DueRow, INSTANCE_COLUMNS, InstanceRow, VIEW_COLUMNS, ViewRow, after,
 };
 use super::{
     AttemptView, Counts, DeliveryView, Due, Filter, Finished, InstanceView, Intake, Millis,
-    NewEvent, StoreError, now_ms,
+    NewDelivery, NewEvent, ROWS_PER_STATEMENT, StoreError, now_ms,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Acquire, Row, SqlitePool};
+use sqlx::{QueryBuilder, Row, SqliteConnection, SqlitePool};
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -61,56 +62,15 @@ impl Sqlite {
         })
     }
 
-    pub(super) async fn accept(&self, events: &[NewEvent]) -> Result<Vec<Intake>, StoreError> {
+    pub(super) async fn write(
+        &self,
+        events: &[NewEvent],
+        done: &[Finished],
+    ) -> Result<Vec<Intake>, StoreError> {
         let now = now_ms();
-        let mut conn = self.writer.acquire().await?;
-        sqlx::query("PRAGMA synchronous = FULL")
-            .execute(&mut *conn)
-            .await?;
-        let mut tx = conn.begin().await?;
-        let mut out = Vec::with_capacity(events.len());
-        for e in events {
-            let inserted = sqlx::query("INSERT INTO intake_keys (key, event_id, created_at) VALUES (?, ?, ?) ON CONFLICT (key) DO NOTHING")
-                .bind(&e.dedup_key)
-                .bind(&e.id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if inserted == 0 {
-                let first: String =
-                    sqlx::query_scalar("SELECT event_id FROM intake_keys WHERE key = ?")
-                        .bind(&e.dedup_key)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                out.push(Intake::Duplicate(first));
-                continue;
-            }
-            sqlx::query("INSERT INTO events (id, source, event_type, lead_email, received_at, config_hash, payload) VALUES (?, ?, ?, ?, ?, ?, ?)")
-                .bind(&e.id)
-                .bind(&e.source)
-                .bind(&e.event_type)
-                .bind(&e.lead_email)
-                .bind(now)
-                .bind(&e.config_hash)
-                .bind(&e.payload)
-                .execute(&mut *tx)
-                .await?;
-            for d in &e.deliveries {
-                sqlx::query("INSERT INTO deliveries (event_id, rule, action_index, action_kind, destination, status, attempts, next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)")
-                    .bind(&e.id)
-                    .bind(&d.rule)
-                    .bind(d.action_index as i64)
-                    .bind(&d.action_kind)
-                    .bind(&d.destination)
-                    .bind(now)
-                    .bind(now)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            out.push(Intake::Accepted);
-        }
+        let mut tx = self.writer.begin().await?;
+        let out = accept(&mut tx, events, now).await?;
+        finish(&mut tx, done, now).await?;
         tx.commit().await?;
         Ok(out)
     }
@@ -121,11 +81,7 @@ impl Sqlite {
         }
         let now = now_ms();
         let busy = serde_json::to_string(busy).unwrap_or_else(|_| "[]".into());
-        let mut conn = self.writer.acquire().await?;
-        sqlx::query("PRAGMA synchronous = NORMAL")
-            .execute(&mut *conn)
-            .await?;
-        let mut tx = conn.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let rows = sqlx::query(
             "UPDATE deliveries SET status = 'sending', updated_at = ?1
              WHERE id IN (
@@ -154,42 +110,6 @@ impl Sqlite {
             .collect();
         tx.commit().await?;
         Ok(due)
-    }
-
-    pub(super) async fn finish(&self, done: &[Finished]) -> Result<(), StoreError> {
-        let now = now_ms();
-        let mut conn = self.writer.acquire().await?;
-        sqlx::query("PRAGMA synchronous = NORMAL")
-            .execute(&mut *conn)
-            .await?;
-        let mut tx = conn.begin().await?;
-        for Finished {
-            id,
-            attempt: a,
-            next,
-        } in done
-        {
-            let (status, outcome, next_at) = after(next, now);
-            sqlx::query("INSERT INTO attempts (delivery_id, started_at, duration_ms, outcome, status_code, error) VALUES (?, ?, ?, ?, ?, ?)")
-                .bind(id)
-                .bind(a.started_at)
-                .bind(a.duration_ms)
-                .bind(outcome)
-                .bind(a.status_code.map(i64::from))
-                .bind(&a.error)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("UPDATE deliveries SET status = ?, attempts = attempts + 1, next_attempt_at = ?, last_error = COALESCE(?, last_error), updated_at = ? WHERE id = ?")
-                .bind(status)
-                .bind(next_at)
-                .bind(&a.error)
-                .bind(now)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
     }
 
     pub(super) async fn recover(&self) -> Result<u64, StoreError> {
@@ -358,4 +278,147 @@ impl Sqlite {
     ) -> Result<(), StoreError> {
         Ok(())
     }
+}
+
+/// Records events (keys, events, deliveries) in a few multi-row statements.
+async fn accept(
+    tx: &mut SqliteConnection,
+    events: &[NewEvent],
+    now: Millis,
+) -> Result<Vec<Intake>, StoreError> {
+    if events.is_empty() {
+        return Ok(vec![]);
+    }
+    // The keys that were new: their events are accepted, the others are repeats.
+    let mut fresh = HashSet::with_capacity(events.len());
+    for chunk in events.chunks(ROWS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO intake_keys (key, event_id, created_at) ",
+        );
+        q.push_values(chunk, |mut row, e| {
+            row.push_bind(&e.dedup_key).push_bind(&e.id).push_bind(now);
+        });
+        q.push(" ON CONFLICT (key) DO NOTHING RETURNING event_id");
+        let ids: Vec<String> = q
+            .build_query_scalar()
+            .persistent(false)
+            .fetch_all(&mut *tx)
+            .await?;
+        fresh.extend(ids);
+    }
+    let repeats: Vec<&NewEvent> = events.iter().filter(|e| !fresh.contains(&e.id)).collect();
+    let mut first = HashMap::new();
+    for chunk in repeats.chunks(ROWS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<sqlx::Sqlite>::new(
+            "SELECT key, event_id FROM intake_keys WHERE key IN (",
+        );
+        let mut keys = q.separated(", ");
+        for e in chunk {
+            keys.push_bind(&e.dedup_key);
+        }
+        q.push(")");
+        let rows: Vec<(String, String)> = q
+            .build_query_as()
+            .persistent(false)
+            .fetch_all(&mut *tx)
+            .await?;
+        first.extend(rows);
+    }
+    let accepted: Vec<&NewEvent> = events.iter().filter(|e| fresh.contains(&e.id)).collect();
+    for chunk in accepted.chunks(ROWS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO events (id, source, event_type, lead_email, received_at, config_hash, payload) ",
+        );
+        q.push_values(chunk, |mut row, e| {
+            row.push_bind(&e.id)
+                .push_bind(&e.source)
+                .push_bind(&e.event_type)
+                .push_bind(&e.lead_email)
+                .push_bind(now)
+                .push_bind(&e.config_hash)
+                .push_bind(&e.payload);
+        });
+        q.build().persistent(false).execute(&mut *tx).await?;
+    }
+    let rows: Vec<(&NewEvent, &NewDelivery)> = accepted
+        .iter()
+        .flat_map(|e| e.deliveries.iter().map(move |d| (*e, d)))
+        .collect();
+    // Ids are assigned in the order the rows are given (one writer, AUTOINCREMENT), so the
+    // returned ids, sorted, line up with `rows`.
+    let mut ids: Vec<i64> = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO deliveries (event_id, rule, action_index, action_kind, destination, status, attempts, next_attempt_at, created_at, updated_at) ",
+        );
+        q.push_values(chunk, |mut row, (e, d)| {
+            row.push_bind(&e.id)
+                .push_bind(&d.rule)
+                .push_bind(d.action_index as i64)
+                .push_bind(&d.action_kind)
+                .push_bind(&d.destination)
+                .push_bind(if e.claimed { "sending" } else { "pending" })
+                .push_bind(0_i64)
+                .push_bind(now)
+                .push_bind(now)
+                .push_bind(now);
+        });
+        q.push(" RETURNING id");
+        let mut chunk_ids: Vec<i64> = q
+            .build_query_scalar()
+            .persistent(false)
+            .fetch_all(&mut *tx)
+            .await?;
+        chunk_ids.sort_unstable();
+        ids.extend(chunk_ids);
+    }
+    let mut ids = ids.into_iter();
+    Ok(events
+        .iter()
+        .map(|e| {
+            if fresh.remove(&e.id) {
+                Intake::Accepted(ids.by_ref().take(e.deliveries.len()).collect())
+            } else {
+                Intake::Duplicate(first.get(&e.dedup_key).cloned().unwrap_or_default())
+            }
+        })
+        .collect())
+}
+
+/// Records attempts and moves their deliveries on, in two multi-row statements per chunk.
+async fn finish(
+    tx: &mut SqliteConnection,
+    done: &[Finished],
+    now: Millis,
+) -> Result<(), StoreError> {
+    for chunk in done.chunks(ROWS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO attempts (delivery_id, started_at, duration_ms, outcome, status_code, error) ",
+        );
+        q.push_values(chunk, |mut row, f| {
+            let (_, outcome, _) = after(&f.next, now);
+            row.push_bind(f.id)
+                .push_bind(f.attempt.started_at)
+                .push_bind(f.attempt.duration_ms)
+                .push_bind(outcome)
+                .push_bind(f.attempt.status_code.map(i64::from))
+                .push_bind(&f.attempt.error);
+        });
+        q.build().persistent(false).execute(&mut *tx).await?;
+        let mut q = QueryBuilder::<sqlx::Sqlite>::new(
+            "UPDATE deliveries SET status = v.column2, attempts = attempts + 1, next_attempt_at = v.column3, last_error = COALESCE(v.column4, last_error), updated_at = ",
+        );
+        q.push_bind(now);
+        q.push(" FROM (");
+        q.push_values(chunk, |mut row, f| {
+            let (status, _, next_at) = after(&f.next, now);
+            row.push_bind(f.id)
+                .push_bind(status)
+                .push_bind(next_at)
+                .push_bind(&f.attempt.error);
+        });
+        q.push(") AS v WHERE deliveries.id = v.column1");
+        q.build().persistent(false).execute(&mut *tx).await?;
+    }
+    Ok(())
 }

@@ -12,7 +12,7 @@ use switchboard::app::App;
 use switchboard::config::{Sources, watch};
 use switchboard::delivery::{self, RetryPolicy};
 use switchboard::server::{self, Guard, State};
-use switchboard::store::{Committer, Store};
+use switchboard::store::Store;
 use warp::Filter;
 
 /// A fixture payload from tests/fixtures/smartlead.
@@ -332,7 +332,8 @@ impl Router {
         let state = State {
             app: app.clone(),
             store: store.clone(),
-            committer: Committer::start(store.clone()),
+            committer: workers.committer(),
+            handoff: workers.handoff(),
             sources: Arc::new(switchboard::event::sources()),
             guard: Arc::new(Guard::new(settings_guard.0, settings_guard.1, 5, 20)),
             ready_max_pending,
