@@ -218,7 +218,8 @@ struct TestArgs {
 /// Parses the command line and runs the command.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format, cli.log_level.as_deref());
+    // Held to the end: dropping it writes out the log lines still queued.
+    let _logs = init_logging(cli.log_format, cli.log_level.as_deref());
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Check(args) => check(&args),
@@ -228,21 +229,36 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat, level: Option<&str>) {
+/// Logs go to stderr through a writer thread: a request formats its line and moves on, and the
+/// thread writes whatever has queued up in one go (one syscall for many lines under load). The
+/// queue blocks rather than drops when full, so no line is lost; the returned guard writes out
+/// the rest when the command ends.
+fn init_logging(
+    format: LogFormat,
+    level: Option<&str>,
+) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = match level {
         Some(l) => tracing_subscriber::EnvFilter::new(l),
         None => tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
     };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("switchboard-log")
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    guard
 }
 
 fn print_problems(errors: &Diagnostics) {

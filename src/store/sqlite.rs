@@ -40,6 +40,8 @@ impl Sqlite {
             })
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
+            // Statement journals (multi-row statements inside a transaction) stay in memory.
+            .pragma("temp_store", "memory")
             .busy_timeout(Duration::from_secs(10));
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
