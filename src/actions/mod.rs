@@ -232,8 +232,12 @@ macro_rules! channels {
 
             /// Renders the message this action sends for an event.
             pub fn render(&self, event: &Value, templates: &Templates) -> Result<Message, RenderFailure> {
-                let data = Data::new(event);
-                match self { $(Action::$variant(a) => a.render(&data, templates).map(Message::$variant),)+ }
+                self.render_data(&Data::new(event), templates)
+            }
+
+            /// Renders the message from an event already prepared for rendering.
+            pub fn render_data(&self, data: &Data, templates: &Templates) -> Result<Message, RenderFailure> {
+                match self { $(Action::$variant(a) => a.render(data, templates).map(Message::$variant),)+ }
             }
         }
 

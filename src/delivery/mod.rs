@@ -14,6 +14,7 @@ use crate::actions::Clients;
 use crate::app::App;
 use crate::metrics::ActionLabels;
 use crate::store::{Attempt, Committer, Due, Finished, Next, Store, now_ms};
+use crate::template::Data;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -78,8 +79,11 @@ pub struct Handoff {
     permits: Arc<Semaphore>,
     open: Arc<AtomicBool>,
     backlog: Arc<AtomicBool>,
-    tx: mpsc::UnboundedSender<(Vec<Due>, OwnedSemaphorePermit)>,
+    tx: mpsc::UnboundedSender<Handed>,
 }
+
+/// Deliveries handed over by intake: their event, prepared for rendering, and their room.
+type Handed = (Vec<Due>, Arc<Data>, OwnedSemaphorePermit);
 
 /// Room reserved with the workers for the deliveries of one event.
 pub struct Reservation(OwnedSemaphorePermit);
@@ -107,10 +111,10 @@ impl Handoff {
 
     /// Gives the workers committed deliveries recorded as claimed. If the workers have
     /// stopped, the deliveries come back: put them back in the store (`Store::release`).
-    pub fn send(&self, due: Vec<Due>, room: Reservation) -> Result<(), Vec<Due>> {
+    pub fn send(&self, due: Vec<Due>, event: Arc<Data>, room: Reservation) -> Result<(), Vec<Due>> {
         self.tx
-            .send((due, room.0))
-            .map_err(|mpsc::error::SendError((due, _))| due)
+            .send((due, event, room.0))
+            .map_err(|mpsc::error::SendError((due, _, _))| due)
     }
 }
 
@@ -176,7 +180,12 @@ struct Shared {
 impl Shared {
     /// Starts `due` if its destination has room, holding `permit` until it is done; gives it
     /// back (dropping the permit) when the destination is at its limit.
-    fn start(self: &Arc<Self>, due: Due, permit: OwnedSemaphorePermit) -> Result<(), Due> {
+    fn start(
+        self: &Arc<Self>,
+        due: Due,
+        event: Option<Arc<Data>>,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<(), Due> {
         {
             let mut f = self.flight.lock().expect("in-flight lock");
             let n = f
@@ -192,7 +201,15 @@ impl Shared {
         let shared = self.clone();
         tokio::spawn(async move {
             let s = &*shared;
-            deliver(&s.app, &s.committer, &s.clients, &s.settings.retry, &due).await;
+            deliver(
+                &s.app,
+                &s.committer,
+                &s.clients,
+                &s.settings.retry,
+                &due,
+                event,
+            )
+            .await;
             forget(&s.flight, &due);
             drop(permit);
             if s.backlog.load(Ordering::Acquire) {
@@ -218,6 +235,7 @@ impl Shared {
         self: &Arc<Self>,
         store: &Store,
         due: Vec<Due>,
+        event: Arc<Data>,
         mut room: OwnedSemaphorePermit,
     ) {
         let mut release = Vec::new();
@@ -226,7 +244,7 @@ impl Shared {
                 release.push(d.id);
                 continue;
             };
-            if let Err(d) = self.start(d, permit) {
+            if let Err(d) = self.start(d, Some(event.clone()), permit) {
                 release.push(d.id);
             }
         }
@@ -241,7 +259,7 @@ async fn dispatch(
     shared: Arc<Shared>,
     store: Store,
     handoff: Handoff,
-    mut handed: mpsc::UnboundedReceiver<(Vec<Due>, OwnedSemaphorePermit)>,
+    mut handed: mpsc::UnboundedReceiver<Handed>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let app = shared.app.clone();
@@ -302,7 +320,7 @@ async fn dispatch(
                     release.push(due.id);
                     continue;
                 };
-                if let Err(due) = shared.start(due, permit) {
+                if let Err(due) = shared.start(due, None, permit) {
                     release.push(due.id);
                 }
             }
@@ -326,13 +344,13 @@ async fn dispatch(
         tokio::select! {
             _ = app.wake.notified() => look = true,
             _ = tokio::time::sleep_until(deadline) => look = true,
-            Some((due, room)) = handed.recv() => shared.start_handed(&store, due, room).await,
+            Some((due, event, room)) = handed.recv() => shared.start_handed(&store, due, event, room).await,
             _ = stopped.changed() => {},
         }
     }
     handoff.open.store(false, Ordering::Release);
     handed.close();
-    while let Some((due, _room)) = handed.recv().await {
+    while let Some((due, _, _)) = handed.recv().await {
         let ids: Vec<i64> = due.iter().map(|d| d.id).collect();
         let _ = store.release(&ids).await;
     }
@@ -372,11 +390,12 @@ async fn deliver(
     clients: &Clients,
     policy: &RetryPolicy,
     due: &Due,
+    event: Option<Arc<Data>>,
 ) {
     let started_at = now_ms();
     let clock = Instant::now();
     let attempt_no = due.attempts + 1;
-    let o = attempt(app, clients, policy, due).await;
+    let o = attempt(app, clients, policy, due, event).await;
     let (event_id, rule, action, destination) = (
         &due.event_id,
         &due.rule,
@@ -458,7 +477,13 @@ async fn deliver(
 }
 
 /// One attempt: render and send, and decide what comes next.
-async fn attempt(app: &App, clients: &Clients, policy: &RetryPolicy, due: &Due) -> Outcome {
+async fn attempt(
+    app: &App,
+    clients: &Clients,
+    policy: &RetryPolicy,
+    due: &Due,
+    event: Option<Arc<Data>>,
+) -> Outcome {
     let fail = |next, error: String, reason, kind| Outcome {
         next,
         error: Some(error),
@@ -488,14 +513,10 @@ async fn attempt(app: &App, clients: &Clients, policy: &RetryPolicy, due: &Due) 
             kind,
         );
     }
-    let parsed;
-    let event: &Value = match &due.event {
+    let event: Arc<Data> = match event {
         Some(event) => event,
         None => match serde_json::from_str::<Value>(&due.payload) {
-            Ok(v) => {
-                parsed = v;
-                &parsed
-            }
+            Ok(v) => Arc::new(Data::from(v)),
             Err(e) => {
                 return fail(
                     Next::Dead,
@@ -506,7 +527,7 @@ async fn attempt(app: &App, clients: &Clients, policy: &RetryPolicy, due: &Due) 
             }
         },
     };
-    let message = match step.action.render(event, &config.templates) {
+    let message = match step.action.render_data(&event, &config.templates) {
         Ok(m) => m,
         Err(e) => {
             return fail(

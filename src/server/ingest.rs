@@ -5,6 +5,7 @@ use super::auth::Credentials;
 use super::{State, error};
 use crate::metrics::RuleLabels;
 use crate::store::{Due, Intake, NewDelivery, NewEvent};
+use crate::template::Data;
 use serde_json::{Value, json};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -203,7 +204,7 @@ where
             metrics.ack_latency.observe(started.elapsed().as_secs_f64());
             if let Some(room) = room {
                 let received_at = crate::store::now_ms();
-                let event = Arc::new(event);
+                let event = Arc::new(Data::from(event));
                 let due = ids
                     .into_iter()
                     .zip(targets)
@@ -216,11 +217,10 @@ where
                         attempts: 0,
                         config_hash: config.hash.clone(),
                         payload: String::new(),
-                        event: Some(event.clone()),
                         received_at,
                     })
                     .collect();
-                if let Err(due) = state.handoff.send(due, room) {
+                if let Err(due) = state.handoff.send(due, event, room) {
                     // The workers have stopped: the deliveries wait in the store for the next start.
                     let ids: Vec<i64> = due.iter().map(|d| d.id).collect();
                     if let Err(e) = state.store.release(&ids).await {

@@ -112,8 +112,6 @@ pub struct Due {
     pub config_hash: String,
     /// The canonical event as JSON.
     pub payload: String,
-    /// The canonical event, already parsed (handed over by intake; then `payload` is empty).
-    pub event: Option<std::sync::Arc<serde_json::Value>>,
     /// When the event was accepted.
     pub received_at: Millis,
 }

@@ -33,7 +33,6 @@ impl From<DueRow> for Due {
             attempts: r.attempts as u32,
             config_hash: r.config_hash,
             payload: r.payload,
-            event: None,
             received_at: r.received_at,
         }
     }

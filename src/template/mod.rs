@@ -51,8 +51,15 @@ pub struct RenderError {
 /// from it without copying the event again.
 pub struct Data(handlebars::Context);
 
+impl From<Value> for Data {
+    /// Prepares an event for rendering, taking it over (no copy).
+    fn from(event: Value) -> Data {
+        Data(handlebars::Context::from(event))
+    }
+}
+
 impl Data {
-    /// Prepares an event for rendering.
+    /// Prepares an event for rendering (a copy of it).
     pub fn new(event: &Value) -> Data {
         Data(handlebars::Context::wraps(event).unwrap_or_else(|_| handlebars::Context::null()))
     }
