@@ -376,3 +376,40 @@ async fn pruning_drops_finished_history_and_keeps_dead_letters() {
         .await;
     assert_eq!(again["status"], "duplicate");
 }
+
+/// More events at once than the router has workers: the first go straight to the workers, the
+/// rest wait in the store and are taken as sends finish (the poll interval is far longer than
+/// the test may take, so only finishing sends can have woken the workers). Each is sent once.
+#[tokio::test]
+async fn more_events_than_workers_are_each_delivered_once() {
+    let slack = HttpPeer::start().await;
+    slack.set_delay(Duration::from_millis(50));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("rules")).unwrap();
+    std::fs::write(dir.path().join("rules/rules.yaml"), slack_rules(&slack)).unwrap();
+    let mut settings = crate::util::fast_retries();
+    settings.concurrency = 2;
+    settings.per_destination = 2;
+    settings.poll = Duration::from_secs(60);
+    let router = crate::util::Router::start_with(dir, settings).await;
+    let events: Vec<Value> = (0..20)
+        .map(|_| unique(fixture("real_13_email_reply")))
+        .collect();
+    let ids = futures_util::future::join_all(events.iter().map(|e| router.post(e))).await;
+    let received = slack.wait_for(ids.len()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut texts: Vec<String> = slack
+        .received()
+        .iter()
+        .map(|r| r.json()["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(received.len(), ids.len());
+    texts.sort();
+    texts.dedup();
+    assert_eq!(texts.len(), ids.len(), "each event notified once: {texts:?}");
+    for id in &ids {
+        assert!(texts.iter().any(|t| t.contains(id.as_str())), "{id} was not notified");
+    }
+    let done = wait_for_status(&router, "delivered", ids.len()).await;
+    assert!(done.iter().all(|d| d.attempts == 1), "{done:?}");
+}
