@@ -70,37 +70,101 @@ struct InFlight {
     per_destination: HashMap<String, usize>,
 }
 
+impl InFlight {
+    /// Counts a send to `destination` if it is under `limit`.
+    fn take(&mut self, destination: &str, limit: usize) -> bool {
+        match self.per_destination.get_mut(destination) {
+            Some(n) if *n >= limit => false,
+            Some(n) => {
+                *n += 1;
+                true
+            }
+            None => {
+                self.per_destination.insert(destination.to_string(), 1);
+                true
+            }
+        }
+    }
+
+    /// Uncounts a send to `destination`.
+    fn put(&mut self, destination: &str) {
+        if let Some(n) = self.per_destination.get_mut(destination) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_destination.remove(destination);
+            }
+        }
+    }
+}
+
 /// Intake's way to give the deliveries of an event it has just committed straight to this
 /// instance's workers, without a round trip through the store: it reserves room for them
 /// before the commit (then they are recorded as claimed), and sends them after it. When the
-/// workers are busy there is no room, and the deliveries wait in the store for a claim.
+/// workers or a destination are busy there is no room, and the deliveries wait in the store
+/// for a claim.
 #[derive(Clone)]
 pub struct Handoff {
     permits: Arc<Semaphore>,
+    flight: Arc<Mutex<InFlight>>,
+    per_destination: usize,
     open: Arc<AtomicBool>,
     backlog: Arc<AtomicBool>,
     tx: mpsc::UnboundedSender<Handed>,
 }
 
 /// Deliveries handed over by intake: their event, prepared for rendering, and their room.
-type Handed = (Vec<Due>, Arc<Data>, OwnedSemaphorePermit);
+type Handed = (Vec<Due>, Arc<Data>, Reservation);
 
-/// Room reserved with the workers for the deliveries of one event.
-pub struct Reservation(OwnedSemaphorePermit);
+/// Room reserved with the workers for the deliveries of one event: a worker each, counted
+/// against each destination's limit. Dropped unused, it gives the room back.
+pub struct Reservation {
+    permit: OwnedSemaphorePermit,
+    destinations: Vec<String>,
+    flight: Arc<Mutex<InFlight>>,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut f = self.flight.lock().expect("in-flight lock");
+        for d in &self.destinations {
+            f.put(d);
+        }
+    }
+}
+
+impl Reservation {
+    /// One delivery's share: its worker; its destination stays counted (the send uncounts it).
+    fn take_one(&mut self, destination: &str) -> Option<OwnedSemaphorePermit> {
+        let at = self.destinations.iter().position(|d| d == destination)?;
+        self.destinations.swap_remove(at);
+        self.permit.split(1)
+    }
+}
 
 impl Handoff {
-    /// Room for `n` deliveries to start now, or `None` (none to send, workers busy, or not
-    /// running).
-    pub fn reserve(&self, n: usize) -> Option<Reservation> {
-        if n == 0 || !self.open.load(Ordering::Acquire) {
+    /// Room for deliveries to these destinations to start now, or `None` (none to send, the
+    /// workers or one of the destinations busy, or the workers not running).
+    pub fn reserve(&self, destinations: &[&str]) -> Option<Reservation> {
+        if destinations.is_empty() || !self.open.load(Ordering::Acquire) {
             return None;
         }
-        let n = u32::try_from(n).ok()?;
-        self.permits
-            .clone()
-            .try_acquire_many_owned(n)
-            .ok()
-            .map(Reservation)
+        let n = u32::try_from(destinations.len()).ok()?;
+        let permit = self.permits.clone().try_acquire_many_owned(n).ok()?;
+        let mut room = Reservation {
+            permit,
+            destinations: Vec::with_capacity(destinations.len()),
+            flight: self.flight.clone(),
+        };
+        let mut f = self.flight.lock().expect("in-flight lock");
+        for d in destinations {
+            if !f.take(d, self.per_destination) {
+                drop(f);
+                return None; // `room` gives back what it counted.
+            }
+            room.destinations.push(d.to_string());
+        }
+        drop(f);
+        Some(room)
     }
 
     /// Tells the workers that deliveries were stored pending for want of room: they look in
@@ -113,7 +177,7 @@ impl Handoff {
     /// stopped, the deliveries come back: put them back in the store (`Store::release`).
     pub fn send(&self, due: Vec<Due>, event: Arc<Data>, room: Reservation) -> Result<(), Vec<Due>> {
         self.tx
-            .send((due, event, room.0))
+            .send((due, event, room))
             .map_err(|mpsc::error::SendError((due, _, _))| due)
     }
 }
@@ -123,8 +187,11 @@ pub fn start(app: Arc<App>, store: Store, clients: Clients, settings: Settings) 
     let (stop, stopped) = watch::channel(false);
     let committer = Committer::start(store.clone());
     let (tx, handed) = mpsc::unbounded_channel();
+    let flight = Arc::new(Mutex::new(InFlight::default()));
     let handoff = Handoff {
         permits: Arc::new(Semaphore::new(settings.concurrency.max(1))),
+        flight: flight.clone(),
+        per_destination: settings.per_destination.max(1),
         open: Arc::new(AtomicBool::new(false)),
         backlog: Arc::new(AtomicBool::new(true)),
         tx,
@@ -134,7 +201,7 @@ pub fn start(app: Arc<App>, store: Store, clients: Clients, settings: Settings) 
         committer: committer.clone(),
         clients,
         settings,
-        flight: Mutex::new(InFlight::default()),
+        flight,
         backlog: handoff.backlog.clone(),
     });
     let task = tokio::spawn(dispatch(shared, store, handoff.clone(), handed, stopped));
@@ -171,33 +238,29 @@ struct Shared {
     committer: Committer,
     clients: Clients,
     settings: Settings,
-    flight: Mutex<InFlight>,
+    flight: Arc<Mutex<InFlight>>,
     /// The store may hold due deliveries the workers had no room for: a finished delivery
     /// wakes the dispatcher to look again.
     backlog: Arc<AtomicBool>,
 }
 
 impl Shared {
-    /// Starts `due` if its destination has room, holding `permit` until it is done; gives it
-    /// back (dropping the permit) when the destination is at its limit.
-    fn start(
-        self: &Arc<Self>,
-        due: Due,
-        event: Option<Arc<Data>>,
-        permit: OwnedSemaphorePermit,
-    ) -> Result<(), Due> {
+    /// Starts a claimed delivery if its destination has room, holding `permit` until it is
+    /// done; returns `false` (dropping the permit) when the destination is at its limit.
+    fn start_claimed(self: &Arc<Self>, due: Due, permit: OwnedSemaphorePermit) -> Option<Due> {
         {
             let mut f = self.flight.lock().expect("in-flight lock");
-            let n = f
-                .per_destination
-                .entry(due.destination.clone())
-                .or_default();
-            if *n >= self.settings.per_destination {
-                return Err(due);
+            if !f.take(&due.destination, self.settings.per_destination) {
+                return Some(due);
             }
-            *n += 1;
             f.ids.insert(due.id);
         }
+        self.spawn(due, None, permit);
+        None
+    }
+
+    /// Sends `due` (its destination already counted), then records the attempt.
+    fn spawn(self: &Arc<Self>, due: Due, event: Option<Arc<Data>>, permit: OwnedSemaphorePermit) {
         let shared = self.clone();
         tokio::spawn(async move {
             let s = &*shared;
@@ -216,7 +279,6 @@ impl Shared {
                 s.app.wake.notify_one();
             }
         });
-        Ok(())
     }
 
     /// Destinations at their limit (a claim skips them).
@@ -229,25 +291,25 @@ impl Shared {
             .collect()
     }
 
-    /// Starts deliveries handed over by intake; those whose destination is at its limit go
-    /// back to the store as pending, for a later claim.
+    /// Starts deliveries handed over by intake, in the room reserved for them. (Should one
+    /// not match its reservation, it goes back to the store as pending.)
     async fn start_handed(
         self: &Arc<Self>,
         store: &Store,
         due: Vec<Due>,
         event: Arc<Data>,
-        mut room: OwnedSemaphorePermit,
+        mut room: Reservation,
     ) {
         let mut release = Vec::new();
         for d in due {
-            let Some(permit) = room.split(1) else {
+            let Some(permit) = room.take_one(&d.destination) else {
                 release.push(d.id);
                 continue;
             };
-            if let Err(d) = self.start(d, Some(event.clone()), permit) {
-                release.push(d.id);
-            }
+            self.flight.lock().expect("in-flight lock").ids.insert(d.id);
+            self.spawn(d, Some(event.clone()), permit);
         }
+        drop(room);
         if !release.is_empty() {
             self.backlog.store(true, Ordering::Release);
             let _ = store.release(&release).await;
@@ -320,7 +382,7 @@ async fn dispatch(
                     release.push(due.id);
                     continue;
                 };
-                if let Err(due) = shared.start(due, None, permit) {
+                if let Some(due) = shared.start_claimed(due, permit) {
                     release.push(due.id);
                 }
             }
@@ -364,12 +426,7 @@ async fn dispatch(
 fn forget(flight: &Mutex<InFlight>, due: &Due) {
     let mut f = flight.lock().expect("in-flight lock");
     f.ids.remove(&due.id);
-    if let Some(n) = f.per_destination.get_mut(&due.destination) {
-        *n = n.saturating_sub(1);
-        if *n == 0 {
-            f.per_destination.remove(&due.destination);
-        }
-    }
+    f.put(&due.destination);
 }
 
 /// What one attempt came to.

@@ -171,7 +171,8 @@ where
         .collect::<Vec<_>>();
     // Room with this instance's workers: then the deliveries start as soon as the commit is
     // done, without waiting for a claim.
-    let room = state.handoff.reserve(deliveries.len());
+    let destinations: Vec<&str> = deliveries.iter().map(|d| d.destination.as_str()).collect();
+    let room = state.handoff.reserve(&destinations);
     let record = NewEvent {
         id: event_id.clone(),
         source: source.to_string(),

@@ -54,7 +54,8 @@ impl Sqlite {
         } else {
             SqlitePoolOptions::new()
                 .max_connections(3)
-                .connect_with(options.read_only(true))
+                // Readers answer small queries (status, history): a small page cache each.
+                .connect_with(options.read_only(true).pragma("cache_size", "-512"))
                 .await?
         };
         Ok(Sqlite {

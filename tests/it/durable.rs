@@ -406,9 +406,16 @@ async fn more_events_than_workers_are_each_delivered_once() {
     assert_eq!(received.len(), ids.len());
     texts.sort();
     texts.dedup();
-    assert_eq!(texts.len(), ids.len(), "each event notified once: {texts:?}");
+    assert_eq!(
+        texts.len(),
+        ids.len(),
+        "each event notified once: {texts:?}"
+    );
     for id in &ids {
-        assert!(texts.iter().any(|t| t.contains(id.as_str())), "{id} was not notified");
+        assert!(
+            texts.iter().any(|t| t.contains(id.as_str())),
+            "{id} was not notified"
+        );
     }
     let done = wait_for_status(&router, "delivered", ids.len()).await;
     assert!(done.iter().all(|d| d.attempts == 1), "{done:?}");
