@@ -42,6 +42,9 @@ impl Sqlite {
             .foreign_keys(true)
             // Statement journals (multi-row statements inside a transaction) stay in memory.
             .pragma("temp_store", "memory")
+            // Short, frequent checkpoints: each holds up one group commit for less time (the
+            // default 1,000 pages put 15 ms checkpoints in the acknowledgement p99 under load).
+            .pragma("wal_autocheckpoint", "150")
             .busy_timeout(Duration::from_secs(10));
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
