@@ -3,13 +3,14 @@
 use super::{State, error};
 use crate::metrics::Sample;
 use serde_json::json;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
 /// Ready when a configuration is loaded (always, once serving), the store answers and the
 /// backlog is under `--ready-max-pending`; otherwise 503 with the reason.
-pub(super) async fn ready(state: State) -> Response {
+pub(super) async fn ready(state: Arc<State>) -> Response {
     let rules = state.app.current().rules.rules().len();
     let not_ready = |reason: String| {
         warp::reply::with_status(
@@ -32,7 +33,7 @@ pub(super) async fn ready(state: State) -> Response {
 }
 
 /// Metrics in the OpenMetrics text format (Prometheus scrapes it).
-pub(super) async fn metrics(state: State) -> Response {
+pub(super) async fn metrics(state: Arc<State>) -> Response {
     let config = state.app.current();
     let status = state.app.reload_status();
     let counts = state.store.counts().await.unwrap_or_default();
@@ -56,7 +57,7 @@ pub(super) async fn metrics(state: State) -> Response {
 }
 
 /// Reloads now: 200 with a summary, or 422 with every error (the old rules keep serving).
-pub(super) async fn reload(state: State) -> Response {
+pub(super) async fn reload(state: Arc<State>) -> Response {
     let app = state.app.clone();
     let result = tokio::task::spawn_blocking(move || app.reload("POST /-/reload")).await;
     match result {
@@ -84,7 +85,7 @@ pub(super) async fn reload(state: State) -> Response {
 }
 
 /// `/api/status`: configuration, last reload, and delivery counts.
-pub(super) async fn status(state: State) -> Response {
+pub(super) async fn status(state: Arc<State>) -> Response {
     let mut v = state.app.status_json();
     v["deliveries"] = match state.store.counts().await {
         Ok(c) => json!(c),

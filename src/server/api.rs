@@ -6,6 +6,7 @@ use crate::store::Filter;
 use serde::Deserialize;
 use serde_json::json;
 use std::convert::Infallible;
+use std::sync::Arc;
 use warp::Filter as _;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
@@ -21,7 +22,7 @@ struct Query {
 
 /// The `/api/deliveries` and `/api/dlq` routes.
 pub(super) fn routes(
-    with_state: impl warp::Filter<Extract = (State,), Error = Infallible>
+    with_state: impl warp::Filter<Extract = (Arc<State>,), Error = Infallible>
     + Clone
     + Send
     + Sync
@@ -31,7 +32,7 @@ pub(super) fn routes(
         .and(warp::path!("deliveries"))
         .and(warp::query::<Query>())
         .and(with_state.clone())
-        .then(|q: Query, s: State| async move {
+        .then(|q: Query, s: Arc<State>| async move {
             let filter = Filter {
                 status: q.status,
                 rule: q.rule,
@@ -44,7 +45,7 @@ pub(super) fn routes(
     let dlq = warp::get()
         .and(warp::path!("dlq"))
         .and(with_state.clone())
-        .then(|s: State| async move {
+        .then(|s: Arc<State>| async move {
             let filter = Filter {
                 status: Some("dead".into()),
                 limit: Some(1000),
@@ -56,15 +57,15 @@ pub(super) fn routes(
     let retry_one = warp::post()
         .and(warp::path!("dlq" / i64 / "retry"))
         .and(with_state.clone())
-        .then(|id: i64, s: State| retry(s, Some(id)));
+        .then(|id: i64, s: Arc<State>| retry(s, Some(id)));
     let retry_all = warp::post()
         .and(warp::path!("dlq" / "retry"))
         .and(with_state.clone())
-        .then(|s: State| retry(s, None));
+        .then(|s: Arc<State>| retry(s, None));
     let discard = warp::post()
         .and(warp::path!("dlq" / i64 / "discard"))
         .and(with_state)
-        .then(|id: i64, s: State| async move {
+        .then(|id: i64, s: Arc<State>| async move {
             match s.store.discard(id).await {
                 Ok(true) => warp::reply::json(&json!({"discarded": id})).into_response(),
                 Ok(false) => error(
@@ -85,14 +86,14 @@ pub(super) fn routes(
         .unify()
 }
 
-async fn list(s: State, filter: Filter) -> Response {
+async fn list(s: Arc<State>, filter: Filter) -> Response {
     match s.store.list(&filter).await {
         Ok(list) => warp::reply::json(&json!({"deliveries": list})).into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
 
-async fn retry(s: State, id: Option<i64>) -> Response {
+async fn retry(s: Arc<State>, id: Option<i64>) -> Response {
     match s.store.retry_dead(id).await {
         Ok(0) if id.is_some() => error(
             StatusCode::NOT_FOUND,

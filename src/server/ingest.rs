@@ -28,7 +28,7 @@ pub(super) async fn admit(
     query: String,
     peer: Option<SocketAddr>,
     headers: HeaderMap,
-    state: State,
+    state: Arc<State>,
 ) -> Result<Caller, warp::Rejection> {
     let config = state.app.current();
     let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
@@ -64,7 +64,7 @@ pub(super) async fn admit(
 }
 
 /// Receives one webhook delivery: authenticate, parse, normalise, match, commit, answer.
-pub(super) async fn receive<S, B>(caller: Caller, body: S, state: State) -> Response
+pub(super) async fn receive<S, B>(caller: Caller, body: S, state: Arc<State>) -> Response
 where
     S: futures_util::Stream<Item = Result<B, warp::Error>>,
     B: warp::Buf,
