@@ -2,8 +2,9 @@
 //! keys that recognise a repeated webhook. One interface, one file per backend (SQL stays in
 //! this module); SQLite is the embedded default.
 //!
-//! [`Committer`] groups the inserts of concurrent requests into one transaction (one fsync for
-//! many events), so a `200` can wait for the commit without costing much throughput.
+//! [`Committer`] groups the writes of concurrent requests and of the workers (events, attempt
+//! records) into one transaction (one fsync for many events), so a `200` can wait for the commit
+//! without costing much throughput.
 
 mod commit;
 mod postgres;
