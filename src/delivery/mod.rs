@@ -136,8 +136,9 @@ impl Reservation {
     /// One delivery's share: its worker; its destination stays counted (the send uncounts it).
     fn take_one(&mut self, destination: &str) -> Option<OwnedSemaphorePermit> {
         let at = self.destinations.iter().position(|d| d == destination)?;
+        let permit = self.permit.split(1)?;
         self.destinations.swap_remove(at);
-        self.permit.split(1)
+        Some(permit)
     }
 }
 
@@ -145,7 +146,11 @@ impl Handoff {
     /// Room for deliveries to these destinations to start now, or `None` (none to send, the
     /// workers or one of the destinations busy, or the workers not running).
     pub fn reserve(&self, destinations: &[&str]) -> Option<Reservation> {
-        if destinations.is_empty() || !self.open.load(Ordering::Acquire) {
+        // While deliveries wait in the store, new ones queue behind them (no overtaking).
+        if destinations.is_empty()
+            || !self.open.load(Ordering::Acquire)
+            || self.backlog.load(Ordering::Acquire)
+        {
             return None;
         }
         let n = u32::try_from(destinations.len()).ok()?;
@@ -250,6 +255,10 @@ impl Shared {
     fn start_claimed(self: &Arc<Self>, due: Due, permit: OwnedSemaphorePermit) -> Option<Due> {
         {
             let mut f = self.flight.lock().expect("in-flight lock");
+            if f.ids.contains(&due.id) {
+                // Already being sent here (its lease lapsed and this instance took it again).
+                return None;
+            }
             if !f.take(&due.destination, self.settings.per_destination) {
                 return Some(due);
             }
@@ -339,6 +348,7 @@ async fn dispatch(
     let heartbeat = tokio::spawn(heartbeat_forever(
         app.clone(),
         store.clone(),
+        shared.flight.clone(),
         shared.settings.heartbeat,
         shared.settings.listen.clone(),
     ));
@@ -358,11 +368,12 @@ async fn dispatch(
     while !*stopped.borrow() {
         if look {
             look = false;
+            // Set before counting free workers: a send finishing meanwhile wakes the next look.
+            shared.backlog.store(true, Ordering::Release);
             let busy = shared.busy();
             let free = permits.available_permits() as u32;
             if free == 0 {
                 // No room to look now: the next finished delivery wakes this loop.
-                shared.backlog.store(true, Ordering::Release);
                 deadline = tokio::time::Instant::now() + poll;
                 continue;
             }
@@ -625,9 +636,22 @@ async fn attempt(
 
 /// Records every `every` that this instance is alive, with its configuration, and renews the
 /// leases of the deliveries it is sending.
-async fn heartbeat_forever(app: Arc<App>, store: Store, every: Duration, listen: String) {
+async fn heartbeat_forever(
+    app: Arc<App>,
+    store: Store,
+    flight: Arc<Mutex<InFlight>>,
+    every: Duration,
+    listen: String,
+) {
     loop {
-        if let Err(e) = store.heartbeat(&listen, &app.current().hash).await {
+        let sending: Vec<i64> = {
+            let f = flight.lock().expect("in-flight lock");
+            f.ids.iter().copied().collect()
+        };
+        if let Err(e) = store
+            .heartbeat(&listen, &app.current().hash, &sending)
+            .await
+        {
             tracing::warn!(error = %e, "Cannot record this instance's heartbeat.");
         }
         tokio::time::sleep(every).await;

@@ -3,8 +3,9 @@
 
 use super::auth::Credentials;
 use super::{State, error};
+use crate::delivery::Reservation;
 use crate::metrics::RuleLabels;
-use crate::store::{Due, Intake, NewDelivery, NewEvent};
+use crate::store::{Due, Intake, NewDelivery, NewEvent, StoreError};
 use crate::template::Data;
 use serde_json::{Value, json};
 use std::net::{IpAddr, SocketAddr};
@@ -193,8 +194,18 @@ where
         None => vec![],
     };
     let deliveries = record.deliveries.len();
-    match state.committer.submit(record).await {
-        Ok(Intake::Accepted(ids)) => {
+    // Committing and handing over run in a task of their own: should the client hang up while
+    // the commit is under way, the request is dropped but this still completes, so deliveries
+    // recorded as claimed always reach the workers (or go back to pending).
+    let committed = tokio::spawn(commit(
+        state.clone(),
+        record,
+        room.map(|room| (room, targets, event, config.hash.clone())),
+    ))
+    .await
+    .unwrap_or(Err(StoreError::Closed));
+    match committed {
+        Ok(Intake::Accepted(_)) => {
             metrics.event(label, &kind, "accepted", "none");
             for &i in &matched {
                 let rule = RuleLabels {
@@ -203,35 +214,6 @@ where
                 metrics.rule_matches.get_or_create(&rule).inc();
             }
             metrics.ack_latency.observe(started.elapsed().as_secs_f64());
-            if let Some(room) = room {
-                let received_at = crate::store::now_ms();
-                let event = Arc::new(Data::from(event));
-                let due = ids
-                    .into_iter()
-                    .zip(targets)
-                    .map(|(id, (rule, action_index, destination))| Due {
-                        id,
-                        event_id: event_id.clone(),
-                        rule,
-                        action_index,
-                        destination,
-                        attempts: 0,
-                        config_hash: config.hash.clone(),
-                        payload: String::new(),
-                        received_at,
-                    })
-                    .collect();
-                if let Err(due) = state.handoff.send(due, event, room) {
-                    // The workers have stopped: the deliveries wait in the store for the next start.
-                    let ids: Vec<i64> = due.iter().map(|d| d.id).collect();
-                    if let Err(e) = state.store.release(&ids).await {
-                        tracing::warn!(event_id, error = %e, "Cannot put deliveries back as pending; they resume after a restart.");
-                    }
-                }
-            } else if deliveries > 0 {
-                state.handoff.stored_pending();
-                state.app.wake.notify_one();
-            }
             tracing::info!(
                 event_id,
                 source,
@@ -265,6 +247,56 @@ where
             r
         }
     }
+}
+
+/// What intake hands over after the commit: the room reserved, each delivery's (rule, action,
+/// destination), the event and the configuration that matched it.
+type Handover = (Reservation, Vec<(String, u32, String)>, Value, String);
+
+/// Commits the event; if room was reserved, gives its deliveries (recorded as claimed) to the
+/// workers, or back to the store as pending when the workers have stopped. Otherwise wakes the
+/// workers for the pending deliveries.
+async fn commit(
+    state: Arc<State>,
+    record: NewEvent,
+    handover: Option<Handover>,
+) -> Result<Intake, StoreError> {
+    let event_id = record.id.clone();
+    let pending = handover.is_none() && !record.deliveries.is_empty();
+    let intake = state.committer.submit(record).await?;
+    let Intake::Accepted(ids) = &intake else {
+        return Ok(intake);
+    };
+    if pending {
+        state.handoff.stored_pending();
+        state.app.wake.notify_one();
+    }
+    if let Some((room, targets, event, config_hash)) = handover {
+        let received_at = crate::store::now_ms();
+        let due = ids
+            .iter()
+            .zip(targets)
+            .map(|(&id, (rule, action_index, destination))| Due {
+                id,
+                event_id: event_id.clone(),
+                rule,
+                action_index,
+                destination,
+                attempts: 0,
+                config_hash: config_hash.clone(),
+                payload: String::new(),
+                received_at,
+            })
+            .collect();
+        if let Err(due) = state.handoff.send(due, Arc::new(Data::from(event)), room) {
+            // The workers have stopped: the deliveries wait in the store for the next start.
+            let ids: Vec<i64> = due.iter().map(|d| d.id).collect();
+            if let Err(e) = state.store.release(&ids).await {
+                tracing::warn!(event_id, error = %e, "Cannot put deliveries back as pending; they resume after a restart.");
+            }
+        }
+    }
+    Ok(intake)
 }
 
 /// The body as a JSON object, or a message that says what is wrong with it.

@@ -300,9 +300,15 @@ impl Store {
         Err(StoreError::Unsupported(url.to_string()))
     }
 
-    /// Records this instance as alive (with its configuration) and renews its leases.
-    pub async fn heartbeat(&self, listen: &str, config_hash: &str) -> Result<(), StoreError> {
-        dispatch!(self, s => s.heartbeat(listen, config_hash).await)
+    /// Records this instance as alive (with its configuration) and renews the leases of the
+    /// deliveries it is `sending` (a claimed one it is not sending lapses and is taken over).
+    pub async fn heartbeat(
+        &self,
+        listen: &str,
+        config_hash: &str,
+        sending: &[i64],
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.heartbeat(listen, config_hash, sending).await)
     }
 
     /// Instances with a heartbeat since `alive_since`.

@@ -66,8 +66,12 @@ impl Postgres {
         if events.is_empty() {
             return Ok(vec![]);
         }
-        let keys: Vec<&str> = events.iter().map(|e| e.dedup_key.as_str()).collect();
-        let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+        // In key order, so that instances inserting the same keys lock them in the same order
+        // (no deadlock); a stable sort keeps the first of equal keys first.
+        let mut by_key: Vec<&NewEvent> = events.iter().collect();
+        by_key.sort_by(|a, b| a.dedup_key.cmp(&b.dedup_key));
+        let keys: Vec<&str> = by_key.iter().map(|e| e.dedup_key.as_str()).collect();
+        let ids: Vec<&str> = by_key.iter().map(|e| e.id.as_str()).collect();
         let fresh: HashSet<String> = sqlx::query_scalar(
             "INSERT INTO intake_keys (key, event_id, created_at)
              SELECT k, e, $3 FROM UNNEST($1::TEXT[], $2::TEXT[]) AS t(k, e)
@@ -148,24 +152,32 @@ impl Postgres {
                     .await?;
             }
         }
-        Ok(events
+        events
             .iter()
             .map(|e| {
-                if fresh.contains(&e.id) {
-                    Intake::Accepted(
-                        e.deliveries
-                            .iter()
-                            .map(|d| {
-                                let key = (e.id.clone(), d.rule.clone(), d.action_index as i64);
-                                ids.get(&key).copied().unwrap_or_default()
-                            })
-                            .collect(),
-                    )
-                } else {
-                    Intake::Duplicate(first.get(&e.dedup_key).cloned().unwrap_or_default())
+                if !fresh.contains(&e.id) {
+                    return Ok(Intake::Duplicate(
+                        first.get(&e.dedup_key).cloned().unwrap_or_default(),
+                    ));
                 }
+                let delivery_ids = e
+                    .deliveries
+                    .iter()
+                    .map(|d| {
+                        let key = (e.id.clone(), d.rule.clone(), d.action_index as i64);
+                        ids.get(&key).copied().ok_or_else(|| {
+                            StoreError::Database(sqlx::Error::Protocol(format!(
+                                "no id came back for the delivery of event {} rule {:?} action {}",
+                                e.id,
+                                d.rule,
+                                d.action_index + 1
+                            )))
+                        })
+                    })
+                    .collect::<Result<Vec<i64>, StoreError>>()?;
+                Ok(Intake::Accepted(delivery_ids))
             })
-            .collect())
+            .collect()
     }
 
     pub(super) async fn claim(&self, limit: u32, busy: &[String]) -> Result<Vec<Due>, StoreError> {
@@ -336,6 +348,7 @@ impl Postgres {
         &self,
         listen: &str,
         config_hash: &str,
+        sending: &[i64],
     ) -> Result<(), StoreError> {
         let now = now_ms();
         sqlx::query(
@@ -349,10 +362,11 @@ impl Postgres {
         .execute(&self.pool)
         .await?;
         sqlx::query(
-            "UPDATE deliveries SET lease_until = $1 WHERE status = 'sending' AND claimed_by = $2",
+            "UPDATE deliveries SET lease_until = $1 WHERE status = 'sending' AND claimed_by = $2 AND id = ANY($3)",
         )
         .bind(now + self.lease_ms())
         .bind(&self.instance)
+        .bind(sending)
         .execute(&self.pool)
         .await?;
         Ok(())

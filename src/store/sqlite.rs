@@ -245,6 +245,7 @@ impl Sqlite {
         &self,
         listen: &str,
         config_hash: &str,
+        _sending: &[i64],
     ) -> Result<(), StoreError> {
         let now = now_ms();
         sqlx::query(

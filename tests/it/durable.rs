@@ -379,7 +379,7 @@ async fn pruning_drops_finished_history_and_keeps_dead_letters() {
 
 /// More events at once than the router has workers: the first go straight to the workers, the
 /// rest wait in the store and are taken as sends finish (the poll interval is far longer than
-/// the test may take, so only finishing sends can have woken the workers). Each is sent once.
+/// the test may take: finishing sends wake the workers). Each is sent once.
 #[tokio::test]
 async fn more_events_than_workers_are_each_delivered_once() {
     let slack = HttpPeer::start().await;
@@ -396,14 +396,14 @@ async fn more_events_than_workers_are_each_delivered_once() {
         .map(|_| unique(fixture("real_13_email_reply")))
         .collect();
     let ids = futures_util::future::join_all(events.iter().map(|e| router.post(e))).await;
-    let received = slack.wait_for(ids.len()).await;
+    slack.wait_for(ids.len()).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut texts: Vec<String> = slack
-        .received()
+    let received = slack.received();
+    assert_eq!(received.len(), ids.len(), "no notification sent twice");
+    let mut texts: Vec<String> = received
         .iter()
         .map(|r| r.json()["text"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(received.len(), ids.len());
     texts.sort();
     texts.dedup();
     assert_eq!(
