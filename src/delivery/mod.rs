@@ -187,6 +187,9 @@ impl Handoff {
     }
 }
 
+/// How long a claim waits for more workers to come free when only a few are.
+const CLAIM_GATHER: Duration = Duration::from_millis(2);
+
 /// Starts the workers (and the pruning of old history).
 pub fn start(app: Arc<App>, store: Store, clients: Clients, settings: Settings) -> Workers {
     let (stop, stopped) = watch::channel(false);
@@ -361,6 +364,7 @@ async fn dispatch(
     }
     let permits = handoff.permits.clone();
     let poll = shared.settings.poll;
+    let claim_at_least = (shared.settings.concurrency / 4).max(1) as u32;
     // Look in the store at start, when woken, and at the latest at `deadline`; deliveries
     // handed over by intake start without a look.
     let mut look = true;
@@ -370,8 +374,14 @@ async fn dispatch(
             look = false;
             // Set before counting free workers: a send finishing meanwhile wakes the next look.
             shared.backlog.store(true, Ordering::Release);
+            let mut free = permits.available_permits() as u32;
+            if free > 0 && free < claim_at_least {
+                // Only a few workers free (sends finishing one by one under load): let a few
+                // more finish, so that one claim (one transaction) serves several.
+                tokio::time::sleep(CLAIM_GATHER).await;
+                free = permits.available_permits() as u32;
+            }
             let busy = shared.busy();
-            let free = permits.available_permits() as u32;
             if free == 0 {
                 // No room to look now: the next finished delivery wakes this loop.
                 deadline = tokio::time::Instant::now() + poll;
