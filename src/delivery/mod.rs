@@ -276,6 +276,14 @@ impl Shared {
         let shared = self.clone();
         tokio::spawn(async move {
             let s = &*shared;
+            // Gives the worker and the destination's slot back however the send ends (a panic
+            // included).
+            let _sending = Sending {
+                shared: shared.clone(),
+                id: due.id,
+                destination: due.destination.clone(),
+                permit: Some(permit),
+            };
             deliver(
                 &s.app,
                 &s.committer,
@@ -285,11 +293,6 @@ impl Shared {
                 event,
             )
             .await;
-            forget(&s.flight, &due);
-            drop(permit);
-            if s.backlog.load(Ordering::Acquire) {
-                s.app.wake.notify_one();
-            }
         });
     }
 
@@ -337,16 +340,22 @@ async fn dispatch(
     mut stopped: watch::Receiver<bool>,
 ) {
     let app = shared.app.clone();
-    match store.recover().await {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(
-            deliveries = n,
-            "Picked up deliveries that were in flight when the router last stopped."
-        ),
-        Err(e) => tracing::error!(error = %e, "Cannot recover in-flight deliveries."),
-    }
+    let recovered = match store.recover().await {
+        Ok(0) => true,
+        Ok(n) => {
+            tracing::info!(
+                deliveries = n,
+                "Picked up deliveries that were in flight when the router last stopped."
+            );
+            true
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "Cannot recover in-flight deliveries; every delivery goes through the store until the next start.");
+            false
+        }
+    };
     // Only now may intake record deliveries as claimed: recovery would have reset them.
-    handoff.open.store(true, Ordering::Release);
+    handoff.open.store(recovered, Ordering::Release);
     let pruner = tokio::spawn(prune_forever(store.clone(), shared.settings.history));
     let heartbeat = tokio::spawn(heartbeat_forever(
         app.clone(),
@@ -417,6 +426,10 @@ async fn dispatch(
                 continue;
             }
             let wait = match store.next_due().await {
+                // Due now but not taken: its destination is at its limit. A send to it finishing
+                // wakes this loop; looking every few milliseconds meanwhile would only load the
+                // store.
+                Ok(Some(at)) if at <= now_ms() && !busy.is_empty() => poll,
                 Ok(Some(at)) => {
                     Duration::from_millis((at - now_ms()).clamp(5, poll.as_millis() as i64) as u64)
                 }
@@ -444,10 +457,27 @@ async fn dispatch(
     }
 }
 
-fn forget(flight: &Mutex<InFlight>, due: &Due) {
-    let mut f = flight.lock().expect("in-flight lock");
-    f.ids.remove(&due.id);
-    f.put(&due.destination);
+/// A send under way: dropped when it ends, it frees its worker and its destination's slot and,
+/// if deliveries wait in the store, wakes the dispatcher.
+struct Sending {
+    shared: Arc<Shared>,
+    id: i64,
+    destination: String,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        {
+            let mut f = self.shared.flight.lock().expect("in-flight lock");
+            f.ids.remove(&self.id);
+            f.put(&self.destination);
+        }
+        drop(self.permit.take());
+        if self.shared.backlog.load(Ordering::Acquire) {
+            self.shared.app.wake.notify_one();
+        }
+    }
 }
 
 /// What one attempt came to.

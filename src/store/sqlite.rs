@@ -3,8 +3,8 @@
 //! Every write goes through one connection, so writers queue in the process instead of
 //! sleeping in SQLite's busy handler, and reads use their own connections (WAL lets them run
 //! beside the writer). Intake commits with `synchronous=FULL`: the webhook's `200` means the
-//! event is on disk. Every write (events, claims, attempt records) commits with
-//! `synchronous=FULL`; events and attempt records share group commits, so one fsync serves many.
+//! event is on disk. Events and attempt records share group commits at FULL, so one fsync
+//! serves many; claims commit at NORMAL (see `Sqlite::claim`).
 
 use super::rows::{
     AttemptRow, DUE_COLUMNS, DueRow, INSTANCE_COLUMNS, InstanceRow, VIEW_COLUMNS, ViewRow, after,
@@ -14,7 +14,7 @@ use super::{
     NewDelivery, NewEvent, ROWS_PER_STATEMENT, StoreError, now_ms,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{QueryBuilder, Row, SqliteConnection, SqlitePool};
+use sqlx::{Connection, QueryBuilder, Row, SqliteConnection, SqlitePool};
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
@@ -81,41 +81,27 @@ impl Sqlite {
         Ok(out)
     }
 
+    /// Claims commit with `synchronous=NORMAL` (no fsync of their own; the next intake commit
+    /// syncs them): a claim lost to a power cut only means a delivery is sent again. The
+    /// writer is back at FULL before anyone else uses it, or it is closed.
     pub(super) async fn claim(&self, limit: u32, busy: &[String]) -> Result<Vec<Due>, StoreError> {
         if limit == 0 {
             return Ok(vec![]);
         }
-        let now = now_ms();
-        let busy = serde_json::to_string(busy).unwrap_or_else(|_| "[]".into());
-        let mut tx = self.writer.begin().await?;
-        let rows = sqlx::query(
-            "UPDATE deliveries SET status = 'sending', updated_at = ?1
-             WHERE id IN (
-                 SELECT id FROM deliveries
-                 WHERE status = 'pending' AND next_attempt_at <= ?1
-                   AND destination NOT IN (SELECT value FROM json_each(?2))
-                 ORDER BY next_attempt_at, id LIMIT ?3)
-             RETURNING id",
-        )
-        .bind(now)
-        .bind(&busy)
-        .bind(limit as i64)
-        .fetch_all(&mut *tx)
-        .await?;
-        let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
-        let sql = format!(
-            "SELECT {DUE_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id
-             WHERE d.id IN (SELECT value FROM json_each(?)) ORDER BY d.id"
-        );
-        let due: Vec<Due> = sqlx::query_as::<_, DueRow>(sqlx::AssertSqlSafe(sql))
-            .bind(serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into()))
-            .fetch_all(&mut *tx)
-            .await?
-            .into_iter()
-            .map(Due::from)
-            .collect();
-        tx.commit().await?;
-        Ok(due)
+        let mut conn = self.writer.acquire().await?;
+        sqlx::query("PRAGMA synchronous = NORMAL")
+            .execute(&mut *conn)
+            .await?;
+        let claimed = claim(&mut conn, limit, busy).await;
+        let restored = sqlx::query("PRAGMA synchronous = FULL")
+            .execute(&mut *conn)
+            .await;
+        if let Err(e) = restored {
+            // Never hand intake a connection that does not sync: drop it from the pool.
+            let _ = conn.detach();
+            return Err(e.into());
+        }
+        claimed
     }
 
     pub(super) async fn recover(&self) -> Result<u64, StoreError> {
@@ -428,4 +414,43 @@ async fn finish(
         q.build().persistent(false).execute(&mut *tx).await?;
     }
     Ok(())
+}
+
+/// Marks up to `limit` due deliveries as sending and reads them, in one transaction.
+async fn claim(
+    conn: &mut SqliteConnection,
+    limit: u32,
+    busy: &[String],
+) -> Result<Vec<Due>, StoreError> {
+    let now = now_ms();
+    let busy = serde_json::to_string(busy).unwrap_or_else(|_| "[]".into());
+    let mut tx = conn.begin().await?;
+    let rows = sqlx::query(
+        "UPDATE deliveries SET status = 'sending', updated_at = ?1
+         WHERE id IN (
+             SELECT id FROM deliveries
+             WHERE status = 'pending' AND next_attempt_at <= ?1
+               AND destination NOT IN (SELECT value FROM json_each(?2))
+             ORDER BY next_attempt_at, id LIMIT ?3)
+         RETURNING id",
+    )
+    .bind(now)
+    .bind(&busy)
+    .bind(limit as i64)
+    .fetch_all(&mut *tx)
+    .await?;
+    let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    let sql = format!(
+        "SELECT {DUE_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id
+         WHERE d.id IN (SELECT value FROM json_each(?)) ORDER BY d.id"
+    );
+    let due: Vec<Due> = sqlx::query_as::<_, DueRow>(sqlx::AssertSqlSafe(sql))
+        .bind(serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into()))
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(Due::from)
+        .collect();
+    tx.commit().await?;
+    Ok(due)
 }
