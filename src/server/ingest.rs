@@ -263,6 +263,7 @@ async fn commit(
 ) -> Result<Intake, StoreError> {
     let event_id = record.id.clone();
     let pending = handover.is_none() && !record.deliveries.is_empty();
+    let received_at = crate::store::now_ms();
     let intake = state.committer.submit(record).await?;
     let Intake::Accepted(ids) = &intake else {
         return Ok(intake);
@@ -272,7 +273,6 @@ async fn commit(
         state.app.wake.notify_one();
     }
     if let Some((room, targets, event, config_hash)) = handover {
-        let received_at = crate::store::now_ms();
         let due = ids
             .iter()
             .zip(targets)
