@@ -13,7 +13,7 @@ pub use retry::RetryPolicy;
 use crate::actions::Clients;
 use crate::app::App;
 use crate::metrics::ActionLabels;
-use crate::store::{Attempt, Committer, Due, Finished, Next, Store, now_ms};
+use crate::store::{Attempt, Committer, Due, Finished, Next, Store, StoreError, now_ms};
 use crate::template::Data;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -572,17 +572,40 @@ async fn deliver(
         status_code: o.status,
         error: o.error,
     };
-    if let Err(e) = recorder
-        .record(Finished {
-            id: due.id,
-            attempt,
-            next: o.next,
-        })
-        .await
-    {
-        tracing::error!(event_id, rule, delivery_id = due.id, error = %e, "Cannot record a delivery attempt; it will be retried after a restart.");
+    let finished = Finished {
+        id: due.id,
+        attempt,
+        next: o.next,
+    };
+    // The outcome is known: a failed write (its batch may have failed for another row's sake)
+    // is tried again rather than leaving the delivery `sending`.
+    for (n, wait) in RECORD_RETRIES.iter().enumerate() {
+        match recorder.record(finished.clone()).await {
+            Ok(()) => return,
+            Err(StoreError::Closed) => break,
+            Err(e) if n + 1 < RECORD_RETRIES.len() => {
+                tracing::warn!(event_id, rule, delivery_id = due.id, error = %e, "Cannot record a delivery attempt; trying again.");
+                tokio::time::sleep(*wait).await;
+            }
+            Err(_) => break,
+        }
     }
+    tracing::error!(
+        event_id,
+        rule,
+        delivery_id = due.id,
+        "Cannot record a delivery attempt; the delivery is taken up again after a restart (or its lease lapses)."
+    );
 }
+
+/// Waits between tries to record an attempt (the last entry is not waited).
+const RECORD_RETRIES: [Duration; 5] = [
+    Duration::from_millis(100),
+    Duration::from_millis(500),
+    Duration::from_secs(2),
+    Duration::from_secs(5),
+    Duration::ZERO,
+];
 
 /// One attempt: render and send, and decide what comes next.
 async fn attempt(
