@@ -185,14 +185,6 @@ where
         deliveries,
         claimed: room.is_some(),
     };
-    let targets: Vec<(String, u32, String)> = match room {
-        Some(_) => record
-            .deliveries
-            .iter()
-            .map(|d| (d.rule.clone(), d.action_index, d.destination.clone()))
-            .collect(),
-        None => vec![],
-    };
     let deliveries = record.deliveries.len();
     // Committing and handing over run in a task of their own: should the client hang up while
     // the commit is under way, the request is dropped but this still completes, so deliveries
@@ -200,7 +192,7 @@ where
     let committed = tokio::spawn(commit(
         state.clone(),
         record,
-        room.map(|room| (room, targets, event, config.hash.clone())),
+        room.map(|room| (room, event)),
     ))
     .await
     .unwrap_or(Err(StoreError::Closed));
@@ -249,9 +241,8 @@ where
     }
 }
 
-/// What intake hands over after the commit: the room reserved, each delivery's (rule, action,
-/// destination), the event and the configuration that matched it.
-type Handover = (Reservation, Vec<(String, u32, String)>, Value, String);
+/// What intake hands over after the commit: the room reserved and the event.
+type Handover = (Reservation, Value);
 
 /// Commits the event; if room was reserved, gives its deliveries (recorded as claimed) to the
 /// workers, or back to the store as pending when the workers have stopped. Otherwise wakes the
@@ -264,6 +255,25 @@ async fn commit(
     let event_id = record.id.clone();
     let pending = handover.is_none() && !record.deliveries.is_empty();
     let received_at = crate::store::now_ms();
+    // What the workers get, but for the ids the store assigns.
+    let mut due: Vec<Due> = match handover {
+        Some(_) => record
+            .deliveries
+            .iter()
+            .map(|d| Due {
+                id: 0,
+                event_id: event_id.clone(),
+                rule: d.rule.clone(),
+                action_index: d.action_index,
+                destination: d.destination.clone(),
+                attempts: 0,
+                config_hash: record.config_hash.clone(),
+                payload: String::new(),
+                received_at,
+            })
+            .collect(),
+        None => vec![],
+    };
     let intake = state.committer.submit(record).await?;
     let Intake::Accepted(ids) = &intake else {
         return Ok(intake);
@@ -272,22 +282,10 @@ async fn commit(
         state.handoff.stored_pending();
         state.app.wake.notify_one();
     }
-    if let Some((room, targets, event, config_hash)) = handover {
-        let due = ids
-            .iter()
-            .zip(targets)
-            .map(|(&id, (rule, action_index, destination))| Due {
-                id,
-                event_id: event_id.clone(),
-                rule,
-                action_index,
-                destination,
-                attempts: 0,
-                config_hash: config_hash.clone(),
-                payload: String::new(),
-                received_at,
-            })
-            .collect();
+    if let Some((room, event)) = handover {
+        for (d, &id) in due.iter_mut().zip(ids) {
+            d.id = id;
+        }
         if let Err(due) = state.handoff.send(due, Arc::new(Data::from(event)), room) {
             // The workers have stopped: the deliveries wait in the store for the next start.
             let ids: Vec<i64> = due.iter().map(|d| d.id).collect();

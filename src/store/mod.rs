@@ -16,10 +16,6 @@ pub use commit::Committer;
 use serde::Serialize;
 use std::time::Duration;
 
-/// Most rows one multi-row statement writes (SQLite allows 32,766 bound values, PostgreSQL
-/// 65,535; a delivery row binds 10).
-const ROWS_PER_STATEMENT: usize = 500;
-
 /// Unix time in milliseconds.
 pub type Millis = i64;
 

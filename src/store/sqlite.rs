@@ -11,13 +11,17 @@ use super::rows::{
 };
 use super::{
     AttemptView, Counts, DeliveryView, Due, Filter, Finished, InstanceView, Intake, Millis,
-    NewDelivery, NewEvent, ROWS_PER_STATEMENT, StoreError, now_ms,
+    NewDelivery, NewEvent, StoreError, now_ms,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Connection, QueryBuilder, Row, SqliteConnection, SqlitePool};
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
+
+/// Most rows one multi-row statement writes (SQLite allows 32,766 bound values; a delivery
+/// row binds 10).
+const ROWS_PER_STATEMENT: usize = 500;
 
 /// A SQLite store.
 #[derive(Clone)]

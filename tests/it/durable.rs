@@ -222,9 +222,7 @@ async fn smtp_down_then_up_is_delivered() {
     let rules = format!(
         "rules:\n  - name: mail\n    actions:\n      - email: {{ smtp_url: \"smtp://127.0.0.1:{port}?tls=none\", from: a@example.com, to: b@example.com, subject: \"Reply from {{{{lead.email}}}}\", text: hi }}\n"
     );
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("rules")).unwrap();
-    std::fs::write(dir.path().join("rules/rules.yaml"), rules).unwrap();
+    let dir = crate::util::config_dir(&rules, &[]);
     let mut settings = crate::util::fast_retries();
     settings.retry.schedule = vec![Duration::from_millis(200)];
     settings.retry.max_attempts = 50;
@@ -384,9 +382,7 @@ async fn pruning_drops_finished_history_and_keeps_dead_letters() {
 async fn more_events_than_workers_are_each_delivered_once() {
     let slack = HttpPeer::start().await;
     slack.set_delay(Duration::from_millis(50));
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("rules")).unwrap();
-    std::fs::write(dir.path().join("rules/rules.yaml"), slack_rules(&slack)).unwrap();
+    let dir = crate::util::config_dir(&slack_rules(&slack), &[]);
     let mut settings = crate::util::fast_retries();
     settings.concurrency = 2;
     settings.per_destination = 2;

@@ -145,9 +145,7 @@ async fn metrics_count_success_retry_and_dead_letter_paths() {
 async fn readyz_goes_503_past_the_configured_backlog() {
     let slack = HttpPeer::start().await;
     slack.set_delay(Duration::from_secs(3));
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("rules")).unwrap();
-    std::fs::write(dir.path().join("rules/rules.yaml"), slack_rules(&slack)).unwrap();
+    let dir = crate::util::config_dir(&slack_rules(&slack), &[]);
     let mut settings = crate::util::fast_retries();
     settings.per_destination = 1;
     let router =

@@ -83,9 +83,7 @@ async fn the_postgres_store_retries_dead_letters_and_deduplicates_like_sqlite() 
     };
     let slack = HttpPeer::start().await;
     slack.script(vec![(500, "", vec![]), (404, "no_service", vec![])]);
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("rules")).unwrap();
-    std::fs::write(dir.path().join("rules/rules.yaml"), sink_rules(&slack)).unwrap();
+    let dir = crate::util::config_dir(&sink_rules(&slack), &[]);
     let guard = ("127.0.0.1:8080".parse().unwrap(), None);
     let router =
         Router::start_full(dir, crate::util::fast_retries(), guard, 1_000, Some(&url)).await;

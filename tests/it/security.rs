@@ -456,13 +456,7 @@ rules:
 #[tokio::test]
 async fn admin_endpoints_need_the_token_beyond_loopback() {
     let peer = HttpPeer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("rules")).unwrap();
-    std::fs::write(
-        dir.path().join("rules/rules.yaml"),
-        rules(&peer, "    token: t0k"),
-    )
-    .unwrap();
+    let dir = crate::util::config_dir(&rules(&peer, "    token: t0k"), &[]);
     let public = ("0.0.0.0:8080".parse().unwrap(), Some("adm1n".to_string()));
     let router = Router::start_guarded(dir, crate::util::fast_retries(), public, 1_000).await;
     let client = reqwest::Client::new();
@@ -504,13 +498,7 @@ async fn admin_endpoints_need_the_token_beyond_loopback() {
         );
     }
 
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("rules")).unwrap();
-    std::fs::write(
-        dir.path().join("rules/rules.yaml"),
-        rules(&peer, "    token: t0k"),
-    )
-    .unwrap();
+    let dir = crate::util::config_dir(&rules(&peer, "    token: t0k"), &[]);
     let no_token = Router::start_guarded(
         dir,
         crate::util::fast_retries(),

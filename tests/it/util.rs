@@ -238,6 +238,21 @@ impl SmtpPeer {
 }
 
 /// Delivery settings for tests: retries after 100 ms, 200 ms, 300 ms; 4 attempts in all.
+/// A directory holding `rules/rules.yaml` and `templates/` (with the given files), as a
+/// router started on it expects.
+pub fn config_dir(rules: &str, templates: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("rules")).unwrap();
+    std::fs::create_dir_all(dir.path().join("templates")).unwrap();
+    std::fs::write(dir.path().join("rules/rules.yaml"), rules).unwrap();
+    for (name, text) in templates {
+        let path = dir.path().join("templates").join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    dir
+}
+
 pub fn fast_retries() -> delivery::Settings {
     delivery::Settings {
         retry: RetryPolicy {
@@ -265,16 +280,7 @@ pub struct Router {
 impl Router {
     /// Starts the router on `rules` with the given extra template files.
     pub async fn start(rules: &str, templates: &[(&str, &str)]) -> Router {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("rules")).unwrap();
-        std::fs::create_dir_all(dir.path().join("templates")).unwrap();
-        std::fs::write(dir.path().join("rules/rules.yaml"), rules).unwrap();
-        for (name, text) in templates {
-            let path = dir.path().join("templates").join(name);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, text).unwrap();
-        }
-        Self::start_in(dir).await
+        Self::start_in(config_dir(rules, templates)).await
     }
 
     /// Starts the router on a prepared directory holding `rules/rules.yaml` and `templates/`,
