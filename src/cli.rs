@@ -269,7 +269,9 @@ fn print_problems(errors: &Diagnostics) {
 
 fn serve(args: ServeArgs) -> ExitCode {
     let runtime = tokio::runtime::Runtime::new().expect("the tokio runtime starts");
-    runtime.block_on(async move {
+    let delivery_runtime = delivery::runtime().expect("the delivery runtime starts");
+    let delivery_handle = delivery_runtime.handle().clone();
+    let code = runtime.block_on(async move {
         let app = match App::load(args.config.sources()) {
             Ok(app) => app,
             Err(errors) => {
@@ -323,6 +325,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             history: args.history,
             heartbeat: (args.lease / 4).clamp(Duration::from_millis(200), Duration::from_secs(5)),
             listen: listener.local_addr().unwrap_or(args.listen).to_string(),
+            runtime: Some(delivery_handle),
             ..delivery::Settings::default()
         };
         let workers = delivery::start(app.clone(), store.clone(), Clients::new(), settings);
@@ -361,7 +364,10 @@ fn serve(args: ServeArgs) -> ExitCode {
             tracing::warn!("Some deliveries did not finish in time; they are kept and resume at the next start.");
         }
         ExitCode::SUCCESS
-    })
+    });
+    // Sends still running past the grace period are abandoned; they resume at the next start.
+    delivery_runtime.shutdown_timeout(Duration::from_millis(100));
+    code
 }
 
 async fn shutdown_signal() {

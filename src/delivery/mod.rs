@@ -13,7 +13,7 @@ pub use retry::RetryPolicy;
 use crate::actions::Clients;
 use crate::app::App;
 use crate::metrics::ActionLabels;
-use crate::store::{Attempt, Committer, Due, Finished, Next, Store, StoreError, now_ms};
+use crate::store::{Attempt, Claim, Committer, Due, Finished, Next, Store, StoreError, now_ms};
 use crate::template::Data;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -39,6 +39,9 @@ pub struct Settings {
     pub heartbeat: Duration,
     /// The address this instance listens on (shown in `/api/status`).
     pub listen: String,
+    /// Where the workers run: a runtime of their own (see [`runtime`]), or, when `None`, the
+    /// caller's.
+    pub runtime: Option<tokio::runtime::Handle>,
 }
 
 impl Default for Settings {
@@ -51,6 +54,7 @@ impl Default for Settings {
             poll: Duration::from_secs(1),
             heartbeat: Duration::from_secs(5),
             listen: String::new(),
+            runtime: None,
         }
     }
 }
@@ -190,6 +194,36 @@ impl Handoff {
 /// How long a claim waits for more workers to come free when only a few are.
 const CLAIM_GATHER: Duration = Duration::from_millis(2);
 
+/// The nice value of the workers' threads: when the CPU is short, intake's threads run first.
+const WORKER_NICE: i32 = 10;
+
+/// A runtime for the workers (one thread) that gives way to intake: under a burst the router
+/// acknowledges first (every acknowledged event is already on disk) and delivers with the CPU
+/// left over, at full speed again as soon as the burst is over. When the CPU is not short,
+/// the nice value changes nothing.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("switchboard-delivery")
+        .on_thread_start(give_way)
+        .enable_all()
+        .build()
+}
+
+/// Lowers the calling thread's priority (raises its nice value), on Linux.
+fn give_way() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority and gettid only read their arguments. On Linux the nice value belongs
+    // to the thread, so this changes the calling thread alone.
+    unsafe {
+        libc::setpriority(
+            libc::PRIO_PROCESS,
+            libc::gettid() as libc::id_t,
+            WORKER_NICE,
+        );
+    }
+}
+
 /// Starts the workers (and the pruning of old history).
 pub fn start(app: Arc<App>, store: Store, clients: Clients, settings: Settings) -> Workers {
     let (stop, stopped) = watch::channel(false);
@@ -212,7 +246,11 @@ pub fn start(app: Arc<App>, store: Store, clients: Clients, settings: Settings) 
         flight,
         backlog: handoff.backlog.clone(),
     });
-    let task = tokio::spawn(dispatch(shared, store, handoff.clone(), handed, stopped));
+    let work = dispatch(shared.clone(), store, handoff.clone(), handed, stopped);
+    let task = match &shared.settings.runtime {
+        Some(runtime) => runtime.spawn(work),
+        None => tokio::spawn(work),
+    };
     Workers {
         stop,
         task,
@@ -396,7 +434,11 @@ async fn dispatch(
                 deadline = tokio::time::Instant::now() + poll;
                 continue;
             }
-            let claimed = match store.claim(free, &busy).await {
+            let claim = Claim {
+                limit: free,
+                busy: busy.clone(),
+            };
+            let claimed = match shared.committer.claim(claim).await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!(error = %e, "Cannot read due deliveries from the store; trying again in 1 s.");

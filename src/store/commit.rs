@@ -1,10 +1,14 @@
 //! Group commit: callers queue their writes here; one task writes whatever has queued up in one
 //! transaction and answers each caller when that transaction is durable. Under load a batch
 //! grows by itself while the previous commit is being written, so one fsync serves many writes.
-//! Intake's events (a `200` waits for their commit) and the workers' attempt records share the
-//! queue and its transactions.
+//! Intake's events (a `200` waits for their commit), the workers' attempt records and their
+//! claims share the queue and its transactions.
+//!
+//! The committing task runs on a thread of its own: a transaction is several round trips to the
+//! database, and each would otherwise wait its turn behind the requests and sends queued on the
+//! runtime's workers.
 
-use super::{Finished, Intake, NewEvent, Store, StoreError};
+use super::{Claim, Due, Finished, Intake, NewEvent, Store, StoreError};
 use std::future::Future;
 use tokio::sync::{mpsc, oneshot};
 
@@ -33,7 +37,7 @@ impl<T: Send + 'static, R: Send + 'static> Batch<T, R> {
         Fut: Future<Output = Result<Vec<R>, StoreError>> + Send,
     {
         let (tx, mut rx) = mpsc::channel::<(T, Reply<R>)>(MAX_BATCH * 8);
-        tokio::spawn(async move {
+        let serve = async move {
             let mut batch = Vec::with_capacity(MAX_BATCH);
             while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
                 let (items, replies): (Vec<T>, Vec<Reply<R>>) = batch.drain(..).unzip();
@@ -52,7 +56,16 @@ impl<T: Send + 'static, R: Send + 'static> Batch<T, R> {
                     }
                 }
             }
-        });
+        };
+        // The thread ends when every sender is gone (the router has stopped).
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime for the committer starts");
+        std::thread::Builder::new()
+            .name("switchboard-commit".into())
+            .spawn(move || runtime.block_on(serve))
+            .expect("the committer's thread starts");
         Batch { tx }
     }
 
@@ -76,16 +89,19 @@ enum Write {
     Event(NewEvent),
     /// A delivery attempt and what comes next.
     Finished(Finished),
+    /// The workers asking for due deliveries.
+    Claim(Claim),
 }
 
 /// The answer to one [`Write`].
 enum Written {
     Event(Intake),
     Finished,
+    Claimed(Vec<Due>),
 }
 
-/// The one queue of writes: intake's events and the workers' attempt records share each
-/// transaction, so one commit (one fsync) serves both.
+/// The one queue of writes: intake's events, the workers' attempt records and their claims
+/// share each transaction, so one commit (one fsync) serves them all.
 #[derive(Clone)]
 pub struct Committer(Batch<Write, Written>);
 
@@ -99,33 +115,44 @@ impl Committer {
                 async move {
                     let mut events = Vec::new();
                     let mut done = Vec::new();
-                    let kinds: Vec<bool> = writes
+                    let mut claims = Vec::new();
+                    let kinds: Vec<u8> = writes
                         .into_iter()
                         .map(|w| match w {
                             Write::Event(e) => {
                                 events.push(e);
-                                true
+                                0
                             }
                             Write::Finished(f) => {
                                 done.push(f);
-                                false
+                                1
+                            }
+                            Write::Claim(c) => {
+                                claims.push(c);
+                                2
                             }
                         })
                         .collect();
-                    let intakes = store.write(&events, &done).await?;
-                    if intakes.len() != events.len() {
+                    let outcome = store.write(&events, &done, &claims).await?;
+                    if outcome.intakes.len() != events.len()
+                        || outcome.claimed.len() != claims.len()
+                    {
                         return Err(StoreError::Database(sqlx::Error::Protocol(format!(
-                            "the store answered for {} of {} events",
-                            intakes.len(),
-                            events.len()
+                            "the store answered for {} of {} events and {} of {} claims",
+                            outcome.intakes.len(),
+                            events.len(),
+                            outcome.claimed.len(),
+                            claims.len()
                         ))));
                     }
-                    let mut intakes = intakes.into_iter();
+                    let mut intakes = outcome.intakes.into_iter();
+                    let mut claimed = outcome.claimed.into_iter();
                     Ok(kinds
                         .into_iter()
-                        .map(|event| match event {
-                            true => Written::Event(intakes.next().expect("one answer per event")),
-                            false => Written::Finished,
+                        .map(|kind| match kind {
+                            0 => Written::Event(intakes.next().expect("one answer per event")),
+                            1 => Written::Finished,
+                            _ => Written::Claimed(claimed.next().expect("one answer per claim")),
                         })
                         .collect())
                 }
@@ -137,7 +164,16 @@ impl Committer {
     pub async fn submit(&self, event: NewEvent) -> Result<Intake, StoreError> {
         match self.0.submit(Write::Event(event)).await? {
             Written::Event(intake) => Ok(intake),
-            Written::Finished => Err(StoreError::Closed),
+            _ => Err(StoreError::Closed),
+        }
+    }
+
+    /// Claims due deliveries for this instance's workers (see [`Store::write`]); returns once
+    /// the claim is committed.
+    pub async fn claim(&self, claim: Claim) -> Result<Vec<Due>, StoreError> {
+        match self.0.submit(Write::Claim(claim)).await? {
+            Written::Claimed(due) => Ok(due),
+            _ => Err(StoreError::Closed),
         }
     }
 

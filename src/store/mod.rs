@@ -3,8 +3,8 @@
 //! this module); SQLite is the embedded default.
 //!
 //! [`Committer`] groups the writes of concurrent requests and of the workers (events, attempt
-//! records) into one transaction (one fsync for many events), so a `200` can wait for the commit
-//! without costing much throughput.
+//! records, claims) into one transaction (one fsync for many events), so a `200` can wait for
+//! the commit without costing much throughput.
 
 mod commit;
 mod postgres;
@@ -88,6 +88,24 @@ pub enum Intake {
     Accepted(Vec<i64>),
     /// The same webhook was seen before, as this event.
     Duplicate(String),
+}
+
+/// The workers asking for due deliveries.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    /// At most this many.
+    pub limit: u32,
+    /// Destinations at their limit: none of theirs.
+    pub busy: Vec<String>,
+}
+
+/// What one group commit did.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    /// One per event written, in order.
+    pub intakes: Vec<Intake>,
+    /// One list of claimed deliveries per claim, in order.
+    pub claimed: Vec<Vec<Due>>,
 }
 
 /// A delivery claimed for sending.
@@ -318,20 +336,16 @@ impl Store {
         dispatch!(self, s => s.listen(wake).await)
     }
 
-    /// Records a batch of events and of finished attempts in one transaction; one result per
-    /// event, in order. A handful of multi-row statements serve the whole batch.
+    /// Records a batch of events and of finished attempts, then makes the claims (each marks up
+    /// to its limit of due deliveries as sending, skipping its busy destinations), all in one
+    /// transaction. A handful of multi-row statements serve the whole batch.
     pub async fn write(
         &self,
         events: &[NewEvent],
         done: &[Finished],
-    ) -> Result<Vec<Intake>, StoreError> {
-        dispatch!(self, s => s.write(events, done).await)
-    }
-
-    /// Marks up to `limit` due deliveries as sending and returns them, skipping `busy`
-    /// destinations.
-    pub async fn claim(&self, limit: u32, busy: &[String]) -> Result<Vec<Due>, StoreError> {
-        dispatch!(self, s => s.claim(limit, busy).await)
+        claims: &[Claim],
+    ) -> Result<Outcome, StoreError> {
+        dispatch!(self, s => s.write(events, done, claims).await)
     }
 
     /// Puts deliveries left `sending` by a process that died back to `pending`.

@@ -8,8 +8,8 @@ use super::rows::{
     AttemptRow, DUE_COLUMNS, DueRow, INSTANCE_COLUMNS, InstanceRow, VIEW_COLUMNS, ViewRow, after,
 };
 use super::{
-    AttemptView, Counts, DeliveryView, Due, Filter, Finished, InstanceView, Intake, Millis,
-    NewDelivery, NewEvent, StoreError, now_ms,
+    AttemptView, Claim, Counts, DeliveryView, Due, Filter, Finished, InstanceView, Intake, Millis,
+    NewDelivery, NewEvent, Outcome, StoreError, now_ms,
 };
 use sqlx::postgres::{PgConnection, PgListener, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Row};
@@ -47,13 +47,18 @@ impl Postgres {
         &self,
         events: &[NewEvent],
         done: &[Finished],
-    ) -> Result<Vec<Intake>, StoreError> {
+        claims: &[Claim],
+    ) -> Result<Outcome, StoreError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        let out = self.accept(&mut tx, events, now).await?;
+        let intakes = self.accept(&mut tx, events, now).await?;
         finish(&mut tx, done, now).await?;
+        let mut claimed = Vec::with_capacity(claims.len());
+        for c in claims {
+            claimed.push(self.claim(&mut tx, c, now).await?);
+        }
         tx.commit().await?;
-        Ok(out)
+        Ok(Outcome { intakes, claimed })
     }
 
     /// Records events (keys, events, deliveries) with one statement each, over arrays.
@@ -180,12 +185,17 @@ impl Postgres {
             .collect()
     }
 
-    pub(super) async fn claim(&self, limit: u32, busy: &[String]) -> Result<Vec<Due>, StoreError> {
-        if limit == 0 {
+    /// Marks up to `c.limit` due deliveries (or ones whose lease has lapsed) as sent by this
+    /// instance; rows other instances are claiming are skipped, not waited for.
+    async fn claim(
+        &self,
+        tx: &mut PgConnection,
+        c: &Claim,
+        now: Millis,
+    ) -> Result<Vec<Due>, StoreError> {
+        if c.limit == 0 {
             return Ok(vec![]);
         }
-        let now = now_ms();
-        let mut tx = self.pool.begin().await?;
         let ids: Vec<i64> = sqlx::query_scalar(
             "UPDATE deliveries SET status = 'sending', claimed_by = $2, lease_until = $1 + $3, updated_at = $1
              WHERE id IN (
@@ -199,8 +209,8 @@ impl Postgres {
         .bind(now)
         .bind(&self.instance)
         .bind(self.lease_ms())
-        .bind(busy)
-        .bind(limit as i64)
+        .bind(&c.busy)
+        .bind(c.limit as i64)
         .fetch_all(&mut *tx)
         .await?;
         let sql = format!(
@@ -213,7 +223,6 @@ impl Postgres {
             .into_iter()
             .map(Due::from)
             .collect();
-        tx.commit().await?;
         Ok(due)
     }
 

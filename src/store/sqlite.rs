@@ -3,18 +3,18 @@
 //! Every write goes through one connection, so writers queue in the process instead of
 //! sleeping in SQLite's busy handler, and reads use their own connections (WAL lets them run
 //! beside the writer). Intake commits with `synchronous=FULL`: the webhook's `200` means the
-//! event is on disk. Events and attempt records share group commits at FULL, so one fsync
-//! serves many; claims commit at NORMAL (see `Sqlite::claim`).
+//! event is on disk. Events, attempt records and the workers' claims share group commits, so
+//! one fsync serves many writes and the writer connection has a single user under load.
 
 use super::rows::{
     AttemptRow, DUE_COLUMNS, DueRow, INSTANCE_COLUMNS, InstanceRow, VIEW_COLUMNS, ViewRow, after,
 };
 use super::{
-    AttemptView, Counts, DeliveryView, Due, Filter, Finished, InstanceView, Intake, Millis,
-    NewDelivery, NewEvent, StoreError, now_ms,
+    AttemptView, Claim, Counts, DeliveryView, Due, Filter, Finished, InstanceView, Intake, Millis,
+    NewDelivery, NewEvent, Outcome, StoreError, now_ms,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Connection, QueryBuilder, Row, SqliteConnection, SqlitePool};
+use sqlx::{QueryBuilder, Row, SqliteConnection, SqlitePool};
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
@@ -52,6 +52,9 @@ impl Sqlite {
             .busy_timeout(Duration::from_secs(10));
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            // The one connection never idles long; a ping before each use would only add a
+            // round trip to every group commit.
+            .test_before_acquire(false)
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&writer).await?;
@@ -76,36 +79,18 @@ impl Sqlite {
         &self,
         events: &[NewEvent],
         done: &[Finished],
-    ) -> Result<Vec<Intake>, StoreError> {
+        claims: &[Claim],
+    ) -> Result<Outcome, StoreError> {
         let now = now_ms();
         let mut tx = self.writer.begin().await?;
-        let out = accept(&mut tx, events, now).await?;
+        let intakes = accept(&mut tx, events, now).await?;
         finish(&mut tx, done, now).await?;
+        let mut claimed = Vec::with_capacity(claims.len());
+        for c in claims {
+            claimed.push(claim(&mut tx, c, now).await?);
+        }
         tx.commit().await?;
-        Ok(out)
-    }
-
-    /// Claims commit with `synchronous=NORMAL` (no fsync of their own; the next intake commit
-    /// syncs them): a claim lost to a power cut only means a delivery is sent again. The
-    /// writer is back at FULL before anyone else uses it, or it is closed.
-    pub(super) async fn claim(&self, limit: u32, busy: &[String]) -> Result<Vec<Due>, StoreError> {
-        if limit == 0 {
-            return Ok(vec![]);
-        }
-        let mut conn = self.writer.acquire().await?;
-        sqlx::query("PRAGMA synchronous = NORMAL")
-            .execute(&mut *conn)
-            .await?;
-        let claimed = claim(&mut conn, limit, busy).await;
-        let restored = sqlx::query("PRAGMA synchronous = FULL")
-            .execute(&mut *conn)
-            .await;
-        if let Err(e) = restored {
-            // Never hand intake a connection that does not sync: drop it from the pool.
-            let _ = conn.detach();
-            return Err(e.into());
-        }
-        claimed
+        Ok(Outcome { intakes, claimed })
     }
 
     pub(super) async fn recover(&self) -> Result<u64, StoreError> {
@@ -421,14 +406,11 @@ async fn finish(
 }
 
 /// Marks up to `limit` due deliveries as sending and reads them, in one transaction.
-async fn claim(
-    conn: &mut SqliteConnection,
-    limit: u32,
-    busy: &[String],
-) -> Result<Vec<Due>, StoreError> {
-    let now = now_ms();
-    let busy = serde_json::to_string(busy).unwrap_or_else(|_| "[]".into());
-    let mut tx = conn.begin().await?;
+async fn claim(tx: &mut SqliteConnection, c: &Claim, now: Millis) -> Result<Vec<Due>, StoreError> {
+    if c.limit == 0 {
+        return Ok(vec![]);
+    }
+    let busy = serde_json::to_string(&c.busy).unwrap_or_else(|_| "[]".into());
     let rows = sqlx::query(
         "UPDATE deliveries SET status = 'sending', updated_at = ?1
          WHERE id IN (
@@ -440,7 +422,7 @@ async fn claim(
     )
     .bind(now)
     .bind(&busy)
-    .bind(limit as i64)
+    .bind(c.limit as i64)
     .fetch_all(&mut *tx)
     .await?;
     let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
@@ -455,6 +437,5 @@ async fn claim(
         .into_iter()
         .map(Due::from)
         .collect();
-    tx.commit().await?;
     Ok(due)
 }
