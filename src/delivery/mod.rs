@@ -197,13 +197,13 @@ const CLAIM_GATHER: Duration = Duration::from_millis(2);
 /// The nice value of the workers' threads: when the CPU is short, intake's threads run first.
 const WORKER_NICE: i32 = 10;
 
-/// A runtime for the workers (one thread) that gives way to intake: under a burst the router
+/// A runtime for the workers (two threads) that gives way to intake: under a burst the router
 /// acknowledges first (every acknowledged event is already on disk) and delivers with the CPU
 /// left over, at full speed again as soon as the burst is over. When the CPU is not short,
 /// the nice value changes nothing.
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(2)
         .thread_name("switchboard-delivery")
         .on_thread_start(give_way)
         .enable_all()
