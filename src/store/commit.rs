@@ -10,10 +10,14 @@
 
 use super::{Claim, Due, Finished, Intake, NewEvent, Store, StoreError};
 use std::future::Future;
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 /// Largest batch written in one transaction.
 pub const MAX_BATCH: usize = 512;
+
+/// How long the queue stays empty before the committer counts as idle.
+const IDLE_AFTER: Duration = Duration::from_millis(2);
 
 type Reply<R> = oneshot::Sender<Result<R, String>>;
 
@@ -31,15 +35,32 @@ impl<T, R> Clone for Batch<T, R> {
 }
 
 impl<T: Send + 'static, R: Send + 'static> Batch<T, R> {
-    fn start<F, Fut>(what: &'static str, write: F) -> Self
+    /// Starts the task: `write` writes each batch; `idle` runs when nothing has come for
+    /// [`IDLE_AFTER`].
+    fn start<F, Fut, I, IFut>(what: &'static str, write: F, idle: I) -> Self
     where
         F: Fn(Vec<T>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Vec<R>, StoreError>> + Send,
+        I: Fn() -> IFut + Send + 'static,
+        IFut: Future<Output = ()> + Send,
     {
         let (tx, mut rx) = mpsc::channel::<(T, Reply<R>)>(MAX_BATCH * 8);
         let serve = async move {
             let mut batch = Vec::with_capacity(MAX_BATCH);
-            while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+            loop {
+                let received =
+                    match tokio::time::timeout(IDLE_AFTER, rx.recv_many(&mut batch, MAX_BATCH))
+                        .await
+                    {
+                        Ok(n) => n,
+                        Err(_) => {
+                            idle().await;
+                            rx.recv_many(&mut batch, MAX_BATCH).await
+                        }
+                    };
+                if received == 0 {
+                    break;
+                }
                 let (items, replies): (Vec<T>, Vec<Reply<R>>) = batch.drain(..).unzip();
                 let n = items.len();
                 match write(items).await {
@@ -108,6 +129,7 @@ pub struct Committer(Batch<Write, Written>);
 impl Committer {
     /// Starts the committing task on `store`.
     pub fn start(store: Store) -> Committer {
+        let idle = store.clone();
         Committer(Batch::start(
             "events and delivery results",
             move |writes: Vec<Write>| {
@@ -156,6 +178,10 @@ impl Committer {
                         })
                         .collect())
                 }
+            },
+            move || {
+                let store = idle.clone();
+                async move { store.pause().await }
             },
         ))
     }

@@ -348,6 +348,14 @@ impl Store {
         dispatch!(self, s => s.write(events, done, claims).await)
     }
 
+    /// The group committer has nothing more queued: what it held between back-to-back commits
+    /// (SQLite's writer connection) is given back.
+    pub async fn pause(&self) {
+        if let Store::Sqlite(s) = self {
+            s.pause().await;
+        }
+    }
+
     /// Puts deliveries left `sending` by a process that died back to `pending`.
     pub async fn recover(&self) -> Result<u64, StoreError> {
         dispatch!(self, s => s.recover().await)

@@ -1,7 +1,8 @@
 //! The SQLite backend: one file, WAL journal, migrations embedded at compile time.
 //!
 //! Every write goes through one connection, so writers queue in the process instead of
-//! sleeping in SQLite's busy handler, and reads use their own connections (WAL lets them run
+//! sleeping in SQLite's busy handler (the group committer keeps it between back-to-back commits,
+//! for at most 20 ms at a time), and reads use their own connections (WAL lets them run
 //! beside the writer). Intake commits with `synchronous=FULL`: the webhook's `200` means the
 //! event is on disk. Events, attempt records and the workers' claims share group commits, so
 //! one fsync serves many writes and the writer connection has a single user under load.
@@ -13,15 +14,22 @@ use super::{
     AttemptView, Claim, Counts, DeliveryView, Due, Filter, Finished, InstanceView, Intake, Millis,
     NewDelivery, NewEvent, Outcome, StoreError, now_ms,
 };
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{QueryBuilder, Row, SqliteConnection, SqlitePool};
+use sqlx::{Connection, QueryBuilder, Row, SqliteConnection, SqlitePool};
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
 
 /// Most rows one multi-row statement writes (SQLite allows 32,766 bound values; a delivery
 /// row binds 10).
 const ROWS_PER_STATEMENT: usize = 500;
+
+/// Longest the committer keeps the writer connection between back-to-back group commits
+/// before letting the other writers (heartbeat, release, pruning) have their turn.
+const HOLD_AT_MOST: Duration = Duration::from_millis(20);
 
 /// A SQLite store.
 #[derive(Clone)]
@@ -29,6 +37,16 @@ pub struct Sqlite {
     writer: SqlitePool,
     reader: SqlitePool,
     instance: String,
+    /// The writer connection while group commits follow each other: returning it to the pool
+    /// costs a round trip to SQLite's thread (sqlx checks it), once per commit otherwise.
+    /// `None` for an in-memory store, whose readers share the writer.
+    held: Option<Arc<Mutex<Option<Held>>>>,
+}
+
+/// The writer connection kept by the committer, and since when.
+struct Held {
+    conn: PoolConnection<sqlx::Sqlite>,
+    since: Instant,
 }
 
 impl Sqlite {
@@ -72,6 +90,7 @@ impl Sqlite {
             writer,
             reader,
             instance,
+            held: (!memory).then(|| Arc::new(Mutex::new(None))),
         })
     }
 
@@ -82,15 +101,31 @@ impl Sqlite {
         claims: &[Claim],
     ) -> Result<Outcome, StoreError> {
         let now = now_ms();
-        let mut tx = self.writer.begin().await?;
-        let intakes = accept(&mut tx, events, now).await?;
-        finish(&mut tx, done, now).await?;
-        let mut claimed = Vec::with_capacity(claims.len());
-        for c in claims {
-            claimed.push(claim(&mut tx, c, now).await?);
+        let Some(held) = &self.held else {
+            let mut conn = self.writer.acquire().await?;
+            return write(&mut conn, events, done, claims, now).await;
+        };
+        let mut held = held.lock().await;
+        let mut kept = match held.take() {
+            Some(h) => h,
+            None => Held {
+                conn: self.writer.acquire().await?,
+                since: Instant::now(),
+            },
+        };
+        // On an error the connection goes back to the pool (which rolls back what is left).
+        let outcome = write(&mut kept.conn, events, done, claims, now).await?;
+        if kept.since.elapsed() < HOLD_AT_MOST {
+            *held = Some(kept);
         }
-        tx.commit().await?;
-        Ok(Outcome { intakes, claimed })
+        Ok(outcome)
+    }
+
+    /// The committer has nothing more to write: the writer connection goes back to the pool.
+    pub(super) async fn pause(&self) {
+        if let Some(held) = &self.held {
+            held.lock().await.take();
+        }
     }
 
     pub(super) async fn recover(&self) -> Result<u64, StoreError> {
@@ -263,6 +298,25 @@ impl Sqlite {
 }
 
 /// Records events (keys, events, deliveries) in a few multi-row statements.
+/// One group commit: events, attempt records, then claims, in one transaction.
+async fn write(
+    conn: &mut SqliteConnection,
+    events: &[NewEvent],
+    done: &[Finished],
+    claims: &[Claim],
+    now: Millis,
+) -> Result<Outcome, StoreError> {
+    let mut tx = conn.begin().await?;
+    let intakes = accept(&mut tx, events, now).await?;
+    finish(&mut tx, done, now).await?;
+    let mut claimed = Vec::with_capacity(claims.len());
+    for c in claims {
+        claimed.push(claim(&mut tx, c, now).await?);
+    }
+    tx.commit().await?;
+    Ok(Outcome { intakes, claimed })
+}
+
 async fn accept(
     tx: &mut SqliteConnection,
     events: &[NewEvent],

@@ -416,3 +416,68 @@ async fn more_events_than_workers_are_each_delivered_once() {
     let done = wait_for_status(&router, "delivered", ids.len()).await;
     assert!(done.iter().all(|d| d.attempts == 1), "{done:?}");
 }
+
+/// The group committer keeps SQLite's one writer connection between back-to-back commits; the
+/// other writers (heartbeat, release) must still get their turn while it never goes idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_writers_get_their_turn_while_commits_never_stop() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use switchboard::store::{Committer, Intake, NewEvent, Store};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&format!("sqlite://{}/store.db", dir.path().display()))
+        .await
+        .unwrap();
+    let committer = Committer::start(store.clone());
+    let stop = Arc::new(AtomicBool::new(false));
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let mut writers = Vec::new();
+    for w in 0..32 {
+        let (committer, stop, accepted) = (committer.clone(), stop.clone(), accepted.clone());
+        writers.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let id = format!("{}-{w}-{n}", uuid::Uuid::now_v7());
+                let event = NewEvent {
+                    id: id.clone(),
+                    source: "smartlead".into(),
+                    event_type: "EMAIL_REPLIED".into(),
+                    lead_email: None,
+                    config_hash: "h".into(),
+                    payload: "{}".into(),
+                    dedup_key: id,
+                    deliveries: vec![],
+                    claimed: false,
+                };
+                let intake = committer.submit(event).await.unwrap();
+                assert!(matches!(intake, Intake::Accepted(_)), "{intake:?}");
+                accepted.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = accepted.load(Ordering::Relaxed);
+    for i in 0..20 {
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            store.heartbeat("127.0.0.1:1", "h", &[]),
+        )
+        .await
+        .expect("a heartbeat got the writer connection while commits went on")
+        .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), store.release(&[i]))
+            .await
+            .expect("a release got the writer connection while commits went on")
+            .unwrap();
+    }
+    assert!(
+        accepted.load(Ordering::Relaxed) > before,
+        "commits went on meanwhile"
+    );
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+}

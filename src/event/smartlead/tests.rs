@@ -184,3 +184,46 @@ fn timestamps_of_every_usual_form_become_rfc3339_utc() {
     assert_eq!(t("1743154501000"), "2025-03-28T09:35:01Z");
     assert_eq!(t(r#""yesterday""#), "yesterday");
 }
+
+fn key(payload: Value) -> String {
+    let Value::Object(map) = payload else {
+        panic!("an object")
+    };
+    let body = serde_json::to_vec(&map).expect("serialises");
+    SmartLead.dedup_key(&map, &body)
+}
+
+#[test]
+fn duplicate_keys_lead_with_the_event_time_and_identify_the_event() {
+    let reply: Value = serde_json::from_str(include_str!(
+        "../../../tests/fixtures/smartlead/real_13_email_reply.json"
+    ))
+    .expect("fixture");
+    let first = key(reply.clone());
+    assert!(
+        first.starts_with("smartlead:20250328T093501Z:"),
+        "the key starts with the event's UTC time: {first}"
+    );
+    assert_eq!(key(reply.clone()), first, "the same webhook, the same key");
+    let mut other = reply.clone();
+    other["stats_id"] = json!("another-send");
+    assert_ne!(key(other), first, "another event, another key");
+
+    // Later events sort after earlier ones, whatever their ids (the index grows at its end).
+    let mut later = reply.clone();
+    later["event_timestamp"] = json!("2025-03-28T10:00:00+02:00");
+    later["stats_id"] = json!("0000");
+    let mut much_later = reply;
+    much_later["event_timestamp"] = json!("2025-03-29T00:00:00Z");
+    much_later["stats_id"] = json!("0000");
+    let (later, much_later) = (key(later), key(much_later));
+    assert!(later.starts_with("smartlead:20250328T080000Z:"), "{later}");
+    assert!(
+        first < much_later && later < first,
+        "{later} < {first} < {much_later}"
+    );
+
+    // Without ids or times, the body identifies the event.
+    let bare = key(json!({"event_type": "EMAIL_SENT"}));
+    assert!(bare.starts_with("smartlead:body:"), "{bare}");
+}
