@@ -314,11 +314,15 @@ impl Shared {
         let shared = self.clone();
         tokio::spawn(async move {
             let s = &*shared;
-            // Gives the worker and the destination's slot back however the send ends (a panic
-            // included).
+            // Gives the worker and the destination's slot back as soon as the send is over,
+            // and the delivery (in flight until its attempt is recorded) at the end, however
+            // they end (a panic included).
             let _sending = Sending {
                 shared: shared.clone(),
                 id: due.id,
+            };
+            let slot = Slot {
+                shared: shared.clone(),
                 destination: due.destination.clone(),
                 permit: Some(permit),
             };
@@ -329,6 +333,7 @@ impl Shared {
                 &s.settings.retry,
                 &due,
                 event,
+                slot,
             )
             .await;
         });
@@ -499,22 +504,36 @@ async fn dispatch(
     }
 }
 
-/// A send under way: dropped when it ends, it frees its worker and its destination's slot and,
-/// if deliveries wait in the store, wakes the dispatcher.
+/// A delivery in flight (sent or being sent, its attempt not yet recorded): dropped at the end,
+/// it stops counting as this instance's.
 struct Sending {
     shared: Arc<Shared>,
     id: i64,
-    destination: String,
-    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Drop for Sending {
     fn drop(&mut self) {
-        {
-            let mut f = self.shared.flight.lock().expect("in-flight lock");
-            f.ids.remove(&self.id);
-            f.put(&self.destination);
-        }
+        let mut f = self.shared.flight.lock().expect("in-flight lock");
+        f.ids.remove(&self.id);
+    }
+}
+
+/// A worker and a slot of a destination, held while a send is under way: dropped when the send
+/// is over (the attempt is recorded after), it frees both and, if deliveries wait in the store,
+/// wakes the dispatcher.
+struct Slot {
+    shared: Arc<Shared>,
+    destination: String,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.shared
+            .flight
+            .lock()
+            .expect("in-flight lock")
+            .put(&self.destination);
         drop(self.permit.take());
         if self.shared.backlog.load(Ordering::Acquire) {
             self.shared.app.wake.notify_one();
@@ -533,7 +552,8 @@ struct Outcome {
     kind: &'static str,
 }
 
-/// Renders and sends one delivery, then records the attempt and what comes next.
+/// Renders and sends one delivery, gives back its `slot`, then records the attempt and what
+/// comes next.
 async fn deliver(
     app: &App,
     recorder: &Committer,
@@ -541,11 +561,13 @@ async fn deliver(
     policy: &RetryPolicy,
     due: &Due,
     event: Option<Arc<Data>>,
+    slot: Slot,
 ) {
     let started_at = now_ms();
     let clock = Instant::now();
     let attempt_no = due.attempts + 1;
     let o = attempt(app, clients, policy, due, event).await;
+    drop(slot);
     let (event_id, rule, action, destination) = (
         &due.event_id,
         &due.rule,
