@@ -339,6 +339,12 @@ impl Shared {
         });
     }
 
+    /// The deliveries in flight here (a claim skips them).
+    fn in_flight(&self) -> Vec<i64> {
+        let f = self.flight.lock().expect("in-flight lock");
+        f.ids.iter().copied().collect()
+    }
+
     /// Destinations at their limit (a claim skips them).
     fn busy(&self) -> Vec<String> {
         let f = self.flight.lock().expect("in-flight lock");
@@ -442,6 +448,7 @@ async fn dispatch(
             let claim = Claim {
                 limit: free,
                 busy: busy.clone(),
+                in_flight: shared.in_flight(),
             };
             let claimed = match shared.committer.claim(claim).await {
                 Ok(c) => c,

@@ -4,9 +4,9 @@
 //! Intake's events (a `200` waits for their commit), the workers' attempt records and their
 //! claims share the queue and its transactions.
 //!
-//! The committing task runs on a thread of its own: a transaction is several round trips to the
-//! database, and each would otherwise wait its turn behind the requests and sends queued on the
-//! runtime's workers.
+//! With SQLite the committing task runs on a thread of its own: a transaction is several round
+//! trips to the database, and each would otherwise wait its turn behind the requests and sends
+//! queued on the runtime's workers.
 
 use super::{Claim, Due, Finished, Intake, NewEvent, Store, StoreError};
 use std::future::Future;
@@ -37,10 +37,10 @@ impl<T, R> Clone for Batch<T, R> {
 impl<T: Send + 'static, R: Send + 'static> Batch<T, R> {
     /// Starts the task: `write` writes each batch; `idle` runs when nothing has come for
     /// [`IDLE_AFTER`].
-    fn start<F, Fut, I, IFut>(what: &'static str, write: F, idle: I) -> Self
+    fn start<F, Fut, I, IFut>(what: &'static str, own_thread: bool, write: F, idle: I) -> Self
     where
         F: Fn(Vec<T>) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Vec<R>, StoreError>> + Send,
+        Fut: Future<Output = Result<Vec<R>, StoreError>> + Send + 'static,
         I: Fn() -> IFut + Send + 'static,
         IFut: Future<Output = ()> + Send,
     {
@@ -78,6 +78,10 @@ impl<T: Send + 'static, R: Send + 'static> Batch<T, R> {
                 }
             }
         };
+        if !own_thread {
+            tokio::spawn(serve);
+            return Batch { tx };
+        }
         // The thread ends when every sender is gone (the router has stopped).
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -130,8 +134,13 @@ impl Committer {
     /// Starts the committing task on `store`.
     pub fn start(store: Store) -> Committer {
         let idle = store.clone();
+        // SQLite is driven through threads of its own, so its committer can run on one too;
+        // a PostgreSQL connection belongs to the runtime that opened it, so there the
+        // committer shares the caller's.
+        let own_thread = matches!(store, Store::Sqlite(_));
         Committer(Batch::start(
             "events and delivery results",
+            own_thread,
             move |writes: Vec<Write>| {
                 let store = store.clone();
                 async move {

@@ -97,6 +97,9 @@ pub struct Claim {
     pub limit: u32,
     /// Destinations at their limit: none of theirs.
     pub busy: Vec<String>,
+    /// Deliveries this instance has in flight (sent, their attempt not yet recorded): none of
+    /// these, even when a record in the same batch has just made one due again.
+    pub in_flight: Vec<i64>,
 }
 
 /// What one group commit did.

@@ -202,6 +202,7 @@ impl Postgres {
                  SELECT id FROM deliveries
                  WHERE ((status = 'pending' AND next_attempt_at <= $1) OR (status = 'sending' AND lease_until < $1))
                    AND NOT (destination = ANY($4))
+                   AND NOT (id = ANY($6))
                  ORDER BY next_attempt_at, id LIMIT $5
                  FOR UPDATE SKIP LOCKED)
              RETURNING id",
@@ -211,6 +212,7 @@ impl Postgres {
         .bind(self.lease_ms())
         .bind(&c.busy)
         .bind(c.limit as i64)
+        .bind(&c.in_flight)
         .fetch_all(&mut *tx)
         .await?;
         let sql = format!(

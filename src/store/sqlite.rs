@@ -73,6 +73,10 @@ impl Sqlite {
             // The one connection never idles long; a ping before each use would only add a
             // round trip to every group commit.
             .test_before_acquire(false)
+            // Opened once, here: a connection's SQLite thread inherits the nice value of the
+            // thread that opens it, and the workers' threads run at a lower priority.
+            .max_lifetime(None)
+            .idle_timeout(None)
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&writer).await?;
@@ -82,6 +86,9 @@ impl Sqlite {
         } else {
             SqlitePoolOptions::new()
                 .max_connections(3)
+                .min_connections(3)
+                .max_lifetime(None)
+                .idle_timeout(None)
                 // Readers answer small queries (status, history): a small page cache each.
                 .connect_with(options.read_only(true).pragma("cache_size", "-512"))
                 .await?
@@ -465,18 +472,21 @@ async fn claim(tx: &mut SqliteConnection, c: &Claim, now: Millis) -> Result<Vec<
         return Ok(vec![]);
     }
     let busy = serde_json::to_string(&c.busy).unwrap_or_else(|_| "[]".into());
+    let in_flight = serde_json::to_string(&c.in_flight).unwrap_or_else(|_| "[]".into());
     let rows = sqlx::query(
         "UPDATE deliveries SET status = 'sending', updated_at = ?1
          WHERE id IN (
              SELECT id FROM deliveries
              WHERE status = 'pending' AND next_attempt_at <= ?1
                AND destination NOT IN (SELECT value FROM json_each(?2))
+               AND id NOT IN (SELECT value FROM json_each(?4))
              ORDER BY next_attempt_at, id LIMIT ?3)
          RETURNING id",
     )
     .bind(now)
     .bind(&busy)
     .bind(c.limit as i64)
+    .bind(&in_flight)
     .fetch_all(&mut *tx)
     .await?;
     let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
