@@ -21,6 +21,7 @@
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -208,8 +209,17 @@ async fn main() -> ExitCode {
 struct Bodies {
     /// The serialised fixture cut at each mark; `marks[i]` follows `parts[i]`.
     parts: Arc<[String]>,
-    marks: Arc<[&'static str]>,
+    marks: Arc<[Mark]>,
     nonce: Arc<str>,
+}
+
+/// What goes in at a cut of the fixture.
+#[derive(Clone, Copy, PartialEq)]
+enum Mark {
+    /// The request's own `stats_id`.
+    Id,
+    /// The time of sending.
+    Time,
 }
 
 impl Bodies {
@@ -221,14 +231,14 @@ impl Bodies {
         }
         let mut rest = payload.to_string();
         let (mut parts, mut marks) = (Vec::new(), Vec::new());
-        while let Some((at, mark)) = [MARK, TIME_MARK]
+        while let Some((at, text, mark)) = [(MARK, Mark::Id), (TIME_MARK, Mark::Time)]
             .into_iter()
-            .filter_map(|m| rest.find(m).map(|at| (at, m)))
-            .min()
+            .filter_map(|(text, mark)| rest.find(text).map(|at| (at, text, mark)))
+            .min_by_key(|(at, _, _)| *at)
         {
             parts.push(rest[..at].to_string());
             marks.push(mark);
-            rest = rest[at + mark.len()..].to_string();
+            rest = rest[at + text.len()..].to_string();
         }
         parts.push(rest);
         Bodies {
@@ -243,10 +253,11 @@ impl Bodies {
         let mut body = String::with_capacity(FIXTURE.len() + 64);
         for (part, mark) in self.parts.iter().zip(self.marks.iter()) {
             body.push_str(part);
-            if *mark == MARK {
-                body.push_str(&format!("{}-{connection}-{n}", self.nonce));
-            } else {
-                body.push_str(&now);
+            match mark {
+                Mark::Id => {
+                    let _ = write!(body, "{}-{connection}-{n}", self.nonce);
+                }
+                Mark::Time => body.push_str(&now),
             }
         }
         body.push_str(self.parts.last().expect("one part at least"));
@@ -745,7 +756,10 @@ end
         marks = bodies
             .marks
             .iter()
-            .map(|&m| if m == MARK { "\"id\"" } else { "\"time\"" })
+            .map(|m| match m {
+                Mark::Id => "\"id\"",
+                Mark::Time => "\"time\"",
+            })
             .collect::<Vec<_>>()
             .join(", "),
         nonce = bodies.nonce,

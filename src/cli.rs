@@ -325,9 +325,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             history: args.history,
             heartbeat: (args.lease / 4).clamp(Duration::from_millis(200), Duration::from_secs(5)),
             listen: listener.local_addr().unwrap_or(args.listen).to_string(),
-            // With PostgreSQL the workers stay on the main runtime: a connection belongs to the
-            // runtime that opened it, and the pool is shared.
-            runtime: matches!(store, Store::Sqlite(_)).then_some(delivery_handle),
+            runtime: store.runtime_free().then_some(delivery_handle),
             ..delivery::Settings::default()
         };
         let workers = delivery::start(app.clone(), store.clone(), Clients::new(), settings);

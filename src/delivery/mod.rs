@@ -291,8 +291,9 @@ struct Shared {
 }
 
 impl Shared {
-    /// Starts a claimed delivery if its destination has room, holding `permit` until it is
-    /// done; returns `false` (dropping the permit) when the destination is at its limit.
+    /// Starts a claimed delivery if its destination has room, holding `permit` until the send
+    /// is over; gives the delivery back (dropping the permit) when the destination is at its
+    /// limit.
     fn start_claimed(self: &Arc<Self>, due: Due, permit: OwnedSemaphorePermit) -> Option<Due> {
         {
             let mut f = self.flight.lock().expect("in-flight lock");
@@ -339,20 +340,20 @@ impl Shared {
         });
     }
 
-    /// The deliveries in flight here (a claim skips them).
-    fn in_flight(&self) -> Vec<i64> {
+    /// A claim of up to `limit` deliveries, skipping the destinations at their limit and the
+    /// deliveries in flight here.
+    fn claim(&self, limit: u32) -> Claim {
         let f = self.flight.lock().expect("in-flight lock");
-        f.ids.iter().copied().collect()
-    }
-
-    /// Destinations at their limit (a claim skips them).
-    fn busy(&self) -> Vec<String> {
-        let f = self.flight.lock().expect("in-flight lock");
-        f.per_destination
-            .iter()
-            .filter(|(_, n)| **n >= self.settings.per_destination)
-            .map(|(d, _)| d.clone())
-            .collect()
+        Claim {
+            limit,
+            busy: f
+                .per_destination
+                .iter()
+                .filter(|(_, n)| **n >= self.settings.per_destination)
+                .map(|(d, _)| d.clone())
+                .collect(),
+            in_flight: f.ids.iter().copied().collect(),
+        }
     }
 
     /// Starts deliveries handed over by intake, in the room reserved for them. (Should one
@@ -439,17 +440,13 @@ async fn dispatch(
                 tokio::time::sleep(CLAIM_GATHER).await;
                 free = permits.available_permits() as u32;
             }
-            let busy = shared.busy();
             if free == 0 {
                 // No room to look now: the next finished delivery wakes this loop.
                 deadline = tokio::time::Instant::now() + poll;
                 continue;
             }
-            let claim = Claim {
-                limit: free,
-                busy: busy.clone(),
-                in_flight: shared.in_flight(),
-            };
+            let claim = shared.claim(free);
+            let busy = !claim.busy.is_empty();
             let claimed = match shared.committer.claim(claim).await {
                 Ok(c) => c,
                 Err(e) => {
@@ -470,7 +467,7 @@ async fn dispatch(
                     release.push(due.id);
                 }
             }
-            let more = full || !busy.is_empty() || !release.is_empty();
+            let more = full || busy || !release.is_empty();
             shared.backlog.store(more, Ordering::Release);
             if !release.is_empty() {
                 let _ = store.release(&release).await;
@@ -483,7 +480,7 @@ async fn dispatch(
                 // Due now but not taken: its destination is at its limit. A send to it finishing
                 // wakes this loop; looking every few milliseconds meanwhile would only load the
                 // store.
-                Ok(Some(at)) if at <= now_ms() && !busy.is_empty() => poll,
+                Ok(Some(at)) if at <= now_ms() && busy => poll,
                 Ok(Some(at)) => {
                     Duration::from_millis((at - now_ms()).clamp(5, poll.as_millis() as i64) as u64)
                 }

@@ -118,6 +118,13 @@ enum Write {
     Claim(Claim),
 }
 
+/// Which kind of [`Write`] stood at a place in a batch (its answer goes back there).
+enum Kind {
+    Event,
+    Finished,
+    Claim,
+}
+
 /// The answer to one [`Write`].
 enum Written {
     Event(Intake),
@@ -134,10 +141,7 @@ impl Committer {
     /// Starts the committing task on `store`.
     pub fn start(store: Store) -> Committer {
         let idle = store.clone();
-        // SQLite is driven through threads of its own, so its committer can run on one too;
-        // a PostgreSQL connection belongs to the runtime that opened it, so there the
-        // committer shares the caller's.
-        let own_thread = matches!(store, Store::Sqlite(_));
+        let own_thread = store.runtime_free();
         Committer(Batch::start(
             "events and delivery results",
             own_thread,
@@ -147,20 +151,20 @@ impl Committer {
                     let mut events = Vec::new();
                     let mut done = Vec::new();
                     let mut claims = Vec::new();
-                    let kinds: Vec<u8> = writes
+                    let kinds: Vec<Kind> = writes
                         .into_iter()
                         .map(|w| match w {
                             Write::Event(e) => {
                                 events.push(e);
-                                0
+                                Kind::Event
                             }
                             Write::Finished(f) => {
                                 done.push(f);
-                                1
+                                Kind::Finished
                             }
                             Write::Claim(c) => {
                                 claims.push(c);
-                                2
+                                Kind::Claim
                             }
                         })
                         .collect();
@@ -181,9 +185,13 @@ impl Committer {
                     Ok(kinds
                         .into_iter()
                         .map(|kind| match kind {
-                            0 => Written::Event(intakes.next().expect("one answer per event")),
-                            1 => Written::Finished,
-                            _ => Written::Claimed(claimed.next().expect("one answer per claim")),
+                            Kind::Event => {
+                                Written::Event(intakes.next().expect("one answer per event"))
+                            }
+                            Kind::Finished => Written::Finished,
+                            Kind::Claim => {
+                                Written::Claimed(claimed.next().expect("one answer per claim"))
+                            }
                         })
                         .collect())
                 }

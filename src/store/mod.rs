@@ -351,6 +351,13 @@ impl Store {
         dispatch!(self, s => s.write(events, done, claims).await)
     }
 
+    /// Whether the database is driven by threads of its own (SQLite), so that any tokio runtime
+    /// may use it. A PostgreSQL connection belongs to the runtime that opened it: there the
+    /// committer and the workers share the main runtime.
+    pub fn runtime_free(&self) -> bool {
+        matches!(self, Store::Sqlite(_))
+    }
+
     /// The group committer has nothing more queued: what it held between back-to-back commits
     /// (SQLite's writer connection) is given back.
     pub async fn pause(&self) {

@@ -304,7 +304,6 @@ impl Sqlite {
     }
 }
 
-/// Records events (keys, events, deliveries) in a few multi-row statements.
 /// One group commit: events, attempt records, then claims, in one transaction.
 async fn write(
     conn: &mut SqliteConnection,
@@ -324,6 +323,7 @@ async fn write(
     Ok(Outcome { intakes, claimed })
 }
 
+/// Records events (keys, events, deliveries) in a few multi-row statements.
 async fn accept(
     tx: &mut SqliteConnection,
     events: &[NewEvent],
@@ -466,7 +466,8 @@ async fn finish(
     Ok(())
 }
 
-/// Marks up to `limit` due deliveries as sending and reads them, in one transaction.
+/// Marks up to `c.limit` due deliveries as sending (none of `c.busy`'s destinations, none of
+/// `c.in_flight`) and reads them, inside the caller's transaction.
 async fn claim(tx: &mut SqliteConnection, c: &Claim, now: Millis) -> Result<Vec<Due>, StoreError> {
     if c.limit == 0 {
         return Ok(vec![]);
