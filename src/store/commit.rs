@@ -4,9 +4,9 @@
 //! Intake's events (a `200` waits for their commit), the workers' attempt records and their
 //! claims share the queue and its transactions.
 //!
-//! With SQLite the committing task runs on a thread of its own: a transaction is several round
-//! trips to the database, and each would otherwise wait its turn behind the requests and sends
-//! queued on the runtime's workers.
+//! With SQLite the committing task runs on a thread of its own: it waits on SQLite's thread for
+//! each commit, and its wake-ups would otherwise queue behind the requests and sends on the
+//! runtime's workers.
 
 use super::{Claim, Due, Finished, Intake, NewEvent, Store, StoreError};
 use std::future::Future;

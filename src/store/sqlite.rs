@@ -5,19 +5,22 @@
 //! for at most 20 ms at a time), and reads use their own connections (WAL lets them run
 //! beside the writer). Intake commits with `synchronous=FULL`: the webhook's `200` means the
 //! event is on disk. Events, attempt records and the workers' claims share group commits, so
-//! one fsync serves many writes and the writer connection has a single user under load.
+//! one fsync serves many writes and the writer connection has a single user under load. A group
+//! commit goes to SQLite's thread as one script of statements (one round trip, not one per
+//! statement).
 
 use super::rows::{
-    AttemptRow, DUE_COLUMNS, DueRow, INSTANCE_COLUMNS, InstanceRow, VIEW_COLUMNS, ViewRow, after,
+    AttemptRow, DueRow, INSTANCE_COLUMNS, InstanceRow, VIEW_COLUMNS, ViewRow, after,
 };
 use super::{
     AttemptView, Claim, Counts, DeliveryView, Due, Filter, Finished, InstanceView, Intake, Millis,
     NewDelivery, NewEvent, Outcome, StoreError, now_ms,
 };
+use futures_util::TryStreamExt;
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Connection, QueryBuilder, Row, SqliteConnection, SqlitePool};
-use std::collections::{HashMap, HashSet};
+use sqlx::{Either, Executor, FromRow, QueryBuilder, Row, SqlitePool};
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +33,13 @@ const ROWS_PER_STATEMENT: usize = 500;
 /// Longest the committer keeps the writer connection between back-to-back group commits
 /// before letting the other writers (heartbeat, release, pruning) have their turn.
 const HOLD_AT_MOST: Duration = Duration::from_millis(20);
+
+/// What a claim reads of each delivery it takes (the columns of [`DueRow`]), from the
+/// `RETURNING` clause of its `UPDATE`.
+const DUE_RETURNING: &str = "id, event_id, rule, action_index, destination, attempts,
+    (SELECT e.config_hash FROM events e WHERE e.id = deliveries.event_id) AS config_hash,
+    (SELECT e.payload FROM events e WHERE e.id = deliveries.event_id) AS payload,
+    (SELECT e.received_at FROM events e WHERE e.id = deliveries.event_id) AS received_at";
 
 /// A SQLite store.
 #[derive(Clone)]
@@ -304,74 +314,144 @@ impl Sqlite {
     }
 }
 
-/// One group commit: events, attempt records, then claims, in one transaction.
+/// One group commit (events, attempt records, then claims, in one transaction) sent to
+/// SQLite's thread as one script: one round trip, where a statement at a time took a dozen.
+/// Statements that depend on an earlier one's outcome say so in SQL (an event is written when
+/// its key holds its id; a delivery when its event was written).
 async fn write(
-    conn: &mut SqliteConnection,
+    conn: &mut PoolConnection<sqlx::Sqlite>,
     events: &[NewEvent],
     done: &[Finished],
     claims: &[Claim],
     now: Millis,
 ) -> Result<Outcome, StoreError> {
-    let mut tx = conn.begin().await?;
-    let intakes = accept(&mut tx, events, now).await?;
-    finish(&mut tx, done, now).await?;
-    let mut claimed = Vec::with_capacity(claims.len());
-    for c in claims {
-        claimed.push(claim(&mut tx, c, now).await?);
+    let mut script = Script::new();
+    accept(&mut script, events, now);
+    finish(&mut script, done, now);
+    for (i, c) in claims.iter().enumerate() {
+        claim(&mut script, i, c, now);
     }
-    tx.commit().await?;
+    script.statement("COMMIT", Yields::Nothing);
+    let mut keys = HashMap::with_capacity(events.len());
+    let mut created: Vec<i64> = Vec::new();
+    let mut claimed: Vec<Vec<Due>> = vec![Vec::new(); claims.len()];
+    let Script { mut sql, yields } = script;
+    let run = async {
+        let mut results = conn.fetch_many(sql.build().persistent(false));
+        let mut at = 0;
+        while let Some(result) = results.try_next().await? {
+            let row = match result {
+                Either::Left(_) => {
+                    at += 1;
+                    continue;
+                }
+                Either::Right(row) => row,
+            };
+            match yields.get(at) {
+                Some(Yields::Keys) => {
+                    keys.insert(row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?);
+                }
+                Some(Yields::Created) => created.push(row.try_get(0)?),
+                Some(Yields::Claimed(i)) => claimed[*i].push(DueRow::from_row(&row)?.into()),
+                Some(Yields::Nothing) | None => {}
+            }
+        }
+        Ok::<_, sqlx::Error>(at)
+    };
+    match run.await {
+        Ok(statements) if statements == yields.len() => {}
+        outcome => {
+            // Whatever part ran is undone; a connection that cannot say so is not used again.
+            if let Err(e) = sqlx::raw_sql("ROLLBACK").execute(&mut **conn).await
+                && !e.to_string().contains("no transaction is active")
+            {
+                conn.close_on_drop();
+            }
+            return Err(match outcome {
+                Err(e) => e.into(),
+                Ok(statements) => StoreError::Database(sqlx::Error::Protocol(format!(
+                    "a group commit ran {statements} of its {} statements",
+                    yields.len()
+                ))),
+            });
+        }
+    }
+    // Ids are assigned in the order the rows are given (one writer, AUTOINCREMENT), so the
+    // returned ids, sorted, line up with the accepted events' deliveries.
+    created.sort_unstable();
+    let mut created = created.into_iter();
+    let intakes = events
+        .iter()
+        .map(|e| match keys.get(&e.dedup_key) {
+            Some(holder) if *holder == e.id => {
+                Intake::Accepted(created.by_ref().take(e.deliveries.len()).collect())
+            }
+            holder => Intake::Duplicate(holder.cloned().unwrap_or_default()),
+        })
+        .collect();
+    for due in &mut claimed {
+        due.sort_unstable_by_key(|d| d.id);
+    }
     Ok(Outcome { intakes, claimed })
 }
 
-/// Records events (keys, events, deliveries) in a few multi-row statements.
-async fn accept(
-    tx: &mut SqliteConnection,
-    events: &[NewEvent],
-    now: Millis,
-) -> Result<Vec<Intake>, StoreError> {
-    if events.is_empty() {
-        return Ok(vec![]);
+/// The rows a statement of a group commit's script gives back.
+#[derive(Debug, Clone, Copy)]
+enum Yields {
+    /// None that matter.
+    Nothing,
+    /// `(key, event_id)`: the event that holds each key of the batch.
+    Keys,
+    /// The ids of the deliveries created.
+    Created,
+    /// The deliveries taken by the claim at this position.
+    Claimed(usize),
+}
+
+/// A group commit's statements, in one string with their bound values, and what each yields.
+struct Script {
+    sql: QueryBuilder<sqlx::Sqlite>,
+    yields: Vec<Yields>,
+}
+
+impl Script {
+    fn new() -> Script {
+        Script {
+            sql: QueryBuilder::new("BEGIN IMMEDIATE; "),
+            yields: vec![Yields::Nothing],
+        }
     }
-    // The keys that were new: their events are accepted, the others are repeats.
-    let mut fresh = HashSet::with_capacity(events.len());
+
+    /// Appends the end of the statement under construction.
+    fn statement(&mut self, tail: &str, yields: Yields) {
+        self.sql.push(tail);
+        self.sql.push("; ");
+        self.yields.push(yields);
+    }
+}
+
+/// Records events (keys, events, deliveries) in a few multi-row statements. A key already held
+/// makes its event a repeat: the event and its deliveries are not written.
+fn accept(script: &mut Script, events: &[NewEvent], now: Millis) {
+    if events.is_empty() {
+        return;
+    }
     for chunk in events.chunks(ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<sqlx::Sqlite>::new(
-            "INSERT INTO intake_keys (key, event_id, created_at) ",
-        );
+        let q = &mut script.sql;
+        q.push("INSERT INTO intake_keys (key, event_id, created_at) ");
         q.push_values(chunk, |mut row, e| {
             row.push_bind(&e.dedup_key).push_bind(&e.id).push_bind(now);
         });
-        q.push(" ON CONFLICT (key) DO NOTHING RETURNING event_id");
-        let ids: Vec<String> = q
-            .build_query_scalar()
-            .persistent(false)
-            .fetch_all(&mut *tx)
-            .await?;
-        fresh.extend(ids);
-    }
-    let repeats: Vec<&NewEvent> = events.iter().filter(|e| !fresh.contains(&e.id)).collect();
-    let mut first = HashMap::new();
-    for chunk in repeats.chunks(ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<sqlx::Sqlite>::new(
-            "SELECT key, event_id FROM intake_keys WHERE key IN (",
-        );
+        script.statement(" ON CONFLICT (key) DO NOTHING", Yields::Nothing);
+        let q = &mut script.sql;
+        q.push("SELECT key, event_id FROM intake_keys WHERE key IN (");
         let mut keys = q.separated(", ");
         for e in chunk {
             keys.push_bind(&e.dedup_key);
         }
-        q.push(")");
-        let rows: Vec<(String, String)> = q
-            .build_query_as()
-            .persistent(false)
-            .fetch_all(&mut *tx)
-            .await?;
-        first.extend(rows);
-    }
-    let accepted: Vec<&NewEvent> = events.iter().filter(|e| fresh.contains(&e.id)).collect();
-    for chunk in accepted.chunks(ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<sqlx::Sqlite>::new(
-            "INSERT INTO events (id, source, event_type, lead_email, received_at, config_hash, payload) ",
-        );
+        script.statement(")", Yields::Keys);
+        let q = &mut script.sql;
+        q.push("INSERT INTO events (id, source, event_type, lead_email, received_at, config_hash, payload) SELECT column1, column2, column3, column4, column5, column6, column7 FROM (");
         q.push_values(chunk, |mut row, e| {
             row.push_bind(&e.id)
                 .push_bind(&e.source)
@@ -379,21 +459,21 @@ async fn accept(
                 .push_bind(&e.lead_email)
                 .push_bind(now)
                 .push_bind(&e.config_hash)
-                .push_bind(&e.payload);
+                .push_bind(&e.payload)
+                .push_bind(&e.dedup_key);
         });
-        q.build().persistent(false).execute(&mut *tx).await?;
-    }
-    let rows: Vec<(&NewEvent, &NewDelivery)> = accepted
-        .iter()
-        .flat_map(|e| e.deliveries.iter().map(move |d| (*e, d)))
-        .collect();
-    // Ids are assigned in the order the rows are given (one writer, AUTOINCREMENT), so the
-    // returned ids, sorted, line up with `rows`.
-    let mut ids: Vec<i64> = Vec::with_capacity(rows.len());
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<sqlx::Sqlite>::new(
-            "INSERT INTO deliveries (event_id, rule, action_index, action_kind, destination, status, attempts, next_attempt_at, created_at, updated_at) ",
+        script.statement(
+            ") WHERE EXISTS (SELECT 1 FROM intake_keys k WHERE k.key = column8 AND k.event_id = column1)",
+            Yields::Nothing,
         );
+    }
+    let rows: Vec<(&NewEvent, &NewDelivery)> = events
+        .iter()
+        .flat_map(|e| e.deliveries.iter().map(move |d| (e, d)))
+        .collect();
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let q = &mut script.sql;
+        q.push("INSERT INTO deliveries (event_id, rule, action_index, action_kind, destination, status, attempts, next_attempt_at, created_at, updated_at) SELECT * FROM (");
         q.push_values(chunk, |mut row, (e, d)| {
             row.push_bind(&e.id)
                 .push_bind(&d.rule)
@@ -406,38 +486,19 @@ async fn accept(
                 .push_bind(now)
                 .push_bind(now);
         });
-        q.push(" RETURNING id");
-        let mut chunk_ids: Vec<i64> = q
-            .build_query_scalar()
-            .persistent(false)
-            .fetch_all(&mut *tx)
-            .await?;
-        chunk_ids.sort_unstable();
-        ids.extend(chunk_ids);
+        // Event ids are new: an event by this id exists only if it was written just now.
+        script.statement(
+            ") WHERE EXISTS (SELECT 1 FROM events e WHERE e.id = column1) RETURNING id",
+            Yields::Created,
+        );
     }
-    let mut ids = ids.into_iter();
-    Ok(events
-        .iter()
-        .map(|e| {
-            if fresh.remove(&e.id) {
-                Intake::Accepted(ids.by_ref().take(e.deliveries.len()).collect())
-            } else {
-                Intake::Duplicate(first.get(&e.dedup_key).cloned().unwrap_or_default())
-            }
-        })
-        .collect())
 }
 
 /// Records attempts and moves their deliveries on, in two multi-row statements per chunk.
-async fn finish(
-    tx: &mut SqliteConnection,
-    done: &[Finished],
-    now: Millis,
-) -> Result<(), StoreError> {
+fn finish(script: &mut Script, done: &[Finished], now: Millis) {
     for chunk in done.chunks(ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<sqlx::Sqlite>::new(
-            "INSERT INTO attempts (delivery_id, started_at, duration_ms, outcome, status_code, error) ",
-        );
+        let q = &mut script.sql;
+        q.push("INSERT INTO attempts (delivery_id, started_at, duration_ms, outcome, status_code, error) ");
         q.push_values(chunk, |mut row, f| {
             let (_, outcome, _) = after(&f.next, now);
             row.push_bind(f.id)
@@ -447,10 +508,9 @@ async fn finish(
                 .push_bind(f.attempt.status_code.map(i64::from))
                 .push_bind(&f.attempt.error);
         });
-        q.build().persistent(false).execute(&mut *tx).await?;
-        let mut q = QueryBuilder::<sqlx::Sqlite>::new(
-            "UPDATE deliveries SET status = v.column2, attempts = attempts + 1, next_attempt_at = v.column3, last_error = COALESCE(v.column4, last_error), updated_at = ",
-        );
+        script.statement("", Yields::Nothing);
+        let q = &mut script.sql;
+        q.push("UPDATE deliveries SET status = v.column2, attempts = attempts + 1, next_attempt_at = v.column3, last_error = COALESCE(v.column4, last_error), updated_at = ");
         q.push_bind(now);
         q.push(" FROM (");
         q.push_values(chunk, |mut row, f| {
@@ -460,47 +520,30 @@ async fn finish(
                 .push_bind(next_at)
                 .push_bind(&f.attempt.error);
         });
-        q.push(") AS v WHERE deliveries.id = v.column1");
-        q.build().persistent(false).execute(&mut *tx).await?;
+        script.statement(") AS v WHERE deliveries.id = v.column1", Yields::Nothing);
     }
-    Ok(())
 }
 
 /// Marks up to `c.limit` due deliveries as sending (none of `c.busy`'s destinations, none of
-/// `c.in_flight`) and reads them, inside the caller's transaction.
-async fn claim(tx: &mut SqliteConnection, c: &Claim, now: Millis) -> Result<Vec<Due>, StoreError> {
+/// `c.in_flight`) and reads them (with their event), in one statement.
+fn claim(script: &mut Script, at: usize, c: &Claim, now: Millis) {
     if c.limit == 0 {
-        return Ok(vec![]);
+        return;
     }
     let busy = serde_json::to_string(&c.busy).unwrap_or_else(|_| "[]".into());
     let in_flight = serde_json::to_string(&c.in_flight).unwrap_or_else(|_| "[]".into());
-    let rows = sqlx::query(
-        "UPDATE deliveries SET status = 'sending', updated_at = ?1
-         WHERE id IN (
-             SELECT id FROM deliveries
-             WHERE status = 'pending' AND next_attempt_at <= ?1
-               AND destination NOT IN (SELECT value FROM json_each(?2))
-               AND id NOT IN (SELECT value FROM json_each(?4))
-             ORDER BY next_attempt_at, id LIMIT ?3)
-         RETURNING id",
-    )
-    .bind(now)
-    .bind(&busy)
-    .bind(c.limit as i64)
-    .bind(&in_flight)
-    .fetch_all(&mut *tx)
-    .await?;
-    let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
-    let sql = format!(
-        "SELECT {DUE_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id
-         WHERE d.id IN (SELECT value FROM json_each(?)) ORDER BY d.id"
+    let q = &mut script.sql;
+    q.push("UPDATE deliveries SET status = 'sending', updated_at = ");
+    q.push_bind(now);
+    q.push(
+        " WHERE id IN (SELECT id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= ",
     );
-    let due: Vec<Due> = sqlx::query_as::<_, DueRow>(sqlx::AssertSqlSafe(sql))
-        .bind(serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into()))
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .map(Due::from)
-        .collect();
-    Ok(due)
+    q.push_bind(now);
+    q.push(" AND destination NOT IN (SELECT value FROM json_each(");
+    q.push_bind(busy);
+    q.push(")) AND id NOT IN (SELECT value FROM json_each(");
+    q.push_bind(in_flight);
+    q.push(")) ORDER BY next_attempt_at, id LIMIT ");
+    q.push_bind(c.limit as i64);
+    script.statement(&format!(") RETURNING {DUE_RETURNING}"), Yields::Claimed(at));
 }

@@ -481,3 +481,73 @@ async fn other_writers_get_their_turn_while_commits_never_stop() {
         w.await.unwrap();
     }
 }
+
+/// A group commit that fails keeps none of its writes, and the store goes on: here a record
+/// for a delivery that does not exist breaks the transaction the event shares with it.
+pub(crate) async fn a_failed_group_commit_keeps_nothing(url: &str) {
+    use switchboard::store::{
+        Attempt, Claim, Finished, Intake, NewDelivery, NewEvent, Next, Store, now_ms,
+    };
+
+    let store = Store::open(url).await.unwrap();
+    let event = |id: &str| NewEvent {
+        id: id.into(),
+        source: "smartlead".into(),
+        event_type: "EMAIL_REPLIED".into(),
+        lead_email: Some("lead@example.com".into()),
+        config_hash: "h".into(),
+        payload: format!("{{\"event_id\": \"{id}\"}}"),
+        dedup_key: "smartlead:the-same-webhook".into(),
+        deliveries: vec![NewDelivery {
+            rule: "replies".into(),
+            action_index: 0,
+            action_kind: "log".into(),
+            destination: "replies#0".into(),
+        }],
+        claimed: false,
+    };
+    let broken = Finished {
+        id: 987_654_321,
+        attempt: Attempt {
+            started_at: now_ms(),
+            duration_ms: 1,
+            status_code: Some(200),
+            error: None,
+        },
+        next: Next::Delivered,
+    };
+    let failed = store.write(&[event("first")], &[broken], &[]).await;
+    assert!(failed.is_err(), "{failed:?}");
+    assert!(
+        store.list(&Filter::default()).await.unwrap().is_empty(),
+        "the failed commit left deliveries behind"
+    );
+
+    // The webhook's key was not kept either: the same webhook again is new, not a repeat.
+    let claim = Claim {
+        limit: 10,
+        busy: vec![],
+        in_flight: vec![],
+    };
+    let outcome = store
+        .write(&[event("second")], &[], std::slice::from_ref(&claim))
+        .await
+        .unwrap();
+    let Intake::Accepted(ids) = &outcome.intakes[0] else {
+        panic!("accepted, not {:?}", outcome.intakes[0]);
+    };
+    assert_eq!(ids.len(), 1);
+    let due = &outcome.claimed[0];
+    assert_eq!(due.len(), 1, "{due:?}");
+    assert_eq!((due[0].id, due[0].event_id.as_str()), (ids[0], "second"));
+    assert_eq!(due[0].payload, "{\"event_id\": \"second\"}");
+    let repeat = store.write(&[event("third")], &[], &[]).await.unwrap();
+    assert_eq!(repeat.intakes, vec![Intake::Duplicate("second".into())]);
+}
+
+#[tokio::test]
+async fn a_failed_group_commit_keeps_nothing_with_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    a_failed_group_commit_keeps_nothing(&format!("sqlite://{}/store.db", dir.path().display()))
+        .await;
+}

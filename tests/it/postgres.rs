@@ -266,3 +266,11 @@ async fn the_same_body_sent_to_two_instances_notifies_once() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(sink.received().len(), 5);
 }
+
+#[tokio::test]
+async fn a_failed_group_commit_keeps_nothing_with_postgres() {
+    let Some(url) = fresh_store().await else {
+        return;
+    };
+    crate::durable::a_failed_group_commit_keeps_nothing(&url).await;
+}
