@@ -17,7 +17,10 @@
 #
 # Settings (environment): BENCH_SECONDS (10, per run), BENCH_CONNECTIONS (50), BENCH_RATE
 # (1000 events/s), BENCH_RULES (10000), BENCH_LOG_LEVEL (info, the router's default),
-# BENCH_MICRO=0 to skip criterion, BENCH_KEEP=1 to keep the temporary directory (logs, store).
+# BENCH_MICRO=0 to skip criterion, BENCH_KEEP=1 to keep the temporary directory (logs, store),
+# BENCH_BODY=payload.json (absolute or from the repository's root) for another SmartLead payload
+# than the default, the documentation's EMAIL_REPLIED sample of about 600 bytes (the size the
+# targets were set with; `tests/fixtures/smartlead/` has real payloads of up to 2.8 KB).
 # The load generator runs on the same machine and takes a share of its cores.
 
 set -euo pipefail
@@ -30,6 +33,10 @@ connections="${BENCH_CONNECTIONS:-50}"
 rate="${BENCH_RATE:-1000}"
 rule_count="${BENCH_RULES:-10000}"
 log_level="${BENCH_LOG_LEVEL:-info}"
+body_args=()
+if [ -n "${BENCH_BODY:-}" ]; then
+    body_args=(--body "$BENCH_BODY")
+fi
 
 # The router must see only the flags given here (no admin token, no other store).
 while read -r name; do
@@ -66,7 +73,7 @@ record_rss() { # label pid
 
 # Runs wrk with the loadgen's script (distinct bodies) and appends its JSON line.
 run_wrk() { # label url
-    "$loadgen" wrk-script --label "$1" --connections "$connections" >"$tmp/$1.lua"
+    "$loadgen" wrk-script --label "$1" --connections "$connections" "${body_args[@]}" >"$tmp/$1.lua"
     wrk -t2 -c"$connections" -d"${secs}s" --timeout 10s --latency -s "$tmp/$1.lua" "$2" \
         >"$tmp/wrk-$1.txt" 2>&1 || true
     grep '^{"kind":"wrk"' "$tmp/wrk-$1.txt" | tee -a "$results" || echo "wrk ($1) printed no result: see $tmp/wrk-$1.txt"
@@ -99,7 +106,7 @@ bare_pid=$!
 pids+=("$bare_pid")
 "$loadgen" wait --url "http://127.0.0.1:$bare_port/healthz"
 "$loadgen" closed --label bare --url "http://127.0.0.1:$bare_port/webhooks/smartlead" \
-    --connections "$connections" --duration "$secs" | tee -a "$results"
+    --connections "$connections" --duration "$secs" "${body_args[@]}" | tee -a "$results"
 if [ -n "$have_wrk" ]; then
     run_wrk bare "http://127.0.0.1:$bare_port/webhooks/smartlead"
 fi
@@ -135,7 +142,8 @@ echo "== (1)(2) router acknowledgement and delivery at saturation, $connections 
 # The loadgen keeps its sink up until the backlog is delivered (at most 300 s), so that the
 # next run starts on an idle router.
 "$loadgen" closed --label router --url "$webhook" --sink "$sink" \
-    --connections "$connections" --duration "$secs" --drain-timeout 300 | tee -a "$results"
+    --connections "$connections" --duration "$secs" --drain-timeout 300 "${body_args[@]}" |
+    tee -a "$results"
 if [ -n "$have_wrk" ]; then
     "$loadgen" sink --label wrk-router --sink "$sink" --idle 3 --max 300 >>"$results" &
     sink_pid=$!
@@ -147,14 +155,14 @@ fi
 
 echo "== (2) open loop, $rate events/s"
 "$loadgen" open --label open --url "$webhook" --sink "$sink" \
-    --rate "$rate" --duration "$secs" | tee -a "$results"
+    --rate "$rate" --duration "$secs" "${body_args[@]}" | tee -a "$results"
 record_rss load "$router_pid"
 
 echo "== (4) reload of $rule_count generated rules under load"
 "$loadgen" rules --count "$rule_count" --sink "http://$sink" >"$tmp/bulk.yaml.part"
 mv "$tmp/bulk.yaml.part" "$tmp/rules/10-bulk.yaml"
 "$loadgen" closed --label reload --url "$webhook" --sink "$sink" \
-    --connections 10 --duration "$secs" --drain-timeout 30 \
+    --connections 10 --duration "$secs" --drain-timeout 30 "${body_args[@]}" \
     --reload-url "http://127.0.0.1:$router_port/-/reload" --reload-times 3 --reload-after 5 |
     tee -a "$results"
 record_rss reload "$router_pid"

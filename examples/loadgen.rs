@@ -34,12 +34,15 @@ use warp::Filter;
 #[path = "../benches/support/rulegen.rs"]
 mod rulegen;
 
-/// The payload every request is made from (a real EMAIL_REPLY, 2 KB).
-const FIXTURE: &str = include_str!("../tests/fixtures/smartlead/real_13_email_reply.json");
+/// The payload every request is made from unless `--body` names another: the EMAIL_REPLIED
+/// sample of SmartLead's documentation (about 600 bytes once compact, with the marks below).
+const FIXTURE: &str = include_str!("../tests/fixtures/smartlead/docs_04_email_replied.json");
+/// The event's time fields a body may carry (the one fields a fixture has are stamped).
+const TIME_FIELDS: &[&str] = &["event_timestamp", "time_replied", "timestamp"];
 /// Stands in for the `stats_id` in the serialised fixture.
 const MARK: &str = "@@STATS_ID@@";
-/// Stands in for the event's times (`event_timestamp`, `time_replied`): the time of sending,
-/// as SmartLead posts an event as it happens.
+/// Stands in for the event's times (`event_timestamp`, `time_replied`, `timestamp`): the time
+/// of sending, as SmartLead posts an event as it happens.
 const TIME_MARK: &str = "@@EVENT_TIME@@";
 /// Most arrivals the sink records (beyond, it only counts).
 const MAX_ARRIVALS: usize = 5_000_000;
@@ -93,6 +96,9 @@ enum Command {
         /// The connection count wrk is run with (reported only).
         #[arg(long)]
         connections: usize,
+        /// The SmartLead payload (JSON file) every request is made from.
+        #[arg(long)]
+        body: Option<PathBuf>,
     },
     /// Prints free loopback ports, one a line.
     FreePorts {
@@ -134,6 +140,10 @@ struct Target {
     /// Seconds to wait at most, after the load, for the notifications of accepted events.
     #[arg(long, default_value_t = 120)]
     drain_timeout: u64,
+    /// The SmartLead payload (JSON file) every request is made from; by default the
+    /// documentation's EMAIL_REPLIED sample.
+    #[arg(long)]
+    body: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -190,10 +200,20 @@ async fn main() -> ExitCode {
             print!("{}", rulegen::rules_yaml(count, &sink));
             ExitCode::SUCCESS
         }
-        Command::WrkScript { label, connections } => {
-            print!("{}", wrk_script(&label, connections));
-            ExitCode::SUCCESS
-        }
+        Command::WrkScript {
+            label,
+            connections,
+            body,
+        } => match Bodies::new(body.as_deref()) {
+            Ok(bodies) => {
+                print!("{}", wrk_script(&bodies, &label, connections));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("loadgen wrk-script: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::FreePorts { count } => free_ports(count),
         Command::Wait { url, timeout } => wait(&url, timeout).await,
         Command::Report { results, criterion } => report(&results, criterion.as_deref()),
@@ -223,11 +243,32 @@ enum Mark {
 }
 
 impl Bodies {
-    fn new() -> Self {
-        let mut payload: Value = serde_json::from_str(FIXTURE).expect("the fixture is JSON");
-        payload["stats_id"] = Value::String(MARK.into());
-        for field in ["event_timestamp", "time_replied"] {
-            payload[field] = Value::String(TIME_MARK.into());
+    /// Bodies made from the payload in `path` (the built-in fixture without one).
+    fn new(path: Option<&Path>) -> Result<Self, String> {
+        let text = match path {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+            None => FIXTURE.to_string(),
+        };
+        let mut payload: Value = serde_json::from_str(&text).map_err(|e| {
+            format!(
+                "{}: not JSON: {e}",
+                path.unwrap_or(Path::new("fixture")).display()
+            )
+        })?;
+        let Some(fields) = payload.as_object_mut() else {
+            return Err("the payload is not a JSON object".into());
+        };
+        fields.insert("stats_id".into(), Value::String(MARK.into()));
+        let mut stamped = false;
+        for field in TIME_FIELDS {
+            if let Some(time) = fields.get_mut(*field) {
+                *time = Value::String(TIME_MARK.into());
+                stamped = true;
+            }
+        }
+        if !stamped {
+            fields.insert(TIME_FIELDS[0].into(), Value::String(TIME_MARK.into()));
         }
         let mut rest = payload.to_string();
         let (mut parts, mut marks) = (Vec::new(), Vec::new());
@@ -241,11 +282,11 @@ impl Bodies {
             rest = rest[at + text.len()..].to_string();
         }
         parts.push(rest);
-        Bodies {
+        Ok(Bodies {
             parts: parts.into(),
             marks: marks.into(),
             nonce: nonce().into(),
-        }
+        })
     }
 
     fn body(&self, connection: usize, n: usize) -> String {
@@ -465,11 +506,17 @@ impl Tally {
 
 async fn closed(args: Closed) -> ExitCode {
     let target = args.target.clone();
+    let bodies = match Bodies::new(target.body.as_deref()) {
+        Ok(bodies) => bodies,
+        Err(e) => {
+            eprintln!("loadgen closed: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let sink = match target.sink {
         Some(addr) => Some(Sink::start(addr).await),
         None => None,
     };
-    let bodies = Bodies::new();
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
     let measure_from = start + Duration::from_secs(args.warmup);
@@ -586,8 +633,14 @@ async fn open(args: Open) -> ExitCode {
         eprintln!("loadgen open: --rate must be in (0, 100000]");
         return ExitCode::from(2);
     }
+    let bodies = match Bodies::new(target.body.as_deref()) {
+        Ok(bodies) => bodies,
+        Err(e) => {
+            eprintln!("loadgen open: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let sink = Sink::start(sink_addr).await;
-    let bodies = Bodies::new();
     let client = client(args.max_in_flight);
     let slots = Arc::new(tokio::sync::Semaphore::new(args.max_in_flight));
     let total = (args.rate * args.duration as f64).round() as usize;
@@ -707,8 +760,7 @@ fn round(x: f64) -> f64 {
 // ---------------------------------------------------------------------------------------------
 // Helpers for the script
 
-fn wrk_script(label: &str, connections: usize) -> String {
-    let bodies = Bodies::new();
+fn wrk_script(bodies: &Bodies, label: &str, connections: usize) -> String {
     format!(
         r#"-- Generated by `loadgen wrk-script`: distinct EMAIL_REPLY bodies, one JSON line at the end.
 local parts = {{ {parts} }}

@@ -180,7 +180,7 @@ where
         event_type: kind.clone(),
         lead_email: event["lead"]["email"].as_str().map(str::to_string),
         config_hash: config.hash.clone(),
-        payload: event.to_string(),
+        payload: to_json(&event, body.len()),
         dedup_key,
         deliveries,
         claimed: room.is_some(),
@@ -298,6 +298,15 @@ async fn commit(
 }
 
 /// The body as a JSON object, or a message that says what is wrong with it.
+/// `value` as JSON text, written straight into a buffer sized for it (the canonical event is
+/// about the body's size plus a kilobyte). `Value`'s `Display` goes through the formatter a
+/// few bytes at a time: it took a seventh of intake's CPU in a profile under load.
+fn to_json(value: &Value, body_len: usize) -> String {
+    let mut out = Vec::with_capacity(body_len + 1024);
+    serde_json::to_writer(&mut out, value).expect("a JSON value serialises");
+    String::from_utf8(out).expect("serde_json writes UTF-8")
+}
+
 fn parse(body: &[u8]) -> Result<serde_json::Map<String, Value>, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err("the body is empty; expected a JSON object".into());
