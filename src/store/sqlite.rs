@@ -14,21 +14,17 @@ use super::rows::{
 };
 use super::{
     AttemptView, Claim, Counts, DeliveryView, Due, Filter, Finished, InstanceView, Intake, Millis,
-    NewDelivery, NewEvent, Outcome, StoreError, now_ms,
+    NewEvent, Outcome, StoreError, now_ms,
 };
 use futures_util::TryStreamExt;
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Either, Executor, FromRow, QueryBuilder, Row, SqlitePool};
+use sqlx::{Either, Executor, FromRow, Row, SqlitePool};
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
-
-/// Most rows one multi-row statement writes (SQLite allows 32,766 bound values; a delivery
-/// row binds 10).
-const ROWS_PER_STATEMENT: usize = 500;
 
 /// Longest the committer keeps the writer connection between back-to-back group commits
 /// before letting the other writers (heartbeat, release, pruning) have their turn.
@@ -316,8 +312,10 @@ impl Sqlite {
 
 /// One group commit (events, attempt records, then claims, in one transaction) sent to
 /// SQLite's thread as one script: one round trip, where a statement at a time took a dozen.
-/// Statements that depend on an earlier one's outcome say so in SQL (an event is written when
-/// its key holds its id; a delivery when its event was written).
+/// The rows travel as JSON arrays, so the script's text depends only on the number of claims
+/// and SQLite prepares it once (parsing a statement of a few hundred values took a fifth of
+/// the writer's time). Statements that depend on an earlier one's outcome say so in SQL (an
+/// event is written when its key holds its id; a delivery when its event was written).
 async fn write(
     conn: &mut PoolConnection<sqlx::Sqlite>,
     events: &[NewEvent],
@@ -325,19 +323,71 @@ async fn write(
     claims: &[Claim],
     now: Millis,
 ) -> Result<Outcome, StoreError> {
-    let mut script = Script::new();
-    accept(&mut script, events, now);
-    finish(&mut script, done, now);
-    for (i, c) in claims.iter().enumerate() {
-        claim(&mut script, i, c, now);
+    let (sql, yields) = script(claims.len());
+    let keys_json = json(events.iter().map(|e| (&e.dedup_key, &e.id)));
+    let events_json = json(events.iter().map(|e| {
+        (
+            &e.id,
+            &e.source,
+            &e.event_type,
+            &e.lead_email,
+            &e.config_hash,
+            &e.payload,
+            &e.dedup_key,
+        )
+    }));
+    let deliveries_json = json(events.iter().flat_map(|e| {
+        e.deliveries.iter().map(move |d| {
+            (
+                &e.id,
+                &d.rule,
+                d.action_index,
+                &d.action_kind,
+                &d.destination,
+                if e.claimed { "sending" } else { "pending" },
+            )
+        })
+    }));
+    let records_json = json(done.iter().map(|f| {
+        let (status, outcome, next_at) = after(&f.next, now);
+        (
+            f.id,
+            f.attempt.started_at,
+            f.attempt.duration_ms,
+            outcome,
+            f.attempt.status_code,
+            &f.attempt.error,
+            status,
+            next_at,
+        )
+    }));
+    // In the order the script's `?` appear.
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(now)
+        .bind(&keys_json)
+        .bind(&keys_json)
+        .bind(now)
+        .bind(&events_json)
+        .bind(now)
+        .bind(now)
+        .bind(now)
+        .bind(&deliveries_json)
+        .bind(&records_json)
+        .bind(now)
+        .bind(&records_json);
+    for c in claims {
+        query = query
+            .bind(now)
+            .bind(now)
+            .bind(json(c.busy.iter()))
+            .bind(json(c.in_flight.iter()))
+            .bind(i64::from(c.limit));
     }
-    script.statement("COMMIT", Yields::Nothing);
     let mut keys = HashMap::with_capacity(events.len());
     let mut created: Vec<i64> = Vec::new();
     let mut claimed: Vec<Vec<Due>> = vec![Vec::new(); claims.len()];
-    let Script { mut sql, yields } = script;
     let run = async {
-        let mut results = conn.fetch_many(sql.build().persistent(false));
+        let mut results = conn.fetch_many(query);
         let mut at = 0;
         while let Some(result) = results.try_next().await? {
             let row = match result {
@@ -395,6 +445,12 @@ async fn write(
     Ok(Outcome { intakes, claimed })
 }
 
+/// Rows as one JSON array of arrays (or of values), the way the script's statements read them.
+fn json<T: serde::Serialize>(rows: impl Iterator<Item = T>) -> String {
+    let rows: Vec<T> = rows.collect();
+    serde_json::to_string(&rows).expect("rows serialise")
+}
+
 /// The rows a statement of a group commit's script gives back.
 #[derive(Debug, Clone, Copy)]
 enum Yields {
@@ -408,142 +464,67 @@ enum Yields {
     Claimed(usize),
 }
 
-/// A group commit's statements, in one string with their bound values, and what each yields.
-struct Script {
-    sql: QueryBuilder<sqlx::Sqlite>,
-    yields: Vec<Yields>,
-}
-
-impl Script {
-    fn new() -> Script {
-        Script {
-            sql: QueryBuilder::new("BEGIN IMMEDIATE; "),
-            yields: vec![Yields::Nothing],
-        }
-    }
-
-    /// Appends the end of the statement under construction.
-    fn statement(&mut self, tail: &str, yields: Yields) {
-        self.sql.push(tail);
-        self.sql.push("; ");
-        self.yields.push(yields);
-    }
-}
-
-/// Records events (keys, events, deliveries) in a few multi-row statements. A key already held
-/// makes its event a repeat: the event and its deliveries are not written.
-fn accept(script: &mut Script, events: &[NewEvent], now: Millis) {
-    if events.is_empty() {
-        return;
-    }
-    for chunk in events.chunks(ROWS_PER_STATEMENT) {
-        let q = &mut script.sql;
-        q.push("INSERT INTO intake_keys (key, event_id, created_at) ");
-        q.push_values(chunk, |mut row, e| {
-            row.push_bind(&e.dedup_key).push_bind(&e.id).push_bind(now);
-        });
-        script.statement(" ON CONFLICT (key) DO NOTHING", Yields::Nothing);
-        let q = &mut script.sql;
-        q.push("SELECT key, event_id FROM intake_keys WHERE key IN (");
-        let mut keys = q.separated(", ");
-        for e in chunk {
-            keys.push_bind(&e.dedup_key);
-        }
-        script.statement(")", Yields::Keys);
-        let q = &mut script.sql;
-        q.push("INSERT INTO events (id, source, event_type, lead_email, received_at, config_hash, payload) SELECT column1, column2, column3, column4, column5, column6, column7 FROM (");
-        q.push_values(chunk, |mut row, e| {
-            row.push_bind(&e.id)
-                .push_bind(&e.source)
-                .push_bind(&e.event_type)
-                .push_bind(&e.lead_email)
-                .push_bind(now)
-                .push_bind(&e.config_hash)
-                .push_bind(&e.payload)
-                .push_bind(&e.dedup_key);
-        });
-        script.statement(
-            ") WHERE EXISTS (SELECT 1 FROM intake_keys k WHERE k.key = column8 AND k.event_id = column1)",
-            Yields::Nothing,
-        );
-    }
-    let rows: Vec<(&NewEvent, &NewDelivery)> = events
-        .iter()
-        .flat_map(|e| e.deliveries.iter().map(move |d| (e, d)))
-        .collect();
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let q = &mut script.sql;
-        q.push("INSERT INTO deliveries (event_id, rule, action_index, action_kind, destination, status, attempts, next_attempt_at, created_at, updated_at) SELECT * FROM (");
-        q.push_values(chunk, |mut row, (e, d)| {
-            row.push_bind(&e.id)
-                .push_bind(&d.rule)
-                .push_bind(d.action_index as i64)
-                .push_bind(&d.action_kind)
-                .push_bind(&d.destination)
-                .push_bind(if e.claimed { "sending" } else { "pending" })
-                .push_bind(0_i64)
-                .push_bind(now)
-                .push_bind(now)
-                .push_bind(now);
-        });
-        // Event ids are new: an event by this id exists only if it was written just now.
-        script.statement(
-            ") WHERE EXISTS (SELECT 1 FROM events e WHERE e.id = column1) RETURNING id",
-            Yields::Created,
-        );
-    }
-}
-
-/// Records attempts and moves their deliveries on, in two multi-row statements per chunk.
-fn finish(script: &mut Script, done: &[Finished], now: Millis) {
-    for chunk in done.chunks(ROWS_PER_STATEMENT) {
-        let q = &mut script.sql;
-        q.push("INSERT INTO attempts (delivery_id, started_at, duration_ms, outcome, status_code, error) ");
-        q.push_values(chunk, |mut row, f| {
-            let (_, outcome, _) = after(&f.next, now);
-            row.push_bind(f.id)
-                .push_bind(f.attempt.started_at)
-                .push_bind(f.attempt.duration_ms)
-                .push_bind(outcome)
-                .push_bind(f.attempt.status_code.map(i64::from))
-                .push_bind(&f.attempt.error);
-        });
-        script.statement("", Yields::Nothing);
-        let q = &mut script.sql;
-        q.push("UPDATE deliveries SET status = v.column2, attempts = attempts + 1, next_attempt_at = v.column3, last_error = COALESCE(v.column4, last_error), updated_at = ");
-        q.push_bind(now);
-        q.push(" FROM (");
-        q.push_values(chunk, |mut row, f| {
-            let (status, _, next_at) = after(&f.next, now);
-            row.push_bind(f.id)
-                .push_bind(status)
-                .push_bind(next_at)
-                .push_bind(&f.attempt.error);
-        });
-        script.statement(") AS v WHERE deliveries.id = v.column1", Yields::Nothing);
-    }
-}
-
-/// Marks up to `c.limit` due deliveries as sending (none of `c.busy`'s destinations, none of
-/// `c.in_flight`) and reads them (with their event), in one statement.
-fn claim(script: &mut Script, at: usize, c: &Claim, now: Millis) {
-    if c.limit == 0 {
-        return;
-    }
-    let busy = serde_json::to_string(&c.busy).unwrap_or_else(|_| "[]".into());
-    let in_flight = serde_json::to_string(&c.in_flight).unwrap_or_else(|_| "[]".into());
-    let q = &mut script.sql;
-    q.push("UPDATE deliveries SET status = 'sending', updated_at = ");
-    q.push_bind(now);
-    q.push(
-        " WHERE id IN (SELECT id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= ",
+/// The statements of a group commit with `claims` claims, and what each yields. Their values
+/// come as JSON arrays (`jsonb_each` reads each array once; `->>` picks a field):
+/// keys `[key, event_id]`, events `[id, source, event_type, lead_email, config_hash, payload,
+/// key]`, deliveries `[event_id, rule, action_index, action_kind, destination, status]`,
+/// records `[delivery_id, started_at, duration_ms, outcome, status_code, error, status,
+/// next_attempt_at]`; a claim's busy destinations and deliveries in flight are arrays of values.
+fn script(claims: usize) -> (String, Vec<Yields>) {
+    let mut sql = String::from(
+        "BEGIN IMMEDIATE;
+        INSERT INTO intake_keys (key, event_id, created_at)
+            SELECT j.value->>0, j.value->>1, ? FROM jsonb_each(?) AS j
+            WHERE true ON CONFLICT (key) DO NOTHING;
+        SELECT key, event_id FROM intake_keys
+            WHERE key IN (SELECT value->>0 FROM jsonb_each(?));
+        INSERT INTO events (id, source, event_type, lead_email, received_at, config_hash, payload)
+            SELECT j.value->>0, j.value->>1, j.value->>2, j.value->>3, ?, j.value->>4, j.value->>5
+            FROM jsonb_each(?) AS j
+            WHERE EXISTS (SELECT 1 FROM intake_keys k
+                          WHERE k.key = j.value->>6 AND k.event_id = j.value->>0);
+        INSERT INTO deliveries (event_id, rule, action_index, action_kind, destination, status,
+                                attempts, next_attempt_at, created_at, updated_at)
+            SELECT j.value->>0, j.value->>1, j.value->>2, j.value->>3, j.value->>4, j.value->>5,
+                   0, ?, ?, ?
+            FROM jsonb_each(?) AS j
+            WHERE EXISTS (SELECT 1 FROM events e WHERE e.id = j.value->>0)
+            RETURNING id;
+        INSERT INTO attempts (delivery_id, started_at, duration_ms, outcome, status_code, error)
+            SELECT j.value->>0, j.value->>1, j.value->>2, j.value->>3, j.value->>4, j.value->>5
+            FROM jsonb_each(?) AS j;
+        UPDATE deliveries SET status = v.status, attempts = attempts + 1,
+                next_attempt_at = v.next_at, last_error = COALESCE(v.error, last_error),
+                updated_at = ?
+            FROM (SELECT j.value->>0 AS id, j.value->>6 AS status, j.value->>7 AS next_at,
+                         j.value->>5 AS error
+                  FROM jsonb_each(?) AS j) AS v
+            WHERE deliveries.id = v.id;",
     );
-    q.push_bind(now);
-    q.push(" AND destination NOT IN (SELECT value FROM json_each(");
-    q.push_bind(busy);
-    q.push(")) AND id NOT IN (SELECT value FROM json_each(");
-    q.push_bind(in_flight);
-    q.push(")) ORDER BY next_attempt_at, id LIMIT ");
-    q.push_bind(c.limit as i64);
-    script.statement(&format!(") RETURNING {DUE_RETURNING}"), Yields::Claimed(at));
+    let mut yields = vec![
+        Yields::Nothing,
+        Yields::Nothing,
+        Yields::Keys,
+        Yields::Nothing,
+        Yields::Created,
+        Yields::Nothing,
+        Yields::Nothing,
+    ];
+    for i in 0..claims {
+        sql.push_str(&format!(
+            "
+        UPDATE deliveries SET status = 'sending', updated_at = ?
+            WHERE id IN (
+                SELECT id FROM deliveries
+                WHERE status = 'pending' AND next_attempt_at <= ?
+                  AND destination NOT IN (SELECT value FROM json_each(?))
+                  AND id NOT IN (SELECT value FROM json_each(?))
+                ORDER BY next_attempt_at, id LIMIT ?)
+            RETURNING {DUE_RETURNING};"
+        ));
+        yields.push(Yields::Claimed(i));
+    }
+    sql.push_str("\n        COMMIT;");
+    yields.push(Yields::Nothing);
+    (sql, yields)
 }
