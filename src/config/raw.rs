@@ -161,9 +161,67 @@ pub fn parse(text: &str) -> Result<RawFile, Diagnostic> {
             .map(|l| (l.line() as u32, l.column() as u32))
             .unwrap_or((0, 0));
         let message = e.without_snippet().to_string();
-        let message = strip_position(&message);
+        let message = explain(&strip_position(&message), text, line, column);
         Diagnostic::at(Path::new(""), line, column, message)
     })
+}
+
+/// The parser's "expected mapping start" / "expected sequence start" in the user's terms: which
+/// key wanted keys of its own or a list, with an example for the keys people get wrong most.
+fn explain(message: &str, text: &str, line: u32, column: u32) -> String {
+    let wanted = match message {
+        "expected mapping start" => "keys of its own",
+        "expected sequence start" => "a list (items starting with `- `)",
+        _ => return message.to_string(),
+    };
+    let Some(key) = key_before(text, line, column) else {
+        return format!("{message}: {wanted} expected here, not a single value");
+    };
+    let wanted = match key.as_str() {
+        "rules" => "a list of rules (each starts with `- name: ...`)",
+        "actions" => {
+            "a list of actions (each starts with `- slack:`, `- email:`, `- http:` or `- log:`)"
+        }
+        _ => wanted,
+    };
+    let example = match key.as_str() {
+        "campaign" => " (for example `campaign: { id: 123 }` or `campaign: { name: \"Q1*\" }`)",
+        "when" => " (for example `when: { event: EMAIL_REPLIED }`)",
+        _ => "",
+    };
+    let found = if message == "expected mapping start" {
+        "a single value or a list"
+    } else {
+        "a single value or a mapping"
+    };
+    format!("`{key}` takes {wanted}{example}, not {found}")
+}
+
+/// The key whose value starts at `line`:`column` (1-based): on that line before the value, or
+/// the previous non-empty line when the value starts a line of its own.
+fn key_before(text: &str, line: u32, column: u32) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let at = (line as usize).checked_sub(1)?;
+    let this = lines.get(at)?;
+    let before: String = this
+        .chars()
+        .take((column as usize).saturating_sub(1))
+        .collect();
+    let before = if before.trim().trim_start_matches('-').trim().is_empty() {
+        lines[..at]
+            .iter()
+            .rev()
+            .find(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))?
+            .to_string()
+    } else {
+        before
+    };
+    let head = before.trim_end().strip_suffix(':')?;
+    let key = head
+        .rsplit(|c: char| c.is_whitespace() || matches!(c, '-' | '{' | ','))
+        .next()?
+        .trim_matches(|c| c == '"' || c == '\'');
+    (!key.is_empty()).then(|| key.to_string())
 }
 
 /// The parser's message without the position it already carries (we print our own).
@@ -172,5 +230,50 @@ fn strip_position(message: &str) -> String {
     match first.find(" at line ") {
         Some(i) => first[..i].to_string(),
         None => first.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse;
+
+    fn message(text: &str) -> String {
+        let e = parse(text).expect_err("the text is invalid");
+        e.to_string()
+    }
+
+    #[test]
+    fn a_single_value_where_keys_belong_names_the_key_and_shows_the_shape() {
+        let m = message(
+            "rules:\n  - name: a\n    when:\n      event: EMAIL_REPLIED\n      campaign: 123\n    actions:\n      - log: {}\n",
+        );
+        assert!(m.contains(":5:"), "{m}");
+        assert!(
+            m.contains("`campaign` takes keys of its own (for example `campaign: { id: 123 }`"),
+            "{m}"
+        );
+        let m = message("rules:\n  - name: a\n    when: EMAIL_REPLIED\n    actions: []\n");
+        assert!(
+            m.contains(
+                "`when` takes keys of its own (for example `when: { event: EMAIL_REPLIED }`)"
+            ),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn a_mapping_where_a_list_belongs_names_the_key() {
+        let m = message("rules:\n  name: a\n");
+        assert!(m.contains(":2:"), "{m}");
+        assert!(
+            m.ends_with("`rules` takes a list of rules (each starts with `- name: ...`), not a single value or a mapping"),
+            "{m}"
+        );
+        let m = message("rules:\n  - name: a\n    actions:\n      log: {}\n");
+        assert!(m.contains(":4:"), "{m}");
+        assert!(
+            m.contains("`actions` takes a list of actions (each starts with `- slack:`"),
+            "{m}"
+        );
     }
 }
