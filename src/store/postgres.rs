@@ -196,15 +196,27 @@ impl Postgres {
         if c.limit == 0 {
             return Ok(vec![]);
         }
+        // Due deliveries and those whose lease ran out, each read in the order of the due
+        // index and stopped at the limit: one condition with `OR` made PostgreSQL read and
+        // sort every pending delivery at each claim, which grew with the backlog. Rows read but
+        // beyond the limit stay locked until the commit: other instances skip them until then.
         let ids: Vec<i64> = sqlx::query_scalar(
-            "UPDATE deliveries SET status = 'sending', claimed_by = $2, lease_until = $1 + $3, updated_at = $1
-             WHERE id IN (
-                 SELECT id FROM deliveries
-                 WHERE ((status = 'pending' AND next_attempt_at <= $1) OR (status = 'sending' AND lease_until < $1))
-                   AND NOT (destination = ANY($4))
-                   AND NOT (id = ANY($6))
+            "WITH due AS (
+                 SELECT id, next_attempt_at FROM deliveries
+                 WHERE status = 'pending' AND next_attempt_at <= $1
+                   AND NOT (destination = ANY($4)) AND NOT (id = ANY($6))
+                 ORDER BY next_attempt_at, id LIMIT $5
+                 FOR UPDATE SKIP LOCKED),
+             expired AS (
+                 SELECT id, next_attempt_at FROM deliveries
+                 WHERE status = 'sending' AND lease_until < $1
+                   AND NOT (destination = ANY($4)) AND NOT (id = ANY($6))
                  ORDER BY next_attempt_at, id LIMIT $5
                  FOR UPDATE SKIP LOCKED)
+             UPDATE deliveries SET status = 'sending', claimed_by = $2, lease_until = $1 + $3, updated_at = $1
+             WHERE id IN (
+                 SELECT id FROM (SELECT * FROM due UNION ALL SELECT * FROM expired) AS c
+                 ORDER BY next_attempt_at, id LIMIT $5)
              RETURNING id",
         )
         .bind(now)

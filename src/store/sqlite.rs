@@ -316,6 +316,11 @@ impl Sqlite {
 /// and SQLite prepares it once (parsing a statement of a few hundred values took a fifth of
 /// the writer's time). Statements that depend on an earlier one's outcome say so in SQL (an
 /// event is written when its key holds its id; a delivery when its event was written).
+///
+/// sqlx runs a query string of several statements on SQLite, binding the `?` in order across
+/// them; its documentation calls that deprecated (launchbadge/sqlx#3108). Should a release drop
+/// it, every group commit fails at once (the tests too), and the statements go back to one call
+/// each inside one transaction.
 async fn write(
     conn: &mut PoolConnection<sqlx::Sqlite>,
     events: &[NewEvent],
