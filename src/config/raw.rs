@@ -169,14 +169,29 @@ pub fn parse(text: &str) -> Result<RawFile, Diagnostic> {
 /// The parser's "expected mapping start" / "expected sequence start" in the user's terms: which
 /// key wanted keys of its own or a list, with an example for the keys people get wrong most.
 fn explain(message: &str, text: &str, line: u32, column: u32) -> String {
-    let wanted = match message {
-        "expected mapping start" => "keys of its own",
-        "expected sequence start" => "a list (items starting with `- `)",
+    let mapping = match message {
+        "expected mapping start" => true,
+        "expected sequence start" => false,
         _ => return message.to_string(),
     };
-    let Some(key) = key_before(text, line, column) else {
-        return format!("{message}: {wanted} expected here, not a single value");
+    let wanted = if mapping {
+        "keys of its own"
+    } else {
+        "a list (items starting with `- `)"
     };
+    let Some((key, item)) = key_before(text, line, column) else {
+        return format!("{message}: {wanted} expected here");
+    };
+    if item {
+        let example = match (key.as_str(), mapping) {
+            ("rules", true) => " (a rule: `- name: ...` with `when:` and `actions:` under it)",
+            ("actions", true) => {
+                " (an action: `- slack: {...}`, `- email: {...}`, `- http: {...}` or `- log: {...}`)"
+            }
+            _ => "",
+        };
+        return format!("each item of `{key}` takes {wanted}{example}, not a single value");
+    }
     let wanted = match key.as_str() {
         "rules" => "a list of rules (each starts with `- name: ...`)",
         "actions" => {
@@ -189,7 +204,7 @@ fn explain(message: &str, text: &str, line: u32, column: u32) -> String {
         "when" => " (for example `when: { event: EMAIL_REPLIED }`)",
         _ => "",
     };
-    let found = if message == "expected mapping start" {
+    let found = if mapping {
         "a single value or a list"
     } else {
         "a single value or a mapping"
@@ -197,9 +212,10 @@ fn explain(message: &str, text: &str, line: u32, column: u32) -> String {
     format!("`{key}` takes {wanted}{example}, not {found}")
 }
 
-/// The key whose value starts at `line`:`column` (1-based): on that line before the value, or
-/// the previous non-empty line when the value starts a line of its own.
-fn key_before(text: &str, line: u32, column: u32) -> Option<String> {
+/// The key whose value starts at `line`:`column` (1-based), and whether the value is an item of
+/// that key's list: the key is on that line before the value, or on the previous non-empty line
+/// when the value starts a line of its own (after a `- ` for an item).
+fn key_before(text: &str, line: u32, column: u32) -> Option<(String, bool)> {
     let lines: Vec<&str> = text.lines().collect();
     let at = (line as usize).checked_sub(1)?;
     let this = lines.get(at)?;
@@ -207,21 +223,26 @@ fn key_before(text: &str, line: u32, column: u32) -> Option<String> {
         .chars()
         .take((column as usize).saturating_sub(1))
         .collect();
-    let before = if before.trim().trim_start_matches('-').trim().is_empty() {
-        lines[..at]
+    let marker = before.trim();
+    let (before, item) = if marker.is_empty() || marker == "-" {
+        let previous = lines[..at]
             .iter()
             .rev()
-            .find(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))?
-            .to_string()
+            .find(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))?;
+        (previous.to_string(), marker == "-")
     } else {
-        before
+        (before, false)
+    };
+    let before = match before.find(" #") {
+        Some(i) => &before[..i],
+        None => before.as_str(),
     };
     let head = before.trim_end().strip_suffix(':')?;
     let key = head
-        .rsplit(|c: char| c.is_whitespace() || matches!(c, '-' | '{' | ','))
+        .rsplit(|c: char| c.is_whitespace() || matches!(c, '{' | ','))
         .next()?
         .trim_matches(|c| c == '"' || c == '\'');
-    (!key.is_empty()).then(|| key.to_string())
+    (!key.is_empty()).then(|| (key.to_string(), item))
 }
 
 /// The parser's message without the position it already carries (we print our own).
@@ -259,6 +280,29 @@ mod tests {
             ),
             "{m}"
         );
+    }
+
+    #[test]
+    fn a_single_value_in_a_list_says_what_each_item_takes() {
+        let m = message("rules:\n  - just-a-name\n");
+        assert!(m.contains(":2:"), "{m}");
+        assert!(
+            m.contains("each item of `rules` takes keys of its own (a rule: `- name: ...`"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn hyphenated_keys_and_comments_keep_the_key_whole() {
+        let text = "destinations:\n  sales-slack: https://x # the channel\n";
+        assert_eq!(
+            super::key_before(text, 2, 16),
+            Some(("sales-slack".to_string(), false))
+        );
+        let m = message(
+            "rules:\n  - name: a\n    when: # replies only\n      EMAIL_REPLIED\n    actions: []\n",
+        );
+        assert!(m.contains("`when` takes keys of its own"), "{m}");
     }
 
     #[test]

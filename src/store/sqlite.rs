@@ -18,7 +18,9 @@ use super::{
 };
 use futures_util::TryStreamExt;
 use sqlx::pool::PoolConnection;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{Either, Executor, FromRow, Row, SqlitePool};
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -116,7 +118,7 @@ impl Sqlite {
         let now = now_ms();
         let Some(held) = &self.held else {
             let mut conn = self.writer.acquire().await?;
-            return write(&mut conn, events, done, claims, now).await;
+            return write_parts(&mut conn, events, done, claims, now).await;
         };
         let mut held = held.lock().await;
         let mut kept = match held.take() {
@@ -126,8 +128,8 @@ impl Sqlite {
                 since: Instant::now(),
             },
         };
-        // On an error the connection goes back to the pool (which rolls back what is left).
-        let outcome = write(&mut kept.conn, events, done, claims, now).await?;
+        // On an error the connection goes back to the pool.
+        let outcome = write_parts(&mut kept.conn, events, done, claims, now).await?;
         if kept.since.elapsed() < HOLD_AT_MOST {
             *held = Some(kept);
         }
@@ -310,6 +312,60 @@ impl Sqlite {
     }
 }
 
+/// Most payload bytes one group commit carries. SQLite refuses a bound value past 1 GB, and
+/// the events of a batch travel in one JSON array: 512 bodies of a megabyte, escaped once more
+/// in the array, could pass that. A bigger batch is written as several commits, in order.
+const PAYLOAD_BYTES_PER_COMMIT: usize = 64 << 20;
+
+/// Writes a batch in as many group commits as its payloads need (see
+/// [`PAYLOAD_BYTES_PER_COMMIT`]; nearly always one). The records and claims go with the first.
+async fn write_parts(
+    conn: &mut PoolConnection<sqlx::Sqlite>,
+    events: &[NewEvent],
+    done: &[Finished],
+    claims: &[Claim],
+    now: Millis,
+) -> Result<Outcome, StoreError> {
+    let mut outcome = Outcome::default();
+    for (n, part) in parts(events, PAYLOAD_BYTES_PER_COMMIT)
+        .into_iter()
+        .enumerate()
+    {
+        let (done, claims) = if n == 0 {
+            (done, claims)
+        } else {
+            (&[][..], &[][..])
+        };
+        let written = write(conn, part, done, claims, now).await?;
+        outcome.intakes.extend(written.intakes);
+        if n == 0 {
+            outcome.claimed = written.claimed;
+        }
+    }
+    Ok(outcome)
+}
+
+/// `events` cut into runs of at most `bytes` of payload (one event at least per run; one empty
+/// run when there are no events).
+fn parts(events: &[NewEvent], bytes: usize) -> Vec<&[NewEvent]> {
+    let mut parts = Vec::new();
+    let mut rest = events;
+    loop {
+        let mut n = 0;
+        let mut size = 0;
+        while n < rest.len() && (n == 0 || size + rest[n].payload.len() <= bytes) {
+            size += rest[n].payload.len();
+            n += 1;
+        }
+        let (part, tail) = rest.split_at(n);
+        parts.push(part);
+        rest = tail;
+        if rest.is_empty() {
+            return parts;
+        }
+    }
+}
+
 /// One group commit (events, attempt records, then claims, in one transaction) sent to
 /// SQLite's thread as one script: one round trip, where a statement at a time took a dozen.
 /// The rows travel as JSON arrays, so the script's text depends only on the number of claims
@@ -388,27 +444,16 @@ async fn write(
             .bind(json(c.in_flight.iter()))
             .bind(i64::from(c.limit));
     }
-    let mut keys = HashMap::with_capacity(events.len());
-    let mut created: Vec<i64> = Vec::new();
-    let mut claimed: Vec<Vec<Due>> = vec![Vec::new(); claims.len()];
+    // Rows are kept as they come and read once the script has run to its end: an error while
+    // it runs means nothing was committed, and the rollback below is right.
+    let mut rows: Vec<(usize, SqliteRow)> = Vec::new();
     let run = async {
         let mut results = conn.fetch_many(query);
         let mut at = 0;
         while let Some(result) = results.try_next().await? {
-            let row = match result {
-                Either::Left(_) => {
-                    at += 1;
-                    continue;
-                }
-                Either::Right(row) => row,
-            };
-            match yields.get(at) {
-                Some(Yields::Keys) => {
-                    keys.insert(row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?);
-                }
-                Some(Yields::Created) => created.push(row.try_get(0)?),
-                Some(Yields::Claimed(i)) => claimed[*i].push(DueRow::from_row(&row)?.into()),
-                Some(Yields::Nothing) | None => {}
+            match result {
+                Either::Left(_) => at += 1,
+                Either::Right(row) => rows.push((at, row)),
             }
         }
         Ok::<_, sqlx::Error>(at)
@@ -429,6 +474,20 @@ async fn write(
                     yields.len()
                 ))),
             });
+        }
+    }
+    // Committed. A row that cannot be read now would mean a schema this code does not know.
+    let mut keys = HashMap::with_capacity(events.len());
+    let mut created: Vec<i64> = Vec::new();
+    let mut claimed: Vec<Vec<Due>> = vec![Vec::new(); claims.len()];
+    for (at, row) in rows {
+        match yields.get(at) {
+            Some(Yields::Keys) => {
+                keys.insert(row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?);
+            }
+            Some(Yields::Created) => created.push(row.try_get(0)?),
+            Some(Yields::Claimed(i)) => claimed[*i].push(DueRow::from_row(&row)?.into()),
+            Some(Yields::Nothing) | None => {}
         }
     }
     // Ids are assigned in the order the rows are given (one writer, AUTOINCREMENT), so the
@@ -532,4 +591,42 @@ fn script(claims: usize) -> (String, Vec<Yields>) {
     sql.push_str("\n        COMMIT;");
     yields.push(Yields::Nothing);
     (sql, yields)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{NewEvent, parts};
+
+    fn event(bytes: usize) -> NewEvent {
+        NewEvent {
+            id: String::new(),
+            source: String::new(),
+            event_type: String::new(),
+            lead_email: None,
+            config_hash: String::new(),
+            payload: "x".repeat(bytes),
+            dedup_key: String::new(),
+            deliveries: vec![],
+            claimed: false,
+        }
+    }
+
+    #[test]
+    fn a_batch_is_cut_where_its_payloads_pass_the_limit() {
+        let sizes = |events: &[NewEvent], limit| -> Vec<Vec<usize>> {
+            parts(events, limit)
+                .iter()
+                .map(|p| p.iter().map(|e| e.payload.len()).collect())
+                .collect()
+        };
+        let events: Vec<NewEvent> = [4, 4, 2, 9, 1, 1].into_iter().map(event).collect();
+        assert_eq!(sizes(&events, 10), vec![vec![4, 4, 2], vec![9, 1], vec![1]]);
+        // An event bigger than the limit goes alone; nothing is dropped.
+        assert_eq!(
+            sizes(&events, 3),
+            vec![vec![4], vec![4], vec![2], vec![9], vec![1, 1]]
+        );
+        assert_eq!(sizes(&events, 100), vec![vec![4, 4, 2, 9, 1, 1]]);
+        assert_eq!(sizes(&[], 10), vec![Vec::<usize>::new()]);
+    }
 }
