@@ -85,7 +85,9 @@ impl Sqlite {
             // thread that opens it, and the workers' threads run at a lower priority.
             .max_lifetime(None)
             .idle_timeout(None)
-            .connect_with(options.clone())
+            // A group commit's rows (keys, new ids, claimed deliveries) come back in one go
+            // instead of in chunks of 50, each a wait for the committer to make room.
+            .connect_with(options.clone().row_buffer_size(1024))
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&writer).await?;
         // An in-memory database exists once per connection: there, everything shares the writer.
