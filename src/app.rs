@@ -1,7 +1,7 @@
 //! The state the server, the reload triggers and the workers share: the current configuration
 //! (swapped atomically on reload), the last reload's result, and the metrics.
 
-use crate::config::{self, Config, Diagnostics, Sources};
+use crate::config::{self, Config, Diagnostic, Diagnostics, Sources};
 use crate::metrics::Metrics;
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
@@ -37,6 +37,9 @@ pub struct App {
     pub last_success_unix: AtomicI64,
     /// Woken when new deliveries are stored, so workers need not wait for their next poll.
     pub wake: tokio::sync::Notify,
+    /// The listener beyond loopback that `serve` started without `--insecure`: a reload that
+    /// would leave a source with no credential there is refused, as the start would have been.
+    public: std::sync::OnceLock<std::net::SocketAddr>,
 }
 
 /// How many earlier configurations are kept (besides the serving one) so that pending
@@ -63,6 +66,7 @@ impl App {
             metrics: Metrics::default(),
             last_success_unix,
             wake: tokio::sync::Notify::new(),
+            public: std::sync::OnceLock::new(),
         }))
     }
 
@@ -87,6 +91,41 @@ impl App {
             .unwrap_or(current)
     }
 
+    /// From now on every source must ask for a credential: the router listens on `listen`,
+    /// beyond loopback, and was not started with `--insecure`.
+    pub fn require_credentials(&self, listen: std::net::SocketAddr) {
+        let _ = self.public.set(listen);
+    }
+
+    /// The sources that accept events with no credential in `config`.
+    pub fn open_sources(config: &Config) -> Vec<&'static str> {
+        crate::event::sources()
+            .iter()
+            .map(|s| s.name())
+            .filter(|name| config.source_auth(name).is_open())
+            .collect()
+    }
+
+    /// `config`, unless it would leave a source open on a public listener (see
+    /// [`App::require_credentials`]).
+    fn guard(&self, config: Config) -> Result<Config, Diagnostics> {
+        let Some(listen) = self.public.get() else {
+            return Ok(config);
+        };
+        let open = App::open_sources(&config);
+        let Some(first) = open.first() else {
+            return Ok(config);
+        };
+        let file = config.files.first().cloned().unwrap_or_default();
+        Err(Diagnostics::one(Diagnostic::file(
+            &file,
+            format!(
+                "this configuration asks no credential for /webhooks/{}, and the router listens on {listen}, beyond loopback: anyone who finds the URL could post events. Set sources.{first}.secret_key (or token, hmac_secret, allow_ips), or restart with --insecure to accept that risk (SECURITY.md)",
+                open.join(", /webhooks/"),
+            ),
+        )))
+    }
+
     /// The last reload's result.
     pub fn reload_status(&self) -> ReloadStatus {
         self.status.lock().expect("status lock").clone()
@@ -97,7 +136,7 @@ impl App {
     /// Blocking (it reads files and compiles): call it from a blocking context.
     pub fn reload(&self, trigger: &str) -> Result<Arc<Config>, Diagnostics> {
         let _one_at_a_time = self.reload_lock.lock().expect("reload lock");
-        let result = config::load(&self.sources);
+        let result = config::load(&self.sources).and_then(|new| self.guard(new));
         let now = Utc::now();
         let mut status = self.status.lock().expect("status lock");
         match result {

@@ -287,11 +287,7 @@ fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let open: Vec<&str> = event::sources()
-            .iter()
-            .map(|s| s.name())
-            .filter(|name| app.current().source_auth(name).is_open())
-            .collect();
+        let open = App::open_sources(&app.current());
         if !args.listen.ip().is_loopback() && !open.is_empty() && !args.insecure {
             eprintln!(
                 "switchboard: refusing to listen on {} with no authentication for /webhooks/{}: anyone who finds the URL could post fake replies into your channels.\n\
@@ -301,6 +297,9 @@ fn serve(args: ServeArgs) -> ExitCode {
                 open[0]
             );
             return ExitCode::FAILURE;
+        }
+        if !args.listen.ip().is_loopback() && !args.insecure {
+            app.require_credentials(args.listen);
         }
         let admin_token = std::env::var("SWITCHBOARD_ADMIN_TOKEN").ok();
         if !args.listen.ip().is_loopback() && admin_token.as_deref().is_none_or(str::is_empty) {

@@ -773,3 +773,51 @@ fn source_settings_take_variables_and_an_empty_one_switches_its_check_off() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_reload_cannot_drop_authentication_on_a_public_listener() {
+    let peer = HttpPeer::start().await;
+    let dir = crate::util::config_dir(&rules(&peer, "    token: t0k"), &[]);
+    let public = ("0.0.0.0:8080".parse().unwrap(), Some("adm1n".to_string()));
+    let router = Router::start_guarded(dir, crate::util::fast_retries(), public, 1_000).await;
+    // As `serve` does on an address beyond loopback without --insecure.
+    router
+        .app
+        .require_credentials("0.0.0.0:8080".parse().unwrap());
+    let event = unique(fixture("docs_04_email_replied")).to_string();
+
+    // The source loses its token in an edit: the reload is refused and names the way out.
+    let open = "sources: {}\nrules:\n  - name: all\n    actions:\n      - log: { message: hi }\n";
+    std::fs::write(router.rules_path(), open).unwrap();
+    let r = reqwest::Client::new()
+        .post(router.url("/-/reload"))
+        .bearer_auth("adm1n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let body: Value = r.json().await.unwrap();
+    let errors = body["errors"].to_string();
+    assert!(
+        errors.contains("/webhooks/smartlead")
+            && errors.contains("0.0.0.0:8080")
+            && errors.contains("sources.smartlead.secret_key")
+            && errors.contains("--insecure"),
+        "{body}"
+    );
+    // The previous rules keep serving: still no event without the token.
+    let (status, _) = post(&router, "/webhooks/smartlead", &event, &[]).await;
+    assert_eq!(status, 401);
+    let (status, _) = post(&router, "/webhooks/smartlead/t0k", &event, &[]).await;
+    assert_eq!(status, 200);
+
+    // With a credential the edit goes through.
+    std::fs::write(router.rules_path(), rules(&peer, "    token: n3w")).unwrap();
+    let r = reqwest::Client::new()
+        .post(router.url("/-/reload"))
+        .bearer_auth("adm1n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
