@@ -102,7 +102,7 @@ proptest! {
             Value::Object(m) => m,
             other => [("event".to_string(), other)].into_iter().collect(),
         };
-        let _ = SmartLead.dedup_key(&object, b"{}");
+        let _ = SmartLead.dedup_key(&object, b"{}", SmartLead.sent_at(&object));
         let e = SmartLead.normalise(object);
         prop_assert!(e["event"].is_string());
         prop_assert!(e["raw"].is_object());

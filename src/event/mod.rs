@@ -26,8 +26,14 @@ pub trait Source: Send + Sync {
     }
 
     /// What identifies this webhook delivery, so that the tool sending it again (a retry, a
-    /// re-trigger days later) is recognised. By default, a hash of the body.
-    fn dedup_key(&self, _payload: &Map<String, Value>, body: &[u8]) -> String {
+    /// re-trigger days later) is recognised; `sent_at` is what [`Source::sent_at`] said of
+    /// the payload. By default, a hash of the body.
+    fn dedup_key(
+        &self,
+        _payload: &Map<String, Value>,
+        body: &[u8],
+        _sent_at: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> String {
         format!("{}:body:{}", self.name(), sha256_hex(body))
     }
 }
@@ -35,10 +41,13 @@ pub trait Source: Send + Sync {
 /// SHA-256 of some bytes, as lowercase hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    use std::fmt::Write;
+    let digest = Sha256::digest(bytes);
+    let mut hex = String::with_capacity(digest.len() * 2);
+    for b in digest.iter() {
+        let _ = write!(hex, "{b:02x}");
+    }
+    hex
 }
 
 /// Every webhook source the router mounts. Adding a source is one line here.
@@ -87,4 +96,16 @@ pub fn campaign_id(event: &Value) -> Option<i64> {
 /// The canonical event's id (assigned by the router at intake).
 pub fn event_id(event: &Value) -> &str {
     event.get("event_id").and_then(Value::as_str).unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sha256_hex_is_the_standard_digest_in_lowercase_hex() {
+        assert_eq!(
+            super::sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(super::sha256_hex(b"").len(), 64);
+    }
 }

@@ -74,9 +74,14 @@ impl Source for SmartLead {
     /// event's own timestamp; a hash of the body when SmartLead sent none of the ids or times.
     /// The event's time (UTC) leads the key: keys of events that happen together sort
     /// together, so the store's key index grows at its end instead of at random places.
-    fn dedup_key(&self, payload: &Map<String, Value>, body: &[u8]) -> String {
+    fn dedup_key(
+        &self,
+        payload: &Map<String, Value>,
+        body: &[u8],
+        sent_at: Option<DateTime<Utc>>,
+    ) -> String {
         let hash = self.identity(payload, body);
-        match self.sent_at(payload) {
+        match sent_at {
             Some(at) => format!("smartlead:{}:{hash}", at.format("%Y%m%dT%H%M%S%.fZ")),
             None => format!("smartlead:{hash}"),
         }

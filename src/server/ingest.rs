@@ -143,11 +143,11 @@ where
         Err(message) => return refuse(StatusCode::BAD_REQUEST, message),
     };
     let secret_key = payload.get("secret_key").and_then(Value::as_str);
-    if let Err(e) = auth.check_payload(secret_key, normaliser.sent_at(&payload), chrono::Utc::now())
-    {
+    let sent_at = normaliser.sent_at(&payload);
+    if let Err(e) = auth.check_payload(secret_key, sent_at, chrono::Utc::now()) {
         return refuse(StatusCode::UNAUTHORIZED, e.to_string());
     }
-    let dedup_key = normaliser.dedup_key(&payload, &body);
+    let dedup_key = normaliser.dedup_key(&payload, &body, sent_at);
     let mut event = normaliser.normalise(payload);
     let event_id = uuid::Uuid::now_v7().to_string();
     event["event_id"] = Value::String(event_id.clone());

@@ -190,7 +190,7 @@ fn key(payload: Value) -> String {
         panic!("an object")
     };
     let body = serde_json::to_vec(&map).expect("serialises");
-    SmartLead.dedup_key(&map, &body)
+    SmartLead.dedup_key(&map, &body, SmartLead.sent_at(&map))
 }
 
 #[test]
