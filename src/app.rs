@@ -97,22 +97,13 @@ impl App {
         let _ = self.public.set(listen);
     }
 
-    /// The sources that accept events with no credential in `config`.
-    pub fn open_sources(config: &Config) -> Vec<&'static str> {
-        crate::event::sources()
-            .iter()
-            .map(|s| s.name())
-            .filter(|name| config.source_auth(name).is_open())
-            .collect()
-    }
-
     /// `config`, unless it would leave a source open on a public listener (see
     /// [`App::require_credentials`]).
     fn guard(&self, config: Config) -> Result<Config, Diagnostics> {
         let Some(listen) = self.public.get() else {
             return Ok(config);
         };
-        let open = App::open_sources(&config);
+        let open = config.open_sources();
         let Some(first) = open.first() else {
             return Ok(config);
         };

@@ -287,7 +287,7 @@ fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let open = App::open_sources(&app.current());
+        let open = app.current().open_sources();
         if !args.listen.ip().is_loopback() && !open.is_empty() && !args.insecure {
             eprintln!(
                 "switchboard: refusing to listen on {} with no authentication for /webhooks/{}: anyone who finds the URL could post fake replies into your channels.\n\

@@ -43,6 +43,15 @@ impl Config {
             std::sync::LazyLock::new(SourceAuth::default);
         self.sources.get(source).unwrap_or(&OPEN)
     }
+
+    /// The sources that accept events with no credential.
+    pub fn open_sources(&self) -> Vec<&'static str> {
+        crate::event::sources()
+            .iter()
+            .map(|s| s.name())
+            .filter(|name| self.source_auth(name).is_open())
+            .collect()
+    }
 }
 
 /// The compile context handed to each channel: where we are, the templates, and the lists that

@@ -351,21 +351,16 @@ async fn write_parts(
 /// run when there are no events).
 fn parts(events: &[NewEvent], bytes: usize) -> Vec<&[NewEvent]> {
     let mut parts = Vec::new();
-    let mut rest = events;
-    loop {
-        let mut n = 0;
-        let mut size = 0;
-        while n < rest.len() && (n == 0 || size + rest[n].payload.len() <= bytes) {
-            size += rest[n].payload.len();
-            n += 1;
+    let (mut start, mut size) = (0, 0);
+    for (i, e) in events.iter().enumerate() {
+        if i > start && size + e.payload.len() > bytes {
+            parts.push(&events[start..i]);
+            (start, size) = (i, 0);
         }
-        let (part, tail) = rest.split_at(n);
-        parts.push(part);
-        rest = tail;
-        if rest.is_empty() {
-            return parts;
-        }
+        size += e.payload.len();
     }
+    parts.push(&events[start..]);
+    parts
 }
 
 /// One group commit (events, attempt records, then claims, in one transaction) sent to

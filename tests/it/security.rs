@@ -774,6 +774,16 @@ fn source_settings_take_variables_and_an_empty_one_switches_its_check_off() {
     );
 }
 
+/// `POST /-/reload` with the admin token the guarded routers here are started with.
+async fn reload(router: &Router) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(router.url("/-/reload"))
+        .bearer_auth("adm1n")
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_reload_cannot_drop_authentication_on_a_public_listener() {
     let peer = HttpPeer::start().await;
@@ -789,12 +799,7 @@ async fn a_reload_cannot_drop_authentication_on_a_public_listener() {
     // The source loses its token in an edit: the reload is refused and names the way out.
     let open = "sources: {}\nrules:\n  - name: all\n    actions:\n      - log: { message: hi }\n";
     std::fs::write(router.rules_path(), open).unwrap();
-    let r = reqwest::Client::new()
-        .post(router.url("/-/reload"))
-        .bearer_auth("adm1n")
-        .send()
-        .await
-        .unwrap();
+    let r = reload(&router).await;
     assert_eq!(r.status(), 422);
     let body: Value = r.json().await.unwrap();
     let errors = body["errors"].to_string();
@@ -813,11 +818,6 @@ async fn a_reload_cannot_drop_authentication_on_a_public_listener() {
 
     // With a credential the edit goes through.
     std::fs::write(router.rules_path(), rules(&peer, "    token: n3w")).unwrap();
-    let r = reqwest::Client::new()
-        .post(router.url("/-/reload"))
-        .bearer_auth("adm1n")
-        .send()
-        .await
-        .unwrap();
+    let r = reload(&router).await;
     assert_eq!(r.status(), 200);
 }
