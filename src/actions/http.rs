@@ -2,7 +2,7 @@
 //! a timeout, and the response status read into a retry decision. The status rules here are
 //! shared with Slack.
 
-use super::{Channel, Clients, RenderFailure, SendError, redact_url};
+use super::{Channel, Clients, RenderFailure, SendError, guard, redact_url};
 use crate::config::compile::Ctx;
 use crate::config::raw::{Spanned, pos};
 use crate::template::escape::{header_value, truncate};
@@ -276,10 +276,17 @@ impl Channel for Http {
     async fn send(m: &HttpMessage, clients: &Clients) -> Result<(), SendError> {
         let method = reqwest::Method::from_bytes(m.method.as_bytes())
             .map_err(|e| SendError::permanent(e.to_string()))?;
-        if m.guard_target {
-            check_target(&m.url).await?;
-        }
-        let mut request = clients.http.request(method, &m.url).timeout(m.timeout);
+        // A URL built from event data goes through the client whose resolver refuses internal
+        // addresses (see `guard`); an address written in the URL is checked here.
+        let client = if m.guard_target {
+            let url = reqwest::Url::parse(&m.url)
+                .map_err(|e| SendError::permanent(format!("bad URL: {e}")))?;
+            guard::check_literal(&url).map_err(|e| refused(&e))?;
+            &clients.guarded
+        } else {
+            &clients.http
+        };
+        let mut request = client.request(method, &m.url).timeout(m.timeout);
         for (name, value, _) in &m.headers {
             request = request.header(name, value);
         }
@@ -323,29 +330,6 @@ impl Channel for Http {
     }
 }
 
-/// Refuses a URL built from event data whose host is, or resolves to, an internal address
-/// (loopback, private, link-local such as cloud metadata at 169.254.169.254).
-async fn check_target(url: &str) -> Result<(), SendError> {
-    let u = reqwest::Url::parse(url).map_err(|e| SendError::permanent(format!("bad URL: {e}")))?;
-    let host = u.host_str().unwrap_or("").trim_start_matches('[').trim_end_matches(']').to_string();
-    let port = u.port_or_known_default().unwrap_or(443);
-    let addrs: Vec<std::net::IpAddr> = match host.parse::<std::net::IpAddr>() {
-        Ok(ip) => vec![ip],
-        Err(_) => tokio::net::lookup_host((host.as_str(), port))
-            .await
-            .map_err(|e| SendError::retryable(format!("cannot resolve {host}: {e}")).because("dns"))?
-            .map(|a| a.ip())
-            .collect(),
-    };
-    if let Some(ip) = addrs.into_iter().find(|ip| crate::server::auth::is_internal(*ip)) {
-        return Err(SendError::permanent(format!(
-            "refusing to send to {host} ({ip}): this URL is built from event data and points at an internal address; set allow_private: true on the destination if that is intended"
-        ))
-        .because("internal_address"));
-    }
-    Ok(())
-}
-
 fn redact(url: &str, secret: bool) -> String {
     if url.is_empty() {
         "(url not configured)".into()
@@ -365,7 +349,15 @@ fn host(url: &str) -> String {
 
 /// A request that got no answer: timeouts and connection failures may pass, others will not.
 /// The message never contains the URL: a Slack webhook URL or a tokenised endpoint is a secret.
+/// A request the guard refused: permanent, since the same event resolves the same way.
+fn refused(e: &guard::InternalAddress) -> SendError {
+    SendError::permanent(e.to_string()).because("internal_address")
+}
+
 pub(super) fn transport_error(e: reqwest::Error) -> SendError {
+    if let Some(e) = guard::refusal(&e) {
+        return refused(e);
+    }
     let host = e.url().and_then(|u| u.host_str().map(str::to_string));
     let e = e.without_url();
     let what = if e.is_timeout() {

@@ -3,6 +3,7 @@
 //! [`Channel`] trait, and registered by one line in the `channels!` invocation below, which
 //! declares the module and builds the closed enums [`RawAction`], [`Action`] and [`Message`].
 
+pub mod guard;
 #[cfg(test)]
 mod props;
 
@@ -17,19 +18,29 @@ use std::time::Duration;
 pub struct Clients {
     /// The HTTP client for Slack and `http` actions.
     pub http: reqwest::Client,
+    /// The same, for URLs built from event data: its resolver refuses internal addresses
+    /// (see [`guard`]).
+    pub guarded: reqwest::Client,
 }
 
 impl Clients {
-    /// Clients with the router's defaults (timeouts, no redirects, a user agent).
+    /// Clients with the router's defaults (timeouts, same-host redirects only, a user agent).
     pub fn new() -> Self {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("switchboard/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30))
-            .redirect(same_host_redirects())
-            .build()
-            .expect("the HTTP client builds with static settings");
-        Clients { http }
+        let builder = || {
+            reqwest::Client::builder()
+                .user_agent(concat!("switchboard/", env!("CARGO_PKG_VERSION")))
+                .connect_timeout(Duration::from_secs(5))
+                .timeout(Duration::from_secs(30))
+                .redirect(same_host_redirects())
+        };
+        let built = "the HTTP client builds with static settings";
+        Clients {
+            http: builder().build().expect(built),
+            guarded: builder()
+                .dns_resolver(guard::GuardedResolver)
+                .build()
+                .expect(built),
+        }
     }
 }
 

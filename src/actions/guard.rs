@@ -1,0 +1,113 @@
+//! The guard on URLs built from event data: such a request must not reach loopback, private or
+//! link-local addresses (cloud metadata lives at 169.254.169.254) unless the destination says
+//! `allow_private: true`.
+//!
+//! Host names are checked by the resolver of the HTTP client that sends those requests, on the
+//! very addresses it then connects to (redirects included). A check made before sending, with a
+//! lookup of its own, could be passed by a name that resolves to a public address for the check
+//! and to an internal one a moment later for the connection (DNS rebinding). Addresses written
+//! in the URL are never resolved, so [`check_literal`] checks those.
+
+use crate::server::auth::is_internal;
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use std::net::IpAddr;
+
+/// A host name that resolved to an internal address.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "refusing to send to {host} ({ip}): this URL is built from event data and points at an internal address; set allow_private: true on the destination if that is intended"
+)]
+pub struct InternalAddress {
+    /// The host as written in the URL.
+    pub host: String,
+    /// The internal address it is, or resolved to.
+    pub ip: IpAddr,
+}
+
+/// Resolves with the system's resolver and refuses a name with any internal address among its
+/// answers (a name with a public and a private address could be made to connect to either).
+pub struct GuardedResolver;
+
+impl Resolve for GuardedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let addrs: Vec<_> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            if let Some(a) = addrs.iter().find(|a| is_internal(a.ip())) {
+                return Err(Box::new(InternalAddress { host, ip: a.ip() }) as _);
+            }
+            Ok(Box::new(addrs.into_iter()) as Addrs)
+        })
+    }
+}
+
+/// Refuses a URL whose host is an internal address written as such (`http://10.0.0.1/`,
+/// `http://[::1]/`): those are connected to without a lookup.
+pub fn check_literal(url: &reqwest::Url) -> Result<(), InternalAddress> {
+    let host = url.host_str().unwrap_or_default();
+    match host.trim_start_matches('[').trim_end_matches(']').parse() {
+        Ok(ip) if is_internal(ip) => Err(InternalAddress {
+            host: host.to_string(),
+            ip,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The refusal behind a failed request, if the guard refused it.
+pub fn refusal<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a InternalAddress> {
+    let mut source = Some(e);
+    while let Some(s) = source {
+        if let Some(refused) = s.downcast_ref::<InternalAddress>() {
+            return Some(refused);
+        }
+        source = s.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(s: &str) -> reqwest::Url {
+        reqwest::Url::parse(s).unwrap()
+    }
+
+    #[test]
+    fn internal_addresses_written_in_the_url_are_refused() {
+        for refused in [
+            "http://127.0.0.1:8080/x",
+            "http://169.254.169.254/latest/meta-data/",
+            "http://10.1.2.3/",
+            "http://[::1]:9/",
+            "http://[::ffff:192.168.0.1]/",
+        ] {
+            let e = check_literal(&url(refused)).unwrap_err();
+            assert!(e.to_string().contains("internal address"), "{refused}: {e}");
+        }
+        for allowed in [
+            "https://hooks.slack.com/services/x",
+            "http://93.184.215.14/",
+        ] {
+            assert!(check_literal(&url(allowed)).is_ok(), "{allowed}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_name_that_resolves_inside_is_refused_by_the_client_that_connects() {
+        let client = reqwest::Client::builder()
+            .dns_resolver(GuardedResolver)
+            .build()
+            .unwrap();
+        // `localhost` resolves to loopback without any DNS server; nothing needs to listen.
+        let e = client
+            .get("http://localhost:9/hook")
+            .send()
+            .await
+            .unwrap_err();
+        let refused = refusal(&e).expect("the guard's refusal is in the error's sources");
+        assert_eq!(refused.host, "localhost");
+        assert!(refused.ip.is_loopback(), "{refused}");
+    }
+}
