@@ -4,7 +4,8 @@
 # Builds release binaries (the router, `examples/bare_warp.rs`, `examples/loadgen.rs`), then,
 # all on 127.0.0.1, reports in one table:
 #   (1) acknowledgement throughput and p50/p99 of POST /webhooks/smartlead, router with the
-#       SQLite store (durable) against a bare warp server that parses the JSON and answers 200;
+#       SQLite store (durable) against a bare warp server that parses the JSON and answers 200,
+#       with the CPU time each server and the load generator spent per request (from /proc);
 #   (2) end to end: events/s delivered at saturation, and p50/p99 from POST to arrival at the
 #       sink (loadgen's Slack stand-in) at a fixed open-loop rate;
 #   (3) rule matching and rendering per event for 10 to 10,000 rules (criterion,
@@ -106,7 +107,8 @@ bare_pid=$!
 pids+=("$bare_pid")
 "$loadgen" wait --url "http://127.0.0.1:$bare_port/healthz"
 "$loadgen" closed --label bare --url "http://127.0.0.1:$bare_port/webhooks/smartlead" \
-    --connections "$connections" --duration "$secs" "${body_args[@]}" | tee -a "$results"
+    --connections "$connections" --duration "$secs" --server-pid "$bare_pid" "${body_args[@]}" |
+    tee -a "$results"
 if [ -n "$have_wrk" ]; then
     run_wrk bare "http://127.0.0.1:$bare_port/webhooks/smartlead"
 fi
@@ -142,8 +144,8 @@ echo "== (1)(2) router acknowledgement and delivery at saturation, $connections 
 # The loadgen keeps its sink up until the backlog is delivered (at most 300 s), so that the
 # next run starts on an idle router.
 "$loadgen" closed --label router --url "$webhook" --sink "$sink" \
-    --connections "$connections" --duration "$secs" --drain-timeout 300 "${body_args[@]}" |
-    tee -a "$results"
+    --connections "$connections" --duration "$secs" --drain-timeout 300 \
+    --server-pid "$router_pid" "${body_args[@]}" | tee -a "$results"
 if [ -n "$have_wrk" ]; then
     "$loadgen" sink --label wrk-router --sink "$sink" --idle 3 --max 300 >>"$results" &
     sink_pid=$!

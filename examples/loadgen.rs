@@ -168,6 +168,10 @@ struct Closed {
     /// Seconds of load before the first reload.
     #[arg(long, default_value_t = 5)]
     reload_after: u64,
+    /// The server's process id: its CPU time over the measured window is reported per request
+    /// (from /proc), with the load generator's own and how busy the machine was.
+    #[arg(long)]
+    server_pid: Option<u32>,
 }
 
 #[derive(Args)]
@@ -546,6 +550,8 @@ async fn closed(args: Closed) -> ExitCode {
         let (times, after) = (args.reload_times, args.reload_after);
         tokio::spawn(async move { reload_loop(&url, times, after).await })
     });
+    tokio::time::sleep_until(measure_from.into()).await;
+    let cpu_from = Cpu::now(args.server_pid);
     tokio::time::sleep_until((measure_from + Duration::from_secs(args.duration)).into()).await;
     let reloads = match reloads {
         Some(task) => {
@@ -558,6 +564,7 @@ async fn closed(args: Closed) -> ExitCode {
     };
     stop.store(true, Ordering::Relaxed);
     let load_end = Instant::now();
+    let cpu_to = Cpu::now(args.server_pid);
     let mut tally = Tally::default();
     for task in tasks {
         tally.merge(task.await.expect("a connection task does not panic"));
@@ -584,6 +591,9 @@ async fn closed(args: Closed) -> ExitCode {
         "p99_ms": ms(pct(&acks, 0.99)),
         "max_ms": ms(acks.last().copied().unwrap_or_default()),
     });
+    if let (Some(from), Some(to)) = (cpu_from, cpu_to) {
+        from.report(&to, acks.len(), &mut out);
+    }
     if let Some(sink) = &sink {
         delivered(&mut out, sink, &tally.samples, start, load_end, &target).await;
     }
@@ -747,6 +757,59 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
     }
     let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
     sorted[i]
+}
+
+/// CPU seconds used so far by the server, by this process and by the whole machine (busy and
+/// in all), read from /proc (Linux).
+struct Cpu {
+    server: f64,
+    own: f64,
+    busy: f64,
+    total: f64,
+}
+
+impl Cpu {
+    fn now(server: Option<u32>) -> Option<Cpu> {
+        // utime and stime, the 14th and 15th fields of /proc/PID/stat, in clock ticks (USER_HZ,
+        // 100 on Linux).
+        let process = |path: String| -> Option<f64> {
+            let stat = std::fs::read_to_string(path).ok()?;
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            let ticks: u64 =
+                fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+            Some(ticks as f64 / 100.0)
+        };
+        // The first line of /proc/stat: user nice system idle iowait irq softirq steal…
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let machine: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        let total = machine.iter().sum::<u64>() as f64 / 100.0;
+        let idle = (machine.get(3)? + machine.get(4)?) as f64 / 100.0;
+        Some(Cpu {
+            server: process(format!("/proc/{}/stat", server?))?,
+            own: process("/proc/self/stat".into())?,
+            busy: total - idle,
+            total,
+        })
+    }
+
+    /// Adds CPU microseconds per request (server, load generator) and the machine's busy share
+    /// between `self` and `to`.
+    fn report(&self, to: &Cpu, requests: usize, out: &mut Value) {
+        let per = |secs: f64| round(secs * 1e6 / requests.max(1) as f64);
+        out["server_cpu_us"] = json!(per(to.server - self.server));
+        out["loadgen_cpu_us"] = json!(per(to.own - self.own));
+        let total = to.total - self.total;
+        if total > 0.0 {
+            out["machine_busy_pct"] = json!(round(100.0 * (to.busy - self.busy) / total));
+        }
+    }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -926,6 +989,21 @@ fn report(results: &Path, criterion: Option<&Path>) -> ExitCode {
                     r["p50_ms"].as_f64().unwrap_or(0.0),
                     r["p99_ms"].as_f64().unwrap_or(0.0),
                     r["non_2xx"].as_u64().unwrap_or(0) + r["errors"].as_u64().unwrap_or(0),
+                ),
+            ));
+        }
+    }
+    // Where the cores went: per request, the server and the load generator (whose sink also
+    // receives the router's deliveries), and how busy the machine was.
+    for (name, r) in [("bare warp", bare), ("router", router)] {
+        if let Some(cpu) = r.and_then(|r| r["server_cpu_us"].as_f64()) {
+            let r = r.expect("a run with CPU figures");
+            lines.push(Line::info(
+                format!("CPU per request: {name}, loadgen"),
+                format!(
+                    "{cpu:.0} µs, {:.0} µs  (machine busy {:.0} %)",
+                    r["loadgen_cpu_us"].as_f64().unwrap_or(0.0),
+                    r["machine_busy_pct"].as_f64().unwrap_or(0.0)
                 ),
             ));
         }
