@@ -168,8 +168,9 @@ struct Closed {
     /// Seconds of load before the first reload.
     #[arg(long, default_value_t = 5)]
     reload_after: u64,
-    /// The server's process id: its CPU time over the measured window is reported per request
-    /// (from /proc), with the load generator's own and how busy the machine was.
+    /// The server's process id: its CPU time over the measured window is reported per
+    /// acknowledged request (from /proc), with the load generator's own and how busy the
+    /// machine was. Work still queued when the window closes (a delivery backlog) is not in it.
     #[arg(long)]
     server_pid: Option<u32>,
 }
@@ -996,8 +997,9 @@ fn report(results: &Path, criterion: Option<&Path>) -> ExitCode {
     // Where the cores went: per request, the server and the load generator (whose sink also
     // receives the router's deliveries), and how busy the machine was.
     for (name, r) in [("bare warp", bare), ("router", router)] {
-        if let Some(cpu) = r.and_then(|r| r["server_cpu_us"].as_f64()) {
-            let r = r.expect("a run with CPU figures");
+        if let Some(r) = r
+            && let Some(cpu) = r["server_cpu_us"].as_f64()
+        {
             lines.push(Line::info(
                 format!("CPU per request: {name}, loadgen"),
                 format!(

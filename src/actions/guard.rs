@@ -7,6 +7,10 @@
 //! lookup of its own, could be passed by a name that resolves to a public address for the check
 //! and to an internal one a moment later for the connection (DNS rebinding). Addresses written
 //! in the URL are never resolved, so [`check_literal`] checks those.
+//!
+//! Behind a proxy (`HTTPS_PROXY` and the like) the proxy resolves the target, not this process:
+//! there [`check_resolved`] looks the name up before sending, which a name that changes its
+//! answer between the two lookups could pass.
 
 use crate::server::auth::is_internal;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
@@ -54,6 +58,34 @@ pub fn check_literal(url: &reqwest::Url) -> Result<(), InternalAddress> {
     }
 }
 
+/// Why [`check_resolved`] did not pass a URL.
+#[derive(Debug)]
+pub enum Unchecked {
+    /// The name resolves to an internal address.
+    Internal(InternalAddress),
+    /// The name does not resolve (now).
+    Unresolved(String),
+}
+
+/// Looks up the URL's host and refuses it if any of its addresses is internal (for requests
+/// sent through a proxy, which resolves the name itself).
+pub async fn check_resolved(url: &reqwest::Url) -> Result<(), Unchecked> {
+    let host = url.host_str().unwrap_or_default();
+    let port = url.port_or_known_default().unwrap_or(443);
+    let addrs = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| Unchecked::Unresolved(format!("cannot resolve {host}: {e}")))?;
+    for a in addrs {
+        if is_internal(a.ip()) {
+            return Err(Unchecked::Internal(InternalAddress {
+                host: host.to_string(),
+                ip: a.ip(),
+            }));
+        }
+    }
+    Ok(())
+}
+
 /// The refusal behind a failed request, if the guard refused it.
 pub fn refusal<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a InternalAddress> {
     let mut source = Some(e);
@@ -91,6 +123,14 @@ mod tests {
             "http://93.184.215.14/",
         ] {
             assert!(check_literal(&url(allowed)).is_ok(), "{allowed}");
+        }
+    }
+
+    #[tokio::test]
+    async fn behind_a_proxy_a_name_that_resolves_inside_is_refused_before_sending() {
+        match check_resolved(&url("http://localhost:9/hook")).await {
+            Err(Unchecked::Internal(e)) => assert!(e.ip.is_loopback(), "{e}"),
+            other => panic!("{other:?}"),
         }
     }
 

@@ -277,11 +277,22 @@ impl Channel for Http {
         let method = reqwest::Method::from_bytes(m.method.as_bytes())
             .map_err(|e| SendError::permanent(e.to_string()))?;
         // A URL built from event data goes through the client whose resolver refuses internal
-        // addresses (see `guard`); an address written in the URL is checked here.
+        // addresses (see `guard`); an address written in the URL is checked here, and so is a
+        // name when a proxy resolves it instead of this process.
         let client = if m.guard_target {
             let url = reqwest::Url::parse(&m.url)
                 .map_err(|e| SendError::permanent(format!("bad URL: {e}")))?;
             guard::check_literal(&url).map_err(|e| refused(&e))?;
+            if clients.proxied {
+                guard::check_resolved(&url)
+                    .await
+                    .map_err(|e| match e {
+                        guard::Unchecked::Internal(e) => refused(&e),
+                        guard::Unchecked::Unresolved(message) => {
+                            SendError::retryable(message).because("dns")
+                        }
+                    })?;
+            }
             &clients.guarded
         } else {
             &clients.http
@@ -347,13 +358,13 @@ fn host(url: &str) -> String {
         .unwrap_or_else(|| "the endpoint".into())
 }
 
-/// A request that got no answer: timeouts and connection failures may pass, others will not.
-/// The message never contains the URL: a Slack webhook URL or a tokenised endpoint is a secret.
 /// A request the guard refused: permanent, since the same event resolves the same way.
 fn refused(e: &guard::InternalAddress) -> SendError {
     SendError::permanent(e.to_string()).because("internal_address")
 }
 
+/// A request that got no answer: timeouts and connection failures may pass, others will not.
+/// The message never contains the URL: a Slack webhook URL or a tokenised endpoint is a secret.
 pub(super) fn transport_error(e: reqwest::Error) -> SendError {
     if let Some(e) = guard::refusal(&e) {
         return refused(e);

@@ -19,8 +19,11 @@ pub struct Clients {
     /// The HTTP client for Slack and `http` actions.
     pub http: reqwest::Client,
     /// The same, for URLs built from event data: its resolver refuses internal addresses
-    /// (see [`guard`]).
+    /// (see [`guard`]), unless a proxy is configured.
     pub guarded: reqwest::Client,
+    /// Whether requests go through a proxy (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`): the proxy
+    /// then resolves the names, and the guard checks them before sending instead.
+    pub proxied: bool,
 }
 
 impl Clients {
@@ -34,12 +37,27 @@ impl Clients {
                 .redirect(same_host_redirects())
         };
         let built = "the HTTP client builds with static settings";
+        // Behind a proxy the resolver would only see the proxy's name (often an internal
+        // address itself), so the guard resolves the target before sending instead.
+        let proxied = [
+            "HTTPS_PROXY",
+            "https_proxy",
+            "HTTP_PROXY",
+            "http_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+        ]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()));
+        let guarded = if proxied {
+            builder()
+        } else {
+            builder().dns_resolver(guard::GuardedResolver)
+        };
         Clients {
             http: builder().build().expect(built),
-            guarded: builder()
-                .dns_resolver(guard::GuardedResolver)
-                .build()
-                .expect(built),
+            guarded: guarded.build().expect(built),
+            proxied,
         }
     }
 }
