@@ -14,7 +14,7 @@
 
 use crate::server::auth::is_internal;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// A host name that resolved to an internal address.
 #[derive(Debug, thiserror::Error)]
@@ -36,12 +36,25 @@ impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let host = name.as_str().to_string();
         Box::pin(async move {
-            let addrs: Vec<_> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            if let Some(a) = addrs.iter().find(|a| is_internal(a.ip())) {
-                return Err(Box::new(InternalAddress { host, ip: a.ip() }) as _);
-            }
+            let addrs = tokio::net::lookup_host((host.as_str(), 0)).await?;
+            let addrs = screened(&host, addrs)?;
             Ok(Box::new(addrs.into_iter()) as Addrs)
         })
+    }
+}
+
+/// `host`'s addresses, or the refusal of the first internal one among them.
+fn screened(
+    host: &str,
+    addrs: impl Iterator<Item = SocketAddr>,
+) -> Result<Vec<SocketAddr>, InternalAddress> {
+    let addrs: Vec<SocketAddr> = addrs.collect();
+    match addrs.iter().find(|a| is_internal(a.ip())) {
+        Some(a) => Err(InternalAddress {
+            host: host.to_string(),
+            ip: a.ip(),
+        }),
+        None => Ok(addrs),
     }
 }
 
@@ -75,15 +88,7 @@ pub async fn check_resolved(url: &reqwest::Url) -> Result<(), Unchecked> {
     let addrs = tokio::net::lookup_host((host, port))
         .await
         .map_err(|e| Unchecked::Unresolved(format!("cannot resolve {host}: {e}")))?;
-    for a in addrs {
-        if is_internal(a.ip()) {
-            return Err(Unchecked::Internal(InternalAddress {
-                host: host.to_string(),
-                ip: a.ip(),
-            }));
-        }
-    }
-    Ok(())
+    screened(host, addrs).map(drop).map_err(Unchecked::Internal)
 }
 
 /// The refusal behind a failed request, if the guard refused it.

@@ -19,7 +19,7 @@ pub struct Clients {
     /// The HTTP client for Slack and `http` actions.
     pub http: reqwest::Client,
     /// The same, for URLs built from event data: its resolver refuses internal addresses
-    /// (see [`guard`]), unless a proxy is configured.
+    /// (see [`guard`]). Behind a proxy it is the client above.
     pub guarded: reqwest::Client,
     /// Whether requests go through a proxy (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`): the proxy
     /// then resolves the names, and the guard checks them before sending instead.
@@ -49,14 +49,18 @@ impl Clients {
         ]
         .iter()
         .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()));
+        let http = builder().build().expect(built);
         let guarded = if proxied {
-            builder()
+            http.clone()
         } else {
-            builder().dns_resolver(guard::GuardedResolver)
+            builder()
+                .dns_resolver(guard::GuardedResolver)
+                .build()
+                .expect(built)
         };
         Clients {
-            http: builder().build().expect(built),
-            guarded: guarded.build().expect(built),
+            http,
+            guarded,
             proxied,
         }
     }
