@@ -825,3 +825,89 @@ async fn a_reload_cannot_drop_authentication_on_a_public_listener() {
     let r = reload(&router).await;
     assert_eq!(r.status(), 200);
 }
+
+/// Behind a proxy (`HTTP_PROXY`) the proxy resolves the names, not the router, so the guard
+/// looks a templated URL's host up before sending: a name for a loopback address is refused and
+/// nothing about it reaches the proxy, while a URL written in the rules still goes through it.
+/// The router runs as its own process: proxy variables are process-wide.
+#[tokio::test]
+async fn behind_a_proxy_templated_urls_are_looked_up_before_sending() {
+    let proxy = HttpPeer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("rules.yaml"),
+        r#"
+rules:
+  - name: steer
+    actions:
+      - http: { url: "http://{{{raw.target}}}/steered", body: '{}' }
+  - name: fixed
+    actions:
+      - http: { url: "http://hooks.example.invalid/fixed", body: '{}' }
+"#,
+    )
+    .unwrap();
+    let proxy_url = format!("http://{}", proxy.addr);
+    let env = [
+        ("HTTP_PROXY", proxy_url.as_str()),
+        ("http_proxy", proxy_url.as_str()),
+        ("NO_PROXY", ""),
+        ("no_proxy", ""),
+    ];
+    let router = Binary::start_with_env(dir.path(), &[], &env).await;
+    let mut e = unique(fixture("real_13_email_reply"));
+    e["target"] = json!("localhost:9");
+    let r = reqwest::Client::new()
+        .post(format!("{}/webhooks/smartlead", router.url))
+        .json(&e)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // The fixed URL's name does not resolve here: only a proxy can have taken it.
+    proxy.wait_for(1).await;
+    let start = std::time::Instant::now();
+    while !proxy.received().iter().any(|r| r.path.ends_with("/fixed")) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "nothing went through the proxy"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let start = std::time::Instant::now();
+    let dead = loop {
+        let dead: Value = reqwest::get(format!("{}/api/deliveries?status=dead", router.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if !dead["deliveries"].as_array().unwrap().is_empty() {
+            break dead["deliveries"].clone();
+        }
+        let paths: Vec<String> = proxy.received().into_iter().map(|r| r.path).collect();
+        assert!(
+            paths.iter().all(|p| !p.contains("steered")),
+            "the steered request reached the proxy: {paths:?}"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no dead delivery; log: {}",
+            std::fs::read_to_string(dir.path().join("router.log")).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(dead[0]["rule"], "steer", "{dead}");
+    assert!(
+        dead[0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("internal address"),
+        "{dead}"
+    );
+    let paths: Vec<String> = proxy.received().into_iter().map(|r| r.path).collect();
+    assert!(
+        paths.iter().all(|p| !p.contains("steered")),
+        "the steered request reached the proxy: {paths:?}"
+    );
+}
