@@ -6,6 +6,7 @@
 #   (1) acknowledgement throughput and p50/p99 of POST /webhooks/smartlead, router with the
 #       SQLite store (durable) against a bare warp server that parses the JSON and answers 200,
 #       with the CPU time each server and the load generator spent per request (from /proc);
+#       and, for comparison only, the router's intake alone (a rule that delivers nothing);
 #   (2) end to end: events/s delivered at saturation, and p50/p99 from POST to arrival at the
 #       sink (loadgen's Slack stand-in) at a fixed open-loop rate;
 #   (3) rule matching and rendering per event for 10 to 10,000 rules (criterion,
@@ -98,7 +99,7 @@ if [ "${BENCH_MICRO:-1}" != "0" ]; then
     cargo bench --locked --bench match_render -- --output-format bencher | tee "$tmp/criterion.txt"
 fi
 
-read -r bare_port router_port sink_port < <("$loadgen" free-ports --count 3 | tr '\n' ' '; echo)
+read -r bare_port router_port sink_port intake_port < <("$loadgen" free-ports --count 4 | tr '\n' ' '; echo)
 sink="127.0.0.1:$sink_port"
 
 echo "== (1) bare warp baseline on 127.0.0.1:$bare_port"
@@ -114,6 +115,33 @@ if [ -n "$have_wrk" ]; then
 fi
 kill "$bare_pid"
 wait "$bare_pid" 2>/dev/null || true
+
+# Intake alone: the router with a rule that matches none of the load's events, so nothing is
+# delivered meanwhile (not judged: it shows what the deliveries cost in the judged run below).
+echo "== (1) router, intake alone, on 127.0.0.1:$intake_port, store sqlite://$tmp/intake.db"
+mkdir -p "$tmp/intake-rules"
+cat >"$tmp/intake-rules/00-none.yaml" <<EOF
+# The load posts replies only: this rule matches none of them.
+rules:
+  - name: unsubscribes
+    when: { event: EMAIL_UNSUBSCRIBED }
+    actions:
+      - log: { message: "{{lead.email}} unsubscribed" }
+EOF
+(cd "$tmp" && exec "$switchboard" serve --listen "127.0.0.1:$intake_port" \
+    --rules "$tmp/intake-rules" --templates "$root/templates" --store "sqlite://$tmp/intake.db" \
+    --log-level "$log_level") >"$tmp/intake.log" 2>&1 &
+intake_pid=$!
+pids+=("$intake_pid")
+"$loadgen" wait --url "http://127.0.0.1:$intake_port/readyz" --timeout 60 || {
+    tail -20 "$tmp/intake.log"
+    exit 1
+}
+"$loadgen" closed --label intake --url "http://127.0.0.1:$intake_port/webhooks/smartlead" \
+    --connections "$connections" --duration "$secs" --server-pid "$intake_pid" "${body_args[@]}" |
+    tee -a "$results"
+kill "$intake_pid"
+wait "$intake_pid" 2>/dev/null || true
 
 # One destination takes every delivery here, so its limit is raised from the default 4 (which
 # protects a real Slack channel) to the worker count.

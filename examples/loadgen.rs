@@ -973,11 +973,13 @@ fn report(results: &Path, criterion: Option<&Path>) -> ExitCode {
     // (1) Acknowledgement.
     let bare = find("closed", "bare");
     let router = find("closed", "router");
+    let intake = find("closed", "intake");
     let (wrk_bare, wrk_router) = (find("wrk", "bare"), find("wrk", "router"));
     let mut lines = Vec::new();
     for (name, r) in [
         ("bare warp, loadgen", bare),
         ("router (SQLite, durable), loadgen", router),
+        ("router, intake alone (nothing delivered)", intake),
         ("bare warp, wrk", wrk_bare),
         ("router (SQLite, durable), wrk", wrk_router),
     ] {
@@ -996,7 +998,11 @@ fn report(results: &Path, criterion: Option<&Path>) -> ExitCode {
     }
     // Where the cores went: per request, the server and the load generator (whose sink also
     // receives the router's deliveries), and how busy the machine was.
-    for (name, r) in [("bare warp", bare), ("router", router)] {
+    for (name, r) in [
+        ("bare warp", bare),
+        ("router", router),
+        ("intake alone", intake),
+    ] {
         if let Some(r) = r
             && let Some(cpu) = r["server_cpu_us"].as_f64()
         {
