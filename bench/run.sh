@@ -121,10 +121,13 @@ wait "$bare_pid" 2>/dev/null || true
 echo "== (1) router, intake alone, on 127.0.0.1:$intake_port, store sqlite://$tmp/intake.db"
 mkdir -p "$tmp/intake-rules"
 cat >"$tmp/intake-rules/00-none.yaml" <<EOF
-# The load posts replies only: this rule matches none of them.
+# Matches none of the load's events (whatever BENCH_BODY posts): no payload has this field.
 rules:
-  - name: unsubscribes
-    when: { event: EMAIL_UNSUBSCRIBED }
+  - name: never
+    when:
+      event: EMAIL_UNSUBSCRIBED
+      fields:
+        raw.switchboard_bench_never: set
     actions:
       - log: { message: "{{lead.email}} unsubscribed" }
 EOF
