@@ -73,6 +73,23 @@ record_rss() { # label pid
     echo "{\"kind\":\"rss\",\"label\":\"$1\",\"vmhwm_kib\":$hwm,\"vmrss_kib\":$rss}" | tee -a "$results"
 }
 
+# Starts the router on 127.0.0.1:PORT with the rules in DIR and the store STORE, its log in
+# $tmp/NAME.log, and waits until it is ready; its pid goes to started_pid. Further arguments go
+# to `serve`.
+start_router() { # name port rules_dir store [serve args…]
+    local name="$1" port="$2" rules="$3" store="$4"
+    shift 4
+    (cd "$tmp" && exec "$switchboard" serve --listen "127.0.0.1:$port" \
+        --rules "$rules" --templates "$root/templates" --store "$store" \
+        --log-level "$log_level" "$@") >"$tmp/$name.log" 2>&1 &
+    started_pid=$!
+    pids+=("$started_pid")
+    "$loadgen" wait --url "http://127.0.0.1:$port/readyz" --timeout 60 || {
+        tail -20 "$tmp/$name.log"
+        exit 1
+    }
+}
+
 # Runs wrk with the loadgen's script (distinct bodies) and appends its JSON line.
 run_wrk() { # label url
     "$loadgen" wrk-script --label "$1" --connections "$connections" "${body_args[@]}" >"$tmp/$1.lua"
@@ -131,15 +148,8 @@ rules:
     actions:
       - log: { message: "{{lead.email}} unsubscribed" }
 EOF
-(cd "$tmp" && exec "$switchboard" serve --listen "127.0.0.1:$intake_port" \
-    --rules "$tmp/intake-rules" --templates "$root/templates" --store "sqlite://$tmp/intake.db" \
-    --log-level "$log_level") >"$tmp/intake.log" 2>&1 &
-intake_pid=$!
-pids+=("$intake_pid")
-"$loadgen" wait --url "http://127.0.0.1:$intake_port/readyz" --timeout 60 || {
-    tail -20 "$tmp/intake.log"
-    exit 1
-}
+start_router intake "$intake_port" "$tmp/intake-rules" "sqlite://$tmp/intake.db"
+intake_pid=$started_pid
 "$loadgen" closed --label intake --url "http://127.0.0.1:$intake_port/webhooks/smartlead" \
     --connections "$connections" --duration "$secs" --server-pid "$intake_pid" "${body_args[@]}" |
     tee -a "$results"
@@ -160,15 +170,9 @@ rules:
           allow_private: true
           body: '{"event_id": "{{event_id}}"}'
 EOF
-(cd "$tmp" && exec "$switchboard" serve --listen "127.0.0.1:$router_port" \
-    --rules "$tmp/rules" --templates "$root/templates" --store "sqlite://$tmp/bench.db" \
-    --log-level "$log_level" --concurrency 64 --per-destination 64) >"$tmp/router.log" 2>&1 &
-router_pid=$!
-pids+=("$router_pid")
-"$loadgen" wait --url "http://127.0.0.1:$router_port/readyz" --timeout 60 || {
-    tail -20 "$tmp/router.log"
-    exit 1
-}
+start_router router "$router_port" "$tmp/rules" "sqlite://$tmp/bench.db" \
+    --concurrency 64 --per-destination 64
+router_pid=$started_pid
 webhook="http://127.0.0.1:$router_port/webhooks/smartlead"
 
 echo "== (1)(2) router acknowledgement and delivery at saturation, $connections connections"

@@ -1185,7 +1185,7 @@ fn report(results: &Path, criterion: Option<&Path>) -> ExitCode {
     ));
     if let Some(m) = rss("reload") {
         lines.push(Line::info(
-            "peak RSS after the 10,000-rule reloads (VmHWM)",
+            format!("peak RSS after the {loaded}-rule reloads (VmHWM)"),
             format!("{m:.1} MiB"),
         ));
     }

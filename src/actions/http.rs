@@ -276,12 +276,12 @@ impl Channel for Http {
     async fn send(m: &HttpMessage, clients: &Clients) -> Result<(), SendError> {
         let method = reqwest::Method::from_bytes(m.method.as_bytes())
             .map_err(|e| SendError::permanent(e.to_string()))?;
+        let url =
+            reqwest::Url::parse(&m.url).map_err(|e| SendError::permanent(format!("bad URL: {e}")))?;
         // A URL built from event data goes through the client whose resolver refuses internal
         // addresses (see `guard`); an address written in the URL is checked here, and so is a
         // name when a proxy resolves it instead of this process.
         let client = if m.guard_target {
-            let url = reqwest::Url::parse(&m.url)
-                .map_err(|e| SendError::permanent(format!("bad URL: {e}")))?;
             guard::check_literal(&url).map_err(|e| refused(&e))?;
             if clients.proxied {
                 guard::check_resolved(&url)
@@ -297,7 +297,7 @@ impl Channel for Http {
         } else {
             &clients.http
         };
-        let mut request = client.request(method, &m.url).timeout(m.timeout);
+        let mut request = client.request(method, url).timeout(m.timeout);
         for (name, value, _) in &m.headers {
             request = request.header(name, value);
         }

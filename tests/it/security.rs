@@ -1,7 +1,7 @@
 //! Only SmartLead gets in, and no input can hurt the router or the people it notifies: each
 //! authentication mode, abuse, per-client limiting, outbound safety, admin access, secrets.
 
-use crate::util::{Binary, HttpPeer, Router, fixture, unique};
+use crate::util::{Binary, HttpPeer, Router, fixture, unique, wait_until};
 use serde_json::{Value, json};
 use std::time::Duration;
 use switchboard::server::auth::sign;
@@ -865,15 +865,18 @@ rules:
         .unwrap();
     assert_eq!(r.status(), 200);
     // The fixed URL's name does not resolve here: only a proxy can have taken it.
-    proxy.wait_for(1).await;
-    let start = std::time::Instant::now();
-    while !proxy.received().iter().any(|r| r.path.ends_with("/fixed")) {
+    wait_until(
+        || proxy.received().iter().any(|r| r.path.ends_with("/fixed")),
+        "the fixed URL's request at the proxy",
+    )
+    .await;
+    let nothing_steered = || {
+        let paths: Vec<String> = proxy.received().into_iter().map(|r| r.path).collect();
         assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "nothing went through the proxy"
+            paths.iter().all(|p| !p.contains("steered")),
+            "the steered request reached the proxy: {paths:?}"
         );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    };
     let start = std::time::Instant::now();
     let dead = loop {
         let dead: Value = reqwest::get(format!("{}/api/deliveries?status=dead", router.url))
@@ -885,11 +888,7 @@ rules:
         if !dead["deliveries"].as_array().unwrap().is_empty() {
             break dead["deliveries"].clone();
         }
-        let paths: Vec<String> = proxy.received().into_iter().map(|r| r.path).collect();
-        assert!(
-            paths.iter().all(|p| !p.contains("steered")),
-            "the steered request reached the proxy: {paths:?}"
-        );
+        nothing_steered();
         assert!(
             start.elapsed() < Duration::from_secs(10),
             "no dead delivery; log: {}",
@@ -905,9 +904,5 @@ rules:
             .contains("internal address"),
         "{dead}"
     );
-    let paths: Vec<String> = proxy.received().into_iter().map(|r| r.path).collect();
-    assert!(
-        paths.iter().all(|p| !p.contains("steered")),
-        "the steered request reached the proxy: {paths:?}"
-    );
+    nothing_steered();
 }
