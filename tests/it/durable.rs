@@ -482,6 +482,87 @@ async fn other_writers_get_their_turn_while_commits_never_stop() {
     }
 }
 
+/// Committed events reach the database file itself while the router runs, not only the WAL
+/// (SQLite's write-ahead log), and the WAL stays bounded while commits never stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_is_copied_into_the_database_while_commits_go_on() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use switchboard::store::{Committer, Intake, NewEvent, Store};
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("store.db");
+    let wal = dir.path().join("store.db-wal");
+    let store = Store::open(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let committer = Committer::start(store.clone());
+    let size = |path: &std::path::Path| std::fs::metadata(path).map_or(0, |m| m.len());
+    let event = |w: usize, n: usize| {
+        let id = format!("{}-{w}-{n}", uuid::Uuid::now_v7());
+        NewEvent {
+            id: id.clone(),
+            source: "smartlead".into(),
+            event_type: "EMAIL_REPLIED".into(),
+            lead_email: None,
+            config_hash: "h".into(),
+            payload: format!("{{\"reply\": \"{}\"}}", "x".repeat(4000)),
+            dedup_key: id,
+            deliveries: vec![],
+            claimed: false,
+        }
+    };
+    // Writers that each commit `per_writer` events of 4 KB, one at a time.
+    let write = |writers: usize, per_writer: usize| {
+        let committer = committer.clone();
+        async move {
+            let mut tasks = Vec::new();
+            for w in 0..writers {
+                let committer = committer.clone();
+                tasks.push(tokio::spawn(async move {
+                    for n in 0..per_writer {
+                        let intake = committer.submit(event(w, n)).await.unwrap();
+                        assert!(matches!(intake, Intake::Accepted(_)), "{intake:?}");
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+        }
+    };
+
+    // 100 events (some 100 pages of 4 KiB): far fewer than the WAL holds before a commit copies
+    // it by itself, so only a checkpoint beside the commits brings them into the file.
+    let before = size(&db);
+    write(10, 10).await;
+    crate::util::wait_until(
+        || size(&db) >= before + 100 * 4000,
+        "the committed events to reach the database file",
+    )
+    .await;
+
+    // 24 MB of events, commits back to back: the WAL stays far smaller than what went through.
+    let largest = Arc::new(AtomicU64::new(0));
+    let watch = {
+        let (largest, wal) = (largest.clone(), wal.clone());
+        tokio::spawn(async move {
+            loop {
+                largest.fetch_max(size(&wal), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    write(32, 190).await;
+    watch.abort();
+    let largest = largest.load(Ordering::Relaxed);
+    assert!(
+        largest > 0 && largest < 16 << 20,
+        "the WAL grew to {largest} bytes while 24 MB were committed"
+    );
+    assert!(size(&db) >= before + 6_000 * 4000, "{} bytes", size(&db));
+}
+
 /// A group commit that fails keeps none of its writes, and the store goes on: here a record
 /// for a delivery that does not exist breaks the transaction the event shares with it.
 pub(crate) async fn a_failed_group_commit_keeps_nothing(url: &str) {
