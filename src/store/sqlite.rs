@@ -346,16 +346,27 @@ impl Sqlite {
 fn start_checkpointer(mut conn: SqliteConnection) -> mpsc::Sender<()> {
     let (wake, mut woken) = mpsc::channel::<()>(1);
     tokio::spawn(async move {
+        let mut failing = false;
         while woken.recv().await.is_some() {
             tokio::time::sleep(CHECKPOINT_AFTER).await;
             // The commits of the wait are covered by this checkpoint.
             while woken.try_recv().is_ok() {}
-            if let Err(e) = sqlx::raw_sql("PRAGMA wal_checkpoint(PASSIVE)")
+            // On an error the next commit wakes it again; meanwhile the backstop bounds the
+            // WAL. One warning per run of failures, not one per commit.
+            match sqlx::raw_sql("PRAGMA wal_checkpoint(PASSIVE)")
                 .execute(&mut conn)
                 .await
             {
-                // The next commit checkpoints again; the WAL is bounded by the backstop.
-                tracing::warn!(error = %e, "Cannot checkpoint the store's WAL.");
+                Ok(_) if failing => {
+                    failing = false;
+                    tracing::info!("The store's WAL is checkpointed again.");
+                }
+                Ok(_) => {}
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %e, "Cannot checkpoint the store's WAL; commits go on, and checkpoint by themselves once it is long.");
+                }
+                Err(_) => {}
             }
         }
     });
