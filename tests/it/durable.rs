@@ -2,7 +2,7 @@
 //! straight to the dead letters, replay, duplicates recognised across restarts, and SMTP
 //! outages survived.
 
-use crate::util::{HttpPeer, Router, SmtpPeer, fixture, unique};
+use crate::util::{HttpPeer, Router, SmtpPeer, fixture, unique, wait_until};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 use switchboard::store::Filter;
@@ -536,7 +536,7 @@ async fn the_wal_is_copied_into_the_database_while_commits_go_on() {
     // it by itself, so only a checkpoint beside the commits brings them into the file.
     let before = size(&db);
     write(10, 10).await;
-    crate::util::wait_until(
+    wait_until(
         || size(&db) >= before + 100 * 4000,
         "the committed events to reach the database file",
     )
