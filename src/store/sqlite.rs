@@ -37,6 +37,10 @@ const HOLD_AT_MOST: Duration = Duration::from_millis(20);
 /// one checkpoint covers the commits of that time.
 const CHECKPOINT_AFTER: Duration = Duration::from_millis(20);
 
+/// How often the checkpointer runs when no commit wakes it (a checkpoint with nothing to copy
+/// costs next to nothing).
+const CHECKPOINT_IDLE: Duration = Duration::from_secs(5);
+
 /// WAL pages past which a commit checkpoints by itself, on the writer connection: a backstop
 /// for a checkpointer that cannot keep up (a checkpoint that runs beside the writer can lag
 /// behind it for as long as commits follow each other, and the WAL can only start over once
@@ -340,19 +344,29 @@ impl Sqlite {
     }
 }
 
-/// Starts the checkpointer on `conn`: [`CHECKPOINT_AFTER`] after a commit wakes it, it copies
-/// the WAL into the database with a passive checkpoint, which runs beside the writer and never
-/// waits for it. Returns what wakes it; it stops (and closes `conn`) once every sender is gone.
+/// Starts the checkpointer on `conn`: [`CHECKPOINT_AFTER`] after a commit wakes it, and every
+/// [`CHECKPOINT_IDLE`] otherwise, it copies the WAL into the database with a passive
+/// checkpoint, which runs beside the writer and never waits for it. Returns what wakes it; it
+/// stops (and closes `conn`) once every sender is gone.
 fn start_checkpointer(mut conn: SqliteConnection) -> mpsc::Sender<()> {
     let (wake, mut woken) = mpsc::channel::<()>(1);
     tokio::spawn(async move {
         let mut failing = false;
-        while woken.recv().await.is_some() {
-            tokio::time::sleep(CHECKPOINT_AFTER).await;
-            // The commits of the wait are covered by this checkpoint.
-            while woken.try_recv().is_ok() {}
-            // On an error the next commit wakes it again; meanwhile the backstop bounds the
-            // WAL. One warning per run of failures, not one per commit.
+        loop {
+            match tokio::time::timeout(CHECKPOINT_IDLE, woken.recv()).await {
+                // A commit: wait a little, and the commits of the wait are covered too.
+                Ok(Some(())) => {
+                    tokio::time::sleep(CHECKPOINT_AFTER).await;
+                    while woken.try_recv().is_ok() {}
+                }
+                // Every clone of the store is gone.
+                Ok(None) => break,
+                // No commit for a while: the other writes (heartbeats, releases, pruning) are
+                // copied too, so an idle router's WAL does not creep up to the backstop.
+                Err(_) => {}
+            }
+            // On an error it tries again at the next commit or idle turn; meanwhile the
+            // backstop bounds the WAL. One warning per run of failures, not one per commit.
             match sqlx::raw_sql("PRAGMA wal_checkpoint(PASSIVE)")
                 .execute(&mut conn)
                 .await

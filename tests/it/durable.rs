@@ -568,6 +568,37 @@ async fn the_wal_is_copied_into_the_database_while_commits_go_on() {
     .await;
 }
 
+/// Writes outside the group commit (a heartbeat here) are copied into the database file too,
+/// within seconds, while no commit comes to wake the checkpointer.
+#[tokio::test]
+async fn an_idle_store_copies_its_other_writes_into_the_database() {
+    use switchboard::store::Store;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&format!("sqlite://{}/store.db", dir.path().display()))
+        .await
+        .unwrap();
+    // SQLite's WAL index (https://sqlite.org/walformat.html): the last frame written to the WAL
+    // (mxFrame, bytes 16..20) and the last one copied into the database (nBackfill, 96..100).
+    let shm = dir.path().join("store.db-shm");
+    let frames = || {
+        let index = std::fs::read(&shm).unwrap();
+        let at = |i: usize| u32::from_ne_bytes(index[i..i + 4].try_into().unwrap());
+        (at(16), at(96))
+    };
+    store.heartbeat("127.0.0.1:1", "h", &[]).await.unwrap();
+    let (written, _) = frames();
+    assert!(written > 0, "the heartbeat went to the WAL");
+    wait_until(
+        || {
+            let (written, copied) = frames();
+            copied == written
+        },
+        "the WAL to be copied into the database",
+    )
+    .await;
+}
+
 /// A group commit that fails keeps none of its writes, and the store goes on: here a record
 /// for a delivery that does not exist breaks the transaction the event shares with it.
 pub(crate) async fn a_failed_group_commit_keeps_nothing(url: &str) {
