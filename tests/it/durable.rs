@@ -417,13 +417,30 @@ async fn more_events_than_workers_are_each_delivered_once() {
     assert!(done.iter().all(|d| d.attempts == 1), "{done:?}");
 }
 
+/// A new event for the committer with no deliveries: its id (and duplicate key) is `tag`
+/// after a fresh UUID, so that every call is a different webhook.
+fn new_event(tag: &str, payload: String) -> switchboard::store::NewEvent {
+    let id = format!("{}-{tag}", uuid::Uuid::now_v7());
+    switchboard::store::NewEvent {
+        id: id.clone(),
+        source: "smartlead".into(),
+        event_type: "EMAIL_REPLIED".into(),
+        lead_email: None,
+        config_hash: "h".into(),
+        payload,
+        dedup_key: id,
+        deliveries: vec![],
+        claimed: false,
+    }
+}
+
 /// The group committer keeps SQLite's one writer connection between back-to-back commits; the
 /// other writers (heartbeat, release) must still get their turn while it never goes idle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_writers_get_their_turn_while_commits_never_stop() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    use switchboard::store::{Committer, Intake, NewEvent, Store};
+    use switchboard::store::{Committer, Intake, Store};
 
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&format!("sqlite://{}/store.db", dir.path().display()))
@@ -439,18 +456,7 @@ async fn other_writers_get_their_turn_while_commits_never_stop() {
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
-                let id = format!("{}-{w}-{n}", uuid::Uuid::now_v7());
-                let event = NewEvent {
-                    id: id.clone(),
-                    source: "smartlead".into(),
-                    event_type: "EMAIL_REPLIED".into(),
-                    lead_email: None,
-                    config_hash: "h".into(),
-                    payload: "{}".into(),
-                    dedup_key: id,
-                    deliveries: vec![],
-                    claimed: false,
-                };
+                let event = new_event(&format!("{w}-{n}"), "{}".into());
                 let intake = committer.submit(event).await.unwrap();
                 assert!(matches!(intake, Intake::Accepted(_)), "{intake:?}");
                 accepted.fetch_add(1, Ordering::Relaxed);
@@ -488,7 +494,7 @@ async fn other_writers_get_their_turn_while_commits_never_stop() {
 async fn the_wal_is_copied_into_the_database_while_commits_go_on() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
-    use switchboard::store::{Committer, Intake, NewEvent, Store};
+    use switchboard::store::{Committer, Intake, Store};
 
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("store.db");
@@ -499,18 +505,10 @@ async fn the_wal_is_copied_into_the_database_while_commits_go_on() {
     let committer = Committer::start(store.clone());
     let size = |path: &std::path::Path| std::fs::metadata(path).map_or(0, |m| m.len());
     let event = |w: usize, n: usize| {
-        let id = format!("{}-{w}-{n}", uuid::Uuid::now_v7());
-        NewEvent {
-            id: id.clone(),
-            source: "smartlead".into(),
-            event_type: "EMAIL_REPLIED".into(),
-            lead_email: None,
-            config_hash: "h".into(),
-            payload: format!("{{\"reply\": \"{}\"}}", "x".repeat(4000)),
-            dedup_key: id,
-            deliveries: vec![],
-            claimed: false,
-        }
+        new_event(
+            &format!("{w}-{n}"),
+            format!("{{\"reply\": \"{}\"}}", "x".repeat(4000)),
+        )
     };
     // Writers that each commit `per_writer` events of 4 KB, one at a time.
     let write = |writers: usize, per_writer: usize| {
