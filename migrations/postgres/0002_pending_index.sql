@@ -4,4 +4,6 @@
 -- per claim with 44,000 pending): this index gives the rows in the claim's own order, so a
 -- claim stops after `limit` of them however long the backlog. Partial: it holds only what is
 -- pending, the part of the table claims read.
-CREATE INDEX deliveries_pending ON deliveries (next_attempt_at, id) WHERE status = 'pending';
+-- IF NOT EXISTS: an operator may have built it beforehand with CREATE INDEX CONCURRENTLY,
+-- which does not block writes (README, "Several instances on one PostgreSQL").
+CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries (next_attempt_at, id) WHERE status = 'pending';
