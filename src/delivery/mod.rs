@@ -340,17 +340,17 @@ impl Shared {
         });
     }
 
-    /// A claim of up to `limit` deliveries, skipping the destinations at their limit and the
-    /// deliveries in flight here.
+    /// A claim of up to `limit` deliveries, each destination's within the room it has left,
+    /// skipping the deliveries in flight here.
     fn claim(&self, limit: u32) -> Claim {
         let f = self.flight.lock().expect("in-flight lock");
         Claim {
             limit,
-            busy: f
+            per_destination: u32::try_from(self.settings.per_destination).unwrap_or(u32::MAX),
+            in_use: f
                 .per_destination
                 .iter()
-                .filter(|(_, n)| **n >= self.settings.per_destination)
-                .map(|(d, _)| d.clone())
+                .map(|(d, &n)| (d.clone(), u32::try_from(n).unwrap_or(u32::MAX)))
                 .collect(),
             in_flight: f.ids.iter().copied().collect(),
         }
@@ -446,8 +446,7 @@ async fn dispatch(
                 continue;
             }
             let claim = shared.claim(free);
-            let busy = !claim.busy.is_empty();
-            let claimed = match shared.committer.claim(claim).await {
+            let claimed = match shared.committer.claim(claim.clone()).await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!(error = %e, "Cannot read due deliveries from the store; trying again in 1 s.");
@@ -457,6 +456,7 @@ async fn dispatch(
                 }
             };
             let full = claimed.len() as u32 >= free;
+            let busy = held_back(&claim, &claimed);
             let mut release = Vec::new();
             for due in claimed {
                 let Ok(permit) = permits.clone().try_acquire_owned() else {
@@ -506,6 +506,16 @@ async fn dispatch(
     while !shared.flight.lock().expect("in-flight lock").ids.is_empty() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Whether `claim` may have left due deliveries in the store for want of room at their
+/// destination: one was at its limit when claiming, or the claim filled one's room.
+fn held_back(claim: &Claim, claimed: &[Due]) -> bool {
+    let mut used: HashMap<&str, u32> = claim.in_use.iter().map(|(d, n)| (d.as_str(), *n)).collect();
+    for d in claimed {
+        *used.entry(d.destination.as_str()).or_default() += 1;
+    }
+    used.values().any(|&n| n >= claim.per_destination)
 }
 
 /// A delivery in flight (sent or being sent, its attempt not yet recorded): dropped at the end,
@@ -807,5 +817,46 @@ async fn prune_forever(store: Store, history: Duration) {
             Err(e) => tracing::warn!(error = %e, "Cannot prune old delivery history."),
         }
         tokio::time::sleep(Duration::from_secs(600)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Claim, Due, held_back};
+
+    fn claim(in_use: &[(&str, u32)]) -> Claim {
+        Claim {
+            limit: 32,
+            per_destination: 4,
+            in_use: in_use.iter().map(|(d, n)| (d.to_string(), *n)).collect(),
+            in_flight: vec![],
+        }
+    }
+
+    fn due(destination: &str) -> Due {
+        Due {
+            id: 1,
+            event_id: String::new(),
+            rule: String::new(),
+            action_index: 0,
+            destination: destination.into(),
+            attempts: 0,
+            config_hash: String::new(),
+            payload: String::new(),
+            received_at: 0,
+        }
+    }
+
+    #[test]
+    fn a_claim_held_back_deliveries_when_a_destination_is_or_became_full() {
+        // At its limit when claiming: its due deliveries were not looked at.
+        assert!(held_back(&claim(&[("slack", 4)]), &[]));
+        // The claim filled the room left (3 in flight, 1 taken): more may be due.
+        assert!(held_back(&claim(&[("slack", 3)]), &[due("slack")]));
+        let four: Vec<Due> = (0..4).map(|_| due("crm")).collect();
+        assert!(held_back(&claim(&[]), &four));
+        // Room left everywhere: everything due was taken.
+        assert!(!held_back(&claim(&[("slack", 2)]), &[due("slack")]));
+        assert!(!held_back(&claim(&[]), &[due("crm"), due("slack")]));
     }
 }

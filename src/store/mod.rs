@@ -95,8 +95,11 @@ pub enum Intake {
 pub struct Claim {
     /// At most this many.
     pub limit: u32,
-    /// Destinations at their limit: none of theirs.
-    pub busy: Vec<String>,
+    /// At most this many sends in flight to one destination, counting those in `in_use`.
+    pub per_destination: u32,
+    /// Sends this instance has in flight, per destination (a destination not listed has
+    /// none): a destination takes only the room it has left, none when at its limit.
+    pub in_use: Vec<(String, u32)>,
     /// Deliveries this instance has in flight (sent, their attempt not yet recorded): none of
     /// these, even when a record in the same batch has just made one due again.
     pub in_flight: Vec<i64>,
@@ -340,7 +343,7 @@ impl Store {
     }
 
     /// Records a batch of events and of finished attempts, then makes the claims (each marks up
-    /// to its limit of due deliveries as sending, skipping its busy destinations), all in one
+    /// to its limit of due deliveries as sending, each destination's within its room), all in one
     /// transaction. A handful of multi-row statements serve the whole batch.
     pub async fn write(
         &self,

@@ -641,7 +641,8 @@ pub(crate) async fn a_failed_group_commit_keeps_nothing(url: &str) {
     // The webhook's key was not kept either: the same webhook again is new, not a repeat.
     let claim = Claim {
         limit: 10,
-        busy: vec![],
+        per_destination: 4,
+        in_use: vec![],
         in_flight: vec![],
     };
     let outcome = store
@@ -665,4 +666,101 @@ async fn a_failed_group_commit_keeps_nothing_with_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     a_failed_group_commit_keeps_nothing(&format!("sqlite://{}/store.db", dir.path().display()))
         .await;
+}
+
+/// A claim takes each destination's due deliveries only up to the room it has left (its limit
+/// less the sends in flight to it), earliest first across destinations, and none of a
+/// destination at its limit however many it has waiting.
+pub(crate) async fn a_claim_takes_each_destination_within_its_room(url: &str) {
+    use switchboard::store::{Claim, NewDelivery, NewEvent, Store};
+
+    let store = Store::open(url).await.unwrap();
+    let event = |n: usize, destination: &str| NewEvent {
+        id: format!("{destination}-{n}"),
+        source: "smartlead".into(),
+        event_type: "EMAIL_REPLIED".into(),
+        lead_email: None,
+        config_hash: "h".into(),
+        payload: "{}".into(),
+        dedup_key: format!("smartlead:{destination}-{n}"),
+        deliveries: vec![NewDelivery {
+            rule: "replies".into(),
+            action_index: 0,
+            action_kind: "http".into(),
+            destination: destination.into(),
+        }],
+        claimed: false,
+    };
+    // The busy destination's backlog first, so it comes first in due order; then three each
+    // for two others.
+    let busy: Vec<NewEvent> = (0..50).map(|n| event(n, "busy")).collect();
+    store.write(&busy, &[], &[]).await.unwrap();
+    let quiet: Vec<NewEvent> = (0..3)
+        .flat_map(|n| [event(n, "crm"), event(n, "mail")])
+        .collect();
+    store.write(&quiet, &[], &[]).await.unwrap();
+    let claim = |limit: u32, in_use: &[(&str, u32)], in_flight: Vec<i64>| Claim {
+        limit,
+        per_destination: 4,
+        in_use: in_use.iter().map(|(d, n)| (d.to_string(), *n)).collect(),
+        in_flight,
+    };
+    let taken = |claims: &[Vec<switchboard::store::Due>]| -> Vec<String> {
+        claims[0].iter().map(|d| d.event_id.clone()).collect()
+    };
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+
+    // "busy" at its limit, "crm" with room for one more: that one is crm's earliest.
+    let first = store
+        .write(&[], &[], &[claim(32, &[("busy", 4), ("crm", 3)], vec![])])
+        .await
+        .unwrap();
+    assert_eq!(
+        sorted(taken(&first.claimed)),
+        ["crm-0", "mail-0", "mail-1", "mail-2"],
+        "none of busy's, one of crm's, mail's three"
+    );
+
+    // Room for two of busy's (sends to it finished); the limit of three leaves one more,
+    // the earliest of what is left: crm's next.
+    let second = store
+        .write(&[], &[], &[claim(3, &[("busy", 2)], vec![])])
+        .await
+        .unwrap();
+    assert_eq!(
+        sorted(taken(&second.claimed)),
+        ["busy-0", "busy-1", "crm-1"]
+    );
+
+    // A delivery this instance still has in flight is not taken, even while pending.
+    let all = switchboard::store::Filter {
+        limit: Some(1_000),
+        ..Default::default()
+    };
+    let crm_2 = store
+        .list(&all)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|d| d.event_id == "crm-2")
+        .expect("crm-2 is stored")
+        .id;
+    let third = store
+        .write(&[], &[], &[claim(32, &[("busy", 4)], vec![crm_2])])
+        .await
+        .unwrap();
+    assert!(taken(&third.claimed).is_empty(), "{:?}", third.claimed);
+}
+
+#[tokio::test]
+async fn a_claim_takes_each_destination_within_its_room_with_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    a_claim_takes_each_destination_within_its_room(&format!(
+        "sqlite://{}/store.db",
+        dir.path().display()
+    ))
+    .await;
 }

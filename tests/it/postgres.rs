@@ -274,3 +274,11 @@ async fn a_failed_group_commit_keeps_nothing_with_postgres() {
     };
     crate::durable::a_failed_group_commit_keeps_nothing(&url).await;
 }
+
+#[tokio::test]
+async fn a_claim_takes_each_destination_within_its_room_with_postgres() {
+    let Some(url) = fresh_store().await else {
+        return;
+    };
+    crate::durable::a_claim_takes_each_destination_within_its_room(&url).await;
+}
