@@ -346,7 +346,8 @@ impl Shared {
         let f = self.flight.lock().expect("in-flight lock");
         Claim {
             limit,
-            per_destination: u32::try_from(self.settings.per_destination).unwrap_or(u32::MAX),
+            per_destination: u32::try_from(self.settings.per_destination.max(1))
+                .unwrap_or(u32::MAX),
             in_use: f
                 .per_destination
                 .iter()

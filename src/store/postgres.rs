@@ -230,10 +230,13 @@ impl Postgres {
         // destination at its limit is not read at all, however deep its backlog (read in due
         // order across destinations, a busy one's backlog was read at every claim to get past
         // it). Then those whose lease ran out (another instance died), rare, skipping the
-        // destinations at their limit. Rows read but beyond the limit stay locked until the
-        // commit: other instances skip them until then. The claimed deliveries come back with
-        // their events in the same statement (read after by id, PostgreSQL's generic plan for
-        // the join scanned every event: 6 ms per claim with 10,000).
+        // destinations at their limit (not cut to each one's room: the workers put back what
+        // does not fit). Rows read but beyond the limit stay locked until the commit, and
+        // other instances skip them until then: up to the smaller of its room and the limit
+        // for each destination with deliveries due, and the limit again of lapsed leases. The
+        // claimed deliveries come back with their events in the same statement (read after by
+        // id, PostgreSQL's generic plan for the join scanned every event: 6 ms per claim with
+        // 10,000).
         let (destinations, in_use): (Vec<&str>, Vec<i64>) = c
             .in_use
             .iter()
@@ -251,7 +254,7 @@ impl Postgres {
                      SELECT id, next_attempt_at FROM deliveries
                      WHERE status = 'pending' AND destination = r.destination
                        AND next_attempt_at <= $1 AND NOT (id = ANY($6))
-                     ORDER BY next_attempt_at, id LIMIT r.room
+                     ORDER BY next_attempt_at, id LIMIT LEAST(r.room, $5)
                      FOR UPDATE SKIP LOCKED) AS c
                  WHERE r.room > 0),
              expired AS (

@@ -680,7 +680,7 @@ fn script(claims: usize) -> (String, Vec<Yields>) {
                 SELECT id FROM (
                     SELECT d.id, d.next_attempt_at, r.room, row_number() OVER (
                                PARTITION BY d.destination ORDER BY d.next_attempt_at, d.id) AS n
-                    FROM rooms AS r JOIN deliveries AS d ON d.id IN (
+                    FROM rooms AS r CROSS JOIN deliveries AS d ON d.id IN (
                         SELECT id FROM deliveries
                         WHERE status = 'pending' AND destination = r.dest
                           AND next_attempt_at <= ?

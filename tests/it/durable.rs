@@ -691,9 +691,9 @@ pub(crate) async fn a_claim_takes_each_destination_within_its_room(url: &str) {
         }],
         claimed: false,
     };
-    // The busy destination's backlog first, so it comes first in due order; then three each
-    // for two others.
-    let busy: Vec<NewEvent> = (0..50).map(|n| event(n, "busy")).collect();
+    // The busy destination's backlog first, so it comes first in due order (its name sorts
+    // last, so an order by destination would not pass); then three each for two others.
+    let busy: Vec<NewEvent> = (0..50).map(|n| event(n, "zz-busy")).collect();
     store.write(&busy, &[], &[]).await.unwrap();
     let quiet: Vec<NewEvent> = (0..3)
         .flat_map(|n| [event(n, "crm"), event(n, "mail")])
@@ -713,26 +713,26 @@ pub(crate) async fn a_claim_takes_each_destination_within_its_room(url: &str) {
         v
     };
 
-    // "busy" at its limit, "crm" with room for one more: that one is crm's earliest.
+    // The busy destination at its limit, "crm" with room for one more: crm's earliest.
     let first = store
-        .write(&[], &[], &[claim(32, &[("busy", 4), ("crm", 3)], vec![])])
+        .write(&[], &[], &[claim(32, &[("zz-busy", 4), ("crm", 3)], vec![])])
         .await
         .unwrap();
     assert_eq!(
         sorted(taken(&first.claimed)),
         ["crm-0", "mail-0", "mail-1", "mail-2"],
-        "none of busy's, one of crm's, mail's three"
+        "none of the busy one's, one of crm's, mail's three"
     );
 
-    // Room for two of busy's (sends to it finished); the limit of three leaves one more,
-    // the earliest of what is left: crm's next.
+    // Room for two of the busy one's (sends to it finished), which are due first; the limit of
+    // three leaves one more, the earliest of what is left: crm's next.
     let second = store
-        .write(&[], &[], &[claim(3, &[("busy", 2)], vec![])])
+        .write(&[], &[], &[claim(3, &[("zz-busy", 2)], vec![])])
         .await
         .unwrap();
     assert_eq!(
         sorted(taken(&second.claimed)),
-        ["busy-0", "busy-1", "crm-1"]
+        ["crm-1", "zz-busy-0", "zz-busy-1"]
     );
 
     // A delivery this instance still has in flight is not taken, even while pending.
@@ -749,7 +749,7 @@ pub(crate) async fn a_claim_takes_each_destination_within_its_room(url: &str) {
         .expect("crm-2 is stored")
         .id;
     let third = store
-        .write(&[], &[], &[claim(32, &[("busy", 4)], vec![crm_2])])
+        .write(&[], &[], &[claim(32, &[("zz-busy", 4)], vec![crm_2])])
         .await
         .unwrap();
     assert!(taken(&third.claimed).is_empty(), "{:?}", third.claimed);
