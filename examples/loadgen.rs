@@ -769,16 +769,24 @@ struct Cpu {
     total: f64,
 }
 
+/// Clock ticks per second (USER_HZ), the unit of the CPU times in /proc; 100 where it cannot be
+/// read (the value on Linux for x86 and ARM).
+fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf only reads its argument.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 { hz as f64 } else { 100.0 }
+}
+
 impl Cpu {
     fn now(server: Option<u32>) -> Option<Cpu> {
-        // utime and stime, the 14th and 15th fields of /proc/PID/stat, in clock ticks (USER_HZ,
-        // 100 on Linux).
+        let hz = ticks_per_second();
+        // utime and stime, the 14th and 15th fields of /proc/PID/stat, in clock ticks.
         let process = |path: String| -> Option<f64> {
             let stat = std::fs::read_to_string(path).ok()?;
             let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
             let ticks: u64 =
                 fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-            Some(ticks as f64 / 100.0)
+            Some(ticks as f64 / hz)
         };
         // The first line of /proc/stat: user nice system idle iowait irq softirq steal…
         let stat = std::fs::read_to_string("/proc/stat").ok()?;
@@ -790,8 +798,8 @@ impl Cpu {
             .take(8)
             .filter_map(|v| v.parse().ok())
             .collect();
-        let total = machine.iter().sum::<u64>() as f64 / 100.0;
-        let idle = (machine.get(3)? + machine.get(4)?) as f64 / 100.0;
+        let total = machine.iter().sum::<u64>() as f64 / hz;
+        let idle = (machine.get(3)? + machine.get(4)?) as f64 / hz;
         Some(Cpu {
             server: process(format!("/proc/{}/stat", server?))?,
             own: process("/proc/self/stat".into())?,

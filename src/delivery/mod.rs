@@ -17,7 +17,7 @@ use crate::store::{Attempt, Claim, Committer, Due, Finished, Next, Store, StoreE
 use crate::template::Data;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
@@ -113,6 +113,8 @@ pub struct Handoff {
     per_destination: usize,
     open: Arc<AtomicBool>,
     backlog: Arc<AtomicBool>,
+    /// How many times intake stored deliveries pending (see [`Handoff::stored_pending`]).
+    stored: Arc<AtomicU64>,
     tx: mpsc::UnboundedSender<Handed>,
 }
 
@@ -179,7 +181,8 @@ impl Handoff {
     /// Tells the workers that deliveries were stored pending for want of room: they look in
     /// the store again as sends finish.
     pub fn stored_pending(&self) {
-        self.backlog.store(true, Ordering::Release);
+        self.stored.fetch_add(1, Ordering::SeqCst);
+        self.backlog.store(true, Ordering::SeqCst);
     }
 
     /// Gives the workers committed deliveries recorded as claimed. If the workers have
@@ -236,6 +239,7 @@ pub fn start(app: Arc<App>, store: Store, clients: Clients, settings: Settings) 
         per_destination: settings.per_destination.max(1),
         open: Arc::new(AtomicBool::new(false)),
         backlog: Arc::new(AtomicBool::new(true)),
+        stored: Arc::new(AtomicU64::new(0)),
         tx,
     };
     let shared = Arc::new(Shared {
@@ -245,6 +249,7 @@ pub fn start(app: Arc<App>, store: Store, clients: Clients, settings: Settings) 
         settings,
         flight,
         backlog: handoff.backlog.clone(),
+        stored: handoff.stored.clone(),
     });
     let work = dispatch(shared.clone(), store, handoff.clone(), handed, stopped);
     let task = match &shared.settings.runtime {
@@ -288,6 +293,9 @@ struct Shared {
     /// The store may hold due deliveries the workers had no room for: a finished delivery
     /// wakes the dispatcher to look again.
     backlog: Arc<AtomicBool>,
+    /// Counts intake's pending stores, so that a look does not clear `backlog` over one made
+    /// while it ran.
+    stored: Arc<AtomicU64>,
 }
 
 impl Shared {
@@ -433,7 +441,8 @@ async fn dispatch(
         if look {
             look = false;
             // Set before counting free workers: a send finishing meanwhile wakes the next look.
-            shared.backlog.store(true, Ordering::Release);
+            shared.backlog.store(true, Ordering::SeqCst);
+            let stored = shared.stored.load(Ordering::SeqCst);
             let mut free = permits.available_permits() as u32;
             if free > 0 && free < claim_at_least {
                 // Only a few workers free (sends finishing one by one under load): let a few
@@ -469,7 +478,14 @@ async fn dispatch(
                 }
             }
             let more = full || busy || !release.is_empty();
-            shared.backlog.store(more, Ordering::Release);
+            shared.backlog.store(more, Ordering::SeqCst);
+            // Intake may have stored deliveries pending after this claim was committed: they
+            // wait in the store, and what intake hands over next must not overtake them. (Read
+            // after the store above: a pending store that this read misses sets the flag after
+            // it.)
+            if !more && shared.stored.load(Ordering::SeqCst) != stored {
+                shared.backlog.store(true, Ordering::SeqCst);
+            }
             if !release.is_empty() {
                 let _ = store.release(&release).await;
             }

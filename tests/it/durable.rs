@@ -715,7 +715,11 @@ pub(crate) async fn a_claim_takes_each_destination_within_its_room(url: &str) {
 
     // The busy destination at its limit, "crm" with room for one more: crm's earliest.
     let first = store
-        .write(&[], &[], &[claim(32, &[("zz-busy", 4), ("crm", 3)], vec![])])
+        .write(
+            &[],
+            &[],
+            &[claim(32, &[("zz-busy", 4), ("crm", 3)], vec![])],
+        )
         .await
         .unwrap();
     assert_eq!(
