@@ -7,6 +7,10 @@
 //! storage in memory (`sqlite::memory:`). The load generator shares the machine's cores with the
 //! router, so absolute figures are lower than with an external load tool; the ratio is the point.
 
+#[path = "support/pg_schema.rs"]
+mod pg_schema;
+
+use pg_schema::Schema;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchboard::actions::Clients;
@@ -144,21 +148,9 @@ fn main() {
         // Each run gets a schema of its own, dropped after: a backlog left by an earlier run
         // would slow this one down.
         if let Ok(url) = std::env::var("SWITCHBOARD_BENCH_POSTGRES_URL") {
-            let schema = format!("sb_bench_{}", uuid::Uuid::now_v7().simple());
-            let admin = sqlx::PgPool::connect(&url)
-                .await
-                .expect("the PostgreSQL server named by SWITCHBOARD_BENCH_POSTGRES_URL answers");
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-                .execute(&admin)
-                .await
-                .unwrap();
-            let sep = if url.contains('?') { '&' } else { '?' };
-            let store = format!("{url}{sep}options[search_path]={schema}");
-            results.push(run("PostgreSQL (durable: 200 = committed)", &store).await);
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-                .execute(&admin)
-                .await
-                .unwrap();
+            let schema = Schema::create(&url, "sb_bench").await;
+            results.push(run("PostgreSQL (durable: 200 = committed)", &schema.url).await);
+            schema.drop().await;
         }
         results
     });

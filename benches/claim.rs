@@ -8,6 +8,10 @@
 //! SQLite on disk and, with `SWITCHBOARD_BENCH_POSTGRES_URL` set, PostgreSQL (a schema of its
 //! own per run, dropped after).
 
+#[path = "support/pg_schema.rs"]
+mod pg_schema;
+
+use pg_schema::Schema;
 use std::time::{Duration, Instant};
 use switchboard::store::{Claim, NewDelivery, NewEvent, Store};
 
@@ -143,21 +147,9 @@ fn main() {
         )
         .await;
         if let Ok(url) = std::env::var("SWITCHBOARD_BENCH_POSTGRES_URL") {
-            let schema = format!("sb_claim_{}", uuid::Uuid::now_v7().simple());
-            let admin = sqlx::PgPool::connect(&url)
-                .await
-                .expect("the PostgreSQL server named by SWITCHBOARD_BENCH_POSTGRES_URL answers");
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-                .execute(&admin)
-                .await
-                .unwrap();
-            let sep = if url.contains('?') { '&' } else { '?' };
-            let store = format!("{url}{sep}options[search_path]={schema}");
-            run("PostgreSQL", &store, Some(&admin)).await;
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-                .execute(&admin)
-                .await
-                .unwrap();
+            let schema = Schema::create(&url, "sb_claim").await;
+            run("PostgreSQL", &schema.url, Some(&schema.admin)).await;
+            schema.drop().await;
         }
     });
 }
