@@ -50,7 +50,7 @@ impl Postgres {
             // many deliveries there are, and PostgreSQL keeps a prepared statement's generic
             // plan until the next ANALYZE. In the ack bench, generic plans made on an empty
             // database scanned all deliveries at each claim and each batch of records (5-12 ms
-            // with 19,000); planning each time measured 2,900-3,300 acknowledgements/s against
+            // with 19,000); planning each time measured 2,900-3,900 acknowledgements/s against
             // 2,400-2,800 (README, Performance).
             options = options.options([("plan_cache_mode", "force_custom_plan")]);
         }
