@@ -53,7 +53,9 @@ pub fn sources() -> Vec<Arc<dyn Source>> {
 pub fn strip_secrets(value: &mut Value) {
     match value {
         Value::Object(map) => {
-            map.remove("secret_key");
+            // `shift_remove`: the keys after it keep their order (`remove` would move the
+            // last key into its place, and `raw` is shown to users as SmartLead sent it).
+            map.shift_remove("secret_key");
             map.values_mut().for_each(strip_secrets);
         }
         Value::Array(items) => items.iter_mut().for_each(strip_secrets),
@@ -101,5 +103,28 @@ mod tests {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         assert_eq!(super::sha256_hex(b"").len(), 64);
+    }
+
+    #[test]
+    fn secrets_are_removed_at_any_depth_and_the_other_keys_keep_their_order() {
+        let mut payload = serde_json::json!({
+            "event_type": "EMAIL_REPLY",
+            "secret_key": "s1",
+            "campaign_id": 7,
+            "nested": {"a": 1, "secret_key": "s2", "b": 2, "c": 3},
+            "list": [{"secret_key": "s3", "x": 1}],
+            "last": true,
+        });
+        super::strip_secrets(&mut payload);
+        assert!(!payload.to_string().contains("secret_key"));
+        let keys = |v: &serde_json::Value| -> Vec<String> {
+            v.as_object().unwrap().keys().cloned().collect()
+        };
+        assert_eq!(
+            keys(&payload),
+            ["event_type", "campaign_id", "nested", "list", "last"]
+        );
+        assert_eq!(keys(&payload["nested"]), ["a", "b", "c"]);
+        assert_eq!(keys(&payload["list"][0]), ["x"]);
     }
 }
