@@ -631,7 +631,7 @@ const PENDING_DESTINATIONS: &str = "dests (dest) AS (
 /// The statements of a group commit with `claims` claims, and what each yields. A claim's
 /// limits are written `LIMIT CAST(? AS INTEGER)`: SQLite plans a bare `LIMIT ?` with the value
 /// bound at the time and prepares the statement again whenever it is bound anew, which was
-/// every claim (a twentieth of the router's CPU while delivering). Their values
+/// every claim (3 % of the router's CPU while delivering). Their values
 /// come as JSON arrays (`jsonb_each` reads each array once; `->>` picks a field):
 /// keys `[key, event_id]`, events `[id, source, event_type, lead_email, config_hash,
 /// payload_start, payload_length, key]` (the payloads are one blob of their own; the start
