@@ -668,6 +668,72 @@ async fn a_failed_group_commit_keeps_nothing_with_sqlite() {
         .await;
 }
 
+/// Events written in one group commit keep their payloads byte for byte: multi-byte UTF-8,
+/// quotes and backslashes, sizes far apart, and a duplicate in the middle of the batch (not
+/// stored) that must not shift the events after it.
+pub(crate) async fn payloads_come_back_as_written(url: &str) {
+    use switchboard::store::{Claim, Intake, NewDelivery, NewEvent, Store};
+
+    let store = Store::open(url).await.unwrap();
+    let event = |id: &str, key: &str, payload: &str| NewEvent {
+        id: id.into(),
+        source: "smartlead".into(),
+        event_type: "EMAIL_REPLIED".into(),
+        lead_email: None,
+        config_hash: "h".into(),
+        payload: payload.into(),
+        dedup_key: format!("smartlead:{key}"),
+        deliveries: vec![NewDelivery {
+            rule: "replies".into(),
+            action_index: 0,
+            action_kind: "http".into(),
+            destination: "crm".into(),
+        }],
+        claimed: false,
+    };
+    let payloads = [
+        r#"{"text":"Grüße, naïve café, 東京 🚀","quote":"\"hi\"","path":"C:\\tmp"}"#.to_string(),
+        format!(r#"{{"long":"{}"}}"#, "ü€".repeat(3_000)),
+        r#"{"empty":""}"#.to_string(),
+    ];
+    let batch = [
+        event("a", "k-a", &payloads[0]),
+        event("dup-of-a", "k-a", r#"{"never":"stored"}"#),
+        event("b", "k-b", &payloads[1]),
+        event("c", "k-c", &payloads[2]),
+    ];
+    let written = store.write(&batch, &[], &[]).await.unwrap();
+    assert!(
+        matches!(&written.intakes[1], Intake::Duplicate(first) if first == "a"),
+        "{:?}",
+        written.intakes
+    );
+    let claim = Claim {
+        limit: 10,
+        per_destination: 10,
+        in_use: vec![],
+        in_flight: vec![],
+    };
+    let claimed = store.write(&[], &[], &[claim]).await.unwrap();
+    let mut got: Vec<(String, String)> = claimed.claimed[0]
+        .iter()
+        .map(|d| (d.event_id.clone(), d.payload.clone()))
+        .collect();
+    got.sort();
+    let expected: Vec<(String, String)> = ["a", "b", "c"]
+        .into_iter()
+        .map(String::from)
+        .zip(payloads)
+        .collect();
+    assert_eq!(got, expected);
+}
+
+#[tokio::test]
+async fn payloads_come_back_as_written_with_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    payloads_come_back_as_written(&format!("sqlite://{}/store.db", dir.path().display())).await;
+}
+
 /// A claim takes each destination's due deliveries only up to the room it has left (its limit
 /// less the sends in flight to it), earliest first across destinations, and none of a
 /// destination at its limit however many it has waiting.

@@ -282,3 +282,11 @@ async fn a_claim_takes_each_destination_within_its_room_with_postgres() {
     };
     crate::durable::a_claim_takes_each_destination_within_its_room(&url).await;
 }
+
+#[tokio::test]
+async fn payloads_come_back_as_written_with_postgres() {
+    let Some(url) = fresh_store().await else {
+        return;
+    };
+    crate::durable::payloads_come_back_as_written(&url).await;
+}
