@@ -394,7 +394,8 @@ fn start_checkpointer(mut conn: SqliteConnection) -> mpsc::Sender<()> {
 
 /// Most payload bytes one group commit carries. SQLite refuses a bound value past 1 GB, and
 /// the payloads of a batch travel as one blob: 512 bodies of a megabyte, with what the
-/// canonical event adds, could pass that. A bigger batch is written as several commits, in order.
+/// canonical event adds, could pass that. A bigger batch is written as several commits, in
+/// order.
 const PAYLOAD_BYTES_PER_COMMIT: usize = 64 << 20;
 
 /// Writes a batch in as many group commits as its payloads need (see
@@ -628,17 +629,18 @@ const PENDING_DESTINATIONS: &str = "dests (dest) AS (
                             ORDER BY destination LIMIT 1)
                     FROM dests WHERE dests.dest IS NOT NULL)";
 
-/// The statements of a group commit with `claims` claims, and what each yields. A claim's
-/// limits are written `LIMIT CAST(? AS INTEGER)`: SQLite plans a bare `LIMIT ?` with the value
-/// bound at the time and prepares the statement again whenever it is bound anew, which was
-/// every claim (3 % of the router's CPU while delivering). Their values
+/// The statements of a group commit with `claims` claims, and what each yields. Their values
 /// come as JSON arrays (`jsonb_each` reads each array once; `->>` picks a field):
 /// keys `[key, event_id]`, events `[id, source, event_type, lead_email, config_hash,
 /// payload_start, payload_length, key]` (the payloads are one blob of their own; the start
-/// counts from 1, in bytes), deliveries `[event_id, rule, action_index, action_kind, destination, status]`,
-/// records `[delivery_id, started_at, duration_ms, outcome, status_code, error, status,
-/// next_attempt_at]`; a claim's sends in flight `[destination, count]`, and its deliveries in
-/// flight an array of ids.
+/// counts from 1, in bytes), deliveries `[event_id, rule, action_index, action_kind,
+/// destination, status]`, records `[delivery_id, started_at, duration_ms, outcome,
+/// status_code, error, status, next_attempt_at]`; a claim's sends in flight `[destination,
+/// count]`, and its deliveries in flight an array of ids.
+///
+/// A claim's limits are written `LIMIT CAST(? AS INTEGER)`: SQLite plans a bare `LIMIT ?` with
+/// the value bound at the time and prepares the statement again whenever it is bound anew,
+/// which was every claim (3 % of the router's CPU while delivering).
 fn script(claims: usize) -> (String, Vec<Yields>) {
     let mut sql = String::from(
         "BEGIN IMMEDIATE;

@@ -434,6 +434,27 @@ fn new_event(tag: &str, payload: String) -> switchboard::store::NewEvent {
     }
 }
 
+/// An event with one delivery, pending, to `destination` (rule "replies"), written straight to
+/// the store: its duplicate key is `smartlead:{key}`.
+fn event_to(destination: &str, id: &str, key: &str, payload: &str) -> switchboard::store::NewEvent {
+    switchboard::store::NewEvent {
+        id: id.into(),
+        source: "smartlead".into(),
+        event_type: "EMAIL_REPLIED".into(),
+        lead_email: None,
+        config_hash: "h".into(),
+        payload: payload.into(),
+        dedup_key: format!("smartlead:{key}"),
+        deliveries: vec![switchboard::store::NewDelivery {
+            rule: "replies".into(),
+            action_index: 0,
+            action_kind: "http".into(),
+            destination: destination.into(),
+        }],
+        claimed: false,
+    }
+}
+
 /// The group committer keeps SQLite's one writer connection between back-to-back commits; the
 /// other writers (heartbeat, release) must still get their turn while it never goes idle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -600,26 +621,12 @@ async fn an_idle_store_copies_its_other_writes_into_the_database() {
 /// A group commit that fails keeps none of its writes, and the store goes on: here a record
 /// for a delivery that does not exist breaks the transaction the event shares with it.
 pub(crate) async fn a_failed_group_commit_keeps_nothing(url: &str) {
-    use switchboard::store::{
-        Attempt, Claim, Finished, Intake, NewDelivery, NewEvent, Next, Store, now_ms,
-    };
+    use switchboard::store::{Attempt, Claim, Finished, Intake, Next, Store, now_ms};
 
     let store = Store::open(url).await.unwrap();
-    let event = |id: &str| NewEvent {
-        id: id.into(),
-        source: "smartlead".into(),
-        event_type: "EMAIL_REPLIED".into(),
-        lead_email: Some("lead@example.com".into()),
-        config_hash: "h".into(),
-        payload: format!("{{\"event_id\": \"{id}\"}}"),
-        dedup_key: "smartlead:the-same-webhook".into(),
-        deliveries: vec![NewDelivery {
-            rule: "replies".into(),
-            action_index: 0,
-            action_kind: "log".into(),
-            destination: "replies#0".into(),
-        }],
-        claimed: false,
+    let event = |id: &str| {
+        let payload = format!("{{\"event_id\": \"{id}\"}}");
+        event_to("replies#0", id, "the-same-webhook", &payload)
     };
     let broken = Finished {
         id: 987_654_321,
@@ -672,25 +679,10 @@ async fn a_failed_group_commit_keeps_nothing_with_sqlite() {
 /// quotes and backslashes, sizes far apart, and a duplicate in the middle of the batch (not
 /// stored) that must not shift the events after it.
 pub(crate) async fn payloads_come_back_as_written(url: &str) {
-    use switchboard::store::{Claim, Intake, NewDelivery, NewEvent, Store};
+    use switchboard::store::{Claim, Intake, Store};
 
     let store = Store::open(url).await.unwrap();
-    let event = |id: &str, key: &str, payload: &str| NewEvent {
-        id: id.into(),
-        source: "smartlead".into(),
-        event_type: "EMAIL_REPLIED".into(),
-        lead_email: None,
-        config_hash: "h".into(),
-        payload: payload.into(),
-        dedup_key: format!("smartlead:{key}"),
-        deliveries: vec![NewDelivery {
-            rule: "replies".into(),
-            action_index: 0,
-            action_kind: "http".into(),
-            destination: "crm".into(),
-        }],
-        claimed: false,
-    };
+    let event = |id: &str, key: &str, payload: &str| event_to("crm", id, key, payload);
     let payloads = [
         r#"{"text":"Grüße, naïve café, 東京 🚀","quote":"\"hi\"","path":"C:\\tmp"}"#.to_string(),
         format!(r#"{{"long":"{}"}}"#, "ü€".repeat(3_000)),
@@ -703,11 +695,7 @@ pub(crate) async fn payloads_come_back_as_written(url: &str) {
         event("c", "k-c", &payloads[2]),
     ];
     let written = store.write(&batch, &[], &[]).await.unwrap();
-    assert!(
-        matches!(&written.intakes[1], Intake::Duplicate(first) if first == "a"),
-        "{:?}",
-        written.intakes
-    );
+    assert_eq!(written.intakes[1], Intake::Duplicate("a".into()));
     let claim = Claim {
         limit: 10,
         per_destination: 10,
@@ -738,24 +726,12 @@ async fn payloads_come_back_as_written_with_sqlite() {
 /// less the sends in flight to it), earliest first across destinations, and none of a
 /// destination at its limit however many it has waiting.
 pub(crate) async fn a_claim_takes_each_destination_within_its_room(url: &str) {
-    use switchboard::store::{Claim, NewDelivery, NewEvent, Store};
+    use switchboard::store::{Claim, NewEvent, Store};
 
     let store = Store::open(url).await.unwrap();
-    let event = |n: usize, destination: &str| NewEvent {
-        id: format!("{destination}-{n}"),
-        source: "smartlead".into(),
-        event_type: "EMAIL_REPLIED".into(),
-        lead_email: None,
-        config_hash: "h".into(),
-        payload: "{}".into(),
-        dedup_key: format!("smartlead:{destination}-{n}"),
-        deliveries: vec![NewDelivery {
-            rule: "replies".into(),
-            action_index: 0,
-            action_kind: "http".into(),
-            destination: destination.into(),
-        }],
-        claimed: false,
+    let event = |n: usize, destination: &str| {
+        let id = format!("{destination}-{n}");
+        event_to(destination, &id, &id, "{}")
     };
     // The busy destination's backlog first, so it comes first in due order (its name sorts
     // last, so an order by destination would not pass); then three each for two others.
