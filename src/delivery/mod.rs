@@ -228,15 +228,18 @@ fn give_way() {
 }
 
 /// Starts the workers (and the pruning of old history).
-pub fn start(app: Arc<App>, store: Store, clients: Clients, settings: Settings) -> Workers {
+pub fn start(app: Arc<App>, store: Store, clients: Clients, mut settings: Settings) -> Workers {
+    // Zero would mean no sends at all: at least one in flight, to all and to each destination.
+    settings.concurrency = settings.concurrency.max(1);
+    settings.per_destination = settings.per_destination.max(1);
     let (stop, stopped) = watch::channel(false);
     let committer = Committer::start(store.clone());
     let (tx, handed) = mpsc::unbounded_channel();
     let flight = Arc::new(Mutex::new(InFlight::default()));
     let handoff = Handoff {
-        permits: Arc::new(Semaphore::new(settings.concurrency.max(1))),
+        permits: Arc::new(Semaphore::new(settings.concurrency)),
         flight: flight.clone(),
-        per_destination: settings.per_destination.max(1),
+        per_destination: settings.per_destination,
         open: Arc::new(AtomicBool::new(false)),
         backlog: Arc::new(AtomicBool::new(true)),
         stored: Arc::new(AtomicU64::new(0)),
@@ -354,8 +357,7 @@ impl Shared {
         let f = self.flight.lock().expect("in-flight lock");
         Claim {
             limit,
-            per_destination: u32::try_from(self.settings.per_destination.max(1))
-                .unwrap_or(u32::MAX),
+            per_destination: u32::try_from(self.settings.per_destination).unwrap_or(u32::MAX),
             in_use: f
                 .per_destination
                 .iter()
