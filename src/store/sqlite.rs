@@ -209,11 +209,12 @@ impl Sqlite {
     }
 
     pub(super) async fn list(&self, f: &Filter) -> Result<Vec<DeliveryView>, StoreError> {
+        // `CAST`: a bare `LIMIT ?` is prepared again at every bind (see [`script`]).
         let sql = format!(
             "SELECT {VIEW_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id
              WHERE (?1 IS NULL OR d.status = ?1) AND (?2 IS NULL OR d.rule = ?2)
                AND (?3 IS NULL OR lower(e.lead_email) = lower(?3))
-             ORDER BY d.id DESC LIMIT ?4"
+             ORDER BY d.id DESC LIMIT CAST(?4 AS INTEGER)"
         );
         let rows = sqlx::query_as::<_, ViewRow>(sqlx::AssertSqlSafe(sql))
             .bind(&f.status)

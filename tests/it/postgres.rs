@@ -7,8 +7,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use switchboard::store::Filter;
 
-/// A fresh schema on the test server, as a store URL; `None` (and a note) when no server is set.
-async fn fresh_store() -> Option<String> {
+/// A fresh schema on the test server, as a store URL, with what drops it again at the end of
+/// the test; `None` (and a note) when no server is set.
+async fn fresh_store() -> Option<(String, Schema)> {
     let Some(base) = std::env::var("SWITCHBOARD_TEST_POSTGRES_URL")
         .ok()
         .filter(|u| !u.is_empty())
@@ -24,8 +25,51 @@ async fn fresh_store() -> Option<String> {
         .execute(&pool)
         .await
         .unwrap();
+    pool.close().await;
     let sep = if base.contains('?') { '&' } else { '?' };
-    Some(format!("{base}{sep}options[search_path]={schema}"))
+    let url = format!("{base}{sep}options[search_path]={schema}");
+    Some((
+        url,
+        Schema {
+            server: base,
+            name: schema,
+        },
+    ))
+}
+
+/// A test's schema: dropped, with all it holds, when the test ends (pass or fail), so that
+/// runs do not pile schemas up on the test server. Bind it before the routers that use it, so
+/// that they are gone first.
+struct Schema {
+    server: String,
+    name: String,
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        // Drop runs inside the test's runtime, which cannot be blocked on: the schema is
+        // dropped from a thread with a runtime of its own.
+        let (server, name) = (self.server.clone(), self.name.clone());
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            runtime.block_on(async {
+                let pool = sqlx::PgPool::connect(&server)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let sql = format!("SET lock_timeout = '10s'; DROP SCHEMA {name} CASCADE");
+                let done = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&pool).await;
+                pool.close().await;
+                done.map(drop).map_err(|e| e.to_string())
+            })
+        })
+        .join();
+        if let Ok(Err(e)) = dropped {
+            eprintln!("note: the test schema {} was not dropped: {e}", self.name);
+        }
+    }
 }
 
 fn sink_rules(sink: &HttpPeer) -> String {
@@ -78,7 +122,7 @@ async fn post(client: &reqwest::Client, base: &str, body: String) -> Value {
 
 #[tokio::test]
 async fn the_postgres_store_retries_dead_letters_and_deduplicates_like_sqlite() {
-    let Some(url) = fresh_store().await else {
+    let Some((url, _schema)) = fresh_store().await else {
         return;
     };
     let slack = HttpPeer::start().await;
@@ -134,7 +178,7 @@ async fn the_postgres_store_retries_dead_letters_and_deduplicates_like_sqlite() 
 
 #[tokio::test]
 async fn two_instances_share_the_work_and_deliver_each_event_once() {
-    let Some(url) = fresh_store().await else {
+    let Some((url, _schema)) = fresh_store().await else {
         return;
     };
     let sink = HttpPeer::start().await;
@@ -187,7 +231,7 @@ async fn two_instances_share_the_work_and_deliver_each_event_once() {
 
 #[tokio::test]
 async fn deliveries_of_a_killed_instance_are_taken_over_after_the_lease() {
-    let Some(url) = fresh_store().await else {
+    let Some((url, _schema)) = fresh_store().await else {
         return;
     };
     let sink = HttpPeer::start().await;
@@ -238,7 +282,7 @@ async fn deliveries_of_a_killed_instance_are_taken_over_after_the_lease() {
 
 #[tokio::test]
 async fn the_same_body_sent_to_two_instances_notifies_once() {
-    let Some(url) = fresh_store().await else {
+    let Some((url, _schema)) = fresh_store().await else {
         return;
     };
     let sink = HttpPeer::start().await;
@@ -269,7 +313,7 @@ async fn the_same_body_sent_to_two_instances_notifies_once() {
 
 #[tokio::test]
 async fn a_failed_group_commit_keeps_nothing_with_postgres() {
-    let Some(url) = fresh_store().await else {
+    let Some((url, _schema)) = fresh_store().await else {
         return;
     };
     crate::durable::a_failed_group_commit_keeps_nothing(&url).await;
@@ -277,7 +321,7 @@ async fn a_failed_group_commit_keeps_nothing_with_postgres() {
 
 #[tokio::test]
 async fn a_claim_takes_each_destination_within_its_room_with_postgres() {
-    let Some(url) = fresh_store().await else {
+    let Some((url, _schema)) = fresh_store().await else {
         return;
     };
     crate::durable::a_claim_takes_each_destination_within_its_room(&url).await;
@@ -285,7 +329,7 @@ async fn a_claim_takes_each_destination_within_its_room_with_postgres() {
 
 #[tokio::test]
 async fn payloads_come_back_as_written_with_postgres() {
-    let Some(url) = fresh_store().await else {
+    let Some((url, _schema)) = fresh_store().await else {
         return;
     };
     crate::durable::payloads_come_back_as_written(&url).await;
