@@ -6,7 +6,9 @@
 #   (1) acknowledgement throughput and p50/p99 of POST /webhooks/smartlead, router with the
 #       SQLite store (durable) against a bare warp server that parses the JSON and answers 200,
 #       with the CPU time each server and the load generator spent per request (from /proc);
-#       and, for comparison only, the router's intake alone (a rule that delivers nothing);
+#       and, for comparison only, the same bare server committing each body to SQLite with
+#       grouped commits (the reference point for durability alone) and the router's
+#       intake alone (a rule that delivers nothing);
 #   (2) end to end: events/s delivered at saturation, and p50/p99 from POST to arrival at the
 #       sink (loadgen's Slack stand-in) at a fixed open-loop rate;
 #   (3) rule matching and rendering per event for 10 to 10,000 rules (criterion,
@@ -130,6 +132,19 @@ pids+=("$bare_pid")
 if [ -n "$have_wrk" ]; then
     run_wrk bare "http://127.0.0.1:$bare_port/webhooks/smartlead"
 fi
+kill "$bare_pid"
+wait "$bare_pid" 2>/dev/null || true
+
+# The reference point for durability alone (not judged): the same bare server, each
+# body committed to SQLite (WAL, synchronous=FULL) with grouped commits before its 200.
+echo "== (1) bare warp with a SQLite group commit (reference) on 127.0.0.1:$bare_port"
+"$bare_warp" "127.0.0.1:$bare_port" --sqlite "$tmp/reference.db" 2>"$tmp/bare_commit.log" &
+bare_pid=$!
+pids+=("$bare_pid")
+"$loadgen" wait --url "http://127.0.0.1:$bare_port/healthz"
+"$loadgen" closed --label bare-commit --url "http://127.0.0.1:$bare_port/webhooks/smartlead" \
+    --connections "$connections" --duration "$secs" --server-pid "$bare_pid" "${body_args[@]}" |
+    tee -a "$results"
 kill "$bare_pid"
 wait "$bare_pid" 2>/dev/null || true
 

@@ -982,10 +982,12 @@ fn report(results: &Path, criterion: Option<&Path>) -> ExitCode {
     let bare = find("closed", "bare");
     let router = find("closed", "router");
     let intake = find("closed", "intake");
+    let reference = find("closed", "bare-commit");
     let (wrk_bare, wrk_router) = (find("wrk", "bare"), find("wrk", "router"));
     let mut lines = Vec::new();
     for (name, r) in [
         ("bare warp, loadgen", bare),
+        ("bare warp + SQLite group commit (reference)", reference),
         ("router (SQLite, durable), loadgen", router),
         ("router, intake alone (nothing delivered)", intake),
         ("bare warp, wrk", wrk_bare),
@@ -1008,6 +1010,7 @@ fn report(results: &Path, criterion: Option<&Path>) -> ExitCode {
     // receives the router's deliveries), and how busy the machine was.
     for (name, r) in [
         ("bare warp", bare),
+        ("reference", reference),
         ("router", router),
         ("intake alone", intake),
     ] {
@@ -1021,6 +1024,17 @@ fn report(results: &Path, criterion: Option<&Path>) -> ExitCode {
                     r["loadgen_cpu_us"].as_f64().unwrap_or(0.0),
                     r["machine_busy_pct"].as_f64().unwrap_or(0.0)
                 ),
+            ));
+        }
+    }
+    // Not judged: the same ratio for the reference (durability alone) and for intake alone.
+    for (name, r) in [("reference", reference), ("intake alone", intake)] {
+        if let (Some(b), Some(x)) = (num(bare, "rps"), num(r, "rps"))
+            && b > 0.0
+        {
+            lines.push(Line::info(
+                format!("{name} / bare throughput (loadgen)"),
+                format!("{:.0} %", 100.0 * x / b),
             ));
         }
     }
