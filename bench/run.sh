@@ -145,7 +145,7 @@ pids+=("$bare_pid")
 "$loadgen" closed --label bare-commit --url "http://127.0.0.1:$bare_port/webhooks/smartlead" \
     --connections "$connections" --duration "$secs" --server-pid "$bare_pid" "${body_args[@]}" |
     tee -a "$results"
-kill "$bare_pid"
+kill "$bare_pid" 2>/dev/null || true
 wait "$bare_pid" 2>/dev/null || true
 
 # Intake alone: the router with a rule that matches none of the load's events, so nothing is

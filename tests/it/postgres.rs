@@ -27,7 +27,9 @@ async fn fresh_store() -> Option<(String, Schema)> {
         .unwrap();
     pool.close().await;
     let sep = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{sep}options[search_path]={schema}");
+    // Connections to the schema carry its name, so that the guard can end them before it
+    // drops the schema (an in-process router's connections outlive its stop).
+    let url = format!("{base}{sep}options[search_path]={schema}&application_name={schema}");
     Some((
         url,
         Schema {
@@ -39,7 +41,8 @@ async fn fresh_store() -> Option<(String, Schema)> {
 
 /// A test's schema: dropped, with all it holds, when the test ends (pass or fail), so that
 /// runs do not pile schemas up on the test server. Bind it before the routers that use it, so
-/// that they are gone first.
+/// that they are dropped first; connections still open on the schema then (an in-process
+/// router's, whose tasks cannot run while this blocks the test's runtime) are ended first.
 struct Schema {
     server: String,
     name: String,
@@ -59,7 +62,12 @@ impl Drop for Schema {
                 let pool = sqlx::PgPool::connect(&server)
                     .await
                     .map_err(|e| e.to_string())?;
-                let sql = format!("SET lock_timeout = '10s'; DROP SCHEMA {name} CASCADE");
+                let sql = format!(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                         WHERE application_name = '{name}' AND pid <> pg_backend_pid();
+                     SET lock_timeout = '10s';
+                     DROP SCHEMA {name} CASCADE"
+                );
                 let done = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&pool).await;
                 pool.close().await;
                 done.map(drop).map_err(|e| e.to_string())
