@@ -67,6 +67,24 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Forgets a process that has ended, so that the cleanup never signals a pid reused since.
+forget() { # pid
+    local kept=() pid
+    for pid in "${pids[@]}"; do
+        if [ "$pid" != "$1" ]; then
+            kept+=("$pid")
+        fi
+    done
+    pids=("${kept[@]}")
+}
+
+# Stops a process started here and forgets it.
+stop() { # pid
+    kill "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+    forget "$1"
+}
+
 # Appends the router's memory high-water mark and current RSS (KiB) to the results.
 record_rss() { # label pid
     local hwm rss
@@ -132,8 +150,7 @@ pids+=("$bare_pid")
 if [ -n "$have_wrk" ]; then
     run_wrk bare "http://127.0.0.1:$bare_port/webhooks/smartlead"
 fi
-kill "$bare_pid"
-wait "$bare_pid" 2>/dev/null || true
+stop "$bare_pid"
 
 # The reference point for durability alone (not judged): the same bare server, each
 # body committed to SQLite (WAL, synchronous=FULL) with grouped commits before its 200.
@@ -145,8 +162,7 @@ pids+=("$bare_pid")
 "$loadgen" closed --label bare-commit --url "http://127.0.0.1:$bare_port/webhooks/smartlead" \
     --connections "$connections" --duration "$secs" --server-pid "$bare_pid" "${body_args[@]}" |
     tee -a "$results"
-kill "$bare_pid" 2>/dev/null || true
-wait "$bare_pid" 2>/dev/null || true
+stop "$bare_pid"
 
 # Intake alone: the router with a rule that matches none of the load's events, so nothing is
 # delivered meanwhile (not judged: it shows what the deliveries cost in the judged run below).
@@ -168,8 +184,7 @@ intake_pid=$started_pid
 "$loadgen" closed --label intake --url "http://127.0.0.1:$intake_port/webhooks/smartlead" \
     --connections "$connections" --duration "$secs" --server-pid "$intake_pid" "${body_args[@]}" |
     tee -a "$results"
-kill "$intake_pid"
-wait "$intake_pid" 2>/dev/null || true
+stop "$intake_pid"
 
 # One destination takes every delivery here, so its limit is raised from the default 4 (which
 # protects a real Slack channel) to the worker count.
@@ -203,6 +218,7 @@ if [ -n "$have_wrk" ]; then
     "$loadgen" wait --url "http://$sink/"
     run_wrk router "$webhook"
     wait "$sink_pid" || true
+    forget "$sink_pid"
 fi
 
 echo "== (2) open loop, $rate events/s"
