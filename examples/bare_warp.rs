@@ -114,7 +114,7 @@ async fn start_committer(file: &str) -> mpsc::Sender<Queued> {
     tx
 }
 
-/// Writes whatever has queued up as one statement (its own transaction: one fsync), answers
+/// Writes whatever has queued up as one statement (a transaction of its own), answers
 /// each request, and goes on while the next batch queues up behind it.
 async fn group_commits(pool: SqlitePool, mut rx: mpsc::Receiver<Queued>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);

@@ -50,8 +50,8 @@ struct Schema {
 
 impl Drop for Schema {
     fn drop(&mut self) {
-        // Drop runs inside the test's runtime, which cannot be blocked on: the schema is
-        // dropped from a thread with a runtime of its own.
+        // Drop cannot await, and no runtime can be started inside the test's: the schema is
+        // dropped from a thread with a runtime of its own, which the test waits for.
         let (server, name) = (self.server.clone(), self.name.clone());
         let dropped = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -74,8 +74,10 @@ impl Drop for Schema {
             })
         })
         .join();
-        if let Ok(Err(e)) = dropped {
-            eprintln!("note: the test schema {} was not dropped: {e}", self.name);
+        match dropped {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("note: the test schema {} was not dropped: {e}", self.name),
+            Err(_) => eprintln!("note: dropping the test schema {} panicked", self.name),
         }
     }
 }
