@@ -691,7 +691,7 @@ async fn deliver(
         event_id,
         rule,
         delivery_id = due.id,
-        "Cannot record a delivery attempt; the delivery is taken up again after a restart (or its lease lapses)."
+        "Cannot record a delivery attempt; the delivery is taken up again once its lease (--lease) lapses."
     );
 }
 

@@ -64,7 +64,8 @@ pub struct NewEvent {
     pub deliveries: Vec<NewDelivery>,
     /// Record the deliveries as already claimed by this instance (`sending`): intake hands them
     /// straight to its own workers after the commit instead of leaving them for a claim. A
-    /// crash before they finish leaves them to recovery (SQLite) or lease expiry (PostgreSQL).
+    /// crash before they finish leaves them to recovery at the next start (SQLite) or lease
+    /// expiry (PostgreSQL); a send that does not finish while the router runs, to lease expiry.
     pub claimed: bool,
 }
 
@@ -270,7 +271,8 @@ pub struct InstanceView {
 /// How a store is opened.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// How long a claimed delivery belongs to its instance without a heartbeat (PostgreSQL).
+    /// How long a claimed delivery belongs to its instance without a heartbeat (PostgreSQL),
+    /// or stays `sending` without being sent (SQLite: a send that did not finish).
     pub lease: Duration,
 }
 
@@ -310,7 +312,9 @@ impl Store {
     pub async fn open_with(url: &str, options: &Options) -> Result<Store, StoreError> {
         let instance = uuid::Uuid::now_v7().to_string();
         if url.starts_with("sqlite:") {
-            return Ok(Store::Sqlite(sqlite::Sqlite::open(url, instance).await?));
+            return Ok(Store::Sqlite(
+                sqlite::Sqlite::open(url, instance, options.lease).await?,
+            ));
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             return Ok(Store::Postgres(
@@ -321,7 +325,8 @@ impl Store {
     }
 
     /// Records this instance as alive (with its configuration) and renews the leases of the
-    /// deliveries it is `sending` (a claimed one it is not sending lapses and is taken over).
+    /// deliveries it is `sending` (a claimed one it is not sending lapses and is taken over;
+    /// with SQLite, it goes back to pending).
     pub async fn heartbeat(
         &self,
         listen: &str,

@@ -60,6 +60,9 @@ pub struct Sqlite {
     writer: SqlitePool,
     reader: SqlitePool,
     instance: String,
+    /// How long a delivery may stay `sending` without this instance sending it (see
+    /// [`Sqlite::heartbeat`]).
+    lease: Duration,
     /// The writer connection while group commits follow each other: returning it to the pool
     /// costs a round trip to SQLite's thread (sqlx checks it), once per commit otherwise.
     /// `None` for an in-memory store, whose readers share the writer.
@@ -77,7 +80,7 @@ struct Held {
 
 impl Sqlite {
     /// Opens `sqlite://PATH` (created if missing) or `sqlite::memory:`, and migrates it.
-    pub async fn open(url: &str, instance: String) -> Result<Self, StoreError> {
+    pub async fn open(url: &str, instance: String, lease: Duration) -> Result<Self, StoreError> {
         let memory = url.contains(":memory:");
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
@@ -132,6 +135,7 @@ impl Sqlite {
             writer,
             reader,
             instance,
+            lease,
             held: (!memory).then(|| Arc::new(Mutex::new(None))),
             checkpoint,
         })
@@ -304,13 +308,36 @@ impl Sqlite {
         })
     }
 
+    /// Records the instance, and puts back to pending the deliveries left `sending` that this
+    /// instance is not sending (`sending` lists those it is), once they have been so for a
+    /// lease: a send whose task panicked, an attempt that could not be recorded. They used to
+    /// wait for the next start. The lease keeps away from deliveries just claimed or handed
+    /// over by intake and not yet counted as sent.
     pub(super) async fn heartbeat(
         &self,
         listen: &str,
         config_hash: &str,
-        _sending: &[i64],
+        sending: &[i64],
     ) -> Result<(), StoreError> {
         let now = now_ms();
+        let ids = serde_json::to_string(sending).unwrap_or_else(|_| "[]".into());
+        let stranded = sqlx::query(
+            "UPDATE deliveries SET status = 'pending', updated_at = ?1
+             WHERE status = 'sending' AND updated_at < ?2
+               AND id NOT IN (SELECT value FROM json_each(?3))",
+        )
+        .bind(now)
+        .bind(now - self.lease.as_millis() as i64)
+        .bind(ids)
+        .execute(&self.writer)
+        .await?
+        .rows_affected();
+        if stranded > 0 {
+            tracing::warn!(
+                deliveries = stranded,
+                "Deliveries left in flight by a send that did not finish go back to the queue."
+            );
+        }
         sqlx::query(
             "INSERT INTO instances (id, listen, config_hash, started_at, heartbeat_at) VALUES (?1, ?2, ?3, ?4, ?4)
              ON CONFLICT (id) DO UPDATE SET listen = ?2, config_hash = ?3, heartbeat_at = ?4",

@@ -810,3 +810,76 @@ async fn a_claim_takes_each_destination_within_its_room_with_sqlite() {
     ))
     .await;
 }
+
+/// A delivery left `sending` while the router runs (the task sending it died, or its attempt
+/// could not be recorded) is sent again once the lease has passed, without a restart; one
+/// still being sent when the lease passes is left alone and sent once.
+#[tokio::test]
+async fn a_send_that_never_finished_is_sent_again_without_a_restart() {
+    let slack = HttpPeer::start().await;
+    let dir = crate::util::config_dir(&slack_rules(&slack), &[]);
+    let mut settings = crate::util::fast_retries();
+    settings.heartbeat = Duration::from_millis(100);
+    // The test router's lease is 2 s.
+    let router = Router::start_with(dir, settings).await;
+
+    slack.set_delay(Duration::from_secs(3));
+    let slow = router.post(&unique(fixture("real_13_email_reply"))).await;
+    let done = wait_for_status(&router, "delivered", 1).await;
+    assert_eq!(
+        (done[0].event_id.as_str(), done[0].attempts),
+        (slow.as_str(), 1)
+    );
+    assert_eq!(
+        slack.received().len(),
+        1,
+        "in flight past the lease, sent once"
+    );
+    slack.set_delay(Duration::ZERO);
+
+    // Another event's delivery, as a send that never finished leaves it: `sending`, with
+    // nothing sending it.
+    let stranded = router.post(&unique(fixture("real_13_email_reply"))).await;
+    slack.wait_for(2).await;
+    wait_for_status(&router, "delivered", 2).await;
+    let db = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}",
+        router.dir.path().join("switchboard.db").display()
+    ))
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE deliveries SET status = 'sending', updated_at = updated_at - 60000
+         WHERE event_id = ?",
+    )
+    .bind(&stranded)
+    .execute(&db)
+    .await
+    .unwrap();
+    db.close().await;
+
+    slack.wait_for(3).await;
+    let start = Instant::now();
+    loop {
+        let list = deliveries(&router, None).await;
+        let again = list.iter().find(|d| d.event_id == stranded).unwrap();
+        if again.status == "delivered" && again.attempts == 2 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the stranded delivery was not sent again: {again:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let texts: Vec<String> = slack
+        .received()
+        .iter()
+        .map(|r| r.json()["text"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(texts.len(), 3);
+    assert!(
+        texts[2].contains(&stranded),
+        "the third send is the stranded delivery's: {texts:?}"
+    );
+}
