@@ -112,8 +112,9 @@ struct ServeArgs {
     #[arg(long, env = "SWITCHBOARD_RATE_LIMIT_BURST", default_value_t = 50)]
     rate_limit_burst: u32,
     /// With PostgreSQL: how long a claimed delivery stays with an instance that stops renewing it
-    /// (an instance that died); other instances take it over after this. With SQLite: how long
-    /// a delivery whose send did not finish (a failure inside the router) waits to be sent again.
+    /// (an instance that died); other instances take it over after this. With SQLite: a
+    /// delivery whose send did not finish (a failure inside the router) is sent again once this
+    /// has passed since it was claimed (and a heartbeat, a quarter of it, has come).
     #[arg(long, env = "SWITCHBOARD_LEASE", default_value = "30s", value_parser = humantime::parse_duration)]
     lease: Duration,
     /// `/readyz` answers 503 while more deliveries than this are pending.

@@ -99,6 +99,13 @@ impl InFlight {
             }
         }
     }
+
+    /// No longer counts these deliveries as in flight (they go back to the store unsent).
+    fn forget(&mut self, due: &[Due]) {
+        for d in due {
+            self.ids.remove(&d.id);
+        }
+    }
 }
 
 /// Intake's way to give the deliveries of an event it has just committed straight to this
@@ -187,10 +194,21 @@ impl Handoff {
 
     /// Gives the workers committed deliveries recorded as claimed. If the workers have
     /// stopped, the deliveries come back: put them back in the store (`Store::release`).
+    ///
+    /// The deliveries count as in flight here from now on, before the workers start them: the
+    /// heartbeat must not take them for sends that never finished while they wait in the
+    /// channel (behind a long run of claims, say).
     pub fn send(&self, due: Vec<Due>, event: Arc<Data>, room: Reservation) -> Result<(), Vec<Due>> {
+        {
+            let mut f = self.flight.lock().expect("in-flight lock");
+            f.ids.extend(due.iter().map(|d| d.id));
+        }
         self.tx
             .send((due, event, room))
-            .map_err(|mpsc::error::SendError((due, _, _))| due)
+            .map_err(|mpsc::error::SendError((due, _, _))| {
+                self.flight.lock().expect("in-flight lock").forget(&due);
+                due
+            })
     }
 }
 
@@ -376,19 +394,21 @@ impl Shared {
         event: Arc<Data>,
         mut room: Reservation,
     ) {
+        // Each counts as in flight since intake handed it over (see [`Handoff::send`]).
         let mut release = Vec::new();
         for d in due {
             let Some(permit) = room.take_one(&d.destination) else {
-                release.push(d.id);
+                release.push(d);
                 continue;
             };
-            self.flight.lock().expect("in-flight lock").ids.insert(d.id);
             self.spawn(d, Some(event.clone()), permit);
         }
         drop(room);
         if !release.is_empty() {
             self.backlog.store(true, Ordering::Release);
-            let _ = store.release(&release).await;
+            self.flight.lock().expect("in-flight lock").forget(&release);
+            let ids: Vec<i64> = release.iter().map(|d| d.id).collect();
+            let _ = store.release(&ids).await;
         }
     }
 }
@@ -517,6 +537,7 @@ async fn dispatch(
     handoff.open.store(false, Ordering::Release);
     handed.close();
     while let Some((due, _, _)) = handed.recv().await {
+        shared.flight.lock().expect("in-flight lock").forget(&due);
         let ids: Vec<i64> = due.iter().map(|d| d.id).collect();
         let _ = store.release(&ids).await;
     }

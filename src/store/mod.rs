@@ -324,9 +324,10 @@ impl Store {
         Err(StoreError::Unsupported(url.to_string()))
     }
 
-    /// Records this instance as alive (with its configuration) and renews the leases of the
-    /// deliveries it is `sending` (a claimed one it is not sending lapses and is taken over;
-    /// with SQLite, it goes back to pending).
+    /// Records this instance as alive (with its configuration). `sending` lists the deliveries
+    /// it has in flight: with PostgreSQL their leases are renewed (a claimed one it is not
+    /// sending lapses and is taken over); with SQLite, a `sending` one not listed goes back to
+    /// pending once a lease has passed since it was claimed.
     pub async fn heartbeat(
         &self,
         listen: &str,

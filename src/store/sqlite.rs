@@ -147,10 +147,11 @@ impl Sqlite {
         done: &[Finished],
         claims: &[Claim],
     ) -> Result<Outcome, StoreError> {
-        let now = now_ms();
+        // The time is read once the writer connection is ours: rows written `sending` carry
+        // it, and the heartbeat counts their lease from it.
         let Some(held) = &self.held else {
             let mut conn = self.writer.acquire().await?;
-            return write_parts(&mut conn, events, done, claims, now).await;
+            return write_parts(&mut conn, events, done, claims, now_ms()).await;
         };
         let mut held = held.lock().await;
         let mut kept = match held.take() {
@@ -161,7 +162,7 @@ impl Sqlite {
             },
         };
         // On an error the connection goes back to the pool.
-        let outcome = write_parts(&mut kept.conn, events, done, claims, now).await?;
+        let outcome = write_parts(&mut kept.conn, events, done, claims, now_ms()).await?;
         if kept.since.elapsed() < HOLD_AT_MOST {
             *held = Some(kept);
         }
@@ -309,10 +310,11 @@ impl Sqlite {
     }
 
     /// Records the instance, and puts back to pending the deliveries left `sending` that this
-    /// instance is not sending (`sending` lists those it is), once they have been so for a
-    /// lease: a send whose task panicked, an attempt that could not be recorded. They used to
-    /// wait for the next start. The lease keeps away from deliveries just claimed or handed
-    /// over by intake and not yet counted as sent.
+    /// instance is not sending (`sending` lists those it is, handed over by intake or claimed),
+    /// once a lease has passed since they became `sending`: a send whose task panicked, an
+    /// attempt that could not be recorded. They used to wait for the next start. The lease
+    /// also covers the moment between a claim's commit and its deliveries counting as in
+    /// flight.
     pub(super) async fn heartbeat(
         &self,
         listen: &str,

@@ -825,6 +825,13 @@ async fn a_send_that_never_finished_is_sent_again_without_a_restart() {
 
     slack.set_delay(Duration::from_secs(3));
     let slow = router.post(&unique(fixture("real_13_email_reply"))).await;
+    // Past the lease, the send still under way: still `sending`, not put back in the queue.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let during = deliveries(&router, None).await;
+    assert_eq!(
+        during.iter().map(|d| d.status.as_str()).collect::<Vec<_>>(),
+        ["sending"]
+    );
     let done = wait_for_status(&router, "delivered", 1).await;
     assert_eq!(
         (done[0].event_id.as_str(), done[0].attempts),
