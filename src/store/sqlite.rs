@@ -180,11 +180,23 @@ impl Sqlite {
         }
     }
 
+    /// At start nothing is in flight yet: every `sending` delivery goes back to pending.
     pub(super) async fn recover(&self) -> Result<u64, StoreError> {
+        self.back_to_pending(Millis::MAX, &[]).await
+    }
+
+    /// Puts back to pending the `sending` deliveries that became so before `before` and are
+    /// not among `in_flight`.
+    async fn back_to_pending(&self, before: Millis, in_flight: &[i64]) -> Result<u64, StoreError> {
+        let ids = serde_json::to_string(in_flight).unwrap_or_else(|_| "[]".into());
         let n = sqlx::query(
-            "UPDATE deliveries SET status = 'pending', updated_at = ? WHERE status = 'sending'",
+            "UPDATE deliveries SET status = 'pending', updated_at = ?1
+             WHERE status = 'sending' AND updated_at < ?2
+               AND id NOT IN (SELECT value FROM json_each(?3))",
         )
         .bind(now_ms())
+        .bind(before)
+        .bind(ids)
         .execute(&self.writer)
         .await?
         .rows_affected();
@@ -322,18 +334,9 @@ impl Sqlite {
         sending: &[i64],
     ) -> Result<(), StoreError> {
         let now = now_ms();
-        let ids = serde_json::to_string(sending).unwrap_or_else(|_| "[]".into());
-        let stranded = sqlx::query(
-            "UPDATE deliveries SET status = 'pending', updated_at = ?1
-             WHERE status = 'sending' AND updated_at < ?2
-               AND id NOT IN (SELECT value FROM json_each(?3))",
-        )
-        .bind(now)
-        .bind(now - self.lease.as_millis() as i64)
-        .bind(ids)
-        .execute(&self.writer)
-        .await?
-        .rows_affected();
+        let stranded = self
+            .back_to_pending(now - self.lease.as_millis() as i64, sending)
+            .await?;
         if stranded > 0 {
             tracing::warn!(
                 deliveries = stranded,

@@ -31,16 +31,29 @@ async fn wait_for_status(
     status: &str,
     n: usize,
 ) -> Vec<switchboard::store::DeliveryView> {
+    wait_for_deliveries(router, &format!("{n} {status} deliveries"), |all| {
+        let list: Vec<_> = all.iter().filter(|d| d.status == status).cloned().collect();
+        (list.len() >= n).then_some(list)
+    })
+    .await
+}
+
+/// Polls every delivery until `ready` makes something of them (panics after 10 s, showing
+/// them and `what` was awaited).
+async fn wait_for_deliveries<T>(
+    router: &Router,
+    what: &str,
+    mut ready: impl FnMut(&[switchboard::store::DeliveryView]) -> Option<T>,
+) -> T {
     let start = Instant::now();
     loop {
-        let list = deliveries(router, Some(status)).await;
-        if list.len() >= n {
-            return list;
+        let all = deliveries(router, None).await;
+        if let Some(found) = ready(&all) {
+            return found;
         }
         assert!(
             start.elapsed() < Duration::from_secs(10),
-            "timed out waiting for {n} {status} deliveries: {:?}",
-            deliveries(router, None).await
+            "timed out waiting for {what}: {all:?}"
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
@@ -422,15 +435,9 @@ async fn more_events_than_workers_are_each_delivered_once() {
 fn new_event(tag: &str, payload: String) -> switchboard::store::NewEvent {
     let id = format!("{}-{tag}", uuid::Uuid::now_v7());
     switchboard::store::NewEvent {
-        id: id.clone(),
-        source: "smartlead".into(),
-        event_type: "EMAIL_REPLIED".into(),
-        lead_email: None,
-        config_hash: "h".into(),
-        payload,
-        dedup_key: id,
+        dedup_key: id.clone(),
         deliveries: vec![],
-        claimed: false,
+        ..event_to("", &id, "", &payload)
     }
 }
 
@@ -866,19 +873,12 @@ async fn a_send_that_never_finished_is_sent_again_without_a_restart() {
     db.close().await;
 
     slack.wait_for(3).await;
-    let start = Instant::now();
-    loop {
-        let list = deliveries(&router, None).await;
-        let again = list.iter().find(|d| d.event_id == stranded).unwrap();
-        if again.status == "delivered" && again.attempts == 2 {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the stranded delivery was not sent again: {again:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    wait_for_deliveries(&router, "the stranded delivery sent again", |all| {
+        all.iter()
+            .find(|d| d.event_id == stranded && d.status == "delivered" && d.attempts == 2)
+            .map(drop)
+    })
+    .await;
     let texts: Vec<String> = slack
         .received()
         .iter()
