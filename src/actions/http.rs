@@ -83,7 +83,10 @@ pub struct HttpMessage {
 // By hand, so that URLs and header values (secrets) never reach a log through `{:?}`.
 impl std::fmt::Debug for HttpMessage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpMessage").field("method", &self.method).field("body", &self.body).finish_non_exhaustive()
+        f.debug_struct("HttpMessage")
+            .field("method", &self.method)
+            .field("body", &self.body)
+            .finish_non_exhaustive()
     }
 }
 
@@ -276,22 +279,20 @@ impl Channel for Http {
     async fn send(m: &HttpMessage, clients: &Clients) -> Result<(), SendError> {
         let method = reqwest::Method::from_bytes(m.method.as_bytes())
             .map_err(|e| SendError::permanent(e.to_string()))?;
-        let url =
-            reqwest::Url::parse(&m.url).map_err(|e| SendError::permanent(format!("bad URL: {e}")))?;
+        let url = reqwest::Url::parse(&m.url)
+            .map_err(|e| SendError::permanent(format!("bad URL: {e}")))?;
         // A URL built from event data goes through the client whose resolver refuses internal
         // addresses (see `guard`); an address written in the URL is checked here, and so is a
         // name when a proxy resolves it instead of this process.
         let client = if m.guard_target {
             guard::check_literal(&url).map_err(|e| refused(&e))?;
             if clients.proxied {
-                guard::check_resolved(&url)
-                    .await
-                    .map_err(|e| match e {
-                        guard::Unchecked::Internal(e) => refused(&e),
-                        guard::Unchecked::Unresolved(message) => {
-                            SendError::retryable(message).because("dns")
-                        }
-                    })?;
+                guard::check_resolved(&url).await.map_err(|e| match e {
+                    guard::Unchecked::Internal(e) => refused(&e),
+                    guard::Unchecked::Unresolved(message) => {
+                        SendError::retryable(message).because("dns")
+                    }
+                })?;
             }
             &clients.guarded
         } else {

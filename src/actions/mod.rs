@@ -1,11 +1,16 @@
 //! Actions: what a matching rule does. Each channel is one file with the same shape (settings as
 //! written, a compiled action, the message it renders, and how it sends), behind the
-//! [`Channel`] trait, and registered by one line in the `channels!` invocation below, which
-//! declares the module and builds the closed enums [`RawAction`], [`Action`] and [`Message`].
+//! [`Channel`] trait, declared as a module below and registered by one line in the
+//! `channels!` invocation, which builds the closed enums [`RawAction`], [`Action`] and
+//! [`Message`].
 
+mod email;
 pub mod guard;
+mod http;
+mod log;
 #[cfg(test)]
 mod props;
+mod slack;
 
 use crate::config::compile::Ctx;
 use crate::template::{Data, Templates};
@@ -187,8 +192,6 @@ pub trait Channel: Sized {
 
 macro_rules! channels {
     ($($variant:ident($module:ident)),+ $(,)?) => {
-        $(mod $module;)+
-
         /// An action or destination as written: one key naming the channel.
         #[derive(Debug, Clone, serde::Deserialize)]
         #[allow(clippy::large_enum_variant)] // parsed once per load; boxing buys nothing

@@ -60,13 +60,18 @@ pub struct SlackMessage {
 // By hand, so that the webhook URL (a secret) never reaches a log through `{:?}`.
 impl std::fmt::Debug for Slack {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Slack").field("body", &self.body).field("blocks", &self.blocks).finish_non_exhaustive()
+        f.debug_struct("Slack")
+            .field("body", &self.body)
+            .field("blocks", &self.blocks)
+            .finish_non_exhaustive()
     }
 }
 
 impl std::fmt::Debug for SlackMessage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SlackMessage").field("payload", &self.payload).finish_non_exhaustive()
+        f.debug_struct("SlackMessage")
+            .field("payload", &self.payload)
+            .finish_non_exhaustive()
     }
 }
 
