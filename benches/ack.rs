@@ -11,14 +11,9 @@
 mod pg_schema;
 
 use pg_schema::Schema;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use switchboard::actions::Clients;
-use switchboard::app::App;
-use switchboard::config::Sources;
-use switchboard::delivery;
-use switchboard::server::{self, Guard, State};
-use switchboard::store::Store;
+use switchboard::Options;
+use switchboard::config::ConfigPaths;
 
 const CONNECTIONS: usize = 50;
 const DURATION: Duration = Duration::from_secs(8);
@@ -40,33 +35,28 @@ async fn run(label: &str, store_url: &str) -> Result {
     )
     .unwrap();
     let url = store_url.replace("DIR", &dir.path().display().to_string());
-    let app = App::load(Sources {
+    let paths = ConfigPaths {
         rules: dir.path().join("rules.yaml"),
         templates: dir.path().join("templates"),
-    })
-    .unwrap();
-    let store = Store::open(&url).await.unwrap();
-    let workers = delivery::start(
-        app.clone(),
-        store.clone(),
-        Clients::new(),
-        delivery::Settings::default(),
-    );
+    };
+    let mut options = Options::new(paths, url);
+    options.rate_limit = 0;
+    options.ready_max_pending = u64::MAX;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let state = State {
-        app,
-        store: store.clone(),
-        committer: workers.committer(),
-        handoff: workers.handoff(),
-        sources: Arc::new(switchboard::event::sources()),
-        guard: Arc::new(Guard::new(addr, None, 0, 0)),
-        ready_max_pending: u64::MAX,
-    };
-    let server = tokio::spawn(server::serve(listener, state, async {
+    let server = tokio::spawn(switchboard::run(options, listener, async {
         let _ = stopped.await;
     }));
+    let client = reqwest::Client::new();
+    while client
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await
+        .is_err()
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let template: serde_json::Value = serde_json::from_str(BODY).unwrap();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(CONNECTIONS)
@@ -110,8 +100,7 @@ async fn run(label: &str, store_url: &str) -> Result {
     }
     let seconds = start.elapsed().as_secs_f64();
     let _ = stop.send(());
-    let _ = server.await;
-    workers.shutdown(Duration::from_secs(10)).await;
+    server.await.unwrap().expect("the router ran");
     latencies.sort();
     Result {
         label: label.into(),

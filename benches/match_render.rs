@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use switchboard::config::Config;
 use switchboard::config::compile::compile;
 use switchboard::config::raw::parse;
-use switchboard::event::{SmartLead, Source};
+use switchboard::event::{SmartLead, Source, Sources};
 
 #[path = "support/rulegen.rs"]
 mod rulegen;
@@ -45,8 +45,8 @@ fn events() -> Vec<Value> {
             let payload: Value = serde_json::from_str(&text).expect("fixture is JSON");
             let map = payload.as_object().expect("fixture is a JSON object");
             let mut event = SmartLead.normalise(map.clone());
-            event["event_id"] = Value::String(format!("0190c4f5-0000-7000-8000-{i:012}"));
-            event
+            event.event_id = format!("0190c4f5-0000-7000-8000-{i:012}");
+            event.into_value()
         })
         .collect()
 }
@@ -59,6 +59,7 @@ fn config(count: usize) -> Config {
     compile(
         vec![(PathBuf::from("generated.yaml"), text, raw)],
         &templates,
+        &Sources::default(),
     )
     .unwrap_or_else(|e| panic!("generated rules do not compile:\n{e}"))
 }

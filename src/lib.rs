@@ -16,10 +16,17 @@ pub mod actions;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod credentials;
 pub mod delivery;
+pub mod diagnostic;
+pub mod env;
 pub mod event;
 pub mod metrics;
+pub mod router;
 pub mod rules;
 pub mod server;
 pub mod store;
+pub mod syntax;
 pub mod template;
+
+pub use router::{Options, StartError, run};

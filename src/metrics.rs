@@ -2,7 +2,7 @@
 //! source, type and outcome, rule matches, deliveries by action, destination, outcome and reason,
 //! latency histograms, queue depth, dead letters, reload state, config hash and build info.
 //!
-//! Label values stay bounded: event types outside SmartLead's known set are counted as `other`,
+//! Label values stay bounded: event types outside their source's known set are counted as `other`,
 //! rule and destination names come from the configuration, reasons from a fixed list; no lead
 //! data ever becomes a label.
 
@@ -17,7 +17,7 @@ use std::sync::atomic::AtomicU64;
 /// Labels of `switchboard_events_received_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabels {
-    /// `smartlead`, or `unknown` for an unknown source.
+    /// The source's name, or `unknown` for an unknown source.
     pub source: &'static str,
     /// The canonical event type, `other`, or `unknown` when the body was not read.
     pub event_type: &'static str,
@@ -207,17 +207,18 @@ pub struct Sample<'a> {
 }
 
 impl Metrics {
-    /// Counts one webhook request.
+    /// Counts one webhook request; `event_type` is already bounded (see
+    /// [`crate::event::type_label`]).
     pub fn event(
         &self,
         source: &'static str,
-        event_type: &str,
+        event_type: &'static str,
         outcome: &'static str,
         reason: &'static str,
     ) {
         let labels = EventLabels {
             source,
-            event_type: bounded_event_type(event_type),
+            event_type,
             outcome,
             reason,
         };
@@ -258,20 +259,4 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
-}
-
-/// SmartLead's known types keep their name; anything else is `other` (labels stay bounded).
-pub fn bounded_event_type(t: &str) -> &'static str {
-    const KNOWN: &[&str] = &[
-        "EMAIL_SENT",
-        "EMAIL_OPENED",
-        "EMAIL_CLICKED",
-        "EMAIL_REPLIED",
-        "EMAIL_BOUNCED",
-        "EMAIL_UNSUBSCRIBED",
-        "LEAD_CATEGORY_UPDATED",
-        "UNKNOWN",
-        "unknown",
-    ];
-    KNOWN.iter().find(|k| **k == t).copied().unwrap_or("other")
 }

@@ -7,7 +7,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 use switchboard::config::{Config, compile, raw};
-use switchboard::event::{SmartLead, Source};
+use switchboard::event::{SmartLead, Source, Sources};
 
 const RULES: &str = r#"
 rules:
@@ -30,14 +30,19 @@ rules:
 
 static CONFIG: LazyLock<Config> = LazyLock::new(|| {
     let file = raw::parse(RULES).expect("rules parse");
-    compile::compile(vec![(PathBuf::from("fuzz.yaml"), RULES.into(), file)], Path::new("/nonexistent")).expect("rules compile")
+    compile::compile(
+        vec![(PathBuf::from("fuzz.yaml"), RULES.into(), file)],
+        Path::new("/nonexistent"),
+        &Sources::default(),
+    )
+    .expect("rules compile")
 });
 
 fuzz_target!(|data: &[u8]| {
     let Ok(Value::Object(payload)) = serde_json::from_slice::<Value>(data) else { return };
-    let _ = SmartLead.dedup_key(&payload, data);
-    let _ = SmartLead.sent_at(&payload);
-    let event = SmartLead.normalise(payload);
+    let sent_at = SmartLead.sent_at(&payload);
+    let _ = SmartLead.dedup_key(&payload, data, sent_at);
+    let event = SmartLead.normalise(payload).into_value();
     for i in CONFIG.rules.matching(&event) {
         for step in &CONFIG.rules.get(i).actions {
             let _ = step.action.render(&event, &CONFIG.templates);

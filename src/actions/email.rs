@@ -1,9 +1,9 @@
 //! Email over SMTP with lettre: plain, STARTTLS (`smtp://`, the default) or implicit TLS
 //! (`smtps://`), text and HTML parts. A subject or header never carries CR or LF from an event.
 
+use super::context::Ctx;
 use super::{Channel, Clients, RenderFailure, SendError};
-use crate::config::compile::Ctx;
-use crate::config::raw::{OneOrMany, Spanned, pos};
+use crate::syntax::{OneOrMany, Spanned, pos};
 use crate::template::escape::header_value;
 use crate::template::{Data, Escape, Template, Templates};
 use lettre::message::{Mailbox, MultiPart, SinglePart, header::ContentType};

@@ -2,9 +2,9 @@
 //! a timeout, and the response status read into a retry decision. The status rules here are
 //! shared with Slack.
 
-use super::{Channel, Clients, RenderFailure, SendError, guard, redact_url};
-use crate::config::compile::Ctx;
-use crate::config::raw::{Spanned, pos};
+use super::context::Ctx;
+use super::{Channel, Clients, RenderFailure, SendError, forgery, redact_url};
+use crate::syntax::{Spanned, pos};
 use crate::template::escape::{header_value, truncate};
 use crate::template::{Data, Escape, Template, Templates};
 use reqwest::StatusCode;
@@ -53,7 +53,7 @@ pub struct Http {
     headers: Vec<(String, Template, bool)>,
     body: Option<Template>,
     timeout: Duration,
-    guard_target: bool,
+    screen_target: bool,
 }
 
 /// A rendered HTTP request.
@@ -77,7 +77,7 @@ pub struct HttpMessage {
     pub timeout: Duration,
     /// Whether the URL comes from event data and must not reach an internal address.
     #[serde(skip)]
-    pub guard_target: bool,
+    pub screen_target: bool,
 }
 
 // By hand, so that URLs and header values (secrets) never reach a log through `{:?}`.
@@ -233,7 +233,7 @@ impl Channel for Http {
             headers,
             body,
             timeout,
-            guard_target: templated && !s.allow_private.unwrap_or(false),
+            screen_target: templated && !s.allow_private.unwrap_or(false),
         })
     }
 
@@ -272,7 +272,7 @@ impl Channel for Http {
             headers,
             body,
             timeout: self.timeout,
-            guard_target: self.guard_target,
+            screen_target: self.screen_target,
         })
     }
 
@@ -282,19 +282,19 @@ impl Channel for Http {
         let url = reqwest::Url::parse(&m.url)
             .map_err(|e| SendError::permanent(format!("bad URL: {e}")))?;
         // A URL built from event data goes through the client whose resolver refuses internal
-        // addresses (see `guard`); an address written in the URL is checked here, and so is a
+        // addresses (see `forgery`); an address written in the URL is checked here, and so is a
         // name when a proxy resolves it instead of this process.
-        let client = if m.guard_target {
-            guard::check_literal(&url).map_err(|e| refused(&e))?;
+        let client = if m.screen_target {
+            forgery::check_literal(&url).map_err(|e| refused(&e))?;
             if clients.proxied {
-                guard::check_resolved(&url).await.map_err(|e| match e {
-                    guard::Unchecked::Internal(e) => refused(&e),
-                    guard::Unchecked::Unresolved(message) => {
+                forgery::check_resolved(&url).await.map_err(|e| match e {
+                    forgery::Unchecked::Internal(e) => refused(&e),
+                    forgery::Unchecked::Unresolved(message) => {
                         SendError::retryable(message).because("dns")
                     }
                 })?;
             }
-            &clients.guarded
+            &clients.screened
         } else {
             &clients.http
         };
@@ -359,15 +359,15 @@ fn host(url: &str) -> String {
         .unwrap_or_else(|| "the endpoint".into())
 }
 
-/// A request the guard refused: permanent, since the same event resolves the same way.
-fn refused(e: &guard::InternalAddress) -> SendError {
+/// A request the request-forgery check refused: permanent, since the same event resolves the same way.
+fn refused(e: &forgery::InternalAddress) -> SendError {
     SendError::permanent(e.to_string()).because("internal_address")
 }
 
 /// A request that got no answer: timeouts and connection failures may pass, others will not.
 /// The message never contains the URL: a Slack webhook URL or a tokenised endpoint is a secret.
 pub(super) fn transport_error(e: reqwest::Error) -> SendError {
-    if let Some(e) = guard::refusal(&e) {
+    if let Some(e) = forgery::refusal(&e) {
         return refused(e);
     }
     let host = e.url().and_then(|u| u.host_str().map(str::to_string));

@@ -1,9 +1,9 @@
 //! `log`: writes the rendered message to the router's own log. Needs no account, so the shipped
 //! rules show what they would have sent on a fresh machine.
 
+use super::context::Ctx;
 use super::{Channel, Clients, RenderFailure, SendError};
-use crate::config::compile::Ctx;
-use crate::config::raw::Spanned;
+use crate::syntax::Spanned;
 use crate::template::{Data, Escape, Template, Templates};
 use serde::{Deserialize, Serialize};
 

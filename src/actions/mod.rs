@@ -4,15 +4,18 @@
 //! `channels!` invocation, which builds the closed enums [`RawAction`], [`Action`] and
 //! [`Message`].
 
+pub mod context;
 mod email;
-pub mod guard;
+pub mod forgery;
 mod http;
 mod log;
 #[cfg(test)]
 mod props;
 mod slack;
 
-use crate::config::compile::Ctx;
+pub use context::{Ctx, Unconfigured};
+
+use crate::syntax::Spanned;
 use crate::template::{Data, Templates};
 use serde::Serialize;
 use serde_json::Value;
@@ -24,10 +27,10 @@ pub struct Clients {
     /// The HTTP client for Slack and `http` actions.
     pub http: reqwest::Client,
     /// The same, for URLs built from event data: its resolver refuses internal addresses
-    /// (see [`guard`]). Behind a proxy it is the client above.
-    pub guarded: reqwest::Client,
+    /// (see [`forgery`]). Behind a proxy it is the client above.
+    pub screened: reqwest::Client,
     /// Whether requests go through a proxy (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`): the proxy
-    /// then resolves the names, and the guard checks them before sending instead.
+    /// then resolves the names, and [`forgery`] checks them before sending instead.
     pub proxied: bool,
 }
 
@@ -43,7 +46,7 @@ impl Clients {
         };
         let built = "the HTTP client builds with static settings";
         // Behind a proxy the resolver would only see the proxy's name (often an internal
-        // address itself), so the guard resolves the target before sending instead.
+        // address itself), so the target is resolved and checked before sending instead.
         let proxied = [
             "HTTPS_PROXY",
             "https_proxy",
@@ -55,17 +58,17 @@ impl Clients {
         .iter()
         .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()));
         let http = builder().build().expect(built);
-        let guarded = if proxied {
+        let screened = if proxied {
             http.clone()
         } else {
             builder()
-                .dns_resolver(guard::GuardedResolver)
+                .dns_resolver(forgery::ScreenedResolver)
                 .build()
                 .expect(built)
         };
         Clients {
             http,
-            guarded,
+            screened,
             proxied,
         }
     }
@@ -174,7 +177,7 @@ pub trait Channel: Sized {
     /// Fills settings the action leaves out from its destination's.
     fn merge(action: Self::Settings, destination: &Self::Settings) -> Self::Settings;
     /// The destination the settings name, if any.
-    fn destination(settings: &Self::Settings) -> Option<&crate::config::raw::Spanned<String>>;
+    fn destination(settings: &Self::Settings) -> Option<&Spanned<String>>;
     /// Validates and compiles settings, reporting every problem through `cx`.
     fn compile(settings: Self::Settings, cx: &mut Ctx<'_>) -> Option<Self>;
     /// What to set when the destination's address came out empty (deliveries are skipped).
@@ -229,7 +232,7 @@ macro_rules! channels {
             }
 
             /// The destination this action names, if any.
-            pub fn destination(&self) -> Option<&crate::config::raw::Spanned<String>> {
+            pub fn destination(&self) -> Option<&Spanned<String>> {
                 match self { $(RawAction::$variant(s) => $module::$variant::destination(s),)+ }
             }
 

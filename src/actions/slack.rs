@@ -2,9 +2,9 @@
 //! respected by truncation, and Slack's answers (`ok`, 429 with `Retry-After`, error strings)
 //! read into a retry decision.
 
+use super::context::Ctx;
 use super::{Channel, Clients, RenderFailure, SendError, redact_url};
-use crate::config::compile::Ctx;
-use crate::config::raw::{Spanned, pos};
+use crate::syntax::{Spanned, pos};
 use crate::template::escape::truncate;
 use crate::template::{Data, Escape, Template, Templates};
 use serde::{Deserialize, Serialize};

@@ -2,24 +2,21 @@
 //! into one immutable [`Config`] that `serve`, `check`, `test` and reload all share.
 //!
 //! - [`raw`] mirrors the YAML one to one, with line and column for every value that can be wrong;
-//! - [`env`] expands `${VAR}` and `${VAR:-default}`;
-//! - [`compile`] turns raw files into a [`Config`], collecting every error rather than the first;
-//! - [`watch`] reloads on file changes and swaps the configuration atomically.
+//! - [`compile`] turns raw files into a [`Config`], collecting every error rather than the first.
 
 pub mod compile;
-mod diagnostic;
-pub mod env;
 pub mod raw;
-pub mod watch;
 
 pub use compile::Config;
-pub use diagnostic::{Diagnostic, Diagnostics};
+
+use crate::diagnostic::{Diagnostic, Diagnostics};
+use crate::event::Sources;
 
 use std::path::{Path, PathBuf};
 
 /// Where the configuration comes from: the rules file or directory and the templates directory.
 #[derive(Debug, Clone)]
-pub struct Sources {
+pub struct ConfigPaths {
     /// A rules file, or a directory whose `*.yaml` / `*.yml` files are all loaded in name order.
     pub rules: PathBuf,
     /// The directory that `template:` paths are relative to.
@@ -29,10 +26,10 @@ pub struct Sources {
 /// Largest rules file the loader reads; bigger files are refused before parsing.
 pub const MAX_RULES_FILE_BYTES: u64 = 8 * 1024 * 1024;
 
-/// Loads, validates and compiles the whole configuration. On failure returns every problem
-/// found, each with its file, line and column.
-pub fn load(sources: &Sources) -> Result<Config, Diagnostics> {
-    let files = rules_files(&sources.rules)?;
+/// Loads, validates and compiles the whole configuration for the webhook `sources` the router
+/// mounts. On failure returns every problem found, each with its file, line and column.
+pub fn load(paths: &ConfigPaths, sources: &Sources) -> Result<Config, Diagnostics> {
+    let files = rules_files(&paths.rules)?;
     let mut parsed = Vec::new();
     let mut errors = Diagnostics::default();
     for path in files {
@@ -44,7 +41,7 @@ pub fn load(sources: &Sources) -> Result<Config, Diagnostics> {
             Err(diagnostic) => errors.push(diagnostic),
         }
     }
-    let compiled = compile::compile(parsed, &sources.templates);
+    let compiled = compile::compile(parsed, &paths.templates, sources);
     match compiled {
         Ok(config) if errors.is_empty() => Ok(config),
         Ok(_) => Err(errors),

@@ -1,15 +1,15 @@
 //! The rules file as written: serde types that mirror the YAML one to one, with the line and
 //! column of every value that later validation may reject. Nothing here checks meaning; that is
-//! [`super::compile`]'s job. This is the only module that knows the YAML parser.
+//! [`super::compile`]'s job. This is the only module that parses YAML; the parts of a file that
+//! the rules and the actions compile (`when`, each channel's settings) are declared beside them.
 
-use super::Diagnostic;
 use crate::actions::RawAction;
+use crate::diagnostic::Diagnostic;
+use crate::rules::RawWhen;
+use crate::syntax::{Pos, Spanned};
 use serde::Deserialize;
-use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
-
-pub use serde_saphyr::Spanned;
 
 /// One rules file.
 #[derive(Debug, Deserialize)]
@@ -72,79 +72,6 @@ fn yes() -> bool {
     true
 }
 
-/// A `when` block: every key present must hold.
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct RawWhen {
-    /// Event types (canonical or as sent).
-    #[serde(default)]
-    pub event: Option<Spanned<OneOrMany<String>>>,
-    /// Campaign id and/or name glob.
-    #[serde(default)]
-    pub campaign: Option<Spanned<RawCampaign>>,
-    /// Dotted path of the canonical event to a value or an operator map.
-    #[serde(default)]
-    pub fields: BTreeMap<String, Spanned<Value>>,
-    /// At least one of these holds.
-    #[serde(default)]
-    pub any: Option<Vec<Spanned<RawWhen>>>,
-    /// All of these hold.
-    #[serde(default)]
-    pub all: Option<Vec<Spanned<RawWhen>>>,
-    /// This does not hold.
-    #[serde(default)]
-    pub not: Option<Box<Spanned<RawWhen>>>,
-}
-
-/// `campaign:` conditions.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawCampaign {
-    /// One campaign id or a list (numbers or numeric strings).
-    #[serde(default)]
-    pub id: Option<OneOrMany<Value>>,
-    /// A glob (`Q1*`) or a list of globs on the campaign name.
-    #[serde(default)]
-    pub name: Option<OneOrMany<String>>,
-}
-
-/// A value written either alone or as a list.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum OneOrMany<T> {
-    /// A single value.
-    One(T),
-    /// A list of values.
-    Many(Vec<T>),
-}
-
-impl<T> OneOrMany<T> {
-    /// The values as a list.
-    pub fn into_vec(self) -> Vec<T> {
-        match self {
-            OneOrMany::One(v) => vec![v],
-            OneOrMany::Many(v) => v,
-        }
-    }
-}
-
-/// A position in a rules file.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Pos {
-    /// 1-based line.
-    pub line: u32,
-    /// 1-based column.
-    pub column: u32,
-}
-
-/// The position a spanned value was written at.
-pub fn pos<T>(s: &Spanned<T>) -> Pos {
-    Pos {
-        line: s.referenced.line() as u32,
-        column: s.referenced.column() as u32,
-    }
-}
-
 /// Parses one rules file. A syntax or shape error is returned with its position; the caller
 /// adds the file name.
 pub fn parse(text: &str) -> Result<RawFile, Diagnostic> {
@@ -162,7 +89,7 @@ pub fn parse(text: &str) -> Result<RawFile, Diagnostic> {
             .unwrap_or((0, 0));
         let message = e.without_snippet().to_string();
         let message = explain(&strip_position(&message), text, line, column);
-        Diagnostic::at(Path::new(""), line, column, message)
+        Diagnostic::at(Path::new(""), Pos { line, column }, message)
     })
 }
 

@@ -1,24 +1,44 @@
-//! Events: the canonical object that rules and templates see, and the [`Source`] interface
+//! Events: the canonical [`Event`] that rules and templates see, and the [`Source`] interface
 //! that turns a webhook payload of one outreach tool into it.
 //!
-//! A source is one file behind [`Source`] plus one line in [`sources`]; the server mounts each
-//! at `/webhooks/{name}`.
+//! A source is one file behind [`Source`] plus one line in [`Sources::default`]; the server
+//! mounts each at `/webhooks/{name}`. Nothing outside a source's own file names the tool.
 
+mod canonical;
 mod smartlead;
 
 use serde_json::{Map, Value};
 use std::sync::Arc;
 
+pub use canonical::{Bounce, Campaign, Event, Id, Lead, Link, Open, Reply};
 pub use smartlead::SmartLead;
 
-/// One webhook source: a named normaliser from the tool's payload to the canonical event.
+/// One webhook source: a named normaliser from the tool's payload to the canonical event, and
+/// what the router must know of the tool's requests.
 pub trait Source: Send + Sync {
     /// The path segment under `/webhooks/` and the value of the canonical `source` field.
     fn name(&self) -> &'static str;
-    /// Builds the canonical event (SPEC section 4) from a payload that is a JSON object.
-    /// Never fails: unknown types and missing fields give nulls, not errors.
-    /// The payload is moved in: it becomes the event's `raw` without a copy.
-    fn normalise(&self, payload: Map<String, Value>) -> Value;
+
+    /// The canonical event types this source produces: metrics count these by name and any
+    /// other type as `other`, so that label values stay bounded.
+    fn event_types(&self) -> &'static [&'static str];
+
+    /// Builds the canonical event from a payload that is a JSON object. Never fails: unknown
+    /// types and missing fields give nulls, not errors. The payload is moved in: it becomes the
+    /// event's `raw` without a copy, with the source's secrets removed.
+    fn normalise(&self, payload: Map<String, Value>) -> Event;
+
+    /// The secret the tool writes into the body (checked against `secret_key` in the source's
+    /// settings), if it writes one.
+    fn body_secret<'a>(&self, _payload: &'a Map<String, Value>) -> Option<&'a str> {
+        None
+    }
+
+    /// The header that carries the body's HMAC when `hmac_secret` is set and
+    /// `signature_header` is not.
+    fn signature_header(&self) -> &'static str {
+        "X-Signature"
+    }
 
     /// When the tool says the event happened, if it says so (for the replay window).
     fn sent_at(&self, _payload: &Map<String, Value>) -> Option<chrono::DateTime<chrono::Utc>> {
@@ -36,6 +56,73 @@ pub trait Source: Send + Sync {
     ) -> String {
         format!("{}:body:{}", self.name(), sha256_hex(body))
     }
+
+    /// The canonical event the source makes of an empty payload: every template is rendered
+    /// against it at load, so that a field that does not exist is caught then.
+    fn sample(&self) -> Event {
+        let mut event = self.normalise(Map::new());
+        event.event_id = "probe".into();
+        event
+    }
+}
+
+/// The webhook sources a router mounts, in the order they are listed.
+#[derive(Clone)]
+pub struct Sources(Arc<[Arc<dyn Source>]>);
+
+impl Default for Sources {
+    /// Every source this build knows. Adding a source is one line here.
+    fn default() -> Self {
+        Sources::new(vec![Arc::new(SmartLead)])
+    }
+}
+
+impl std::fmt::Debug for Sources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.names()).finish()
+    }
+}
+
+impl Sources {
+    /// These sources, in this order.
+    pub fn new(sources: Vec<Arc<dyn Source>>) -> Self {
+        Sources(sources.into())
+    }
+
+    /// These sources and one more.
+    pub fn with(&self, source: Arc<dyn Source>) -> Self {
+        let mut all = self.0.to_vec();
+        all.push(source);
+        Sources::new(all)
+    }
+
+    /// The source mounted at `/webhooks/{name}`.
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Source>> {
+        self.0.iter().find(|s| s.name() == name)
+    }
+
+    /// Every source, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Source>> {
+        self.0.iter()
+    }
+
+    /// Every source's name, in order.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.0.iter().map(|s| s.name()).collect()
+    }
+}
+
+/// The metric label for an event type of `source`: the type itself when the source lists it,
+/// `UNKNOWN` for an event of no known type, `unknown` when no body was read, else `other`.
+pub fn type_label(source: Option<&dyn Source>, event_type: &str) -> &'static str {
+    match event_type {
+        "unknown" => return "unknown",
+        "UNKNOWN" => return "UNKNOWN",
+        _ => {}
+    }
+    source
+        .and_then(|s| s.event_types().iter().find(|t| **t == event_type).copied())
+        .unwrap_or("other")
 }
 
 /// SHA-256 of some bytes, as lowercase hex.
@@ -44,21 +131,17 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Every webhook source the router mounts. Adding a source is one line here.
-pub fn sources() -> Vec<Arc<dyn Source>> {
-    vec![Arc::new(SmartLead)]
-}
-
-/// Removes every `secret_key` (at any depth) from a payload before anything else sees it.
-pub fn strip_secrets(value: &mut Value) {
+/// Removes every `key` (at any depth) from a payload, before anything else sees it (a secret
+/// the source writes into its bodies).
+pub fn strip_key(value: &mut Value, key: &str) {
     match value {
         Value::Object(map) => {
             // `shift_remove`: the keys after it keep their order (`remove` would move the
-            // last key into its place, and `raw` is shown to users as SmartLead sent it).
-            map.shift_remove("secret_key");
-            map.values_mut().for_each(strip_secrets);
+            // last key into its place, and `raw` is shown to users as the source sent it).
+            map.shift_remove(key);
+            map.values_mut().for_each(|v| strip_key(v, key));
         }
-        Value::Array(items) => items.iter_mut().for_each(strip_secrets),
+        Value::Array(items) => items.iter_mut().for_each(|v| strip_key(v, key)),
         _ => {}
     }
 }
@@ -115,7 +198,7 @@ mod tests {
             "list": [{"secret_key": "s3", "x": 1}],
             "last": true,
         });
-        super::strip_secrets(&mut payload);
+        super::strip_key(&mut payload, "secret_key");
         assert!(!payload.to_string().contains("secret_key"));
         let keys = |v: &serde_json::Value| -> Vec<String> {
             v.as_object().unwrap().keys().cloned().collect()

@@ -2,9 +2,12 @@
 //! `reply{}`, `link{}`) and the flat one SmartLead sends in practice (`event_type`,
 //! `sl_lead_email`, `reply_message{}`, `leadCorrespondence{}`, …).
 
-use super::{Source, sha256_hex, strip_secrets};
+use super::{Bounce, Campaign, Event, Id, Lead, Link, Open, Reply, Source, sha256_hex, strip_key};
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
+
+/// The body field SmartLead carries its secret key in.
+const SECRET_FIELD: &str = "secret_key";
 
 /// Where SmartLead puts the moment an event happened, in order of preference.
 const EVENT_TIME: &[&str] = &[
@@ -25,41 +28,62 @@ impl Source for SmartLead {
         "smartlead"
     }
 
-    fn normalise(&self, payload: Map<String, Value>) -> Value {
+    fn event_types(&self) -> &'static [&'static str] {
+        &[
+            "EMAIL_SENT",
+            "EMAIL_OPENED",
+            "EMAIL_CLICKED",
+            "EMAIL_REPLIED",
+            "EMAIL_BOUNCED",
+            "EMAIL_UNSUBSCRIBED",
+            "LEAD_CATEGORY_UPDATED",
+        ]
+    }
+
+    fn normalise(&self, payload: Map<String, Value>) -> Event {
         let p = Payload(&payload);
         let sent_type = p.str_at(&["event_type", "event", "type"]);
         let canonical = sent_type.as_deref().map(canonical_type);
         let is_reply = canonical == Some("EMAIL_REPLIED");
-        let mut event = json!({
-            "event": canonical.unwrap_or("UNKNOWN"),
-            "source": "smartlead",
-            "source_event": sent_type.as_deref().unwrap_or("UNKNOWN"),
-            "timestamp": p.timestamp(),
-            "campaign": {
-                "id": p.int_at(&["campaign_id", "campaign.id"]),
-                "name": p.str_at(&["campaign_name", "campaign.name"]),
+        let mut event = Event {
+            event: canonical.unwrap_or("UNKNOWN").to_string(),
+            source: self.name().to_string(),
+            source_event: sent_type.clone().unwrap_or_else(|| "UNKNOWN".into()),
+            timestamp: p.timestamp(),
+            campaign: Campaign {
+                id: p.int_at(&["campaign_id", "campaign.id"]),
+                name: p.str_at(&["campaign_name", "campaign.name"]),
             },
-            "lead": p.lead(is_reply),
-            "sequence_number": p.int_at(&["sequence_number", "current_sequence"]),
-            "email_account_id": p.int_at(&["email_account_id"]),
-            "reply": p.reply(is_reply),
-            "link": {
-                "url": p.str_at(&["link.url", "link_details.0", "link_clicked.0"]),
-                "clicked_at": p.time_at(&["link.clicked_at", "time_clicked"]),
+            lead: p.lead(is_reply),
+            sequence_number: p.int_at(&["sequence_number", "current_sequence"]),
+            email_account_id: p.int_at(&["email_account_id"]),
+            reply: p.reply(is_reply),
+            link: Link {
+                url: p.str_at(&["link.url", "link_details.0", "link_clicked.0"]),
+                clicked_at: p.time_at(&["link.clicked_at", "time_clicked"]),
             },
-            "bounce": p.bounce(canonical == Some("EMAIL_BOUNCED")),
-            "open": {
-                "count": p.int_at(&["opened_count", "open_count"]),
-                "first_at": p.time_at(&["first_opened_at"]),
-                "last_at": p.time_at(&["last_opened_at", "time_opened"]),
+            bounce: p.bounce(canonical == Some("EMAIL_BOUNCED")),
+            open: Open {
+                count: p.int_at(&["opened_count", "open_count"]),
+                first_at: p.time_at(&["first_opened_at"]),
+                last_at: p.time_at(&["last_opened_at", "time_opened"]),
             },
-            "inbox_url": p.str_at(&["app_url", "ui_master_inbox_link", "inbox_url"]),
-            "raw": Value::Null,
-        });
+            inbox_url: p.str_at(&["app_url", "ui_master_inbox_link", "inbox_url"]),
+            raw: Value::Null,
+            event_id: String::new(),
+        };
         let mut raw = Value::Object(payload);
-        strip_secrets(&mut raw);
-        event["raw"] = raw;
+        strip_key(&mut raw, SECRET_FIELD);
+        event.raw = raw;
         event
+    }
+
+    fn body_secret<'a>(&self, payload: &'a Map<String, Value>) -> Option<&'a str> {
+        payload.get(SECRET_FIELD).and_then(Value::as_str)
+    }
+
+    fn signature_header(&self) -> &'static str {
+        "X-Smartlead-Signature"
     }
 
     fn sent_at(&self, payload: &Map<String, Value>) -> Option<DateTime<Utc>> {
@@ -174,11 +198,11 @@ impl Payload<'_> {
     }
 
     /// An id that is an integer when it looks like one, else the string as sent.
-    fn id_at(&self, paths: &[&str]) -> Value {
+    fn id_at(&self, paths: &[&str]) -> Option<Id> {
         match (self.int_at(paths), self.str_at(paths)) {
-            (Some(n), _) => json!(n),
-            (None, Some(s)) => json!(s),
-            _ => Value::Null,
+            (Some(n), _) => Some(Id::Number(n)),
+            (None, Some(s)) => Some(Id::Text(s)),
+            _ => None,
         }
     }
 
@@ -194,7 +218,7 @@ impl Payload<'_> {
 
     /// The targeted lead. For replies the mailbox fields are ambiguous, so only fields that name
     /// the lead are read (`leadCorrespondence.targetLeadEmail`, then `sl_lead_email`).
-    fn lead(&self, is_reply: bool) -> Value {
+    fn lead(&self, is_reply: bool) -> Lead {
         let mut email_paths = vec![
             "leadCorrespondence.targetLeadEmail",
             "sl_lead_email",
@@ -227,17 +251,21 @@ impl Payload<'_> {
             (None, Some(l)) => Some(l.clone()),
             (None, None) => full_name,
         };
-        json!({
-            "id": self.id_at(&["lead_id", "lead.id", "sl_email_lead_id"]),
-            "email": email,
-            "first_name": first,
-            "last_name": last,
-            "name": name,
-            "company_name": self.str_at(&["lead.company_name", "lead_data.company_name", "company_name"]),
-        })
+        Lead {
+            id: self.id_at(&["lead_id", "lead.id", "sl_email_lead_id"]),
+            email,
+            first_name: first,
+            last_name: last,
+            name,
+            company_name: self.str_at(&[
+                "lead.company_name",
+                "lead_data.company_name",
+                "company_name",
+            ]),
+        }
     }
 
-    fn reply(&self, is_reply: bool) -> Value {
+    fn reply(&self, is_reply: bool) -> Reply {
         let html = self
             .str_at(&["reply_message.html", "reply_body", "reply.html"])
             .or_else(|| {
@@ -263,17 +291,17 @@ impl Payload<'_> {
         let message_id = self
             .str_at(&["reply.message_id", "reply_message.message_id"])
             .or_else(|| is_reply.then(|| self.str_at(&["message_id"])).flatten());
-        json!({
-            "subject": subject,
-            "text": text,
-            "html": html,
-            "from": from,
-            "received_at": self.time_at(&["reply.received_at", "reply_message.time", "time_replied"]),
-            "message_id": message_id,
-        })
+        Reply {
+            subject,
+            text,
+            html,
+            from,
+            received_at: self.time_at(&["reply.received_at", "reply_message.time", "time_replied"]),
+            message_id,
+        }
     }
 
-    fn bounce(&self, is_bounce: bool) -> Value {
+    fn bounce(&self, is_bounce: bool) -> Bounce {
         let reason = self.str_at(&[
             "bounce_reason",
             "bounce.reason",
@@ -294,7 +322,7 @@ impl Payload<'_> {
             }
             None => None,
         };
-        json!({ "type": kind, "reason": reason })
+        Bounce { kind, reason }
     }
 }
 

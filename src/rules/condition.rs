@@ -1,8 +1,9 @@
 //! Conditions: `when` blocks compiled once per load (regexes built, globs compiled, paths split)
 //! and evaluated per event without allocation on the common path.
 
-use crate::config::raw::{Pos, RawWhen, Spanned, pos};
+use super::RawWhen;
 use crate::event;
+use crate::syntax::{OneOrMany, Pos, Spanned, pos};
 use globset::{Glob, GlobMatcher};
 use regex::Regex;
 use serde_json::Value;
@@ -317,7 +318,7 @@ pub fn compile(when: &Spanned<RawWhen>, error: &mut dyn FnMut(Pos, String)) -> C
         if let Some(ids) = &c.id {
             let mut parsed = Vec::new();
             let ids = match ids.clone() {
-                crate::config::raw::OneOrMany::One(Value::Array(list)) => list,
+                OneOrMany::One(Value::Array(list)) => list,
                 other => other.into_vec(),
             };
             for id in ids {

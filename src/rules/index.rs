@@ -223,38 +223,42 @@ fn narrow(cond: &Condition) -> Narrow {
 
 #[cfg(test)]
 mod tests {
+    use super::super::{RawWhen, Rule, RuleSet, condition};
     use super::*;
-    use crate::config::{compile, raw};
+    use crate::syntax::Spanned;
     use serde_json::json;
-    use std::path::{Path, PathBuf};
+    use std::collections::BTreeMap;
 
-    fn rules(yaml: &str) -> super::super::RuleSet {
-        let file = raw::parse(yaml).unwrap();
-        compile::compile(
-            vec![(PathBuf::from("t.yaml"), yaml.into(), file)],
-            Path::new("/nonexistent"),
-        )
-        .unwrap()
-        .rules
+    /// Rules with these names and `when` blocks, in order (actions play no part in matching).
+    fn rules(yaml: &str) -> RuleSet {
+        let whens: BTreeMap<String, Spanned<RawWhen>> =
+            serde_saphyr::from_str(yaml).expect("valid rules");
+        let mut rules: Vec<(usize, Rule)> = whens
+            .into_iter()
+            .map(|(key, when)| {
+                let (order, name) = key.split_once(' ').expect("`N name` keys");
+                let when = condition::compile(&when, &mut |at, m| panic!("{at:?}: {m}"));
+                let rule = Rule {
+                    name: name.to_string(),
+                    enabled: true,
+                    stop: false,
+                    when,
+                    actions: vec![],
+                    origin: Default::default(),
+                };
+                (order.parse().expect("a number"), rule)
+            })
+            .collect();
+        rules.sort_by_key(|(order, _)| *order);
+        RuleSet::new(rules.into_iter().map(|(_, r)| r).collect())
     }
 
     const RULES: &str = r#"
-rules:
-  - name: by-glob
-    when: { event: EMAIL_REPLIED, campaign: { name: "Q2 *" } }
-    actions: [{ log: { message: x } }]
-  - name: by-domain
-    when: { fields: { lead.email: { ends_with: "@acme.example" } } }
-    actions: [{ log: { message: x } }]
-  - name: by-value
-    when: { fields: { bounce.type: hard } }
-    actions: [{ log: { message: x } }]
-  - name: by-any
-    when: { any: [{ event: EMAIL_CLICKED }, { event: EMAIL_OPENED, fields: { open.count: { gte: 3 } } }] }
-    actions: [{ log: { message: x } }]
-  - name: always
-    when: { fields: { lead.email: { contains: "x" } } }
-    actions: [{ log: { message: x } }]
+1 by-glob: { event: EMAIL_REPLIED, campaign: { name: "Q2 *" } }
+2 by-domain: { fields: { lead.email: { ends_with: "@acme.example" } } }
+3 by-value: { fields: { bounce.type: hard } }
+4 by-any: { any: [{ event: EMAIL_CLICKED }, { event: EMAIL_OPENED, fields: { open.count: { gte: 3 } } }] }
+5 always: { fields: { lead.email: { contains: "x" } } }
 "#;
 
     #[test]

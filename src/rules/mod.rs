@@ -5,8 +5,10 @@
 
 pub mod condition;
 mod index;
+mod raw;
 
 pub use condition::{Condition, Verdict};
+pub use raw::{RawCampaign, RawWhen};
 
 use crate::actions::Action;
 use index::Index;

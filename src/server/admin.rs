@@ -1,8 +1,9 @@
 //! Operator endpoints: `/readyz`, `/metrics`, `POST /-/reload`, `/api/status`.
 
 use super::{State, error};
+use crate::app::App;
 use crate::metrics::Sample;
-use serde_json::json;
+use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use warp::http::StatusCode;
@@ -86,7 +87,7 @@ pub(super) async fn reload(state: Arc<State>) -> Response {
 
 /// `/api/status`: configuration, last reload, and delivery counts.
 pub(super) async fn status(state: Arc<State>) -> Response {
-    let mut v = state.app.status_json();
+    let mut v = status_json(&state.app);
     v["deliveries"] = match state.store.counts().await {
         Ok(c) => json!(c),
         Err(e) => json!({"error": e.to_string()}),
@@ -97,4 +98,42 @@ pub(super) async fn status(state: Arc<State>) -> Response {
         Err(e) => json!({"error": e.to_string()}),
     };
     warp::reply::json(&v).into_response()
+}
+
+/// What is loaded and how the last reload went.
+fn status_json(app: &App) -> Value {
+    let config = app.current();
+    let rules = config.rules.rules();
+    json!({
+        "rules_loaded": rules.len(),
+        "rules_enabled": rules.iter().filter(|r| r.enabled).count(),
+        "rules": rules.iter().map(|r| json!({
+            "name": r.name,
+            "enabled": r.enabled,
+            "file": r.origin.0,
+            "line": r.origin.1,
+            "actions": r.actions.iter().map(|a| a.action.kind()).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "config_hash": config.hash,
+        "loaded_at": config.loaded_at,
+        "files": config.files,
+        "warnings": config.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "last_reload": reload_status_json(app),
+    })
+}
+
+fn reload_status_json(app: &App) -> Value {
+    let s = app.reload_status();
+    json!({
+        "ok": s.ok,
+        "at": s.at,
+        "trigger": s.trigger,
+        "errors": s.errors.iter().map(|d| json!({
+            "file": d.file,
+            "line": d.line,
+            "column": d.column,
+            "message": d.message,
+            "text": d.to_string(),
+        })).collect::<Vec<_>>(),
+    })
 }

@@ -1,9 +1,10 @@
 //! `POST /webhooks/{source}`: parse, normalise, match, commit, answer. The `200` means the event
 //! and its deliveries are on disk; it never waits on a delivery being sent.
 
-use super::auth::Credentials;
 use super::{State, error};
+use crate::credentials::Credentials;
 use crate::delivery::Reservation;
+use crate::event::type_label;
 use crate::metrics::RuleLabels;
 use crate::store::{Due, Intake, NewDelivery, NewEvent, StoreError};
 use crate::template::Data;
@@ -36,11 +37,11 @@ pub(super) async fn admit(
     let client = config
         .source_auth(&source)
         .client_ip(peer.map(|p| p.ip()), forwarded);
-    if let Some(wait) = client.and_then(|ip| state.guard.limiter.refused_for(ip)) {
+    if let Some(wait) = client.and_then(|ip| state.limiter.refused_for(ip)) {
         let known = state
+            .app
             .sources
-            .iter()
-            .find(|s| s.name() == source)
+            .get(&source)
             .map_or("unknown", |s| s.name());
         state
             .app
@@ -72,11 +73,7 @@ where
 {
     let started = std::time::Instant::now();
     let metrics = &state.app.metrics;
-    let normaliser = state
-        .sources
-        .iter()
-        .find(|s| s.name() == caller.source)
-        .cloned();
+    let normaliser = state.app.sources.get(&caller.source).cloned();
     let label = normaliser.as_ref().map_or("unknown", |s| s.name());
     let refuse = |status: StatusCode, message: String| {
         let reason = match status {
@@ -87,14 +84,14 @@ where
         };
         metrics.event(label, "unknown", "rejected", reason);
         if let Some(ip) = caller.client {
-            state.guard.limiter.penalise(ip);
+            state.limiter.penalise(ip);
         }
         tracing::warn!(source = %caller.source, client = ?caller.client, status = status.as_u16(), reason = %message, "Webhook refused.");
         error(status, message)
     };
     let source = caller.source.as_str();
     let Some(normaliser) = normaliser else {
-        let known: Vec<&str> = state.sources.iter().map(|s| s.name()).collect();
+        let known = state.app.sources.names();
         return refuse(
             StatusCode::NOT_FOUND,
             format!(
@@ -142,19 +139,22 @@ where
         Ok(p) => p,
         Err(message) => return refuse(StatusCode::BAD_REQUEST, message),
     };
-    let secret_key = payload.get("secret_key").and_then(Value::as_str);
+    let secret = normaliser.body_secret(&payload);
     let sent_at = normaliser.sent_at(&payload);
-    if let Err(e) = auth.check_payload(secret_key, sent_at, chrono::Utc::now()) {
+    if let Err(e) = auth.check_payload(secret, sent_at, chrono::Utc::now()) {
         return refuse(StatusCode::UNAUTHORIZED, e.to_string());
     }
     let dedup_key = normaliser.dedup_key(&payload, &body, sent_at);
     let mut event = normaliser.normalise(payload);
     let event_id = uuid::Uuid::now_v7().to_string();
-    event["event_id"] = Value::String(event_id.clone());
+    event.event_id.clone_from(&event_id);
+    let (kind, sent) = (event.event.clone(), event.source_event.clone());
+    let label_kind = type_label(Some(normaliser.as_ref()), &kind);
+    let lead_email = event.lead.email.clone();
+    // Rules, templates and the store all read this one JSON form of the event.
+    let event = event.into_value();
     let config = state.app.current();
     let matched = config.rules.matching(&event);
-    let (kind, sent) = crate::event::event_type(&event);
-    let (kind, sent) = (kind.to_string(), sent.to_string());
     let deliveries = matched
         .iter()
         .flat_map(|&i| {
@@ -178,7 +178,7 @@ where
         id: event_id.clone(),
         source: source.to_string(),
         event_type: kind.clone(),
-        lead_email: event["lead"]["email"].as_str().map(str::to_string),
+        lead_email,
         config_hash: config.hash.clone(),
         payload: to_json(&event, body.len()),
         dedup_key,
@@ -198,7 +198,7 @@ where
     .unwrap_or(Err(StoreError::Closed));
     match committed {
         Ok(Intake::Accepted(_)) => {
-            metrics.event(label, &kind, "accepted", "none");
+            metrics.event(label, label_kind, "accepted", "none");
             for &i in &matched {
                 let rule = RuleLabels {
                     rule: config.rules.get(i).name.clone(),
@@ -210,7 +210,7 @@ where
                 event_id,
                 source,
                 event = kind,
-                sent_as = sent,
+                sent_as = sent.as_str(),
                 rules = matched.len(),
                 deliveries,
                 "Event received."
@@ -218,7 +218,7 @@ where
             warp::reply::json(&json!({"status": "received", "event_id": event_id})).into_response()
         }
         Ok(Intake::Duplicate(first)) => {
-            metrics.event(label, &kind, "duplicate", "none");
+            metrics.event(label, label_kind, "duplicate", "none");
             tracing::info!(
                 event_id = first,
                 source,
@@ -228,7 +228,7 @@ where
             warp::reply::json(&json!({"status": "duplicate", "event_id": first})).into_response()
         }
         Err(e) => {
-            metrics.event(label, &kind, "rejected", "store_unavailable");
+            metrics.event(label, label_kind, "rejected", "store_unavailable");
             tracing::error!(source, error = %e, "Event refused: it could not be stored.");
             let mut r = error(
                 StatusCode::SERVICE_UNAVAILABLE,

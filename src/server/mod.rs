@@ -1,19 +1,20 @@
-//! The HTTP server (warp): webhook intake, health, metrics, reload and status. warp types stay
-//! in this module. [`serve`] runs on any listener, so tests bind port 0 and drive the real
-//! server over a real socket.
+//! The HTTP server (warp): webhook intake, health, metrics, reload, status and the API. This is
+//! the only module that knows warp. [`serve`] runs on any listener until its shutdown future
+//! resolves.
 
+mod access;
 mod admin;
 mod api;
-pub mod auth;
 mod ingest;
 mod limit;
 
+pub use access::AdminAccess;
 pub use limit::Limiter;
 
 use crate::app::App;
 use crate::delivery::Handoff;
-use crate::event::Source;
 use crate::store::{Committer, Store};
+use access::{Refused, admin_only};
 use serde_json::json;
 use std::convert::Infallible;
 use std::future::Future;
@@ -26,7 +27,6 @@ use warp::reply::{Reply, Response};
 pub const MAX_BODY_BYTES: u64 = 1024 * 1024;
 
 /// What every handler needs.
-#[derive(Clone)]
 pub struct State {
     /// Shared router state.
     pub app: Arc<App>,
@@ -36,81 +36,12 @@ pub struct State {
     pub committer: Committer,
     /// Where the deliveries of a committed event go straight to this instance's workers.
     pub handoff: Handoff,
-    /// The mounted webhook sources.
-    pub sources: Arc<Vec<Arc<dyn Source>>>,
-    /// Admin access and rate limiting.
-    pub guard: Arc<Guard>,
-    /// `/readyz` answers 503 past this many pending deliveries.
-    pub ready_max_pending: u64,
-}
-
-/// Who may use the admin endpoints, and the per-client limiter for failed webhook requests.
-pub struct Guard {
-    admin_token: Option<auth::Secret>,
-    loopback_only: bool,
+    /// Who may use the admin endpoints.
+    pub access: AdminAccess,
     /// Failed webhook requests per client.
     pub limiter: Limiter,
-}
-
-impl Guard {
-    /// For a router listening on `listen`: the admin endpoints need `admin_token` (required
-    /// unless listening on loopback only); `rate` and `burst` limit failed requests per client.
-    pub fn new(
-        listen: std::net::SocketAddr,
-        admin_token: Option<String>,
-        rate: u32,
-        burst: u32,
-    ) -> Self {
-        Guard {
-            admin_token: admin_token.filter(|t| !t.is_empty()).map(auth::Secret::new),
-            loopback_only: listen.ip().is_loopback(),
-            limiter: Limiter::new(rate, burst),
-        }
-    }
-
-    /// Whether a request with this `Authorization` header may use the admin endpoints.
-    fn admit_admin(&self, authorization: Option<&str>) -> Result<(), Refused> {
-        match &self.admin_token {
-            Some(token) => {
-                let offered = authorization
-                    .and_then(|h| h.strip_prefix("Bearer "))
-                    .map(str::trim);
-                if offered.is_some_and(|t| token.matches(t)) {
-                    Ok(())
-                } else {
-                    Err(Refused::Unauthorized(
-                        "a bearer token is required: Authorization: Bearer $SWITCHBOARD_ADMIN_TOKEN",
-                    ))
-                }
-            }
-            None if self.loopback_only => Ok(()),
-            None => Err(Refused::Forbidden(
-                "the admin API is off: the router listens beyond loopback and SWITCHBOARD_ADMIN_TOKEN is not set",
-            )),
-        }
-    }
-}
-
-#[derive(Debug)]
-enum Refused {
-    Unauthorized(&'static str),
-    Forbidden(&'static str),
-    RateLimited(std::time::Duration),
-}
-impl warp::reject::Reject for Refused {}
-
-/// Passes requests that may use the admin endpoints.
-fn admin_only(state: Arc<State>) -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
-    warp::header::optional::<String>("authorization")
-        .and_then(move |h: Option<String>| {
-            let guard = state.guard.clone();
-            async move {
-                guard
-                    .admit_admin(h.as_deref())
-                    .map_err(warp::reject::custom)
-            }
-        })
-        .untuple_one()
+    /// `/readyz` answers 503 past this many pending deliveries.
+    pub ready_max_pending: u64,
 }
 
 /// Serves the router's HTTP interface on `listener` until `shutdown` resolves, then stops

@@ -1,7 +1,7 @@
 //! Hot reload: a saved edit takes effect within 2 seconds without a restart; a broken edit keeps
 //! the old rules serving and shows every error in `/api/status` and `POST /-/reload`.
 
-use crate::util::{HttpPeer, Router, fixture, wait_until};
+use crate::util::{HttpPeer, Router, fixture};
 use std::time::{Duration, Instant};
 
 fn rules(peer: &HttpPeer, path: &str) -> String {
@@ -22,14 +22,12 @@ fn save(path: &std::path::Path, text: &str) {
 async fn a_saved_edit_takes_effect_within_two_seconds() {
     let peer = HttpPeer::start().await;
     let router = Router::start(&rules(&peer, "/before"), &[]).await;
-    let hash_before = router.get("/api/status").await.1["config_hash"].clone();
+    let hash_before = router.config_hash().await;
     save(&router.rules_path(), &rules(&peer, "/after"));
     let saved = Instant::now();
-    wait_until(
-        || router.app.current().hash != hash_before.as_str().unwrap(),
-        "the reload",
-    )
-    .await;
+    router
+        .wait_status("the reload", |s| s["config_hash"] != hash_before.as_str())
+        .await;
     assert!(
         saved.elapsed() < Duration::from_secs(2),
         "reload took {:?}",
@@ -43,8 +41,10 @@ async fn a_saved_edit_takes_effect_within_two_seconds() {
 
     // A second edit works too: the watch survives the rename.
     save(&router.rules_path(), &rules(&peer, "/again"));
-    let h = router.app.current().hash.clone();
-    wait_until(|| router.app.current().hash != h, "the second reload").await;
+    let h = router.config_hash().await;
+    router
+        .wait_status("the second reload", |s| s["config_hash"] != h.as_str())
+        .await;
     router
         .post(&crate::util::unique(fixture("real_13_email_reply")))
         .await;
@@ -61,8 +61,9 @@ async fn a_broken_edit_keeps_the_old_rules_and_reports_every_error() {
         peer.url("/new")
     );
     save(&router.rules_path(), &broken);
-    wait_until(|| !router.app.reload_status().ok, "the failed reload").await;
-    let (_, status) = router.get("/api/status").await;
+    let status = router
+        .wait_status("the failed reload", |s| s["last_reload"]["ok"] == false)
+        .await;
     assert_eq!(status["last_reload"]["ok"], false, "{status}");
     let errors = status["last_reload"]["errors"].as_array().unwrap();
     assert_eq!(errors.len(), 2, "{status}");

@@ -7,12 +7,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use switchboard::actions::Clients;
-use switchboard::app::App;
-use switchboard::config::{Sources, watch};
+use switchboard::config::ConfigPaths;
 use switchboard::delivery::{self, RetryPolicy};
-use switchboard::server::{self, Guard, State};
+use switchboard::event::Sources;
 use switchboard::store::Store;
+use switchboard::{Options, StartError};
 use warp::Filter;
 
 /// A fixture payload from tests/fixtures/smartlead.
@@ -266,15 +265,46 @@ pub fn fast_retries() -> delivery::Settings {
     }
 }
 
-/// The real router, serving on 127.0.0.1:0 from rules and templates in a temporary directory.
+/// The real router, started through the same `switchboard::run` as `serve`, on a port of its
+/// own from rules and templates in a temporary directory.
 pub struct Router {
+    /// Where to send requests (loopback, whatever the router listens on).
     pub addr: SocketAddr,
+    /// The address the router listens on (`0.0.0.0:port` for a router beyond loopback).
+    pub listen: SocketAddr,
     pub dir: tempfile::TempDir,
-    pub app: Arc<App>,
+    /// A handle of the test's own on the router's store (as `dlq` and `deliveries` open it).
     pub store: Store,
     client: reqwest::Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    _watch: Option<watch::Watch>,
+    running: Option<tokio::task::JoinHandle<Result<(), StartError>>>,
+}
+
+/// How a test router is started besides its delivery settings.
+#[derive(Clone)]
+pub struct Start {
+    /// The address to listen on (its port is ignored: a free one is taken).
+    pub listen: SocketAddr,
+    /// `SWITCHBOARD_ADMIN_TOKEN`.
+    pub admin_token: Option<String>,
+    /// `--ready-max-pending`.
+    pub ready_max_pending: u64,
+    /// `--store` (default: SQLite in the router's directory).
+    pub store: Option<String>,
+    /// The webhook sources mounted (default: the build's).
+    pub sources: Sources,
+}
+
+impl Default for Start {
+    fn default() -> Self {
+        Start {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            admin_token: None,
+            ready_max_pending: 1_000,
+            store: None,
+            sources: Sources::default(),
+        }
+    }
 }
 
 impl Router {
@@ -291,74 +321,151 @@ impl Router {
 
     /// Starts the router with the given delivery settings.
     pub async fn start_with(dir: tempfile::TempDir, settings: delivery::Settings) -> Router {
-        Self::start_guarded(
-            dir,
-            settings,
-            ("127.0.0.1:8080".parse().unwrap(), None),
-            1_000,
-        )
-        .await
+        Self::start_as(dir, settings, Start::default()).await
     }
 
-    /// Starts the router as if it listened on `listen` (loopback or not) with an admin token.
+    /// Starts the router listening on `listen` (loopback or not) with an admin token.
     pub async fn start_guarded(
         dir: tempfile::TempDir,
         settings: delivery::Settings,
-        settings_guard: (SocketAddr, Option<String>),
+        (listen, admin_token): (SocketAddr, Option<String>),
         ready_max_pending: u64,
     ) -> Router {
-        Self::start_full(dir, settings, settings_guard, ready_max_pending, None).await
+        let start = Start {
+            listen,
+            admin_token,
+            ready_max_pending,
+            ..Start::default()
+        };
+        Self::start_as(dir, settings, start).await
     }
 
     /// Starts the router on a given store URL (default: SQLite in `dir`).
     pub async fn start_full(
         dir: tempfile::TempDir,
         settings: delivery::Settings,
-        settings_guard: (SocketAddr, Option<String>),
+        (listen, admin_token): (SocketAddr, Option<String>),
         ready_max_pending: u64,
-        store_url: Option<&str>,
+        store: Option<&str>,
     ) -> Router {
-        let sources = Sources {
-            rules: dir.path().join("rules/rules.yaml"),
-            templates: dir.path().join("templates"),
-        };
-        let app = App::load(sources).unwrap_or_else(|e| panic!("rules load:\n{e}"));
-        let url = store_url
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("switchboard.db").display()));
-        let options = switchboard::store::Options {
-            lease: Duration::from_secs(2),
-        };
-        let store = Store::open_with(&url, &options).await.unwrap();
-        let workers = delivery::start(app.clone(), store.clone(), Clients::new(), settings);
-        let w = watch::watch(app.clone()).expect("watch starts");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let state = State {
-            app: app.clone(),
-            store: store.clone(),
-            committer: workers.committer(),
-            handoff: workers.handoff(),
-            sources: Arc::new(switchboard::event::sources()),
-            guard: Arc::new(Guard::new(settings_guard.0, settings_guard.1, 5, 20)),
+        let start = Start {
+            listen,
+            admin_token,
             ready_max_pending,
+            store: store.map(str::to_string),
+            ..Start::default()
         };
-        tokio::spawn(async move {
-            server::serve(listener, state, async {
-                let _ = stopped.await;
-            })
-            .await;
-            workers.shutdown(Duration::from_secs(5)).await;
-        });
+        Self::start_as(dir, settings, start).await
+    }
+
+    /// The router's options as `serve` would make them from its flags, for this directory.
+    pub fn options(dir: &Path, settings: delivery::Settings, start: &Start) -> Options {
+        let paths = ConfigPaths {
+            rules: dir.join("rules/rules.yaml"),
+            templates: dir.join("templates"),
+        };
+        let url = start
+            .store
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", dir.join("switchboard.db").display()));
+        let mut options = Options::new(paths, url);
+        options.sources = start.sources.clone();
+        options.lease = Duration::from_secs(2);
+        options.delivery = settings;
+        options.admin_token = start.admin_token.clone();
+        options.rate_limit = 5;
+        options.rate_limit_burst = 20;
+        options.ready_max_pending = start.ready_max_pending;
+        options.shutdown_grace = Duration::from_secs(5);
+        options
+    }
+
+    /// Starts the router through `switchboard::run` and waits until it answers.
+    pub async fn start_as(
+        dir: tempfile::TempDir,
+        settings: delivery::Settings,
+        start: Start,
+    ) -> Router {
+        let options = Self::options(dir.path(), settings, &start);
+        let url = options.store.clone();
+        let bind = SocketAddr::new(start.listen.ip(), 0);
+        let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
+        let listen = listener.local_addr().unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], listen.port()));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(switchboard::run(options, listener, async {
+            let _ = stopped.await;
+        }));
+        let client = reqwest::Client::new();
+        let begun = Instant::now();
+        while client
+            .get(format!("http://{addr}/healthz"))
+            .send()
+            .await
+            .is_err()
+        {
+            if running.is_finished() {
+                match running.await.unwrap() {
+                    Err(e) => panic!("the router did not start: {e}"),
+                    Ok(()) => panic!("the router stopped at once"),
+                }
+            }
+            assert!(
+                begun.elapsed() < Duration::from_secs(10),
+                "the router did not answer"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let store = Store::open(&url).await.unwrap();
         Router {
             addr,
+            listen,
             dir,
-            app,
             store,
-            client: reqwest::Client::new(),
+            client,
             stop: Some(stop),
-            _watch: Some(w),
+            running: Some(running),
+        }
+    }
+
+    /// Stops the router as a shutdown would, and waits until it has.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(running) = self.running.take() {
+            running.await.unwrap().expect("the router ran");
+        }
+    }
+
+    /// The router's answer to `/api/status`.
+    pub async fn status(&self) -> Value {
+        let (code, status) = self.get("/api/status").await;
+        assert_eq!(code, 200, "{status}");
+        status
+    }
+
+    /// The hash of the configuration serving now.
+    pub async fn config_hash(&self) -> String {
+        self.status().await["config_hash"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Waits until `/api/status` satisfies `ok` (panics after 10 s).
+    pub async fn wait_status(&self, what: &str, mut ok: impl FnMut(&Value) -> bool) -> Value {
+        let begun = Instant::now();
+        loop {
+            let status = self.status().await;
+            if ok(&status) {
+                return status;
+            }
+            assert!(
+                begun.elapsed() < Duration::from_secs(10),
+                "timed out waiting for {what}: {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -368,11 +475,8 @@ impl Router {
 
     /// Stops the router (as a shutdown would) and starts it again on the same rules and store.
     pub async fn restart(mut self) -> Router {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        self.stop().await;
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
-        tokio::time::sleep(Duration::from_millis(200)).await;
         Router::start_in(dir).await
     }
 

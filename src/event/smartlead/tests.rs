@@ -2,10 +2,13 @@
 
 use super::*;
 use crate::event::Source;
+use serde_json::json;
 
 fn normalise(text: &str) -> Value {
     let payload: Value = serde_json::from_str(text).unwrap();
-    SmartLead.normalise(payload.as_object().unwrap().clone())
+    SmartLead
+        .normalise(payload.as_object().unwrap().clone())
+        .into_value()
 }
 
 macro_rules! fixture {

@@ -1,7 +1,6 @@
 //! Conditions compiled from YAML and evaluated against canonical events.
 
 use super::*;
-use crate::config::raw::RawWhen;
 use serde_json::json;
 
 fn cond(yaml: &str) -> Condition {

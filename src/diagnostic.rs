@@ -1,5 +1,7 @@
 //! Diagnostics: one problem in the configuration, with the file, line and column it is at.
+//! Every part of the configuration (the loader, the rules, the actions) reports through these.
 
+use crate::syntax::Pos;
 use serde::Serialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -19,18 +21,18 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     /// A problem at a position in a file.
-    pub fn at(file: &Path, line: u32, column: u32, message: impl Into<String>) -> Self {
+    pub fn at(file: &Path, at: Pos, message: impl Into<String>) -> Self {
         Diagnostic {
             file: file.to_path_buf(),
-            line,
-            column,
+            line: at.line,
+            column: at.column,
             message: message.into(),
         }
     }
 
     /// A problem with a whole file.
     pub fn file(file: &Path, message: impl Into<String>) -> Self {
-        Diagnostic::at(file, 0, 0, message)
+        Diagnostic::at(file, Pos::default(), message)
     }
 
     /// The same problem, placed in `file` (parsers report positions before they know the file).
@@ -63,6 +65,10 @@ impl Diagnostics {
     /// Adds a problem.
     pub fn push(&mut self, d: Diagnostic) {
         self.0.push(d);
+    }
+    /// Adds a problem at a position in a file.
+    pub fn at(&mut self, file: &Path, at: Pos, message: impl Into<String>) {
+        self.0.push(Diagnostic::at(file, at, message));
     }
     /// Adds all of another list's problems.
     pub fn extend(&mut self, other: Diagnostics) {

@@ -2,7 +2,7 @@
 //! (directories, not files, because editors save by writing a new file and renaming it over
 //! the old one), and SIGHUP. Changes are debounced, then [`App::reload`] compiles and swaps.
 
-use crate::app::App;
+use super::App;
 use notify::{EventKind, RecursiveMode, Watcher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,8 +20,8 @@ pub struct Watch {
 /// Starts watching the rules and templates of `app`, reloading on every relevant change.
 pub fn watch(app: Arc<App>) -> notify::Result<Watch> {
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
-    let rules = absolute(&app.sources.rules);
-    let templates = absolute(&app.sources.templates);
+    let rules = absolute(&app.paths.rules);
+    let templates = absolute(&app.paths.templates);
     let rules_dir = if rules.is_dir() {
         rules.clone()
     } else {
@@ -53,18 +53,17 @@ pub fn watch(app: Arc<App>) -> notify::Result<Watch> {
     Ok(Watch { _watcher: watcher })
 }
 
-/// Reloads on every SIGHUP until the process ends.
+/// Reloads on every SIGHUP until the returned task is aborted.
 #[cfg(unix)]
-pub fn reload_on_sighup(app: Arc<App>) -> std::io::Result<()> {
+pub fn reload_on_sighup(app: Arc<App>) -> std::io::Result<tokio::task::JoinHandle<()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = signal(SignalKind::hangup())?;
-    tokio::spawn(async move {
+    Ok(tokio::spawn(async move {
         while hup.recv().await.is_some() {
             let app = app.clone();
             let _ = tokio::task::spawn_blocking(move || app.reload("SIGHUP")).await;
         }
-    });
-    Ok(())
+    }))
 }
 
 /// Whether a changed path is a rules file or lies under the templates directory.

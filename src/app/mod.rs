@@ -1,12 +1,18 @@
 //! The state the server, the reload triggers and the workers share: the current configuration
-//! (swapped atomically on reload), the last reload's result, and the metrics.
+//! (swapped atomically on reload), the last reload's result, and the metrics. Reloads are
+//! compile-then-swap: a configuration with any problem never serves. [`watch`] holds what
+//! triggers them besides `POST /-/reload`.
 
-use crate::config::{self, Config, Diagnostic, Diagnostics, Sources};
+pub mod watch;
+
+use crate::config::{self, Config, ConfigPaths};
+use crate::credentials::ListenerPolicy;
+use crate::diagnostic::{Diagnostic, Diagnostics};
+use crate::event::Sources;
 use crate::metrics::Metrics;
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::{Value, json};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -26,6 +32,8 @@ pub struct ReloadStatus {
 /// Shared router state.
 pub struct App {
     /// Where the configuration is loaded from.
+    pub paths: ConfigPaths,
+    /// The webhook sources mounted.
     pub sources: Sources,
     config: ArcSwap<Config>,
     status: Mutex<ReloadStatus>,
@@ -37,9 +45,9 @@ pub struct App {
     pub last_success_unix: AtomicI64,
     /// Woken when new deliveries are stored, so workers need not wait for their next poll.
     pub wake: tokio::sync::Notify,
-    /// The listener beyond loopback that `serve` started without `--insecure`: a reload that
-    /// would leave a source with no credential there is refused, as the start would have been.
-    public: std::sync::OnceLock<std::net::SocketAddr>,
+    /// Whether sources may go without a credential: a reload that would leave one open on a
+    /// public listener is refused, as the start would have been.
+    policy: ListenerPolicy,
 }
 
 /// How many earlier configurations are kept (besides the serving one) so that pending
@@ -48,8 +56,14 @@ const KEPT_CONFIGS: usize = 1;
 
 impl App {
     /// Loads the configuration for the first time; fails with every problem if it is invalid.
-    pub fn load(sources: Sources) -> Result<Arc<App>, Diagnostics> {
-        let config = config::load(&sources)?;
+    /// `policy` decides which configurations later reloads may swap in (the caller checks the
+    /// first one against it, to refuse the start in its own words).
+    pub fn load(
+        paths: ConfigPaths,
+        sources: Sources,
+        policy: ListenerPolicy,
+    ) -> Result<Arc<App>, Diagnostics> {
+        let config = config::load(&paths, &sources)?;
         let last_success_unix = AtomicI64::new(config.loaded_at.timestamp());
         let status = ReloadStatus {
             ok: true,
@@ -58,6 +72,7 @@ impl App {
             errors: Diagnostics::default(),
         };
         Ok(Arc::new(App {
+            paths,
             sources,
             config: ArcSwap::from_pointee(config),
             status: Mutex::new(status),
@@ -66,7 +81,7 @@ impl App {
             metrics: Metrics::default(),
             last_success_unix,
             wake: tokio::sync::Notify::new(),
-            public: std::sync::OnceLock::new(),
+            policy,
         }))
     }
 
@@ -91,32 +106,6 @@ impl App {
             .unwrap_or(current)
     }
 
-    /// From now on every source must ask for a credential: the router listens on `listen`,
-    /// beyond loopback, and was not started with `--insecure`.
-    pub fn require_credentials(&self, listen: std::net::SocketAddr) {
-        let _ = self.public.set(listen);
-    }
-
-    /// `config`, unless it would leave a source open on a public listener (see
-    /// [`App::require_credentials`]).
-    fn guard(&self, config: Config) -> Result<Config, Diagnostics> {
-        let Some(listen) = self.public.get() else {
-            return Ok(config);
-        };
-        let open = config.open_sources();
-        let Some(first) = open.first() else {
-            return Ok(config);
-        };
-        let file = config.files.first().cloned().unwrap_or_default();
-        Err(Diagnostics::one(Diagnostic::file(
-            &file,
-            format!(
-                "this configuration asks no credential for /webhooks/{}, and the router listens on {listen}, beyond loopback: anyone who finds the URL could post events. Set sources.{first}.secret_key (or token, hmac_secret, allow_ips), or restart with --insecure to accept that risk (SECURITY.md)",
-                open.join(", /webhooks/"),
-            ),
-        )))
-    }
-
     /// The last reload's result.
     pub fn reload_status(&self) -> ReloadStatus {
         self.status.lock().expect("status lock").clone()
@@ -127,7 +116,8 @@ impl App {
     /// Blocking (it reads files and compiles): call it from a blocking context.
     pub fn reload(&self, trigger: &str) -> Result<Arc<Config>, Diagnostics> {
         let _one_at_a_time = self.reload_lock.lock().expect("reload lock");
-        let result = config::load(&self.sources).and_then(|new| self.guard(new));
+        let result =
+            config::load(&self.paths, &self.sources).and_then(|new| admit(&self.policy, new));
         let now = Utc::now();
         let mut status = self.status.lock().expect("status lock");
         match result {
@@ -177,43 +167,17 @@ impl App {
             }
         }
     }
+}
 
-    /// `/api/status`: what is loaded and how the last reload went.
-    pub fn status_json(&self) -> Value {
-        let config = self.current();
-        let rules = config.rules.rules();
-        json!({
-            "rules_loaded": rules.len(),
-            "rules_enabled": rules.iter().filter(|r| r.enabled).count(),
-            "rules": rules.iter().map(|r| json!({
-                "name": r.name,
-                "enabled": r.enabled,
-                "file": r.origin.0,
-                "line": r.origin.1,
-                "actions": r.actions.iter().map(|a| a.action.kind()).collect::<Vec<_>>(),
-            })).collect::<Vec<_>>(),
-            "config_hash": config.hash,
-            "loaded_at": config.loaded_at,
-            "files": config.files,
-            "warnings": config.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            "last_reload": self.reload_status_json(),
-        })
-    }
-
-    fn reload_status_json(&self) -> Value {
-        let s = self.reload_status();
-        json!({
-            "ok": s.ok,
-            "at": s.at,
-            "trigger": s.trigger,
-            "errors": s.errors.iter().map(|d| json!({
-                "file": d.file,
-                "line": d.line,
-                "column": d.column,
-                "message": d.message,
-                "text": d.to_string(),
-            })).collect::<Vec<_>>(),
-        })
+/// `config`, unless `policy` refuses the sources it leaves open (the problem is placed in the
+/// first rules file).
+fn admit(policy: &ListenerPolicy, config: Config) -> Result<Config, Diagnostics> {
+    match policy.check(&config.open_sources()) {
+        Ok(()) => Ok(config),
+        Err(open) => {
+            let file = config.files.first().cloned().unwrap_or_default();
+            Err(Diagnostics::one(Diagnostic::file(&file, open.to_string())))
+        }
     }
 }
 

@@ -1,26 +1,25 @@
-//! Webhook authentication, per source, configured under `sources:` in the rules file. Modes
-//! combine: every mode that is configured must pass.
+//! Webhook source credentials, configured under `sources:` in the rules file. Modes combine:
+//! every mode that is configured must pass.
 //!
-//! - `secret_key`: SmartLead's own field in the body, compared in constant time;
-//! - `token`: a token in the URL (`/webhooks/smartlead/{token}` or `?token=`), constant time;
-//! - `hmac_secret`: an HMAC-SHA256 of the raw body in a header (`X-Smartlead-Signature:
-//!   sha256=…` by default);
+//! - `secret_key`: a secret the source writes into the body (its field is the source's own),
+//!   compared in constant time;
+//! - `token`: a token in the URL (`/webhooks/{source}/{token}` or `?token=`), constant time;
+//! - `hmac_secret`: an HMAC-SHA256 of the raw body in a header (the source's own header by
+//!   default);
 //! - `allow_ips`: the client address must be in one of these networks; `X-Forwarded-For` is
 //!   believed only from `trusted_proxies`;
 //! - `replay_window`: the event's own timestamp must be this recent.
 //!
-//! Everything here is pure: the server hands in what it read from the request.
+//! [`ListenerPolicy`] is the rule that no source may go without a credential on a listener
+//! beyond loopback. Everything here is pure: callers hand in what they read from a request.
 
 use chrono::{DateTime, Utc};
 use hmac::{KeyInit, Mac};
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 use subtle::ConstantTimeEq;
-
-/// The default header carrying the body's HMAC.
-pub const SIGNATURE_HEADER: &str = "X-Smartlead-Signature";
 
 /// A secret value: compared in constant time, never printed.
 #[derive(Clone)]
@@ -195,50 +194,60 @@ pub fn sign(key: &str, body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-/// Whether an address is one an event-templated URL must not reach: loopback, private,
-/// link-local (cloud metadata lives there), carrier-grade NAT, unspecified, broadcast, multicast.
-pub fn is_internal(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || (o[0] == 100 && (o[1] & 0xc0) == 64)
-                || o[0] == 0
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_internal(IpAddr::V4(v4));
-            }
-            let s = v6.segments();
-            // Forms that carry an IPv4 address and reach it: IPv4-compatible (`::a.b.c.d`),
-            // NAT64 (`64:ff9b::a.b.c.d`) and 6to4 (`2002:AABB:CCDD::`).
-            let embedded = |hi: u16, lo: u16| {
-                let [a, b] = hi.to_be_bytes();
-                let [c, d] = lo.to_be_bytes();
-                is_internal(IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d)))
-            };
-            if s[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified() {
-                return embedded(s[6], s[7]);
-            }
-            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-                return embedded(s[6], s[7]);
-            }
-            if s[0] == 0x2002 {
-                return embedded(s[1], s[2]);
-            }
-            let first = s[0];
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80
+/// The rule for sources that ask for no credential: on a listener beyond loopback they are
+/// refused (anyone who finds the URL could post events), at start and at every reload, unless
+/// the operator accepted that risk with `--insecure`.
+#[derive(Debug, Clone, Copy)]
+pub struct ListenerPolicy {
+    /// The listener beyond loopback that must not have open sources, if there is one.
+    public: Option<SocketAddr>,
+}
+
+impl ListenerPolicy {
+    /// The policy for a router listening on `listen`.
+    pub fn new(listen: SocketAddr, insecure: bool) -> Self {
+        ListenerPolicy {
+            public: (!listen.ip().is_loopback() && !insecure).then_some(listen),
         }
     }
+
+    /// A policy that allows open sources (a loopback listener, or no listener at all).
+    pub fn open() -> Self {
+        ListenerPolicy { public: None }
+    }
+
+    /// Refuses a configuration whose `open` sources ask for no credential, when they would be
+    /// reachable beyond loopback.
+    pub fn check(&self, open: &[&str]) -> Result<(), OpenSources> {
+        match (self.public, open.first()) {
+            (Some(listen), Some(_)) => Err(OpenSources {
+                listen,
+                sources: open.iter().map(|s| s.to_string()).collect(),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Sources that ask for no credential on a listener beyond loopback.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "no authentication is configured for /webhooks/{}, and the router listens on {listen}, beyond loopback: anyone who finds the URL could post fake events into your channels. Set sources.{}.secret_key (or token, hmac_secret, allow_ips) in the rules file, or pass --insecure to accept that risk (SECURITY.md)",
+    sources.join(", /webhooks/"),
+    sources[0]
+)]
+pub struct OpenSources {
+    /// The listener.
+    pub listen: SocketAddr,
+    /// The sources that ask for no credential (at least one).
+    pub sources: Vec<String>,
+}
+
+/// The warning `check` and every load give for a source that asks for no credential.
+pub fn open_source_warning(source: &str) -> String {
+    format!(
+        "source {source:?} asks for no credential: anyone who can reach /webhooks/{source} can post events (`serve` then listens on loopback only, or with --insecure); set sources.{source}.secret_key, token, hmac_secret or allow_ips (SECURITY.md)"
+    )
 }
 
 #[cfg(test)]
@@ -248,7 +257,7 @@ mod tests {
     fn auth() -> SourceAuth {
         SourceAuth {
             token: Some(Secret::new("tok".into())),
-            hmac: Some((Secret::new("key".into()), SIGNATURE_HEADER.into())),
+            hmac: Some((Secret::new("key".into()), "X-Signature".into())),
             allow_ips: vec!["203.0.113.0/24".parse().unwrap()],
             trusted_proxies: vec!["127.0.0.1/32".parse().unwrap()],
             ..SourceAuth::default()
@@ -339,33 +348,32 @@ mod tests {
     }
 
     #[test]
-    fn internal_addresses() {
-        for ip in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
-            "100.64.0.1",
-            "0.0.0.0",
-            "::1",
-            "fd00::1",
-            "fe80::1",
-            "::ffff:127.0.0.1",
-            "::169.254.169.254",
-            "64:ff9b::a9fe:a9fe",
-            "2002:0a00:0001::1",
-        ] {
-            assert!(is_internal(ip.parse().unwrap()), "{ip}");
-        }
-        for ip in [
-            "93.184.216.34",
-            "2606:4700::1111",
-            "8.8.8.8",
-            "64:ff9b::808:808",
-            "2002:5db8:d822::1",
-        ] {
-            assert!(!is_internal(ip.parse().unwrap()), "{ip}");
-        }
+    fn open_sources_are_refused_only_beyond_loopback_and_without_insecure() {
+        let public: SocketAddr = "0.0.0.0:8080".parse().unwrap();
+        let e = ListenerPolicy::new(public, false)
+            .check(&["smartlead"])
+            .unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("/webhooks/smartlead")
+                && text.contains("0.0.0.0:8080")
+                && text.contains("sources.smartlead.secret_key")
+                && text.contains("--insecure"),
+            "{text}"
+        );
+        assert!(ListenerPolicy::new(public, false).check(&[]).is_ok());
+        assert!(
+            ListenerPolicy::new(public, true)
+                .check(&["smartlead"])
+                .is_ok()
+        );
+        let loopback: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        assert!(
+            ListenerPolicy::new(loopback, false)
+                .check(&["smartlead"])
+                .is_ok()
+        );
+        let v6: SocketAddr = "[::1]:8080".parse().unwrap();
+        assert!(ListenerPolicy::new(v6, false).check(&["smartlead"]).is_ok());
     }
 }

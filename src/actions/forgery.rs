@@ -1,6 +1,6 @@
-//! The guard on URLs built from event data: such a request must not reach loopback, private or
-//! link-local addresses (cloud metadata lives at 169.254.169.254) unless the destination says
-//! `allow_private: true`.
+//! The request-forgery check on URLs built from event data: such a request must not reach
+//! loopback, private or link-local addresses (cloud metadata lives at 169.254.169.254) unless
+//! the destination says `allow_private: true`.
 //!
 //! Host names are checked by the resolver of the HTTP client that sends those requests, on the
 //! very addresses it then connects to (redirects included). A check made before sending, with a
@@ -12,9 +12,54 @@
 //! there [`check_resolved`] looks the name up before sending, which a name that changes its
 //! answer between the two lookups could pass.
 
-use crate::server::auth::is_internal;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use std::net::{IpAddr, SocketAddr};
+
+/// Whether an address is one an event-templated URL must not reach: loopback, private,
+/// link-local (cloud metadata lives there), carrier-grade NAT, unspecified, broadcast, multicast.
+pub fn is_internal(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+                || o[0] == 0
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_internal(IpAddr::V4(v4));
+            }
+            let s = v6.segments();
+            // Forms that carry an IPv4 address and reach it: IPv4-compatible (`::a.b.c.d`),
+            // NAT64 (`64:ff9b::a.b.c.d`) and 6to4 (`2002:AABB:CCDD::`).
+            let embedded = |hi: u16, lo: u16| {
+                let [a, b] = hi.to_be_bytes();
+                let [c, d] = lo.to_be_bytes();
+                is_internal(IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d)))
+            };
+            if s[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified() {
+                return embedded(s[6], s[7]);
+            }
+            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                return embedded(s[6], s[7]);
+            }
+            if s[0] == 0x2002 {
+                return embedded(s[1], s[2]);
+            }
+            let first = s[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+        }
+    }
+}
 
 /// A host name that resolved to an internal address.
 #[derive(Debug, thiserror::Error)]
@@ -30,9 +75,9 @@ pub struct InternalAddress {
 
 /// Resolves with the system's resolver and refuses a name with any internal address among its
 /// answers (a name with a public and a private address could be made to connect to either).
-pub struct GuardedResolver;
+pub struct ScreenedResolver;
 
-impl Resolve for GuardedResolver {
+impl Resolve for ScreenedResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let host = name.as_str().to_string();
         Box::pin(async move {
@@ -91,7 +136,7 @@ pub async fn check_resolved(url: &reqwest::Url) -> Result<(), Unchecked> {
     screened(host, addrs).map(drop).map_err(Unchecked::Internal)
 }
 
-/// The refusal behind a failed request, if the guard refused it.
+/// The refusal behind a failed request, if this check refused it.
 pub fn refusal<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a InternalAddress> {
     let mut source = Some(e);
     while let Some(s) = source {
@@ -142,7 +187,7 @@ mod tests {
     #[tokio::test]
     async fn a_name_that_resolves_inside_is_refused_by_the_client_that_connects() {
         let client = reqwest::Client::builder()
-            .dns_resolver(GuardedResolver)
+            .dns_resolver(ScreenedResolver)
             .build()
             .unwrap();
         // `localhost` resolves to loopback without any DNS server; nothing needs to listen.
@@ -151,8 +196,39 @@ mod tests {
             .send()
             .await
             .unwrap_err();
-        let refused = refusal(&e).expect("the guard's refusal is in the error's sources");
+        let refused = refusal(&e).expect("the refusal is in the error's sources");
         assert_eq!(refused.host, "localhost");
         assert!(refused.ip.is_loopback(), "{refused}");
+    }
+
+    #[test]
+    fn internal_addresses() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "::169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
+            "2002:0a00:0001::1",
+        ] {
+            assert!(is_internal(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in [
+            "93.184.216.34",
+            "2606:4700::1111",
+            "8.8.8.8",
+            "64:ff9b::808:808",
+            "2002:5db8:d822::1",
+        ] {
+            assert!(!is_internal(ip.parse().unwrap()), "{ip}");
+        }
     }
 }

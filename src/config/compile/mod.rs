@@ -1,0 +1,136 @@
+//! The configuration compiler: raw rules files and the templates directory in, one validated,
+//! immutable [`Config`] out. It is pure (no network), collects every problem instead of stopping
+//! at the first, and is shared by `serve`, reload, `check` and `test`. Each part of a file is
+//! compiled by a module of its own: [`destinations`], [`sources`], [`rules`] (with the
+//! template [`probe`]).
+
+mod destinations;
+mod probe;
+mod rules;
+mod sources;
+
+use crate::config::raw::RawFile;
+use crate::credentials::{SourceAuth, open_source_warning};
+use crate::diagnostic::{Diagnostic, Diagnostics};
+use crate::event::Sources;
+use crate::rules::RuleSet;
+use crate::syntax::Pos;
+use crate::template::Templates;
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+/// A loaded configuration: the rule set with its compiled templates. Immutable; a reload builds
+/// a new one and swaps it in whole.
+#[derive(Debug)]
+pub struct Config {
+    /// The rules, compiled and indexed.
+    pub rules: RuleSet,
+    /// The compiled templates the rules' actions render with.
+    pub templates: Templates,
+    /// SHA-256 of every rules file and template file that went in, hex.
+    pub hash: String,
+    /// When this configuration was compiled.
+    pub loaded_at: DateTime<Utc>,
+    /// The rules files it was compiled from.
+    pub files: Vec<PathBuf>,
+    /// Problems that do not stop it from serving (unconfigured destinations, …).
+    pub warnings: Diagnostics,
+    /// Authentication of every mounted webhook source, in mount order (a source the files do
+    /// not configure asks for no credential).
+    pub sources: Vec<(&'static str, SourceAuth)>,
+}
+
+impl Config {
+    /// The authentication settings of a source (none asked of a source not mounted).
+    pub fn source_auth(&self, source: &str) -> &SourceAuth {
+        static OPEN: std::sync::LazyLock<SourceAuth> =
+            std::sync::LazyLock::new(SourceAuth::default);
+        self.sources
+            .iter()
+            .find(|(name, _)| *name == source)
+            .map_or(&OPEN, |(_, auth)| auth)
+    }
+
+    /// The sources that accept events with no credential.
+    pub fn open_sources(&self) -> Vec<&'static str> {
+        self.sources
+            .iter()
+            .filter(|(_, auth)| auth.is_open())
+            .map(|(name, _)| *name)
+            .collect()
+    }
+}
+
+/// Compiles parsed rules files (path, text, parsed) and the templates directory, for the
+/// webhook `sources` the router mounts.
+pub fn compile(
+    files: Vec<(PathBuf, String, RawFile)>,
+    templates_dir: &Path,
+    sources: &Sources,
+) -> Result<Config, Diagnostics> {
+    let mut errors = Diagnostics::default();
+    let (mut templates, broken) = Templates::load_dir(templates_dir);
+    for (path, e) in broken {
+        let at = Pos {
+            line: e.line.unwrap_or(0) as u32,
+            column: e.column.unwrap_or(0) as u32,
+        };
+        let message = format!("template does not compile: {}", e.message);
+        errors.at(&path, at, message);
+    }
+    let hash = hash(&files, &templates);
+    let destinations = destinations::declare(&files, &mut errors);
+    let auth = sources::compile(&files, sources, &mut errors);
+    let compiled = rules::compile(
+        &files,
+        &mut rules::Env {
+            destinations: &destinations,
+            templates: &mut templates,
+            sources,
+            errors: &mut errors,
+        },
+    );
+    let mut warnings = Diagnostics::default();
+    let first_file = files.first().map(|(p, _, _)| p.clone()).unwrap_or_default();
+    for (name, a) in &auth {
+        if a.is_open() {
+            warnings.push(Diagnostic::file(&first_file, open_source_warning(name)));
+        }
+    }
+    destinations::unused(&destinations, &compiled.used, &mut warnings);
+    let mut unconfigured: Vec<_> = compiled.unconfigured.into_iter().collect();
+    unconfigured.sort_by(|a, b| (&a.1.0, a.1.1.line).cmp(&(&b.1.0, b.1.1.line)));
+    for (label, (file, at, vars)) in unconfigured {
+        warnings.at(&file, at, format!(
+            "{label} is not configured (its address is empty); its deliveries are skipped until {vars} is set"
+        ));
+    }
+    if !errors.is_empty() {
+        errors
+            .0
+            .sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+        return Err(errors);
+    }
+    Ok(Config {
+        rules: RuleSet::new(compiled.rules),
+        templates,
+        hash,
+        loaded_at: Utc::now(),
+        files: files.into_iter().map(|(p, _, _)| p).collect(),
+        warnings,
+        sources: auth,
+    })
+}
+
+/// SHA-256 of the templates and of every rules file (its name and text), hex.
+fn hash(files: &[(PathBuf, String, RawFile)], templates: &Templates) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(templates.digest());
+    for (path, text, _) in files {
+        let name = path.file_name().map(|n| n.to_string_lossy());
+        hasher.update(name.unwrap_or_default().as_bytes());
+        hasher.update(text.as_bytes());
+    }
+    hex::encode(hasher.finalize())
+}

@@ -1,0 +1,155 @@
+//! `rules:`: each rule's name, its `when` (compiled by the rules), and its actions (compiled by
+//! their channel, with settings they leave out taken from their destination), every action
+//! probed against each source's sample event.
+
+use super::destinations::{self, Declared};
+use super::probe;
+use crate::actions::{Ctx, RawAction, Unconfigured};
+use crate::config::raw::{RawFile, RawRule};
+use crate::diagnostic::Diagnostics;
+use crate::event::Sources;
+use crate::rules::{Condition, Rule, RuleAction, condition};
+use crate::syntax::{Spanned, pos};
+use crate::template::Templates;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+/// The rules of every file, in order, and what compiling them found out.
+pub(super) struct Compiled {
+    /// The rules, in evaluation order.
+    pub(super) rules: Vec<Rule>,
+    /// The destinations some action uses.
+    pub(super) used: HashSet<String>,
+    /// The destinations and actions whose address came out empty.
+    pub(super) unconfigured: Unconfigured,
+}
+
+/// What every rule is compiled against.
+pub(super) struct Env<'a> {
+    pub(super) destinations: &'a HashMap<String, Declared>,
+    pub(super) templates: &'a mut Templates,
+    pub(super) sources: &'a Sources,
+    pub(super) errors: &'a mut Diagnostics,
+}
+
+/// Compiles every rule of every file; a rule name used twice is an error.
+pub(super) fn compile(files: &[(PathBuf, String, RawFile)], env: &mut Env<'_>) -> Compiled {
+    let mut out = Compiled {
+        rules: Vec::new(),
+        used: HashSet::new(),
+        unconfigured: Unconfigured::new(),
+    };
+    let mut names: HashMap<String, (PathBuf, u32)> = HashMap::new();
+    for (path, _, file) in files {
+        for raw in &file.rules {
+            let rule = &raw.value;
+            let name = rule.name.value.trim().to_string();
+            let at = pos(&rule.name);
+            if name.is_empty() {
+                env.errors.at(path, at, "rule name is empty");
+            } else if let Some((f, line)) = names.get(&name) {
+                let first = f.display();
+                let message =
+                    format!("duplicate rule name {name:?} (first defined at {first}:{line})");
+                env.errors.at(path, at, message);
+            } else {
+                names.insert(name.clone(), (path.clone(), at.line));
+            }
+            let rule = compile_rule(path, name, rule, env, &mut out);
+            out.rules.push(rule);
+        }
+    }
+    out
+}
+
+fn compile_rule(
+    path: &Path,
+    name: String,
+    rule: &RawRule,
+    env: &mut Env<'_>,
+    out: &mut Compiled,
+) -> Rule {
+    let when = match &rule.when {
+        Some(w) => condition::compile(w, &mut |at, m| {
+            env.errors.at(path, at, format!("rule {name:?}: {m}"))
+        }),
+        None => Condition::All(vec![]),
+    };
+    if rule.actions.value.is_empty() {
+        env.errors.at(
+            path,
+            pos(&rule.actions),
+            format!("rule {name:?} has no actions"),
+        );
+    }
+    let actions = rule
+        .actions
+        .value
+        .iter()
+        .enumerate()
+        .filter_map(|(i, raw)| compile_action(path, &name, i, raw, env, out))
+        .collect();
+    Rule {
+        enabled: rule.enabled,
+        stop: rule.stop,
+        when,
+        actions,
+        origin: (path.to_path_buf(), pos(&rule.name).line),
+        name,
+    }
+}
+
+/// Compiles the `i`th action of rule `name`, merged with its destination's settings.
+fn compile_action(
+    path: &Path,
+    name: &str,
+    i: usize,
+    raw: &Spanned<RawAction>,
+    env: &mut Env<'_>,
+    out: &mut Compiled,
+) -> Option<RuleAction> {
+    let action = raw.value.clone();
+    let destination = action.destination().cloned();
+    let declared = match &destination {
+        Some(d) => match env.destinations.get(&d.value) {
+            Some(declared) => {
+                out.used.insert(d.value.clone());
+                Some(declared)
+            }
+            None => {
+                let known = destinations::known(env.destinations);
+                let message = format!(
+                    "rule {name:?}: unknown destination {:?} (defined: {known})",
+                    d.value
+                );
+                env.errors.at(path, pos(d), message);
+                return None;
+            }
+        },
+        None => None,
+    };
+    let label = match &destination {
+        Some(d) => format!("destination {:?}", d.value),
+        None => format!("rule {name:?} action {} ({})", i + 1, action.kind()),
+    };
+    let mut cx = Ctx::new(
+        path,
+        pos(raw),
+        env.templates,
+        env.errors,
+        &mut out.unconfigured,
+        label,
+        format!("rule {name:?} action {}", i + 1),
+    );
+    let compiled = action.compile(declared.map(|d| &d.settings), &mut cx)?;
+    probe::probe(&compiled, env.templates, env.sources, name, |message| {
+        env.errors.at(path, pos(raw), message)
+    });
+    Some(RuleAction {
+        action: compiled,
+        destination: match destination {
+            Some(d) => d.value,
+            None => format!("{name}#{}", i + 1),
+        },
+    })
+}

@@ -1,0 +1,198 @@
+//! The composition root: the whole router (configuration, store, delivery workers, reload
+//! triggers, HTTP server) built from [`Options`] and served on a listener until a shutdown
+//! future resolves. The command line and the integration tests both start it through [`run`],
+//! so what the tests exercise is what `serve` runs.
+
+use crate::actions::Clients;
+use crate::app::{App, short_hash, watch};
+use crate::config::ConfigPaths;
+use crate::credentials::{ListenerPolicy, OpenSources};
+use crate::delivery;
+use crate::diagnostic::Diagnostics;
+use crate::event::Sources;
+use crate::server::{self, AdminAccess, Limiter, State};
+use crate::store::{self, Store, StoreError};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Everything `serve` is told: where the configuration and the store are, how deliveries are
+/// made, who may use the admin endpoints.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The rules and templates.
+    pub config: ConfigPaths,
+    /// The webhook sources mounted at `/webhooks/{name}`.
+    pub sources: Sources,
+    /// The store's URL (`sqlite://PATH`, `sqlite::memory:`, `postgres://…`).
+    pub store: String,
+    /// How long a claimed delivery stays with an instance that stopped renewing it
+    /// (PostgreSQL), or stays `sending` without being sent (SQLite). At least 1 s.
+    pub lease: Duration,
+    /// The delivery workers' limits, retry policy and history.
+    pub delivery: delivery::Settings,
+    /// Serve sources that ask for no credential on a listener beyond loopback.
+    pub insecure: bool,
+    /// The token the admin endpoints ask for (`SWITCHBOARD_ADMIN_TOKEN`).
+    pub admin_token: Option<String>,
+    /// Failed webhook requests allowed per client per second (0: no limit).
+    pub rate_limit: u32,
+    /// The burst of failed webhook requests allowed per client.
+    pub rate_limit_burst: u32,
+    /// `/readyz` answers 503 past this many pending deliveries.
+    pub ready_max_pending: u64,
+    /// How long shutdown waits for the sends in flight.
+    pub shutdown_grace: Duration,
+}
+
+impl Options {
+    /// The defaults of `serve` for a configuration and a store.
+    pub fn new(config: ConfigPaths, store: impl Into<String>) -> Self {
+        Options {
+            config,
+            sources: Sources::default(),
+            store: store.into(),
+            lease: Duration::from_secs(30),
+            delivery: delivery::Settings::default(),
+            insecure: false,
+            admin_token: None,
+            rate_limit: 10,
+            rate_limit_burst: 50,
+            ready_max_pending: 100_000,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why the router did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration has problems (every one of them).
+    #[error("the configuration has {n} problem(s):\n{0}", n = .0.len())]
+    Config(Diagnostics),
+    /// A source asks for no credential on a listener beyond loopback.
+    #[error("refusing to listen on {listen}: {0}", listen = .0.listen)]
+    OpenSources(OpenSources),
+    /// The store cannot be opened.
+    #[error("cannot open the store {url}: {error}")]
+    Store {
+        /// The store's URL.
+        url: String,
+        /// What went wrong.
+        error: StoreError,
+    },
+    /// The listener has no local address.
+    #[error("the listener has no address: {0}")]
+    Listener(std::io::Error),
+}
+
+/// Runs the router on `listener` until `shutdown` resolves, then stops accepting requests,
+/// finishes those in progress and gives the sends in flight `shutdown_grace` to finish
+/// (whatever has not finished stays in the store for the next start).
+pub async fn run(
+    options: Options,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let listen = listener.local_addr().map_err(StartError::Listener)?;
+    let policy = ListenerPolicy::new(listen, options.insecure);
+    let app = App::load(options.config.clone(), options.sources.clone(), policy)
+        .map_err(StartError::Config)?;
+    let config = app.current();
+    policy
+        .check(&config.open_sources())
+        .map_err(StartError::OpenSources)?;
+    let access = AdminAccess::new(listen, options.admin_token.clone());
+    if access.closed() {
+        tracing::warn!(
+            "SWITCHBOARD_ADMIN_TOKEN is not set: /-/reload and /api/ are refused to every caller (the router listens beyond loopback)."
+        );
+    }
+    let store_options = store::Options {
+        lease: options.lease.max(Duration::from_secs(1)),
+    };
+    let store = Store::open_with(&options.store, &store_options)
+        .await
+        .map_err(|error| StartError::Store {
+            url: options.store.clone(),
+            error,
+        })?;
+    for w in config.warnings.iter() {
+        tracing::warn!("{w}");
+    }
+    // The workers run on a runtime of their own when the store allows it (see
+    // `delivery::runtime`); a PostgreSQL connection belongs to the runtime that opened it.
+    let runtime = match store.runtime_free() {
+        true => Some(delivery::runtime().map_err(StartError::Listener)?),
+        false => None,
+    };
+    let settings = delivery::Settings {
+        heartbeat: heartbeat(options.lease, options.delivery.heartbeat),
+        listen: listen.to_string(),
+        runtime: runtime.as_ref().map(|r| r.handle().clone()),
+        ..options.delivery.clone()
+    };
+    let workers = delivery::start(app.clone(), store.clone(), Clients::new(), settings);
+    let _watch = watch::watch(app.clone())
+        .inspect_err(|e| tracing::warn!(error = %e, "Cannot watch the rules for changes; reload with SIGHUP or POST /-/reload."))
+        .ok();
+    let sighup = watch::reload_on_sighup(app.clone())
+        .inspect_err(|e| tracing::warn!(error = %e, "Cannot handle SIGHUP."))
+        .ok();
+    announce(listen, &app, &options.store);
+    drop(config);
+    let state = State {
+        app,
+        store,
+        committer: workers.committer(),
+        handoff: workers.handoff(),
+        access,
+        limiter: Limiter::new(options.rate_limit, options.rate_limit_burst),
+        ready_max_pending: options.ready_max_pending,
+    };
+    server::serve(listener, state, shutdown).await;
+    tracing::info!("Stopped accepting events; finishing deliveries in flight.");
+    if let Some(task) = sighup {
+        task.abort();
+    }
+    if !workers.shutdown(options.shutdown_grace).await {
+        tracing::warn!(
+            "Some deliveries did not finish in time; they are kept and resume at the next start."
+        );
+    }
+    if let Some(runtime) = runtime {
+        // Sends still running past the grace period are abandoned; they resume at the next
+        // start. A runtime cannot be dropped from async code: it is shut down from a thread
+        // that may block.
+        let _ = tokio::task::spawn_blocking(move || {
+            runtime.shutdown_timeout(Duration::from_millis(100))
+        })
+        .await;
+    }
+    Ok(())
+}
+
+/// How often the workers record that they are alive and renew their leases: a quarter of the
+/// lease (three heartbeats can be missed before it lapses), at least 200 ms, at most `at_most`.
+fn heartbeat(lease: Duration, at_most: Duration) -> Duration {
+    at_most.min((lease / 4).max(Duration::from_millis(200)))
+}
+
+fn announce(listen: SocketAddr, app: &App, store: &str) {
+    let config = app.current();
+    let webhooks: Vec<String> = app
+        .sources
+        .names()
+        .iter()
+        .map(|name| format!("http://{listen}/webhooks/{name}"))
+        .collect();
+    tracing::info!(
+        listen = %listen,
+        rules = config.rules.rules().len(),
+        hash = %short_hash(&config.hash),
+        store,
+        "switchboard is listening: POST events to {}",
+        webhooks.join(" or ")
+    );
+}

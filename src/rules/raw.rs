@@ -1,0 +1,43 @@
+//! The `when` block as written in a rules file: serde types that mirror the YAML one to one,
+//! compiled by [`super::condition::compile`].
+
+use crate::syntax::{OneOrMany, Spanned};
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// A `when` block: every key present must hold.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawWhen {
+    /// Event types (canonical or as sent).
+    #[serde(default)]
+    pub event: Option<Spanned<OneOrMany<String>>>,
+    /// Campaign id and/or name glob.
+    #[serde(default)]
+    pub campaign: Option<Spanned<RawCampaign>>,
+    /// Dotted path of the canonical event to a value or an operator map.
+    #[serde(default)]
+    pub fields: BTreeMap<String, Spanned<Value>>,
+    /// At least one of these holds.
+    #[serde(default)]
+    pub any: Option<Vec<Spanned<RawWhen>>>,
+    /// All of these hold.
+    #[serde(default)]
+    pub all: Option<Vec<Spanned<RawWhen>>>,
+    /// This does not hold.
+    #[serde(default)]
+    pub not: Option<Box<Spanned<RawWhen>>>,
+}
+
+/// `campaign:` conditions.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCampaign {
+    /// One campaign id or a list (numbers or numeric strings).
+    #[serde(default)]
+    pub id: Option<OneOrMany<Value>>,
+    /// A glob (`Q1*`) or a list of globs on the campaign name.
+    #[serde(default)]
+    pub name: Option<OneOrMany<String>>,
+}
