@@ -2,7 +2,7 @@
 //! (`smtps://`), text and HTML parts. A subject or header never carries CR or LF from an event.
 
 use super::context::Ctx;
-use super::{Channel, Clients, RenderFailure, SendError};
+use super::{Channel, Clients, FailureKind, RenderFailure, SendError};
 use crate::syntax::{OneOrMany, Spanned, pos};
 use crate::template::escape::header_value;
 use crate::template::{Data, Escape, Template, Templates};
@@ -226,7 +226,10 @@ impl Channel for Email {
                 SendError::retryable(message)
             };
             err.status = e.status().and_then(|code| code.to_string().parse().ok());
-            let kind = if e.is_timeout() { "timeout" } else { "smtp" };
+            let kind = match e.is_timeout() {
+                true => FailureKind::Timeout,
+                false => FailureKind::Smtp,
+            };
             err.because(kind)
         })
     }

@@ -3,7 +3,7 @@
 //! shared with Slack.
 
 use super::context::Ctx;
-use super::{Channel, Clients, RenderFailure, SendError, forgery, redact_url};
+use super::{Channel, Clients, FailureKind, RenderFailure, SendError, forgery, redact_url};
 use crate::syntax::{Spanned, pos};
 use crate::template::escape::{header_value, truncate};
 use crate::template::{Data, Escape, Template, Templates};
@@ -290,7 +290,7 @@ impl Channel for Http {
                 forgery::check_resolved(&url).await.map_err(|e| match e {
                     forgery::Unchecked::Internal(e) => refused(&e),
                     forgery::Unchecked::Unresolved(message) => {
-                        SendError::retryable(message).because("dns")
+                        SendError::retryable(message).because(FailureKind::Dns)
                     }
                 })?;
             }
@@ -361,7 +361,7 @@ fn host(url: &str) -> String {
 
 /// A request the request-forgery check refused: permanent, since the same event resolves the same way.
 fn refused(e: &forgery::InternalAddress) -> SendError {
-    SendError::permanent(e.to_string()).because("internal_address")
+    SendError::permanent(e.to_string()).because(FailureKind::InternalAddress)
 }
 
 /// A request that got no answer: timeouts and connection failures may pass, others will not.
@@ -390,11 +390,11 @@ pub(super) fn transport_error(e: reqwest::Error) -> SendError {
         None => what,
     };
     let kind = if e.is_timeout() {
-        "timeout"
+        FailureKind::Timeout
     } else if e.is_connect() {
-        "connect"
+        FailureKind::Connect
     } else {
-        "network"
+        FailureKind::Network
     };
     if e.is_builder() || e.is_redirect() {
         SendError::permanent(what).because(kind)

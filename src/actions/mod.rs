@@ -111,7 +111,41 @@ pub struct SendError {
     /// What happened, for logs and history.
     pub message: String,
     /// The kind of failure, for metrics (bounded: see [`SendError::reason`]).
-    pub kind: &'static str,
+    pub kind: FailureKind,
+}
+
+/// What kind of failure a send met, when the peer's answer does not say more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The peer took too long.
+    Timeout,
+    /// No connection could be made.
+    Connect,
+    /// The host name does not resolve.
+    Dns,
+    /// Any other network or protocol failure.
+    Network,
+    /// The SMTP server refused or failed.
+    Smtp,
+    /// A URL built from event data points at an internal address.
+    InternalAddress,
+    /// Anything else (a message that cannot be built, a bad answer).
+    Other,
+}
+
+impl FailureKind {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            FailureKind::Timeout => "timeout",
+            FailureKind::Connect => "connect",
+            FailureKind::Dns => "dns",
+            FailureKind::Network => "network",
+            FailureKind::Smtp => "smtp",
+            FailureKind::InternalAddress => "internal_address",
+            FailureKind::Other => "other",
+        }
+    }
 }
 
 impl SendError {
@@ -122,11 +156,11 @@ impl SendError {
             retry_after: None,
             status: None,
             message: message.into(),
-            kind: "other",
+            kind: FailureKind::Other,
         }
     }
-    /// The same error, classified (`timeout`, `connect`, `network`, `smtp`, `internal_address`, …).
-    pub fn because(mut self, kind: &'static str) -> Self {
+    /// The same error, classified.
+    pub fn because(mut self, kind: FailureKind) -> Self {
         self.kind = kind;
         self
     }
@@ -135,12 +169,12 @@ impl SendError {
     /// else the kind of failure.
     pub fn reason(&self) -> &'static str {
         match (self.kind, self.status) {
-            ("smtp", Some(400..=499)) => "smtp_4xx",
-            ("smtp", Some(500..=599)) => "smtp_5xx",
+            (FailureKind::Smtp, Some(400..=499)) => "smtp_4xx",
+            (FailureKind::Smtp, Some(500..=599)) => "smtp_5xx",
             (_, Some(429)) => "http_429",
             (_, Some(400..=499)) => "http_4xx",
             (_, Some(500..=599)) => "http_5xx",
-            (kind, _) => kind,
+            (kind, _) => kind.label(),
         }
     }
 
@@ -151,7 +185,7 @@ impl SendError {
             retry_after: None,
             status: None,
             message: message.into(),
-            kind: "other",
+            kind: FailureKind::Other,
         }
     }
 }

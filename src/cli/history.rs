@@ -1,7 +1,8 @@
 //! `dlq` and `deliveries`: dead letters and delivery history, read from the store whether the
 //! router runs or not.
 
-use crate::store::{DeliveryView, Filter};
+use crate::store::{DeliveryStatus, DeliveryView, Filter};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Subcommand};
 use std::process::ExitCode;
 
@@ -38,8 +39,8 @@ enum DlqCommand {
 #[derive(Debug, Args)]
 pub(super) struct DeliveriesArgs {
     /// Only this status: pending, sending, delivered, dead, discarded, skipped.
-    #[arg(long, value_parser = ["pending", "sending", "delivered", "dead", "discarded", "skipped"])]
-    status: Option<String>,
+    #[arg(long, value_parser = status_parser())]
+    status: Option<DeliveryStatus>,
     /// Only this rule.
     #[arg(long)]
     rule: Option<String>,
@@ -56,6 +57,12 @@ pub(super) struct DeliveriesArgs {
     store: super::StoreArgs,
 }
 
+/// `--status`: one of the statuses' names (clap lists them when another is given).
+fn status_parser() -> impl TypedValueParser<Value = DeliveryStatus> {
+    PossibleValuesParser::new(DeliveryStatus::names())
+        .map(|name| name.parse().expect("a status's own name"))
+}
+
 /// Lists, retries or discards dead letters.
 pub(super) async fn dlq(args: DlqArgs) -> ExitCode {
     let store = match args.store.open_existing().await {
@@ -68,12 +75,7 @@ pub(super) async fn dlq(args: DlqArgs) -> ExitCode {
     let result =
         match args.command {
             DlqCommand::List => {
-                let filter = Filter {
-                    status: Some("dead".into()),
-                    limit: Some(1000),
-                    with_history: true,
-                    ..Filter::default()
-                };
+                let filter = Filter::dead_letters();
                 store.list(&filter).await.map(|list| {
                     if list.is_empty() {
                         println!("No dead letters.");

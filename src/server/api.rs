@@ -2,7 +2,7 @@
 //! operations as `switchboard deliveries` and `switchboard dlq`.
 
 use super::{State, error};
-use crate::store::Filter;
+use crate::store::{DeliveryStatus, Filter};
 use serde::Deserialize;
 use serde_json::json;
 use std::convert::Infallible;
@@ -14,7 +14,7 @@ use warp::reply::{Reply, Response};
 /// Query parameters of `GET /api/deliveries`.
 #[derive(Debug, Deserialize)]
 struct Query {
-    status: Option<String>,
+    status: Option<DeliveryStatus>,
     rule: Option<String>,
     lead: Option<String>,
     limit: Option<u32>,
@@ -45,15 +45,7 @@ pub(super) fn routes(
     let dlq = warp::get()
         .and(warp::path!("dlq"))
         .and(with_state.clone())
-        .then(|s: Arc<State>| async move {
-            let filter = Filter {
-                status: Some("dead".into()),
-                limit: Some(1000),
-                with_history: true,
-                ..Filter::default()
-            };
-            list(s, filter).await
-        });
+        .then(|s: Arc<State>| list(s, Filter::dead_letters()));
     let retry_one = warp::post()
         .and(warp::path!("dlq" / i64 / "retry"))
         .and(with_state.clone())

@@ -195,7 +195,7 @@ where
         room.map(|room| (room, event)),
     ))
     .await
-    .unwrap_or(Err(StoreError::Closed));
+    .unwrap_or_else(|e| Err(StoreError::Abandoned(e.to_string())));
     match committed {
         Ok(Intake::Accepted(_)) => {
             metrics.event(label, label_kind, "accepted", "none");

@@ -102,7 +102,7 @@ impl<T: Send + 'static, R: Send + 'static> Batch<T, R> {
             .map_err(|_| StoreError::Closed)?;
         match answer.await {
             Ok(Ok(result)) => Ok(result),
-            Ok(Err(message)) => Err(StoreError::Database(sqlx::Error::Protocol(message))),
+            Ok(Err(message)) => Err(StoreError::Batch(message)),
             Err(_) => Err(StoreError::Closed),
         }
     }
@@ -172,13 +172,13 @@ impl Committer {
                     if outcome.intakes.len() != events.len()
                         || outcome.claimed.len() != claims.len()
                     {
-                        return Err(StoreError::Database(sqlx::Error::Protocol(format!(
+                        return Err(StoreError::Mismatch(format!(
                             "the store answered for {} of {} events and {} of {} claims",
                             outcome.intakes.len(),
                             events.len(),
                             outcome.claimed.len(),
                             claims.len()
-                        ))));
+                        )));
                     }
                     let mut intakes = outcome.intakes.into_iter();
                     let mut claimed = outcome.claimed.into_iter();
@@ -207,7 +207,9 @@ impl Committer {
     pub async fn submit(&self, event: NewEvent) -> Result<Intake, StoreError> {
         match self.0.submit(Write::Event(event)).await? {
             Written::Event(intake) => Ok(intake),
-            _ => Err(StoreError::Closed),
+            _ => Err(StoreError::Mismatch(
+                "an event was answered as another write".into(),
+            )),
         }
     }
 
@@ -216,7 +218,9 @@ impl Committer {
     pub async fn claim(&self, claim: Claim) -> Result<Vec<Due>, StoreError> {
         match self.0.submit(Write::Claim(claim)).await? {
             Written::Claimed(due) => Ok(due),
-            _ => Err(StoreError::Closed),
+            _ => Err(StoreError::Mismatch(
+                "a claim was answered as another write".into(),
+            )),
         }
     }
 

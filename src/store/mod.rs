@@ -10,8 +10,10 @@ mod commit;
 mod postgres;
 mod rows;
 mod sqlite;
+mod status;
 
 pub use commit::Committer;
+pub use status::{DeliveryStatus, UnknownStatus};
 
 use serde::Serialize;
 use std::time::Duration;
@@ -41,6 +43,17 @@ pub enum StoreError {
     /// The group committer has stopped (the router is shutting down).
     #[error("the store is shutting down")]
     Closed,
+    /// The group commit this write was part of failed, and every write in it with it (the
+    /// error is the commit's, told to each of its writers).
+    #[error("store: the group commit failed: {0}")]
+    Batch(String),
+    /// The store's answer does not fit what was asked (a row or a count this code does not
+    /// expect: a schema of another version, or a bug).
+    #[error("store: unexpected answer: {0}")]
+    Mismatch(String),
+    /// The task making the write ended before the write did (it panicked).
+    #[error("store: the write was abandoned: {0}")]
+    Abandoned(String),
 }
 
 /// An event to record, with the deliveries it gives rise to.
@@ -108,7 +121,7 @@ pub struct Claim {
 
 /// What one group commit did.
 #[derive(Debug, Clone, Default)]
-pub struct Outcome {
+pub struct CommitOutcome {
     /// One per event written, in order.
     pub intakes: Vec<Intake>,
     /// One list of claimed deliveries per claim, in order.
@@ -192,8 +205,8 @@ pub struct DeliveryView {
     pub action: String,
     /// Destination.
     pub destination: String,
-    /// pending, sending, delivered, dead, discarded, skipped.
-    pub status: String,
+    /// Where it stands.
+    pub status: DeliveryStatus,
     /// Attempts made.
     pub attempts: u32,
     /// When the next attempt is due (pending only), RFC 3339.
@@ -227,7 +240,7 @@ pub struct AttemptView {
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
     /// Only this status.
-    pub status: Option<String>,
+    pub status: Option<DeliveryStatus>,
     /// Only this rule.
     pub rule: Option<String>,
     /// Only this lead's email.
@@ -236,6 +249,18 @@ pub struct Filter {
     pub limit: Option<u32>,
     /// Include each delivery's attempts.
     pub with_history: bool,
+}
+
+impl Filter {
+    /// Every dead letter (the first 1,000), with its attempts.
+    pub fn dead_letters() -> Self {
+        Filter {
+            status: Some(DeliveryStatus::Dead),
+            limit: Some(1000),
+            with_history: true,
+            ..Filter::default()
+        }
+    }
 }
 
 /// Counts by status, for `/api/status` and `/readyz`.
@@ -356,7 +381,7 @@ impl Store {
         events: &[NewEvent],
         done: &[Finished],
         claims: &[Claim],
-    ) -> Result<Outcome, StoreError> {
+    ) -> Result<CommitOutcome, StoreError> {
         dispatch!(self, s => s.write(events, done, claims).await)
     }
 

@@ -8,8 +8,8 @@ use super::rows::{
     AttemptRow, DUE_COLUMNS, DueRow, INSTANCE_COLUMNS, InstanceRow, VIEW_COLUMNS, ViewRow, after,
 };
 use super::{
-    AttemptView, Claim, Counts, DeliveryView, Due, Filter, Finished, InstanceView, Intake, Millis,
-    NewDelivery, NewEvent, Outcome, StoreError, now_ms,
+    AttemptView, Claim, CommitOutcome, Counts, DeliveryStatus, DeliveryView, Due, Filter, Finished,
+    InstanceView, Intake, Millis, NewDelivery, NewEvent, StoreError, now_ms,
 };
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Row};
@@ -75,7 +75,7 @@ impl Postgres {
         events: &[NewEvent],
         done: &[Finished],
         claims: &[Claim],
-    ) -> Result<Outcome, StoreError> {
+    ) -> Result<CommitOutcome, StoreError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         let intakes = self.accept(&mut tx, events, now).await?;
@@ -85,7 +85,7 @@ impl Postgres {
             claimed.push(self.claim(&mut tx, c, now).await?);
         }
         tx.commit().await?;
-        Ok(Outcome { intakes, claimed })
+        Ok(CommitOutcome { intakes, claimed })
     }
 
     /// Records events (keys, events, deliveries) with one statement each, over arrays.
@@ -198,12 +198,12 @@ impl Postgres {
                     .map(|d| {
                         let key = (e.id.clone(), d.rule.clone(), d.action_index as i64);
                         ids.get(&key).copied().ok_or_else(|| {
-                            StoreError::Database(sqlx::Error::Protocol(format!(
+                            StoreError::Mismatch(format!(
                                 "no id came back for the delivery of event {} rule {:?} action {}",
                                 e.id,
                                 d.rule,
                                 d.action_index + 1
-                            )))
+                            ))
                         })
                     })
                     .collect::<Result<Vec<i64>, StoreError>>()?;
@@ -331,7 +331,7 @@ impl Postgres {
              ORDER BY d.id DESC LIMIT $4"
         );
         let rows = sqlx::query_as::<_, ViewRow>(AssertSqlSafe(sql))
-            .bind(&f.status)
+            .bind(f.status.map(DeliveryStatus::as_str))
             .bind(&f.rule)
             .bind(&f.lead)
             .bind(f.limit.unwrap_or(100) as i64)
@@ -339,7 +339,7 @@ impl Postgres {
             .await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
-            let mut view = DeliveryView::from(r);
+            let mut view = DeliveryView::try_from(r)?;
             if f.with_history {
                 view.history = sqlx::query_as::<_, AttemptRow>(
                     "SELECT started_at, duration_ms, outcome, status_code, error FROM attempts WHERE delivery_id = $1 ORDER BY id",
@@ -515,7 +515,7 @@ async fn finish(tx: &mut PgConnection, done: &[Finished], now: Millis) -> Result
          WHERE d.id = v.id",
     )
     .bind(&ids)
-    .bind(after.iter().map(|a| a.0).collect::<Vec<_>>())
+    .bind(after.iter().map(|a| a.0.as_str()).collect::<Vec<_>>())
     .bind(after.iter().map(|a| a.2).collect::<Vec<_>>())
     .bind(&errors)
     .bind(now)

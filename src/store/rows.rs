@@ -1,7 +1,7 @@
 //! Rows as both backends read them (same column names and types), and their conversion to the
 //! views the store hands out. Keeps the backends to their SQL.
 
-use super::{AttemptView, DeliveryView, Due, InstanceView, rfc3339};
+use super::{AttemptView, DeliveryStatus, DeliveryView, Due, InstanceView, StoreError, rfc3339};
 
 /// The columns every backend selects for a claimed delivery.
 pub(super) const DUE_COLUMNS: &str = "d.id, d.event_id, d.rule, d.action_index, d.destination, d.attempts, e.config_hash, e.payload, e.received_at";
@@ -55,9 +55,15 @@ pub(super) struct ViewRow {
     updated_at: i64,
 }
 
-impl From<ViewRow> for DeliveryView {
-    fn from(r: ViewRow) -> DeliveryView {
-        DeliveryView {
+impl TryFrom<ViewRow> for DeliveryView {
+    type Error = StoreError;
+
+    fn try_from(r: ViewRow) -> Result<DeliveryView, StoreError> {
+        let status: DeliveryStatus = r
+            .status
+            .parse()
+            .map_err(|e| StoreError::Mismatch(format!("delivery {}: {e}", r.id)))?;
+        Ok(DeliveryView {
             id: r.id,
             event_id: r.event_id,
             event_type: r.event_type,
@@ -65,14 +71,15 @@ impl From<ViewRow> for DeliveryView {
             rule: r.rule,
             action: r.action_kind,
             destination: r.destination,
-            next_attempt_at: (r.status == "pending").then(|| rfc3339(r.next_attempt_at)),
-            status: r.status,
+            next_attempt_at: (status == DeliveryStatus::Pending)
+                .then(|| rfc3339(r.next_attempt_at)),
+            status,
             attempts: r.attempts as u32,
             last_error: r.last_error,
             created_at: rfc3339(r.created_at),
             updated_at: rfc3339(r.updated_at),
             history: vec![],
-        }
+        })
     }
 }
 
@@ -98,12 +105,12 @@ impl From<AttemptRow> for AttemptView {
 }
 
 /// The status, outcome label and next-attempt time a finished attempt writes.
-pub(super) fn after(next: &super::Next, now: i64) -> (&'static str, &'static str, i64) {
+pub(super) fn after(next: &super::Next, now: i64) -> (DeliveryStatus, &'static str, i64) {
     match next {
-        super::Next::Delivered => ("delivered", "delivered", now),
-        super::Next::Retry(at) => ("pending", "retry", *at),
-        super::Next::Dead => ("dead", "dead", now),
-        super::Next::Skipped => ("skipped", "skipped", now),
+        super::Next::Delivered => (DeliveryStatus::Delivered, "delivered", now),
+        super::Next::Retry(at) => (DeliveryStatus::Pending, "retry", *at),
+        super::Next::Dead => (DeliveryStatus::Dead, "dead", now),
+        super::Next::Skipped => (DeliveryStatus::Skipped, "skipped", now),
     }
 }
 

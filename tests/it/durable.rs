@@ -5,7 +5,7 @@
 use crate::util::{HttpPeer, Router, SmtpPeer, fixture, unique, wait_until};
 use serde_json::Value;
 use std::time::{Duration, Instant};
-use switchboard::store::Filter;
+use switchboard::store::{DeliveryStatus, Filter};
 
 fn slack_rules(slack: &HttpPeer) -> String {
     format!(
@@ -19,7 +19,7 @@ async fn deliveries(
     status: Option<&str>,
 ) -> Vec<switchboard::store::DeliveryView> {
     let filter = Filter {
-        status: status.map(str::to_string),
+        status: status.map(|s| s.parse().expect("a delivery status")),
         with_history: true,
         ..Filter::default()
     };
@@ -32,7 +32,11 @@ async fn wait_for_status(
     n: usize,
 ) -> Vec<switchboard::store::DeliveryView> {
     wait_for_deliveries(router, &format!("{n} {status} deliveries"), |all| {
-        let list: Vec<_> = all.iter().filter(|d| d.status == status).cloned().collect();
+        let list: Vec<_> = all
+            .iter()
+            .filter(|d| d.status.as_str() == status)
+            .cloned()
+            .collect();
         (list.len() >= n).then_some(list)
     })
     .await
@@ -375,7 +379,8 @@ async fn pruning_drops_finished_history_and_keeps_dead_letters() {
     let left = deliveries(&router, None).await;
     assert_eq!(left.len(), 1);
     assert_eq!(
-        left[0].status, "dead",
+        left[0].status,
+        DeliveryStatus::Dead,
         "dead letters stay until retried or discarded"
     );
     // Intake keys younger than the cut-off still recognise repeats.
@@ -875,7 +880,9 @@ async fn a_send_that_never_finished_is_sent_again_without_a_restart() {
     slack.wait_for(3).await;
     wait_for_deliveries(&router, "the stranded delivery sent again", |all| {
         all.iter()
-            .find(|d| d.event_id == stranded && d.status == "delivered" && d.attempts == 2)
+            .find(|d| {
+                d.event_id == stranded && d.status == DeliveryStatus::Delivered && d.attempts == 2
+            })
             .map(drop)
     })
     .await;

@@ -152,7 +152,7 @@ async fn the_postgres_store_retries_dead_letters_and_deduplicates_like_sqlite() 
         let dead = router
             .store
             .list(&Filter {
-                status: Some("dead".into()),
+                status: Some(switchboard::store::DeliveryStatus::Dead),
                 with_history: true,
                 ..Filter::default()
             })

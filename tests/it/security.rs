@@ -432,7 +432,7 @@ rules:
         let dead = router
             .store
             .list(&switchboard::store::Filter {
-                status: Some("dead".into()),
+                status: Some(switchboard::store::DeliveryStatus::Dead),
                 ..Default::default()
             })
             .await
