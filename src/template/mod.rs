@@ -3,7 +3,7 @@
 //!
 //! Every template is compiled once per configuration load into one registry per [`Escape`]
 //! mode; rendering is then a lookup and a render. Templates cannot read files or the
-//! environment: only the event is in scope, and only the helpers in [`helpers`] exist.
+//! environment: only the event is in scope, and only the helpers in `helpers` exist.
 
 pub mod escape;
 mod helpers;

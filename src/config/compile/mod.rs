@@ -1,8 +1,8 @@
 //! The configuration compiler: raw rules files and the templates directory in, one validated,
 //! immutable [`Config`] out. It is pure (no network), collects every problem instead of stopping
 //! at the first, and is shared by `serve`, reload, `check` and `test`. Each part of a file is
-//! compiled by a module of its own: [`destinations`], [`sources`], [`rules`] (with the
-//! template [`probe`]).
+//! compiled by a module of its own: `destinations`, `sources`, `rules` (with the
+//! template `probe`).
 
 mod destinations;
 mod probe;

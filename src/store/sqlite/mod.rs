@@ -306,7 +306,7 @@ impl Sqlite {
     /// Records the instance, and puts back to pending the deliveries left `sending` that this
     /// instance is not sending (`sending` lists those it is, handed over by intake or claimed),
     /// once a lease has passed since they became `sending`: a send whose task panicked, an
-    /// attempt that could not be recorded. They used to wait for the next start. The lease
+    /// attempt that could not be recorded; without this they would wait for the next start. The lease
     /// also covers the moment between a claim's commit and its deliveries counting as in
     /// flight.
     pub(super) async fn heartbeat(
