@@ -48,7 +48,7 @@ impl std::fmt::Debug for Secret {
 /// One source's authentication settings, compiled.
 #[derive(Debug, Clone, Default)]
 pub struct SourceAuth {
-    /// SmartLead's `secret_key` body field.
+    /// The secret the source writes into its bodies (`secret_key`).
     pub secret_key: Option<Secret>,
     /// The URL token.
     pub token: Option<Secret>,
@@ -211,11 +211,6 @@ impl ListenerPolicy {
         }
     }
 
-    /// A policy that allows open sources (a loopback listener, or no listener at all).
-    pub fn open() -> Self {
-        ListenerPolicy { public: None }
-    }
-
     /// Refuses a configuration whose `open` sources ask for no credential, when they would be
     /// reachable beyond loopback.
     pub fn check(&self, open: &[&str]) -> Result<(), OpenSources> {
@@ -231,16 +226,23 @@ impl ListenerPolicy {
 
 /// Sources that ask for no credential on a listener beyond loopback.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error(
-    "no authentication is configured for /webhooks/{}, and the router listens on {listen}, beyond loopback: anyone who finds the URL could post fake events into your channels. Set sources.{}.secret_key (or token, hmac_secret, allow_ips) in the rules file, or pass --insecure to accept that risk (SECURITY.md)",
-    sources.join(", /webhooks/"),
-    sources[0]
-)]
+#[error("the router listens on {listen}, beyond loopback, and {}", self.reason())]
 pub struct OpenSources {
     /// The listener.
     pub listen: SocketAddr,
     /// The sources that ask for no credential (at least one).
     pub sources: Vec<String>,
+}
+
+impl OpenSources {
+    /// What is wrong and what to do, without the address.
+    pub fn reason(&self) -> String {
+        format!(
+            "no authentication is configured for /webhooks/{}: anyone who finds the URL could post fake events into your channels. Set sources.{}.secret_key (or token, hmac_secret, allow_ips) in the rules file, or start the router with --insecure to accept that risk (SECURITY.md)",
+            self.sources.join(", /webhooks/"),
+            self.sources[0]
+        )
+    }
 }
 
 /// The warning `check` and every load give for a source that asks for no credential.

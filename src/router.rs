@@ -18,8 +18,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 /// Everything `serve` is told: where the configuration and the store are, how deliveries are
-/// made, who may use the admin endpoints.
-#[derive(Debug, Clone)]
+/// made, who may use the admin endpoints. (No `Debug`: it holds the admin token.)
+#[derive(Clone)]
 pub struct Options {
     /// The rules and templates.
     pub config: ConfigPaths,
@@ -72,7 +72,7 @@ pub enum StartError {
     #[error("the configuration has {n} problem(s):\n{0}", n = .0.len())]
     Config(Diagnostics),
     /// A source asks for no credential on a listener beyond loopback.
-    #[error("refusing to listen on {listen}: {0}", listen = .0.listen)]
+    #[error("refusing to listen on {listen}: {reason}", listen = .0.listen, reason = .0.reason())]
     OpenSources(OpenSources),
     /// The store cannot be opened.
     #[error("cannot open the store {url}: {error}")]
@@ -85,6 +85,9 @@ pub enum StartError {
     /// The listener has no local address.
     #[error("the listener has no address: {0}")]
     Listener(std::io::Error),
+    /// The workers' runtime cannot start (no threads).
+    #[error("cannot start the delivery workers' threads: {0}")]
+    Runtime(std::io::Error),
 }
 
 /// Runs the router on `listener` until `shutdown` resolves, then stops accepting requests,
@@ -123,14 +126,14 @@ pub async fn run(
     }
     // The workers run on a runtime of their own when the store allows it (see
     // `delivery::runtime`); a PostgreSQL connection belongs to the runtime that opened it.
-    let runtime = match store.runtime_free() {
-        true => Some(delivery::runtime().map_err(StartError::Listener)?),
+    let mut runtime = WorkersRuntime(match store.runtime_free() {
+        true => Some(delivery::runtime().map_err(StartError::Runtime)?),
         false => None,
-    };
+    });
     let settings = delivery::Settings {
         heartbeat: heartbeat(options.lease, options.delivery.heartbeat),
         listen: listen.to_string(),
-        runtime: runtime.as_ref().map(|r| r.handle().clone()),
+        runtime: runtime.0.as_ref().map(|r| r.handle().clone()),
         ..options.delivery.clone()
     };
     let workers = delivery::start(app.clone(), store.clone(), Clients::new(), settings);
@@ -161,7 +164,7 @@ pub async fn run(
             "Some deliveries did not finish in time; they are kept and resume at the next start."
         );
     }
-    if let Some(runtime) = runtime {
+    if let Some(runtime) = runtime.0.take() {
         // Sends still running past the grace period are abandoned; they resume at the next
         // start. A runtime cannot be dropped from async code: it is shut down from a thread
         // that may block.
@@ -173,10 +176,24 @@ pub async fn run(
     Ok(())
 }
 
+/// The workers' runtime, shut down without waiting should `run` be dropped before its end (a
+/// runtime dropped in async code would block it, or panic).
+struct WorkersRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for WorkersRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 /// How often the workers record that they are alive and renew their leases: a quarter of the
-/// lease (three heartbeats can be missed before it lapses), at least 200 ms, at most `at_most`.
-fn heartbeat(lease: Duration, at_most: Duration) -> Duration {
-    at_most.min((lease / 4).max(Duration::from_millis(200)))
+/// lease (three heartbeats can be missed before it lapses) but at least 200 ms, or the
+/// settings' own heartbeat if that is more often (never more often than every 10 ms).
+fn heartbeat(lease: Duration, settings: Duration) -> Duration {
+    let from_lease = (lease / 4).max(Duration::from_millis(200));
+    settings.min(from_lease).max(Duration::from_millis(10))
 }
 
 fn announce(listen: SocketAddr, app: &App, store: &str) {
@@ -191,7 +208,7 @@ fn announce(listen: SocketAddr, app: &App, store: &str) {
         listen = %listen,
         rules = config.rules.rules().len(),
         hash = %short_hash(&config.hash),
-        store,
+        store = %store,
         "switchboard is listening: POST events to {}",
         webhooks.join(" or ")
     );

@@ -30,13 +30,13 @@ pub struct RawFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSource {
-    /// SmartLead's `secret_key` body field must equal this.
+    /// The secret the source writes into its bodies must equal this.
     pub secret_key: Option<Spanned<String>>,
-    /// The URL must carry this token (`/webhooks/smartlead/{token}` or `?token=`).
+    /// The URL must carry this token (`/webhooks/{source}/{token}` or `?token=`).
     pub token: Option<Spanned<String>>,
     /// The body must be signed with HMAC-SHA256 under this key.
     pub hmac_secret: Option<Spanned<String>>,
-    /// The header carrying the signature (default `X-Smartlead-Signature`).
+    /// The header carrying the signature (default: the source's own).
     pub signature_header: Option<Spanned<String>>,
     /// Networks (CIDR) clients may post from.
     pub allow_ips: Option<Vec<Spanned<String>>>,

@@ -117,10 +117,10 @@ impl Handoff {
     ///
     /// The deliveries count as in flight from here, before the workers start them: the
     /// heartbeat must not take them for sends that never finished while they wait in the
-    /// channel (behind a long run of claims, say).
+    /// channel (behind a long run of claims, say). A delivery already in flight here is being
+    /// sent: it is neither sent again nor given back.
     pub fn send(&self, due: Vec<Due>, event: Arc<Data>, room: Reservation) -> Result<(), Vec<Due>> {
-        // A new delivery is in flight nowhere yet; one that were would already be under way,
-        // and is not sent a second time.
+        // A delivery just created is in flight nowhere yet (ids are never reused).
         let due = due
             .into_iter()
             .filter_map(|d| self.in_flight.track(d.id).map(|tracked| (d, tracked)))

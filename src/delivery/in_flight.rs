@@ -61,30 +61,26 @@ impl InFlight {
 
     /// A send to `destination`, if it has room.
     pub(super) fn slot(&self, destination: &str) -> Option<DestinationSlot> {
-        let mut inner = self.lock();
-        let n = inner
-            .per_destination
-            .entry(destination.to_string())
-            .or_default();
-        if *n >= self.limit {
-            return None;
-        }
-        *n += 1;
-        Some(DestinationSlot {
-            set: self.clone(),
-            destination: destination.to_string(),
-        })
+        self.slots(&[destination])?.pop()
     }
 
     /// A send to each of `destinations` (a destination may be named more than once), if all of
-    /// them have room; otherwise none is counted.
+    /// them have room; otherwise none is counted. One lock for all: two reservations racing
+    /// for the same destinations cannot each take part and both fail.
     pub(super) fn slots(&self, destinations: &[&str]) -> Option<Vec<DestinationSlot>> {
-        let mut slots = Vec::with_capacity(destinations.len());
-        for d in destinations {
-            // Dropping what was taken gives it back.
-            slots.push(self.slot(d)?);
+        let mut inner = self.lock();
+        for (i, d) in destinations.iter().enumerate() {
+            if !inner.take(d, self.limit) {
+                destinations[..i].iter().for_each(|d| inner.put(d));
+                return None;
+            }
         }
-        Some(slots)
+        drop(inner);
+        let slot = |d: &&str| DestinationSlot {
+            set: self.clone(),
+            destination: d.to_string(),
+        };
+        Some(destinations.iter().map(slot).collect())
     }
 
     /// Counts a delivery as in flight, unless it already is (its lease lapsed and a claim
@@ -135,11 +131,32 @@ impl DestinationSlot {
 
 impl Drop for DestinationSlot {
     fn drop(&mut self) {
-        let mut inner = self.set.lock();
-        if let Some(n) = inner.per_destination.get_mut(&self.destination) {
+        self.set.lock().put(&self.destination);
+    }
+}
+
+impl Inner {
+    /// Counts a send to `destination` if it is under `limit`.
+    fn take(&mut self, destination: &str, limit: usize) -> bool {
+        match self.per_destination.get_mut(destination) {
+            Some(n) if *n >= limit => false,
+            Some(n) => {
+                *n += 1;
+                true
+            }
+            None => {
+                self.per_destination.insert(destination.to_string(), 1);
+                true
+            }
+        }
+    }
+
+    /// Uncounts a send to `destination`.
+    fn put(&mut self, destination: &str) {
+        if let Some(n) = self.per_destination.get_mut(destination) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                inner.per_destination.remove(&self.destination);
+                self.per_destination.remove(destination);
             }
         }
     }

@@ -2,7 +2,8 @@
 //! that turns a webhook payload of one outreach tool into it.
 //!
 //! A source is one file behind [`Source`] plus one line in [`Sources::default`]; the server
-//! mounts each at `/webhooks/{name}`. Nothing outside a source's own file names the tool.
+//! mounts each at `/webhooks/{name}`. What the router must know of a tool (its body secret,
+//! its signature header, its event types) is asked of its source, not written elsewhere.
 
 mod canonical;
 mod smartlead;
@@ -170,11 +171,6 @@ pub fn event_type(event: &Value) -> (&str, &str) {
 /// The campaign id of a canonical event, when it has one.
 pub fn campaign_id(event: &Value) -> Option<i64> {
     event.get("campaign")?.get("id")?.as_i64()
-}
-
-/// The canonical event's id (assigned by the router at intake).
-pub fn event_id(event: &Value) -> &str {
-    event.get("event_id").and_then(Value::as_str).unwrap_or("")
 }
 
 #[cfg(test)]

@@ -53,12 +53,25 @@ fn no_two_top_level_modules_import_each_other() {
             continue;
         }
         for part in code(&text).split("crate::").skip(1) {
-            let to: String = part
-                .chars()
-                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
-                .collect();
-            if !to.is_empty() && to != from {
-                uses.entry(from.clone()).or_default().insert(to);
+            // `crate::store::…`, or `crate::{a, b::…}`: the first name of each path.
+            let names: Vec<&str> = match part.strip_prefix('{') {
+                Some(group) => group
+                    .split('}')
+                    .next()
+                    .unwrap_or("")
+                    .split(',')
+                    .map(str::trim)
+                    .collect(),
+                None => vec![part],
+            };
+            for name in names {
+                let to: String = name
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect();
+                if !to.is_empty() && to != from {
+                    uses.entry(from.clone()).or_default().insert(to);
+                }
             }
         }
     }

@@ -148,8 +148,7 @@ async fn readyz_goes_503_past_the_configured_backlog() {
     let dir = crate::util::config_dir(&slack_rules(&slack), &[]);
     let mut settings = crate::util::fast_retries();
     settings.per_destination = 1;
-    let router =
-        Router::start_guarded(dir, settings, ("127.0.0.1:8080".parse().unwrap(), None), 2).await;
+    let router = Router::start_on(dir, settings, ("127.0.0.1:0".parse().unwrap(), None), 2).await;
     assert_eq!(router.get("/readyz").await.0, 200);
     for _ in 0..4 {
         router.post(&unique(fixture("real_13_email_reply"))).await;

@@ -138,9 +138,9 @@ async fn the_postgres_store_retries_dead_letters_and_deduplicates_like_sqlite() 
     let slack = HttpPeer::start().await;
     slack.script(vec![(500, "", vec![]), (404, "no_service", vec![])]);
     let dir = crate::util::config_dir(&sink_rules(&slack), &[]);
-    let guard = ("127.0.0.1:8080".parse().unwrap(), None);
+    let listen = ("127.0.0.1:0".parse().unwrap(), None);
     let router =
-        Router::start_full(dir, crate::util::fast_retries(), guard, 1_000, Some(&url)).await;
+        Router::start_full(dir, crate::util::fast_retries(), listen, 1_000, Some(&url)).await;
     let body = fixture("real_13_email_reply").to_string();
     let (_, first) = router.post_raw("/webhooks/smartlead", body.clone()).await;
     let (_, again) = router.post_raw("/webhooks/smartlead", body).await;

@@ -461,8 +461,8 @@ rules:
 async fn admin_endpoints_need_the_token_beyond_loopback() {
     let peer = HttpPeer::start().await;
     let dir = crate::util::config_dir(&rules(&peer, "    token: t0k"), &[]);
-    let public = ("0.0.0.0:8080".parse().unwrap(), Some("adm1n".to_string()));
-    let router = Router::start_guarded(dir, crate::util::fast_retries(), public, 1_000).await;
+    let public = ("0.0.0.0:0".parse().unwrap(), Some("adm1n".to_string()));
+    let router = Router::start_on(dir, crate::util::fast_retries(), public, 1_000).await;
     let client = reqwest::Client::new();
     for (method, path) in [
         ("GET", "/api/status"),
@@ -503,10 +503,10 @@ async fn admin_endpoints_need_the_token_beyond_loopback() {
     }
 
     let dir = crate::util::config_dir(&rules(&peer, "    token: t0k"), &[]);
-    let no_token = Router::start_guarded(
+    let no_token = Router::start_on(
         dir,
         crate::util::fast_retries(),
-        ("0.0.0.0:8080".parse().unwrap(), None),
+        ("0.0.0.0:0".parse().unwrap(), None),
         1_000,
     )
     .await;
@@ -542,7 +542,7 @@ async fn serve_refuses_a_public_address_without_authentication_unless_insecure()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    // It names the address it was given, with the port it was about to serve on.
+    // It names the address it was given, with the port it had bound.
     let port = err
         .split("refusing to listen on 0.0.0.0:")
         .nth(1)
@@ -785,7 +785,7 @@ fn source_settings_take_variables_and_an_empty_one_switches_its_check_off() {
     );
 }
 
-/// `POST /-/reload` with the admin token the guarded routers here are started with.
+/// `POST /-/reload` with the admin token the routers beyond loopback here are started with.
 async fn reload(router: &Router) -> reqwest::Response {
     reqwest::Client::new()
         .post(router.url("/-/reload"))
@@ -799,9 +799,9 @@ async fn reload(router: &Router) -> reqwest::Response {
 async fn a_reload_cannot_drop_authentication_on_a_public_listener() {
     let peer = HttpPeer::start().await;
     let dir = crate::util::config_dir(&rules(&peer, "    token: t0k"), &[]);
-    let public = ("0.0.0.0:8080".parse().unwrap(), Some("adm1n".to_string()));
+    let public = ("0.0.0.0:0".parse().unwrap(), Some("adm1n".to_string()));
     // Beyond loopback (0.0.0.0) and without --insecure.
-    let router = Router::start_guarded(dir, crate::util::fast_retries(), public, 1_000).await;
+    let router = Router::start_on(dir, crate::util::fast_retries(), public, 1_000).await;
     let event = unique(fixture("docs_04_email_replied")).to_string();
 
     // The source loses its token in an edit: the reload is refused and names the way out.
@@ -830,7 +830,7 @@ async fn a_reload_cannot_drop_authentication_on_a_public_listener() {
     assert_eq!(r.status(), 200);
 }
 
-/// Behind a proxy (`HTTP_PROXY`) the proxy resolves the names, not the router, so the guard
+/// Behind a proxy (`HTTP_PROXY`) the proxy resolves the names, not the router, so the request-forgery check
 /// looks a templated URL's host up before sending: a name for a loopback address is refused and
 /// nothing about it reaches the proxy, while a URL written in the rules still goes through it.
 /// The router runs as its own process: proxy variables are process-wide.

@@ -324,8 +324,9 @@ impl Router {
         Self::start_as(dir, settings, Start::default()).await
     }
 
-    /// Starts the router listening on `listen` (loopback or not) with an admin token.
-    pub async fn start_guarded(
+    /// Starts the router listening on `listen`'s address (loopback or not; a free port) with
+    /// an admin token.
+    pub async fn start_on(
         dir: tempfile::TempDir,
         settings: delivery::Settings,
         (listen, admin_token): (SocketAddr, Option<String>),
