@@ -10,7 +10,7 @@ use crate::credentials::{ListenerPolicy, OpenSources};
 use crate::delivery;
 use crate::diagnostic::Diagnostics;
 use crate::event::Sources;
-use crate::server::{self, AdminAccess, Limiter, State};
+use crate::server::{self, AdminAccess, Limiter, ProbeCounts, State};
 use crate::store::{self, Store, StoreError};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -36,6 +36,9 @@ pub struct Options {
     pub insecure: bool,
     /// The token the admin endpoints ask for (`SWITCHBOARD_ADMIN_TOKEN`).
     pub admin_token: Option<String>,
+    /// Names besides the loopback ones that the admin endpoints answer to when they are open
+    /// without a token (`--allowed-host`).
+    pub allowed_hosts: Vec<String>,
     /// Failed webhook requests allowed per client per second (0: no limit).
     pub rate_limit: u32,
     /// The burst of failed webhook requests allowed per client.
@@ -44,6 +47,8 @@ pub struct Options {
     pub ready_max_pending: u64,
     /// How long shutdown waits for the sends in flight.
     pub shutdown_grace: Duration,
+    /// How long `/readyz` and `/metrics` reuse the delivery counts they read from the store.
+    pub probe_interval: Duration,
 }
 
 impl Options {
@@ -57,10 +62,12 @@ impl Options {
             delivery: delivery::Settings::default(),
             insecure: false,
             admin_token: None,
+            allowed_hosts: Vec::new(),
             rate_limit: 10,
             rate_limit_burst: 50,
             ready_max_pending: 100_000,
             shutdown_grace: Duration::from_secs(10),
+            probe_interval: Duration::from_secs(1),
         }
     }
 }
@@ -106,7 +113,7 @@ pub async fn run(
     policy
         .check(&config.open_sources())
         .map_err(StartError::OpenSources)?;
-    let access = AdminAccess::new(listen, options.admin_token.clone());
+    let access = AdminAccess::new(listen, options.admin_token.clone(), &options.allowed_hosts);
     if access.closed() {
         tracing::warn!(
             "SWITCHBOARD_ADMIN_TOKEN is not set: /-/reload and /api/ are refused to every caller (the router listens beyond loopback)."
@@ -152,6 +159,7 @@ pub async fn run(
         handoff: workers.handoff(),
         access,
         limiter: Limiter::new(options.rate_limit, options.rate_limit_burst),
+        probes: ProbeCounts::new(options.probe_interval),
         ready_max_pending: options.ready_max_pending,
     };
     server::serve(listener, state, shutdown).await;

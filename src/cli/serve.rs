@@ -35,6 +35,14 @@ pub(super) struct ServeArgs {
     /// Listen beyond loopback even though no webhook authentication is configured.
     #[arg(long)]
     insecure: bool,
+    /// A name (besides 127.0.0.1, localhost and [::1]) the admin API answers to when it runs
+    /// without SWITCHBOARD_ADMIN_TOKEN; repeat it, or separate names with commas.
+    #[arg(
+        long = "allowed-host",
+        env = "SWITCHBOARD_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    allowed_hosts: Vec<String>,
     /// Failed webhook requests (bad credentials or bodies) allowed per client per second
     /// before it is answered 429; 0 turns limiting off.
     #[arg(long, env = "SWITCHBOARD_RATE_LIMIT", default_value_t = 10)]
@@ -73,6 +81,7 @@ impl ServeArgs {
         };
         options.insecure = self.insecure;
         options.admin_token = std::env::var("SWITCHBOARD_ADMIN_TOKEN").ok();
+        options.allowed_hosts = self.allowed_hosts;
         options.rate_limit = self.rate_limit;
         options.rate_limit_burst = self.rate_limit_burst;
         options.ready_max_pending = self.ready_max_pending;

@@ -10,7 +10,8 @@ use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
 /// Ready when a configuration is loaded (always, once serving), the store answers and the
-/// backlog is under `--ready-max-pending`; otherwise 503 with the reason.
+/// backlog is under `--ready-max-pending`; otherwise 503 with the reason. The counts are at
+/// most the probe interval old (see [`super::ProbeCounts`]).
 pub(super) async fn ready(state: Arc<State>) -> Response {
     let rules = state.app.current().rules.rules().len();
     let not_ready = |reason: String| {
@@ -20,7 +21,7 @@ pub(super) async fn ready(state: Arc<State>) -> Response {
         )
         .into_response()
     };
-    match state.store.counts().await {
+    match state.probes.get(|| state.store.counts()).await {
         Ok(c) if c.pending > state.ready_max_pending => not_ready(format!(
             "{} deliveries are pending, more than --ready-max-pending {}",
             c.pending, state.ready_max_pending
@@ -37,7 +38,11 @@ pub(super) async fn ready(state: Arc<State>) -> Response {
 pub(super) async fn metrics(state: Arc<State>) -> Response {
     let config = state.app.current();
     let status = state.app.reload_status();
-    let counts = state.store.counts().await.unwrap_or_default();
+    let counts = state
+        .probes
+        .get(|| state.store.counts())
+        .await
+        .unwrap_or_default();
     let oldest = counts.oldest_pending_ms.map_or(0.0, |t| {
         ((crate::store::now_ms() - t).max(0) as f64) / 1000.0
     });

@@ -7,9 +7,11 @@ mod admin;
 mod api;
 mod ingest;
 mod limit;
+mod probe;
 
 pub use access::AdminAccess;
 pub use limit::Limiter;
+pub use probe::ProbeCounts;
 
 use crate::app::App;
 use crate::delivery::Handoff;
@@ -40,6 +42,8 @@ pub struct State {
     pub access: AdminAccess,
     /// Failed webhook requests per client.
     pub limiter: Limiter,
+    /// The delivery counts `/readyz` and `/metrics` answer with.
+    pub probes: ProbeCounts,
     /// `/readyz` answers 503 past this many pending deliveries.
     pub ready_max_pending: u64,
 }
@@ -180,6 +184,7 @@ async fn rejection(r: warp::Rejection) -> Result<Response, Infallible> {
                 resp
             }
             Refused::Forbidden(m) => error(StatusCode::FORBIDDEN, *m),
+            Refused::ForeignHost(m) => error(StatusCode::FORBIDDEN, m.as_str()),
             Refused::RateLimited(wait) => too_many(*wait),
         }
     } else if r.find::<PayloadTooLarge>().is_some() {

@@ -7,6 +7,7 @@ mod cli;
 mod durable;
 mod email;
 mod escaping;
+mod hosts;
 mod intake;
 mod layout;
 mod matching;

@@ -293,6 +293,8 @@ pub struct Start {
     pub store: Option<String>,
     /// The webhook sources mounted (default: the build's).
     pub sources: Sources,
+    /// `--allowed-host`.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for Start {
@@ -303,6 +305,7 @@ impl Default for Start {
             ready_max_pending: 1_000,
             store: None,
             sources: Sources::default(),
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -374,6 +377,9 @@ impl Router {
         options.lease = Duration::from_secs(2);
         options.delivery = settings;
         options.admin_token = start.admin_token.clone();
+        options.allowed_hosts = start.allowed_hosts.clone();
+        // Probes see a change within a tenth of a second, as the tests expect.
+        options.probe_interval = Duration::from_millis(100);
         options.rate_limit = 5;
         options.rate_limit_burst = 20;
         options.ready_max_pending = start.ready_max_pending;

@@ -286,12 +286,19 @@ impl Sqlite {
         Ok(deliveries + events)
     }
 
+    /// Each count reads the status index's range for that status alone: what it costs follows
+    /// the backlog and the dead letters, never the delivered history.
     pub(super) async fn counts(&self) -> Result<Counts, StoreError> {
         let r = sqlx::query(
             "SELECT
-                COALESCE(SUM(status = 'pending'), 0), COALESCE(SUM(status = 'sending'), 0), COALESCE(SUM(status = 'dead'), 0),
-                MIN(CASE WHEN status = 'pending' THEN created_at END)
-             FROM deliveries",
+                (SELECT COUNT(*) FROM deliveries INDEXED BY deliveries_due_by_destination
+                 WHERE status = 'pending'),
+                (SELECT COUNT(*) FROM deliveries INDEXED BY deliveries_due_by_destination
+                 WHERE status = 'sending'),
+                (SELECT COUNT(*) FROM deliveries INDEXED BY deliveries_due_by_destination
+                 WHERE status = 'dead'),
+                (SELECT MIN(created_at) FROM deliveries INDEXED BY deliveries_due_by_destination
+                 WHERE status = 'pending')",
         )
         .fetch_one(&self.reader)
         .await?;
