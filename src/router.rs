@@ -10,7 +10,7 @@ use crate::credentials::{ListenerPolicy, OpenSources};
 use crate::delivery;
 use crate::diagnostic::Diagnostics;
 use crate::event::Sources;
-use crate::server::{self, AdminAccess, Limiter, ProbeCounts, State};
+use crate::server::{self, AdminAccess, BadHostName, Limiter, ProbeCounts, State};
 use crate::store::{self, Store, StoreError};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -92,6 +92,9 @@ pub enum StartError {
     /// The listener has no local address.
     #[error("the listener has no address: {0}")]
     Listener(std::io::Error),
+    /// An `--allowed-host` that is not a name.
+    #[error(transparent)]
+    AllowedHost(BadHostName),
     /// The workers' runtime cannot start (no threads).
     #[error("cannot start the delivery workers' threads: {0}")]
     Runtime(std::io::Error),
@@ -113,7 +116,13 @@ pub async fn run(
     policy
         .check(&config.open_sources())
         .map_err(StartError::OpenSources)?;
-    let access = AdminAccess::new(listen, options.admin_token.clone(), &options.allowed_hosts);
+    let access = AdminAccess::new(listen, options.admin_token.clone(), &options.allowed_hosts)
+        .map_err(StartError::AllowedHost)?;
+    if !options.allowed_hosts.is_empty() && !access.uses_allowed_hosts() {
+        tracing::warn!(
+            "--allowed-host has no effect: the admin API asks for SWITCHBOARD_ADMIN_TOKEN (or is off beyond loopback), whatever the name."
+        );
+    }
     if access.closed() {
         tracing::warn!(
             "SWITCHBOARD_ADMIN_TOKEN is not set: /-/reload and /api/ are refused to every caller (the router listens beyond loopback)."

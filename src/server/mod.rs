@@ -9,7 +9,7 @@ mod ingest;
 mod limit;
 mod probe;
 
-pub use access::AdminAccess;
+pub use access::{AdminAccess, BadHostName};
 pub use limit::Limiter;
 pub use probe::ProbeCounts;
 
@@ -187,6 +187,14 @@ async fn rejection(r: warp::Rejection) -> Result<Response, Infallible> {
             Refused::ForeignHost(m) => error(StatusCode::FORBIDDEN, m.as_str()),
             Refused::RateLimited(wait) => too_many(*wait),
         }
+    } else if let Some(h) = r.find::<warp::reject::InvalidHeader>() {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "the {} header is not valid, or names another host than the request's target",
+                h.name()
+            ),
+        )
     } else if r.find::<PayloadTooLarge>().is_some() {
         error(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -9,6 +9,10 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+/// How long a probe waits for the store's counts; a store that takes longer is reported as not
+/// answering (for the interval), rather than holding every probe until it does.
+const PATIENCE: Duration = Duration::from_secs(2);
+
 /// The delivery counts the probes answer with, at most `every` old.
 pub struct ProbeCounts {
     every: Duration,
@@ -25,8 +29,8 @@ impl ProbeCounts {
     }
 
     /// The counts (or why the store could not give them), asking the store with `load` when the
-    /// last answer is older than the interval. One caller asks at a time; the others wait for
-    /// its answer rather than ask again.
+    /// last answer is older than the interval. One caller asks at a time, for at most
+    /// [`PATIENCE`]; the others wait for its answer rather than ask again.
     pub async fn get<F, Fut>(&self, load: F) -> Result<Counts, String>
     where
         F: FnOnce() -> Fut,
@@ -38,7 +42,13 @@ impl ProbeCounts {
         {
             return answer.clone();
         }
-        let answer = load().await.map_err(|e| e.to_string());
+        let answer = match tokio::time::timeout(PATIENCE, load()).await {
+            Ok(counts) => counts.map_err(|e| e.to_string()),
+            Err(_) => Err(format!(
+                "the store did not answer within {} s",
+                PATIENCE.as_secs()
+            )),
+        };
         *last = Some((Instant::now(), answer.clone()));
         answer
     }
@@ -105,5 +115,20 @@ mod tests {
             assert!(answer.unwrap_err().contains("shutting down"));
         }
         assert_eq!(loads.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_store_that_does_not_answer_is_reported_without_holding_every_probe() {
+        let probes = ProbeCounts::new(Duration::from_secs(1));
+        let stuck = probes
+            .get(|| async {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok(Counts::default())
+            })
+            .await;
+        assert!(stuck.unwrap_err().contains("did not answer within 2 s"));
+        // The next probes within the interval get the same answer at once.
+        let again = probes.get(|| async { Ok(Counts::default()) }).await;
+        assert!(again.is_err());
     }
 }

@@ -94,6 +94,59 @@ async fn a_tokenless_router_refuses_a_foreign_host_and_serves_its_own_names() {
     assert_eq!(status, 200, "{body}");
 }
 
+/// A page of another site can also post to 127.0.0.1 directly (no rebinding: it cannot read
+/// the answer, but the retry, the discard or the reload would be done).
+#[tokio::test]
+async fn a_request_from_another_site_is_refused_even_for_the_loopback_address() {
+    let router = Router::start(RULES, &[]).await;
+    let own = format!("127.0.0.1:{}", router.addr.port());
+    for (method, path) in [
+        ("POST", "/api/dlq/retry"),
+        ("POST", "/-/reload"),
+        ("GET", "/api/status"),
+    ] {
+        for headers in [
+            "Origin: http://evil.example\r\n",
+            "Origin: null\r\n",
+            "Sec-Fetch-Site: cross-site\r\n",
+        ] {
+            let (status, body) = request(router.addr, method, path, &own, headers).await;
+            assert_eq!(status, 403, "{method} {path} with {headers:?}: {body}");
+            assert!(body.contains("another site"), "{body}");
+        }
+        // The router's own pages (and clients that send no Origin, like curl) are served.
+        let same = format!("Origin: http://{own}\r\nSec-Fetch-Site: same-origin\r\n");
+        let (status, body) = request(router.addr, method, path, &own, &same).await;
+        assert_eq!(status, 200, "{method} {path}: {body}");
+    }
+}
+
+/// Requests that name a host in their target, or no host at all, do not slip past the check.
+#[tokio::test]
+async fn an_absolute_target_or_a_missing_host_is_not_served() {
+    let router = Router::start(RULES, &[]).await;
+    let own = format!("127.0.0.1:{}", router.addr.port());
+    let (status, body) = request(
+        router.addr,
+        "GET",
+        "http://evil.example/api/status",
+        &own,
+        "",
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("host header"), "{body}");
+    let mut conn = tokio::net::TcpStream::connect(router.addr).await.unwrap();
+    conn.write_all(b"GET /api/status HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    conn.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.0 403"), "{answer}");
+    assert!(answer.contains("names no Host"), "{answer}");
+}
+
 #[tokio::test]
 async fn with_a_token_the_token_decides_whatever_the_name() {
     let start = Start {

@@ -286,22 +286,9 @@ impl Sqlite {
         Ok(deliveries + events)
     }
 
-    /// Each count reads the status index's range for that status alone: what it costs follows
-    /// the backlog and the dead letters, never the delivered history.
+    /// Each count reads the status index's range for that status alone (see [`COUNTS`]).
     pub(super) async fn counts(&self) -> Result<Counts, StoreError> {
-        let r = sqlx::query(
-            "SELECT
-                (SELECT COUNT(*) FROM deliveries INDEXED BY deliveries_due_by_destination
-                 WHERE status = 'pending'),
-                (SELECT COUNT(*) FROM deliveries INDEXED BY deliveries_due_by_destination
-                 WHERE status = 'sending'),
-                (SELECT COUNT(*) FROM deliveries INDEXED BY deliveries_due_by_destination
-                 WHERE status = 'dead'),
-                (SELECT MIN(created_at) FROM deliveries INDEXED BY deliveries_due_by_destination
-                 WHERE status = 'pending')",
-        )
-        .fetch_one(&self.reader)
-        .await?;
+        let r = sqlx::query(COUNTS).fetch_one(&self.reader).await?;
         Ok(Counts {
             pending: r.get::<i64, _>(0) as u64,
             sending: r.get::<i64, _>(1) as u64,
@@ -386,9 +373,50 @@ pub(super) const PENDING_DESTINATIONS: &str = "dests (dest) AS (
                             ORDER BY destination LIMIT 1)
                     FROM dests WHERE dests.dest IS NOT NULL)";
 
+/// The counts of pending, sending and dead deliveries and the oldest pending one's creation:
+/// each reads the status index's range for its status alone, so what it costs follows the
+/// backlog and the dead letters, never the delivered history.
+const COUNTS: &str = "SELECT
+    (SELECT COUNT(*) FROM deliveries INDEXED BY deliveries_due_by_destination
+     WHERE status = 'pending'),
+    (SELECT COUNT(*) FROM deliveries INDEXED BY deliveries_due_by_destination
+     WHERE status = 'sending'),
+    (SELECT COUNT(*) FROM deliveries INDEXED BY deliveries_due_by_destination
+     WHERE status = 'dead'),
+    (SELECT MIN(created_at) FROM deliveries INDEXED BY deliveries_due_by_destination
+     WHERE status = 'pending')";
+
 /// Reader connections: one per core and one more (status, history and readiness queries run
 /// beside the writer; each holds a small page cache), at most 8.
 fn readers() -> u32 {
     let cores = std::thread::available_parallelism().map_or(2, usize::from) as u32;
     (cores + 1).min(8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_counts_search_the_status_index_and_never_scan_the_table() {
+        let store = Sqlite::open("sqlite::memory:", "test".into(), Duration::from_secs(30))
+            .await
+            .unwrap();
+        let plan: Vec<String> =
+            sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {COUNTS}")))
+                .fetch_all(&store.reader)
+                .await
+                .unwrap()
+                .iter()
+                .map(|row| row.get::<String, _>(3))
+                .collect();
+        let reads: Vec<&String> = plan.iter().filter(|l| l.contains("deliveries")).collect();
+        assert_eq!(reads.len(), 4, "{plan:#?}");
+        for line in reads {
+            assert!(
+                line.starts_with("SEARCH") && line.contains("(status=?)"),
+                "every count searches one status: {plan:#?}"
+            );
+        }
+    }
 }
