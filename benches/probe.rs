@@ -40,6 +40,7 @@ fn event(n: usize) -> NewEvent {
                 action_index: 0,
                 action_kind: "http".into(),
                 destination: format!("dest-{}", i % 8),
+                once: None,
             })
             .collect(),
         claimed: true,
@@ -65,8 +66,8 @@ async fn fill(store: &Store) {
                 switchboard::store::Intake::Accepted(ids) => ids.clone(),
                 _ => vec![],
             })
-            .map(|id| Finished {
-                id,
+            .map(|c| Finished {
+                id: c.id,
                 attempt: attempt.clone(),
                 next: Next::Delivered,
             })

@@ -42,7 +42,7 @@ pub struct DeliveryLabels {
     pub action: &'static str,
     /// The destination name (or `rule#n`).
     pub destination: String,
-    /// `delivered`, `retried`, `dead` or `skipped`.
+    /// `delivered`, `retried`, `dead`, `skipped` or `suppressed`.
     pub outcome: &'static str,
     /// Why it failed (see [`crate::actions::SendError::reason`]), or `none`.
     pub reason: &'static str,
@@ -80,6 +80,8 @@ pub struct Metrics {
     pub delivery_latency: Histograms<ActionLabels>,
     /// Seconds from a webhook request's arrival to its answer, for accepted events.
     pub ack_latency: Histogram,
+    /// Events let through undecided because a rule's key rendered empty, by rule.
+    pub noise_key_missing: Family<RuleLabels, Counter>,
     pending: Gauge,
     oldest_pending_age: Gauge<f64, AtomicU64>,
     dead_letters: Gauge,
@@ -127,6 +129,12 @@ impl Default for Metrics {
             "Time to acknowledge an accepted webhook (stored)",
             Unit::Seconds,
             ack_latency.clone(),
+        );
+        let noise_key_missing = Family::<RuleLabels, Counter>::default();
+        registry.register(
+            "noise_key_missing",
+            "Events let through undecided because a rule's key rendered empty, by rule",
+            noise_key_missing.clone(),
         );
         let pending = Gauge::default();
         registry.register(
@@ -180,6 +188,7 @@ impl Default for Metrics {
             deliveries,
             delivery_latency,
             ack_latency,
+            noise_key_missing,
             pending,
             oldest_pending_age,
             dead_letters,

@@ -149,7 +149,7 @@ fn print_deliveries(list: &[DeliveryView], history: bool) {
         return;
     }
     println!(
-        "{:<6} {:<10} {:<9} {:<24} {:<18} {:<28} {:>3}  LAST ERROR",
+        "{:<6} {:<10} {:<9} {:<24} {:<18} {:<28} {:>3}  LAST ERROR OR REASON",
         "ID", "STATUS", "ACTION", "RULE", "EVENT", "LEAD", "TRY"
     );
     for d in list {
@@ -162,7 +162,10 @@ fn print_deliveries(list: &[DeliveryView], history: bool) {
             d.event_type,
             d.lead_email.as_deref().unwrap_or("-"),
             d.attempts,
-            d.last_error.as_deref().unwrap_or("")
+            d.last_error
+                .as_deref()
+                .or(d.reason.as_deref())
+                .unwrap_or("")
         );
         if history {
             for a in &d.history {

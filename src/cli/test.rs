@@ -3,8 +3,10 @@
 use super::ConfigArgs;
 use crate::app::short_hash;
 use crate::config;
+use crate::config::Config;
 use crate::event::Sources;
-use crate::rules::Verdict;
+use crate::rules::{Once, Verdict};
+use crate::template::Data;
 use clap::Args;
 use serde_json::Value;
 use std::io::Read;
@@ -102,6 +104,11 @@ pub(super) fn test(args: &TestArgs) -> ExitCode {
                     let stop = if v.holds && rule.stop { ", stop" } else { "" };
                     println!("  {} {}{stop}", if v.holds { "✓" } else { "✗" }, rule.name);
                     print_verdict(&v, 2);
+                    if v.holds
+                        && let Some(once) = &rule.once
+                    {
+                        println!("    {}", explain_once(once, &config, &event));
+                    }
                 }
             }
         }
@@ -172,6 +179,21 @@ fn describe_event(e: &Value) -> String {
         s(&e["lead"]["name"]),
         s(&e["lead"]["email"]),
     )
+}
+
+/// What `once` would decide, with no state (every key starts free in a dry run).
+fn explain_once(once: &Once, config: &Config, event: &Value) -> String {
+    let hold = match once.hold {
+        Some(h) => format!("for {}", humantime::format_duration(h)),
+        None => "for ever".to_string(),
+    };
+    match config.templates.render(&once.key, &Data::new(event)) {
+        Ok(key) if !key.trim().is_empty() => format!(
+            "once: key {key:?} fires if no other event took it (then it stays taken {hold})"
+        ),
+        Ok(_) => "once: the key renders empty: the event goes through undecided".to_string(),
+        Err(e) => format!("once: the key does not render ({e}): the event goes through undecided"),
+    }
 }
 
 fn print_verdict(v: &Verdict, depth: usize) {

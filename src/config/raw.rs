@@ -5,7 +5,7 @@
 
 use crate::actions::RawAction;
 use crate::diagnostic::Diagnostic;
-use crate::rules::RawWhen;
+use crate::rules::{RawOnce, RawWhen};
 use crate::syntax::{Pos, Spanned};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -66,6 +66,9 @@ pub struct RawRule {
     pub when: Option<Spanned<RawWhen>>,
     /// What to do when the rule matches.
     pub actions: Spanned<Vec<Spanned<RawAction>>>,
+    /// Fire for the first event of each key only, for a while.
+    #[serde(default)]
+    pub once: Option<Spanned<RawOnce>>,
 }
 
 fn yes() -> bool {

@@ -245,6 +245,7 @@ mod tests {
                     when,
                     actions: vec![],
                     origin: Default::default(),
+                    once: None,
                 };
                 (order.parse().expect("a number"), rule)
             })

@@ -8,13 +8,15 @@ mod index;
 mod raw;
 
 pub use condition::{Condition, Verdict};
-pub use raw::{RawCampaign, RawWhen};
+pub use raw::{RawCampaign, RawOnce, RawWhen};
 
 use crate::actions::Action;
+use crate::template::Template;
 use index::Index;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// One compiled rule.
 #[derive(Debug)]
@@ -31,6 +33,17 @@ pub struct Rule {
     pub actions: Vec<RuleAction>,
     /// Where the rule is written: file and line.
     pub origin: (PathBuf, u32),
+    /// Fire once per key (`once:`).
+    pub once: Option<Once>,
+}
+
+/// A rule that fires for the first event of each key, then not again for a while.
+#[derive(Debug)]
+pub struct Once {
+    /// What the rule fires once per: a template over the canonical event.
+    pub key: Template,
+    /// How long a key stays taken; `None`: for ever.
+    pub hold: Option<Duration>,
 }
 
 /// One action of a rule, with the destination it delivers to.

@@ -41,3 +41,17 @@ pub struct RawCampaign {
     #[serde(default)]
     pub name: Option<OneOrMany<String>>,
 }
+
+/// `once:` the rule fires for the first event of each key, then not again for `for`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOnce {
+    /// A template over the canonical event: what the rule fires once per.
+    pub key: Spanned<String>,
+    /// How long a key stays taken (`14d`).
+    #[serde(rename = "for", default)]
+    pub hold: Option<Spanned<String>>,
+    /// `true`: a key stays taken for ever.
+    #[serde(default)]
+    pub forever: Option<Spanned<bool>>,
+}

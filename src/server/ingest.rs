@@ -2,11 +2,13 @@
 //! and its deliveries are on disk; it never waits on a delivery being sent.
 
 use super::{State, error};
+use crate::config::Config;
 use crate::credentials::Credentials;
 use crate::delivery::Reservation;
 use crate::event::type_label;
 use crate::metrics::RuleLabels;
-use crate::store::{Due, Intake, NewDelivery, NewEvent, StoreError};
+use crate::rules::Once;
+use crate::store::{Due, Intake, Millis, NewDelivery, NewEvent, OnceKey, StoreError};
 use crate::template::Data;
 use serde_json::{Value, json};
 use std::net::{IpAddr, SocketAddr};
@@ -152,21 +154,27 @@ where
     let label_kind = type_label(Some(normaliser.as_ref()), &kind);
     let lead_email = event.lead.email.clone();
     // Rules, templates and the store all read this one JSON form of the event.
-    let event = event.into_value();
+    let data = Data::from(event.into_value());
     let config = state.app.current();
-    let matched = config.rules.matching(&event);
+    let matched = config.rules.matching(data.value());
+    let now = crate::store::now_ms();
     let deliveries = matched
         .iter()
         .flat_map(|&i| {
             let rule = config.rules.get(i);
+            let once = rule
+                .once
+                .as_ref()
+                .and_then(|once| once_key(&state, &config, &rule.name, once, &data, now));
             rule.actions
                 .iter()
                 .enumerate()
-                .map(|(n, step)| NewDelivery {
+                .map(move |(n, step)| NewDelivery {
                     rule: rule.name.clone(),
                     action_index: n as u32,
                     action_kind: step.action.kind().to_string(),
                     destination: step.destination.clone(),
+                    once: once.clone(),
                 })
         })
         .collect::<Vec<_>>();
@@ -180,7 +188,7 @@ where
         event_type: kind.clone(),
         lead_email,
         config_hash: config.hash.clone(),
-        payload: to_json(&event, body.len()),
+        payload: to_json(data.value(), body.len()),
         dedup_key,
         deliveries,
         claimed: room.is_some(),
@@ -189,16 +197,20 @@ where
     // Committing and handing over run in a task of their own: should the client hang up while
     // the commit is under way, the request is dropped but this still completes, so deliveries
     // recorded as claimed always reach the workers (or go back to pending).
-    let committed = tokio::spawn(commit(
-        state.clone(),
-        record,
-        room.map(|room| (room, event)),
-    ))
-    .await
-    .unwrap_or_else(|e| Err(StoreError::Abandoned(e.to_string())));
+    let committed = tokio::spawn(commit(state.clone(), record, room.map(|room| (room, data))))
+        .await
+        .unwrap_or_else(|e| Err(StoreError::Abandoned(e.to_string())));
     match committed {
-        Ok(Intake::Accepted(_)) => {
+        Ok(Intake::Accepted(created)) => {
             metrics.event(label, label_kind, "accepted", "none");
+            let steps = matched.iter().flat_map(|&i| &config.rules.get(i).actions);
+            let mut suppressed = 0;
+            for (step, c) in steps.zip(&created) {
+                if c.suppressed {
+                    suppressed += 1;
+                    metrics.delivery(step.action.kind(), &step.destination, "suppressed", "once");
+                }
+            }
             for &i in &matched {
                 let rule = RuleLabels {
                     rule: config.rules.get(i).name.clone(),
@@ -213,6 +225,7 @@ where
                 sent_as = sent.as_str(),
                 rules = matched.len(),
                 deliveries,
+                suppressed,
                 "Event received."
             );
             warp::reply::json(&json!({"status": "received", "event_id": event_id})).into_response()
@@ -242,7 +255,7 @@ where
 }
 
 /// What intake hands over after the commit: the room reserved and the event.
-type Handover = (Reservation, Value);
+type Handover = (Reservation, Data);
 
 /// Commits the event; if room was reserved, gives its deliveries (recorded as claimed) to the
 /// workers, or back to the store as pending when the workers have stopped. Otherwise wakes the
@@ -256,7 +269,7 @@ async fn commit(
     let pending = handover.is_none() && !record.deliveries.is_empty();
     let received_at = crate::store::now_ms();
     // What the workers get, but for the ids the store assigns.
-    let mut due: Vec<Due> = match handover {
+    let due: Vec<Due> = match handover {
         Some(_) => record
             .deliveries
             .iter()
@@ -283,10 +296,18 @@ async fn commit(
         state.app.wake.notify_one();
     }
     if let Some((room, event)) = handover {
-        for (d, &id) in due.iter_mut().zip(ids) {
-            d.id = id;
+        // Suppressed deliveries are final as recorded: only the others are sent. (Their room
+        // is given back with the reservation.)
+        let due: Vec<Due> = due
+            .into_iter()
+            .zip(ids)
+            .filter(|(_, c)| !c.suppressed)
+            .map(|(d, c)| Due { id: c.id, ..d })
+            .collect();
+        if due.is_empty() {
+            return Ok(intake);
         }
-        if let Err(due) = state.handoff.send(due, Arc::new(Data::from(event)), room) {
+        if let Err(due) = state.handoff.send(due, Arc::new(event), room) {
             // The workers have stopped: the deliveries wait in the store for the next start.
             let ids: Vec<i64> = due.iter().map(|d| d.id).collect();
             if let Err(e) = state.store.release(&ids).await {
@@ -295,6 +316,40 @@ async fn commit(
         }
     }
     Ok(intake)
+}
+
+/// The key a `once` rule fires once per for this event, or none when it renders empty (or
+/// cannot render): the event then goes through undecided, and the metric counts it.
+fn once_key(
+    state: &State,
+    config: &Config,
+    rule: &str,
+    once: &Once,
+    event: &Data,
+    now: Millis,
+) -> Option<OnceKey> {
+    let key = config
+        .templates
+        .render(&once.key, event)
+        .inspect_err(|e| tracing::warn!(rule, error = %e, "A once key does not render; the event goes through undecided."))
+        .ok()
+        .filter(|k| !k.trim().is_empty());
+    let Some(key) = key else {
+        let labels = RuleLabels {
+            rule: rule.to_string(),
+        };
+        state
+            .app
+            .metrics
+            .noise_key_missing
+            .get_or_create(&labels)
+            .inc();
+        return None;
+    };
+    let until = once
+        .hold
+        .map_or(Millis::MAX, |h| now.saturating_add(h.as_millis() as i64));
+    Some(OnceKey { key, until })
 }
 
 /// `value` as JSON text, written straight into a buffer sized for it (the canonical event is

@@ -93,15 +93,36 @@ pub struct NewDelivery {
     pub action_kind: String,
     /// The destination name (or `rule#n` for an inline action): the unit of concurrency.
     pub destination: String,
+    /// The rule fires once per this key: the delivery is suppressed when another event took
+    /// the key and it has not expired.
+    pub once: Option<OnceKey>,
+}
+
+/// A `once` rule's key for one event, rendered at intake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OnceKey {
+    /// The rendered key (not empty).
+    pub key: String,
+    /// Until when the key stays taken if this event takes it (`Millis::MAX`: for ever).
+    pub until: Millis,
 }
 
 /// What happened to an event handed to the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Intake {
-    /// Recorded, with the ids of its deliveries (in the order given).
-    Accepted(Vec<i64>),
+    /// Recorded, with its deliveries (in the order given).
+    Accepted(Vec<Created>),
     /// The same webhook was seen before, as this event.
     Duplicate(String),
+}
+
+/// A delivery created for an accepted event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Created {
+    /// Its id.
+    pub id: i64,
+    /// Whether the rule's memory held it back (it is recorded `suppressed`, never sent).
+    pub suppressed: bool,
 }
 
 /// The workers asking for due deliveries.
@@ -213,6 +234,8 @@ pub struct DeliveryView {
     pub next_attempt_at: Option<String>,
     /// The last error.
     pub last_error: Option<String>,
+    /// Why it was suppressed (`once`, …), for a suppressed delivery.
+    pub reason: Option<String>,
     /// When it was created, RFC 3339.
     pub created_at: String,
     /// When it last changed, RFC 3339.
@@ -430,7 +453,8 @@ impl Store {
         dispatch!(self, s => s.discard(id).await)
     }
 
-    /// Deletes finished history older than `before`, and intake keys older than `keys_before`.
+    /// Deletes finished history (suppressed deliveries included) older than `before`, intake keys
+    /// older than `keys_before`, and `once` keys whose hold is over.
     pub async fn prune(&self, before: Millis, keys_before: Millis) -> Result<u64, StoreError> {
         dispatch!(self, s => s.prune(before, keys_before).await)
     }

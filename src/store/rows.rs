@@ -7,7 +7,7 @@ use super::{AttemptView, DeliveryStatus, DeliveryView, Due, InstanceView, StoreE
 pub(super) const DUE_COLUMNS: &str = "d.id, d.event_id, d.rule, d.action_index, d.destination, d.attempts, e.config_hash, e.payload, e.received_at";
 
 /// The columns every backend selects for a delivery in history.
-pub(super) const VIEW_COLUMNS: &str = "d.id, d.event_id, e.event_type, e.lead_email, d.rule, d.action_kind, d.destination, d.status, d.attempts, d.next_attempt_at, d.last_error, d.created_at, d.updated_at";
+pub(super) const VIEW_COLUMNS: &str = "d.id, d.event_id, e.event_type, e.lead_email, d.rule, d.action_kind, d.destination, d.status, d.attempts, d.next_attempt_at, d.last_error, d.reason, d.created_at, d.updated_at";
 
 #[derive(sqlx::FromRow)]
 pub(super) struct DueRow {
@@ -51,6 +51,7 @@ pub(super) struct ViewRow {
     attempts: i64,
     next_attempt_at: i64,
     last_error: Option<String>,
+    reason: Option<String>,
     created_at: i64,
     updated_at: i64,
 }
@@ -76,6 +77,7 @@ impl TryFrom<ViewRow> for DeliveryView {
             status,
             attempts: r.attempts as u32,
             last_error: r.last_error,
+            reason: r.reason,
             created_at: rfc3339(r.created_at),
             updated_at: rfc3339(r.updated_at),
             history: vec![],

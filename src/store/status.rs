@@ -21,17 +21,21 @@ pub enum DeliveryStatus {
     Discarded,
     /// Not sent because its destination is not configured; final.
     Skipped,
+    /// Not sent because the rule's memory held it back (`once`, …: the delivery's `reason`
+    /// says which); final.
+    Suppressed,
 }
 
 impl DeliveryStatus {
     /// Every status, in the order a delivery may go through them.
-    pub const ALL: [DeliveryStatus; 6] = [
+    pub const ALL: [DeliveryStatus; 7] = [
         DeliveryStatus::Pending,
         DeliveryStatus::Sending,
         DeliveryStatus::Delivered,
         DeliveryStatus::Dead,
         DeliveryStatus::Discarded,
         DeliveryStatus::Skipped,
+        DeliveryStatus::Suppressed,
     ];
 
     /// The status as stored and shown (`pending`, `dead`, …).
@@ -43,11 +47,12 @@ impl DeliveryStatus {
             DeliveryStatus::Dead => "dead",
             DeliveryStatus::Discarded => "discarded",
             DeliveryStatus::Skipped => "skipped",
+            DeliveryStatus::Suppressed => "suppressed",
         }
     }
 
     /// Every status's name, for help texts and errors.
-    pub fn names() -> [&'static str; 6] {
+    pub fn names() -> [&'static str; 7] {
         DeliveryStatus::ALL.map(DeliveryStatus::as_str)
     }
 }

@@ -59,6 +59,11 @@ impl From<Value> for Data {
 }
 
 impl Data {
+    /// The event itself.
+    pub fn value(&self) -> &Value {
+        self.0.data()
+    }
+
     /// Prepares an event for rendering (a copy of it).
     pub fn new(event: &Value) -> Data {
         Data(handlebars::Context::wraps(event).unwrap_or_else(|_| handlebars::Context::null()))

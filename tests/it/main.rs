@@ -12,6 +12,7 @@ mod intake;
 mod layout;
 mod matching;
 mod observability;
+mod once;
 mod postgres;
 mod reload;
 mod security;

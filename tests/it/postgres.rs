@@ -9,7 +9,7 @@ use switchboard::store::Filter;
 
 /// A fresh schema on the test server, as a store URL, with what drops it again at the end of
 /// the test; `None` (and a note) when no server is set.
-async fn fresh_store() -> Option<(String, Schema)> {
+pub(crate) async fn fresh_store() -> Option<(String, Schema)> {
     let Some(base) = std::env::var("SWITCHBOARD_TEST_POSTGRES_URL")
         .ok()
         .filter(|u| !u.is_empty())
@@ -43,7 +43,7 @@ async fn fresh_store() -> Option<(String, Schema)> {
 /// runs do not pile schemas up on the test server. Bind it before the routers that use it, so
 /// that they are dropped first; connections still open on the schema then (an in-process
 /// router's, whose tasks cannot run while this blocks the test's runtime) are ended first.
-struct Schema {
+pub(crate) struct Schema {
     server: String,
     name: String,
 }

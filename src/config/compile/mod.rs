@@ -99,6 +99,7 @@ pub fn compile(
         }
     }
     destinations::unused(&destinations, &compiled.used, &mut warnings);
+    warnings.extend(compiled.warnings);
     let mut unconfigured: Vec<_> = compiled.unconfigured.into_iter().collect();
     unconfigured.sort_by(|a, b| (&a.1.0, a.1.1.line).cmp(&(&b.1.0, b.1.1.line)));
     for (label, (file, at, vars)) in unconfigured {

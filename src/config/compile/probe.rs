@@ -4,7 +4,7 @@
 
 use crate::actions::{Action, RenderFailure};
 use crate::event::Sources;
-use crate::template::Templates;
+use crate::template::{Data, Template, Templates};
 
 /// Renders `action` against each source's sample; a template error is reported through
 /// `error` once per action (the first source that shows it). A field under `raw` is the
@@ -30,4 +30,31 @@ pub(super) fn probe(
             _ => {}
         }
     }
+}
+
+/// Renders a key against each source's sample: the first sample's rendering, or why a sample
+/// does not render (a field that does not exist; `raw` fields are the tool's own and pass).
+pub(super) fn key(
+    template: &Template,
+    templates: &Templates,
+    sources: &Sources,
+) -> Result<String, String> {
+    let mut first = None;
+    for source in sources.iter() {
+        let sample = Data::from(source.sample().into_value());
+        match templates.render(template, &sample) {
+            Ok(text) => {
+                first.get_or_insert(text);
+            }
+            Err(e)
+                if e.missing
+                    .as_deref()
+                    .is_some_and(|p| p == "raw" || p.starts_with("raw.")) =>
+            {
+                first.get_or_insert_with(String::new);
+            }
+            Err(e) => return Err(e.message),
+        }
+    }
+    Ok(first.unwrap_or_default())
 }

@@ -9,10 +9,13 @@ use crate::config::raw::{RawFile, RawRule};
 use crate::diagnostic::Diagnostics;
 use crate::event::Sources;
 use crate::rules::{Condition, Rule, RuleAction, condition};
+use crate::rules::{Once, RawOnce};
 use crate::syntax::{Spanned, pos};
 use crate::template::Templates;
+use crate::template::{Escape, Template};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// The rules of every file, in order, and what compiling them found out.
 pub(super) struct Compiled {
@@ -22,6 +25,8 @@ pub(super) struct Compiled {
     pub(super) used: HashSet<String>,
     /// The destinations and actions whose address came out empty.
     pub(super) unconfigured: Unconfigured,
+    /// Problems that do not stop the rules from serving (a key that may render empty, …).
+    pub(super) warnings: Diagnostics,
 }
 
 /// What every rule is compiled against.
@@ -38,6 +43,7 @@ pub(super) fn compile(files: &[(PathBuf, String, RawFile)], env: &mut Env<'_>) -
         rules: Vec::new(),
         used: HashSet::new(),
         unconfigured: Unconfigured::new(),
+        warnings: Diagnostics::default(),
     };
     let mut names: HashMap<String, (PathBuf, u32)> = HashMap::new();
     for (path, _, file) in files {
@@ -89,7 +95,12 @@ fn compile_rule(
         .enumerate()
         .filter_map(|(i, raw)| compile_action(path, &name, i, raw, env, out))
         .collect();
+    let once = rule
+        .once
+        .as_ref()
+        .and_then(|o| compile_once(path, &name, o, env, out));
     Rule {
+        once,
         enabled: rule.enabled,
         stop: rule.stop,
         when,
@@ -97,6 +108,99 @@ fn compile_rule(
         origin: (path.to_path_buf(), pos(&rule.name).line),
         name,
     }
+}
+
+/// Compiles `once:`: its key (a template that names a field) and how long a key stays taken.
+fn compile_once(
+    path: &Path,
+    rule: &str,
+    raw: &Spanned<RawOnce>,
+    env: &mut Env<'_>,
+    out: &mut Compiled,
+) -> Option<Once> {
+    let o = &raw.value;
+    let key = compile_key(path, rule, "once.key", &o.key, env, out);
+    let forever = o.forever.as_ref().is_some_and(|f| f.value);
+    let hold = match (&o.hold, forever) {
+        (Some(h), true) => {
+            let message = format!("rule {rule:?}: give `once.for` or `forever: true`, not both");
+            env.errors.at(path, pos(h), message);
+            None
+        }
+        (Some(h), false) => match humantime::parse_duration(h.value.trim()) {
+            Ok(d) if d >= Duration::from_secs(1) => Some(d),
+            Ok(_) => {
+                let message = format!("rule {rule:?}: `once.for` must be at least 1s");
+                env.errors.at(path, pos(h), message);
+                None
+            }
+            Err(_) => {
+                let message = format!(
+                    "rule {rule:?}: `once.for` {:?} is not a duration like 14d or 12h",
+                    h.value
+                );
+                env.errors.at(path, pos(h), message);
+                None
+            }
+        },
+        (None, true) => None,
+        (None, false) => {
+            let message = format!(
+                "rule {rule:?}: `once` needs `for` (how long a key stays taken, like 14d) or `forever: true`"
+            );
+            env.errors.at(path, pos(raw), message);
+            return None;
+        }
+    };
+    Some(Once { key: key?, hold })
+}
+
+/// Compiles a key (`once.key`, …): a template that names at least one field, probed against
+/// every source's sample event; a warning when it may render empty (a key that renders empty
+/// lets its event through undecided).
+fn compile_key(
+    path: &Path,
+    rule: &str,
+    what: &str,
+    raw: &Spanned<String>,
+    env: &mut Env<'_>,
+    out: &mut Compiled,
+) -> Option<Template> {
+    if !raw.value.contains("{{") {
+        let message = format!(
+            "rule {rule:?}: `{what}` {:?} names no field, so every event would share one key; write what it is per, like \"{{{{lead.email}}}}\"",
+            raw.value
+        );
+        env.errors.at(path, pos(raw), message);
+        return None;
+    }
+    let site = format!("rule {rule:?} {what}");
+    let template = match env.templates.inline(&site, &raw.value, Escape::Plain) {
+        Ok(t) => t,
+        Err(e) => {
+            let message = format!("rule {rule:?}: `{what}` does not compile: {}", e.message);
+            env.errors.at(path, pos(raw), message);
+            return None;
+        }
+    };
+    match probe::key(&template, env.templates, env.sources) {
+        Err(message) => {
+            env.errors.at(
+                path,
+                pos(raw),
+                format!("rule {rule:?}: `{what}`: {message}"),
+            );
+            return None;
+        }
+        Ok(sample) if !sample.chars().any(char::is_alphanumeric) => {
+            let message = format!(
+                "rule {rule:?}: `{what}` renders {sample:?} when the fields it names are missing: such events are let through undecided (counted in switchboard_noise_key_missing_total)"
+            );
+            out.warnings.at(path, pos(raw), message);
+        }
+        Ok(_) => {}
+    }
+    Some(template)
 }
 
 /// Compiles the `i`th action of rule `name`, merged with its destination's settings.

@@ -164,7 +164,7 @@ impl Postgres {
         keys_before: Millis,
     ) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let deliveries = sqlx::query("DELETE FROM deliveries WHERE status IN ('delivered', 'discarded', 'skipped') AND updated_at < $1")
+        let deliveries = sqlx::query("DELETE FROM deliveries WHERE status IN ('delivered', 'discarded', 'skipped', 'suppressed') AND updated_at < $1")
             .bind(before)
             .execute(&mut *tx)
             .await?
@@ -176,6 +176,11 @@ impl Postgres {
             .rows_affected();
         sqlx::query("DELETE FROM intake_keys WHERE created_at < $1")
             .bind(keys_before)
+            .execute(&mut *tx)
+            .await?;
+        // `once` keys whose hold is over (a new event would take them anyway).
+        sqlx::query("DELETE FROM noise_once WHERE until <= $1")
+            .bind(now_ms())
             .execute(&mut *tx)
             .await?;
         sqlx::query("DELETE FROM instances WHERE heartbeat_at < $1")

@@ -18,7 +18,8 @@
 use super::PENDING_DESTINATIONS;
 use crate::store::rows::{DueRow, after};
 use crate::store::{
-    Claim, CommitOutcome, DeliveryStatus, Due, Finished, Intake, Millis, NewEvent, StoreError,
+    Claim, CommitOutcome, Created, DeliveryStatus, Due, Finished, Intake, Millis, NewEvent,
+    StoreError,
 };
 use futures_util::TryStreamExt;
 use sqlx::pool::PoolConnection;
@@ -94,21 +95,24 @@ async fn write(
     let rows = run(conn, script(events, done, claims, now)).await?;
     // Committed. A row that cannot be read now would mean a schema this code does not know.
     let mut keys = HashMap::with_capacity(events.len());
-    let mut created: Vec<i64> = Vec::new();
+    let mut created: Vec<Created> = Vec::new();
     let mut claimed: Vec<Vec<Due>> = vec![Vec::new(); claims.len()];
     for (yields, row) in rows {
         match yields {
             Yields::Keys => {
                 keys.insert(row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?);
             }
-            Yields::Created => created.push(row.try_get(0)?),
+            Yields::Created => created.push(Created {
+                id: row.try_get(0)?,
+                suppressed: row.try_get(1)?,
+            }),
             Yields::Claimed(i) => claimed[i].push(DueRow::from_row(&row)?.into()),
             Yields::Nothing => {}
         }
     }
     // Ids are assigned in the order the rows are given (one writer, AUTOINCREMENT), so the
     // returned ids, sorted, line up with the accepted events' deliveries.
-    created.sort_unstable();
+    created.sort_unstable_by_key(|c| c.id);
     let mut created = created.into_iter();
     let intakes = events
         .iter()
@@ -260,8 +264,8 @@ fn script(events: &[NewEvent], done: &[Finished], claims: &[Claim], now: Millis)
 /// payload_start, payload_length, key]`, their payloads one blob of their own (the start counts
 /// from 1, in bytes: inside the JSON array they would be escaped here and unescaped by SQLite,
 /// which took a tenth of intake's CPU); deliveries `[event_id, rule, action_index, action_kind,
-/// destination, status]`.
-fn intake(events: &[NewEvent], now: Millis) -> [Statement; 4] {
+/// destination, status, once_key]`; `once` rows `[rule, key, event_id, until]`.
+fn intake(events: &[NewEvent], now: Millis) -> [Statement; 5] {
     let keys = json(events.iter().map(|e| (&e.dedup_key, &e.id)));
     let mut payloads = Vec::with_capacity(events.iter().map(|e| e.payload.len()).sum());
     let rows = json(events.iter().map(|e| {
@@ -287,7 +291,26 @@ fn intake(events: &[NewEvent], now: Millis) -> [Statement; 4] {
         };
         e.deliveries.iter().map(move |d| {
             let (rule, index, kind) = (&d.rule, d.action_index, &d.action_kind);
-            (&e.id, rule, index, kind, &d.destination, status.as_str())
+            let once = d.once.as_ref().map(|o| &o.key);
+            (
+                &e.id,
+                rule,
+                index,
+                kind,
+                &d.destination,
+                status.as_str(),
+                once,
+            )
+        })
+    }));
+    let once = json(events.iter().flat_map(|e| {
+        e.deliveries.iter().filter_map(move |d| {
+            Some((
+                &d.rule,
+                &d.once.as_ref()?.key,
+                &e.id,
+                d.once.as_ref()?.until,
+            ))
         })
     }));
     [
@@ -318,15 +341,36 @@ fn intake(events: &[NewEvent], now: Millis) -> [Statement; 4] {
         .int(now)
         .blob(payloads)
         .text(rows),
+        // `once`: the first event of a key takes it (or one whose hold has expired); the
+        // actions of one rule share their event's key, and later events of the batch find it
+        // taken.
+        Statement::new(
+            "
+        INSERT INTO noise_once (rule, key, event_id, until)
+            SELECT j.value->>0, j.value->>1, j.value->>2, j.value->>3 FROM jsonb_each(?) AS j
+            WHERE EXISTS (SELECT 1 FROM events e WHERE e.id = j.value->>2)
+            ON CONFLICT (rule, key) DO UPDATE SET event_id = excluded.event_id,
+                                                  until = excluded.until
+            WHERE noise_once.until <= ?;",
+        )
+        .text(once)
+        .int(now),
         Statement::new(
             "
         INSERT INTO deliveries (event_id, rule, action_index, action_kind, destination, status,
-                                attempts, next_attempt_at, created_at, updated_at)
-            SELECT j.value->>0, j.value->>1, j.value->>2, j.value->>3, j.value->>4, j.value->>5,
-                   0, ?, ?, ?
-            FROM jsonb_each(?) AS j
-            WHERE EXISTS (SELECT 1 FROM events e WHERE e.id = j.value->>0)
-            RETURNING id;",
+                                reason, attempts, next_attempt_at, created_at, updated_at)
+            SELECT d.event_id, d.rule, d.action_index, d.action_kind, d.destination,
+                   CASE WHEN d.fires THEN d.status ELSE 'suppressed' END,
+                   CASE WHEN d.fires THEN NULL ELSE 'once' END, 0, ?, ?, ?
+            FROM (SELECT j.value->>0 AS event_id, j.value->>1 AS rule,
+                         j.value->>2 AS action_index, j.value->>3 AS action_kind,
+                         j.value->>4 AS destination, j.value->>5 AS status,
+                         (j.value->>6 IS NULL OR j.value->>0 = (
+                            SELECT o.event_id FROM noise_once o
+                            WHERE o.rule = j.value->>1 AND o.key = j.value->>6)) AS fires
+                  FROM jsonb_each(?) AS j
+                  WHERE EXISTS (SELECT 1 FROM events e WHERE e.id = j.value->>0)) AS d
+            RETURNING id, status = 'suppressed';",
         )
         .int(now)
         .int(now)

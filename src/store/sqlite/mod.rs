@@ -268,7 +268,7 @@ impl Sqlite {
         keys_before: Millis,
     ) -> Result<u64, StoreError> {
         let mut tx = self.writer.begin().await?;
-        let deliveries = sqlx::query("DELETE FROM deliveries WHERE status IN ('delivered', 'discarded', 'skipped') AND updated_at < ?")
+        let deliveries = sqlx::query("DELETE FROM deliveries WHERE status IN ('delivered', 'discarded', 'skipped', 'suppressed') AND updated_at < ?")
             .bind(before)
             .execute(&mut *tx)
             .await?
@@ -280,6 +280,11 @@ impl Sqlite {
             .rows_affected();
         sqlx::query("DELETE FROM intake_keys WHERE created_at < ?")
             .bind(keys_before)
+            .execute(&mut *tx)
+            .await?;
+        // `once` keys whose hold is over (a new event would take them anyway).
+        sqlx::query("DELETE FROM noise_once WHERE until <= ?")
+            .bind(now_ms())
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;

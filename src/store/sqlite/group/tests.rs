@@ -44,6 +44,7 @@ fn every_statement_binds_as_many_values_as_it_has_parameters() {
         action_index: 0,
         action_kind: "log".into(),
         destination: "r#1".into(),
+        once: None,
     });
     let done = Finished {
         id: 1,
@@ -64,8 +65,8 @@ fn every_statement_binds_as_many_values_as_it_has_parameters() {
     let script = script(&[e], &[done], &[claim.clone(), claim], 0);
     assert_eq!(
         script.len(),
-        10,
-        "begin, 4 intake, 2 records, 2 claims, commit"
+        11,
+        "begin, 5 intake (keys, holders, events, once keys, deliveries), 2 records, 2 claims, commit"
     );
     for s in &script {
         assert_eq!(s.sql.matches('?').count(), s.values.len(), "{}", s.sql);

@@ -1,0 +1,238 @@
+//! `once`: a rule fires for the first event of each key, then not again for a while. The
+//! decision is taken in the intake transaction, in the store: events of one key in one group
+//! commit, a restart between them, or two instances on one PostgreSQL change nothing; every
+//! event it holds back is kept as a `suppressed` delivery with its reason.
+
+use crate::postgres::fresh_store;
+use crate::util::{Binary, HttpPeer, Router, Start, config_dir, fast_retries, fixture, unique};
+use serde_json::Value;
+use std::time::Duration;
+use switchboard::store::{DeliveryStatus, DeliveryView, Filter};
+
+fn rules(peer: &HttpPeer, hold: &str) -> String {
+    format!(
+        r#"rules:
+  - name: first-open
+    when: {{ event: EMAIL_OPENED }}
+    once: {{ key: "{{{{campaign.id}}}}:{{{{lead.email}}}}", for: {hold} }}
+    actions:
+      - http: {{ url: "{}", body: '{{"lead": "{{{{lead.email}}}}"}}' }}
+"#,
+        peer.url("/open")
+    )
+}
+
+/// A distinct open of `lead` (a real-shape EMAIL_OPEN payload).
+fn open(lead: &str) -> Value {
+    let mut e = unique(fixture("real_11_email_open"));
+    e["to_email"] = Value::String(lead.into());
+    e["sl_lead_email"] = Value::String(lead.into());
+    e
+}
+
+async fn all(router: &Router) -> Vec<DeliveryView> {
+    let filter = Filter {
+        limit: Some(1000),
+        ..Filter::default()
+    };
+    router.store.list(&filter).await.unwrap()
+}
+
+/// The deliveries once `n` of them are final (delivered or suppressed; at most 10 s).
+async fn settled(router: &Router, n: usize) -> Vec<DeliveryView> {
+    let begun = std::time::Instant::now();
+    loop {
+        let list = all(router).await;
+        let done = list
+            .iter()
+            .filter(|d| {
+                matches!(
+                    d.status,
+                    DeliveryStatus::Delivered | DeliveryStatus::Suppressed
+                )
+            })
+            .count();
+        if done >= n || begun.elapsed() > Duration::from_secs(10) {
+            return list;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn with_status(list: &[DeliveryView], status: DeliveryStatus) -> Vec<&DeliveryView> {
+    list.iter().filter(|d| d.status == status).collect()
+}
+
+/// Both stores: SQLite in the router's directory, and PostgreSQL when a server is set.
+async fn each_store(test: impl AsyncFn(Start)) {
+    test(Start::default()).await;
+    if let Some((url, _schema)) = fresh_store().await {
+        test(Start {
+            store: Some(url),
+            ..Start::default()
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn the_first_event_of_each_key_fires_and_the_others_are_kept_suppressed() {
+    each_store(async |start: Start| {
+        let peer = HttpPeer::start().await;
+        let dir = config_dir(&rules(&peer, "1h"), &[]);
+        let router = Router::start_as(dir, fast_retries(), start).await;
+        // Five opens of one lead at once (one group commit, or a few), then two of another.
+        let opens: Vec<Value> = (0..5).map(|_| open("ana@lead.example")).collect();
+        futures_util::future::join_all(opens.iter().map(|e| router.post(e))).await;
+        router.post(&open("bo@lead.example")).await;
+        router.post(&open("bo@lead.example")).await;
+
+        let got = peer.wait_for(2).await;
+        let mut leads: Vec<String> = got.iter().map(|r| r.json()["lead"].to_string()).collect();
+        leads.sort();
+        assert_eq!(leads, ["\"ana@lead.example\"", "\"bo@lead.example\""]);
+        // Their attempts are recorded just after the requests arrive.
+        let list = settled(&router, 7).await;
+        let suppressed = with_status(&list, DeliveryStatus::Suppressed);
+        assert_eq!(suppressed.len(), 5, "{list:#?}");
+        assert!(
+            suppressed
+                .iter()
+                .all(|d| d.reason.as_deref() == Some("once"))
+        );
+        assert_eq!(with_status(&list, DeliveryStatus::Delivered).len(), 2);
+        router
+            .wait_metric(
+                "switchboard_deliveries_total",
+                &[("outcome", "suppressed"), ("reason", "once")],
+                5.0,
+            )
+            .await;
+        // A SmartLead retry of an open is a duplicate: it takes nothing and is not recorded.
+        let (status, body) = router
+            .post_raw("/webhooks/smartlead", opens[0].to_string())
+            .await;
+        assert_eq!((status, body["status"].as_str()), (200, Some("duplicate")));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(peer.received().len(), 2);
+        assert_eq!(all(&router).await.len(), 7);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_key_stays_taken_across_a_restart_and_is_free_again_when_its_time_is_over() {
+    let peer = HttpPeer::start().await;
+    let dir = config_dir(&rules(&peer, "2s"), &[]);
+    let router = Router::start_in(dir).await;
+    router.post(&open("ana@lead.example")).await;
+    peer.wait_for(1).await;
+    let router = router.restart().await;
+    router.post(&open("ana@lead.example")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(peer.received().len(), 1, "still taken after the restart");
+    // The hold is 2 s from the first open; past it the key is free.
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    router.post(&open("ana@lead.example")).await;
+    peer.wait_for(2).await;
+    let list = settled(&router, 3).await;
+    assert_eq!(with_status(&list, DeliveryStatus::Suppressed).len(), 1);
+    assert_eq!(with_status(&list, DeliveryStatus::Delivered).len(), 2);
+}
+
+#[tokio::test]
+async fn two_instances_on_one_postgresql_fire_once_between_them() {
+    let Some((url, _schema)) = fresh_store().await else {
+        return;
+    };
+    let peer = HttpPeer::start().await;
+    let text = rules(&peer, "1h").replace("for: 1h", "forever: true");
+    let dirs: Vec<tempfile::TempDir> = (0..2)
+        .map(|_| {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("rules.yaml"), &text).unwrap();
+            dir
+        })
+        .collect();
+    let (a, b) = tokio::join!(
+        Binary::start_on(dirs[0].path(), Some(&url), &[], &[]),
+        Binary::start_on(dirs[1].path(), Some(&url), &[], &[])
+    );
+    let client = reqwest::Client::new();
+    // The same lead's opens, to both instances alternately and at once.
+    let posts = (0..20).map(|i| {
+        let target = if i % 2 == 0 { &a.url } else { &b.url };
+        client
+            .post(format!("{target}/webhooks/smartlead"))
+            .body(open("ana@lead.example").to_string())
+            .send()
+    });
+    for r in futures_util::future::join_all(posts).await {
+        assert_eq!(r.unwrap().status(), 200);
+    }
+    peer.wait_for(1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(peer.received().len(), 1, "once, between both instances");
+    let deliveries: Value = client
+        .get(format!(
+            "{}/api/deliveries?status=suppressed&limit=100",
+            a.url
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(deliveries["deliveries"].as_array().unwrap().len(), 19);
+}
+
+#[tokio::test]
+async fn check_refuses_a_once_without_a_hold_or_a_field() {
+    let cases = [
+        ("once: { key: \"{{lead.email}}\" }", "`once` needs `for`"),
+        ("once: { key: \"everyone\", for: 1d }", "names no field"),
+        ("once: { key: \"{{lead.frist}}\", for: 1d }", "lead.frist"),
+        (
+            "once: { key: \"{{lead.email}}\", for: 500ms }",
+            "at least 1s",
+        ),
+        (
+            "once: { key: \"{{lead.email}}\", for: soon }",
+            "not a duration",
+        ),
+    ];
+    for (once, expected) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = format!(
+            "rules:\n  - name: r\n    {once}\n    actions:\n      - log: {{ message: hi }}\n"
+        );
+        std::fs::write(dir.path().join("rules.yaml"), rules).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(["check", "--rules", "rules.yaml", "--templates", "templates"])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{once}: {text}");
+        assert!(
+            text.contains("rules.yaml:3:") && text.contains(expected),
+            "{once}: {text}"
+        );
+    }
+    // A key whose fields may be missing is a warning, not an error.
+    let dir = tempfile::tempdir().unwrap();
+    let rules = "rules:\n  - name: r\n    once: { key: \"{{lead.email}}\", for: 1d }\n    actions:\n      - log: { message: hi }\n";
+    std::fs::write(dir.path().join("rules.yaml"), rules).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["check", "--rules", "rules.yaml", "--templates", "templates"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("rules.yaml:3:") && text.contains("warning") && text.contains("undecided"),
+        "{text}"
+    );
+}
