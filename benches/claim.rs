@@ -39,8 +39,8 @@ fn event(n: usize, destination: &str) -> NewEvent {
             action_index: 0,
             action_kind: "http".into(),
             destination: destination.into(),
-            once: None,
         }],
+        memory: None,
         claimed: false,
     }
 }

@@ -40,9 +40,9 @@ fn event(n: usize) -> NewEvent {
                 action_index: 0,
                 action_kind: "http".into(),
                 destination: format!("dest-{}", i % 8),
-                once: None,
             })
             .collect(),
+        memory: None,
         claimed: true,
     }
 }
@@ -67,7 +67,7 @@ async fn fill(store: &Store) {
                 _ => vec![],
             })
             .map(|c| Finished {
-                id: c.id,
+                id: c.expect("recorded").id,
                 attempt: attempt.clone(),
                 next: Next::Delivered,
             })

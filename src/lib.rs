@@ -31,6 +31,7 @@ pub mod delivery;
 pub mod diagnostic;
 pub mod env;
 pub mod event;
+pub mod memory;
 pub mod metrics;
 pub mod router;
 pub mod rules;

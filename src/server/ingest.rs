@@ -2,13 +2,13 @@
 //! and its deliveries are on disk; it never waits on a delivery being sent.
 
 use super::{State, error};
-use crate::config::Config;
 use crate::credentials::Credentials;
 use crate::delivery::Reservation;
 use crate::event::type_label;
+use crate::memory::EventMemory;
 use crate::metrics::RuleLabels;
-use crate::rules::Once;
-use crate::store::{Due, Intake, Millis, NewDelivery, NewEvent, OnceKey, StoreError};
+use crate::store::memory::{Decider, Verdict};
+use crate::store::{Created, Due, Intake, NewDelivery, NewEvent, StoreError};
 use crate::template::Data;
 use serde_json::{Value, json};
 use std::net::{IpAddr, SocketAddr};
@@ -157,15 +157,10 @@ where
     let data = Data::from(event.into_value());
     let config = state.app.current();
     let matched = config.rules.matching(data.value());
-    let now = crate::store::now_ms();
     let deliveries = matched
         .iter()
         .flat_map(|&i| {
             let rule = config.rules.get(i);
-            let once = rule
-                .once
-                .as_ref()
-                .and_then(|once| once_key(&state, &config, &rule.name, once, &data, now));
             rule.actions
                 .iter()
                 .enumerate()
@@ -174,10 +169,22 @@ where
                     action_index: n as u32,
                     action_kind: step.action.kind().to_string(),
                     destination: step.destination.clone(),
-                    once: once.clone(),
                 })
         })
         .collect::<Vec<_>>();
+    let mut missing = Vec::new();
+    let memory = EventMemory::for_event(&config, &matched, &data, &mut missing);
+    for m in missing {
+        if let Some(error) = &m.error {
+            tracing::warn!(
+                rule = m.rule,
+                error,
+                "A rule's key does not render; the event goes through undecided."
+            );
+        }
+        let labels = RuleLabels { rule: m.rule };
+        metrics.noise_key_missing.get_or_create(&labels).inc();
+    }
     // Room with this instance's workers: then the deliveries start as soon as the commit is
     // done, without waiting for a claim.
     let destinations: Vec<&str> = deliveries.iter().map(|d| d.destination.as_str()).collect();
@@ -191,6 +198,7 @@ where
         payload: to_json(data.value(), body.len()),
         dedup_key,
         deliveries,
+        memory: memory.map(|m| Arc::new(m) as Arc<dyn Decider>),
         claimed: room.is_some(),
     };
     let deliveries = record.deliveries.len();
@@ -206,9 +214,14 @@ where
             let steps = matched.iter().flat_map(|&i| &config.rules.get(i).actions);
             let mut suppressed = 0;
             for (step, c) in steps.zip(&created) {
-                if c.suppressed {
+                if let Some(Created {
+                    verdict: Verdict::Suppressed(reason),
+                    ..
+                }) = c
+                {
                     suppressed += 1;
-                    metrics.delivery(step.action.kind(), &step.destination, "suppressed", "once");
+                    let (kind, destination) = (step.action.kind(), &step.destination);
+                    metrics.delivery(kind, destination, "suppressed", reason);
                 }
             }
             for &i in &matched {
@@ -296,13 +309,19 @@ async fn commit(
         state.app.wake.notify_one();
     }
     if let Some((room, event)) = handover {
-        // Suppressed deliveries are final as recorded: only the others are sent. (Their room
-        // is given back with the reservation.)
+        // Only deliveries to send are handed over: suppressed ones are final as recorded, and
+        // some may not exist (their rule did not match once memory was read). Their room is
+        // given back with the reservation.
         let due: Vec<Due> = due
             .into_iter()
             .zip(ids)
-            .filter(|(_, c)| !c.suppressed)
-            .map(|(d, c)| Due { id: c.id, ..d })
+            .filter_map(|(d, c)| match c {
+                Some(Created {
+                    id,
+                    verdict: Verdict::Send,
+                }) => Some(Due { id: *id, ..d }),
+                _ => None,
+            })
             .collect();
         if due.is_empty() {
             return Ok(intake);
@@ -316,40 +335,6 @@ async fn commit(
         }
     }
     Ok(intake)
-}
-
-/// The key a `once` rule fires once per for this event, or none when it renders empty (or
-/// cannot render): the event then goes through undecided, and the metric counts it.
-fn once_key(
-    state: &State,
-    config: &Config,
-    rule: &str,
-    once: &Once,
-    event: &Data,
-    now: Millis,
-) -> Option<OnceKey> {
-    let key = config
-        .templates
-        .render(&once.key, event)
-        .inspect_err(|e| tracing::warn!(rule, error = %e, "A once key does not render; the event goes through undecided."))
-        .ok()
-        .filter(|k| !k.trim().is_empty());
-    let Some(key) = key else {
-        let labels = RuleLabels {
-            rule: rule.to_string(),
-        };
-        state
-            .app
-            .metrics
-            .noise_key_missing
-            .get_or_create(&labels)
-            .inc();
-        return None;
-    };
-    let until = once
-        .hold
-        .map_or(Millis::MAX, |h| now.saturating_add(h.as_millis() as i64));
-    Some(OnceKey { key, until })
 }
 
 /// `value` as JSON text, written straight into a buffer sized for it (the canonical event is

@@ -7,6 +7,7 @@
 //! the commit without costing much throughput.
 
 mod commit;
+pub mod memory;
 mod postgres;
 mod rows;
 mod sqlite;
@@ -73,8 +74,11 @@ pub struct NewEvent {
     pub payload: String,
     /// What identifies this webhook delivery (a repeat has the same key).
     pub dedup_key: String,
-    /// One per (rule, action) that matched.
+    /// One per (rule, action) that matched, or may match once memory is read.
     pub deliveries: Vec<NewDelivery>,
+    /// What decides, inside the intake transaction, the deliveries that depend on what rules
+    /// remember across events (`once`, …); `None`: every delivery is sent.
+    pub memory: Option<std::sync::Arc<dyn memory::Decider>>,
     /// Record the deliveries as already claimed by this instance (`sending`): intake hands them
     /// straight to its own workers after the commit instead of leaving them for a claim. A
     /// crash before they finish leaves them to recovery at the next start (SQLite) or lease
@@ -93,25 +97,14 @@ pub struct NewDelivery {
     pub action_kind: String,
     /// The destination name (or `rule#n` for an inline action): the unit of concurrency.
     pub destination: String,
-    /// The rule fires once per this key: the delivery is suppressed when another event took
-    /// the key and it has not expired.
-    pub once: Option<OnceKey>,
-}
-
-/// A `once` rule's key for one event, rendered at intake.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OnceKey {
-    /// The rendered key (not empty).
-    pub key: String,
-    /// Until when the key stays taken if this event takes it (`Millis::MAX`: for ever).
-    pub until: Millis,
 }
 
 /// What happened to an event handed to the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Intake {
-    /// Recorded, with its deliveries (in the order given).
-    Accepted(Vec<Created>),
+    /// Recorded, with its deliveries, one per delivery given, in order (`None`: its rule did
+    /// not match once memory was read, and nothing was recorded for it).
+    Accepted(Vec<Option<Created>>),
     /// The same webhook was seen before, as this event.
     Duplicate(String),
 }
@@ -121,8 +114,8 @@ pub enum Intake {
 pub struct Created {
     /// Its id.
     pub id: i64,
-    /// Whether the rule's memory held it back (it is recorded `suppressed`, never sent).
-    pub suppressed: bool,
+    /// Whether it is sent, or was recorded `suppressed` (never sent).
+    pub verdict: memory::Verdict,
 }
 
 /// The workers asking for due deliveries.
@@ -454,7 +447,7 @@ impl Store {
     }
 
     /// Deletes finished history (suppressed deliveries included) older than `before`, intake keys
-    /// older than `keys_before`, and `once` keys whose hold is over.
+    /// older than `keys_before`, and rule memory past its expiry.
     pub async fn prune(&self, before: Millis, keys_before: Millis) -> Result<u64, StoreError> {
         dispatch!(self, s => s.prune(before, keys_before).await)
     }

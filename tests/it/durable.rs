@@ -462,8 +462,8 @@ fn event_to(destination: &str, id: &str, key: &str, payload: &str) -> switchboar
             action_index: 0,
             action_kind: "http".into(),
             destination: destination.into(),
-            once: None,
         }],
+        memory: None,
         claimed: false,
     }
 }
@@ -675,7 +675,10 @@ pub(crate) async fn a_failed_group_commit_keeps_nothing(url: &str) {
     assert_eq!(ids.len(), 1);
     let due = &outcome.claimed[0];
     assert_eq!(due.len(), 1, "{due:?}");
-    assert_eq!((due[0].id, due[0].event_id.as_str()), (ids[0].id, "second"));
+    assert_eq!(
+        (due[0].id, due[0].event_id.as_str()),
+        (ids[0].expect("recorded").id, "second")
+    );
     assert_eq!(due[0].payload, "{\"event_id\": \"second\"}");
     let repeat = store.write(&[event("third")], &[], &[]).await.unwrap();
     assert_eq!(repeat.intakes, vec![Intake::Duplicate("second".into())]);

@@ -3,10 +3,11 @@
 //! batch's size.
 
 use super::{CHANNEL, PENDING_DESTINATIONS, Postgres};
+use crate::store::memory::Verdict;
 use crate::store::rows::{DUE_COLUMNS, DueRow, after};
 use crate::store::{
-    Claim, CommitOutcome, Created, Due, Finished, Intake, Millis, NewDelivery, NewEvent,
-    StoreError, now_ms,
+    Claim, CommitOutcome, Created, DeliveryStatus, Due, Finished, Intake, Millis, NewDelivery,
+    NewEvent, StoreError, now_ms,
 };
 use sqlx::AssertSqlSafe;
 use sqlx::postgres::PgConnection;
@@ -91,61 +92,57 @@ impl Postgres {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        let rows: Vec<(&NewEvent, &NewDelivery)> = accepted
+        // Each accepted event's deliveries as its rule memory decides (in the batch's order).
+        let verdicts = super::memory::decide(tx, &accepted, now).await?;
+        let rows: Vec<(&NewEvent, &NewDelivery, Verdict)> = accepted
             .iter()
-            .flat_map(|e| e.deliveries.iter().map(move |d| (*e, d)))
+            .zip(&verdicts)
+            .flat_map(|(e, v)| e.deliveries.iter().zip(v).map(move |(d, v)| (*e, d, *v)))
+            .filter(|(_, _, v)| *v != Verdict::Unmatched)
             .collect();
-        let fires = once(tx, &rows, now).await?;
-        let mut created = HashMap::with_capacity(rows.len());
         let mut ids = HashMap::with_capacity(rows.len());
         if !rows.is_empty() {
-            let claimed: Vec<bool> = rows.iter().map(|(e, _)| e.claimed).collect();
-            let suppressed: Vec<bool> = (0..rows.len()).map(|i| !fires[i]).collect();
+            let claimed: Vec<bool> = rows.iter().map(|(e, _, _)| e.claimed).collect();
+            let (status, reason): (Vec<&str>, Vec<Option<&str>>) = rows
+                .iter()
+                .map(|(e, _, v)| match v {
+                    Verdict::Suppressed(r) => (DeliveryStatus::Suppressed.as_str(), Some(*r)),
+                    _ if e.claimed => (DeliveryStatus::Sending.as_str(), None),
+                    _ => (DeliveryStatus::Pending.as_str(), None),
+                })
+                .unzip();
             let returned: Vec<(i64, String, String, i64)> = sqlx::query_as(
                 "INSERT INTO deliveries (event_id, rule, action_index, action_kind, destination, status, reason, attempts, next_attempt_at, claimed_by, lease_until, created_at, updated_at)
-                 SELECT event_id, rule, action_index, action_kind, destination,
-                        CASE WHEN suppressed THEN 'suppressed' WHEN claimed THEN 'sending' ELSE 'pending' END,
-                        CASE WHEN suppressed THEN 'once' END, 0, $7,
-                        CASE WHEN claimed AND NOT suppressed THEN $8 END,
-                        CASE WHEN claimed AND NOT suppressed THEN $7 + $9 END, $7, $7
-                 FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::TEXT[], $6::BOOLEAN[], $10::BOOLEAN[])
-                   AS t(event_id, rule, action_index, action_kind, destination, claimed, suppressed)
+                 SELECT event_id, rule, action_index, action_kind, destination, status, reason, 0, $9,
+                        CASE WHEN status = 'sending' THEN $10 END,
+                        CASE WHEN status = 'sending' THEN $9 + $11 END, $9, $9
+                 FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], $7::TEXT[], $8::BOOLEAN[])
+                   AS t(event_id, rule, action_index, action_kind, destination, status, reason, claimed)
                  RETURNING id, event_id, rule, action_index",
             )
-            .bind(rows.iter().map(|(e, _)| e.id.as_str()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|(_, d)| d.rule.as_str()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|(_, d)| d.action_index as i64).collect::<Vec<_>>())
-            .bind(rows.iter().map(|(_, d)| d.action_kind.as_str()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|(_, d)| d.destination.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|(e, _, _)| e.id.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|(_, d, _)| d.rule.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|(_, d, _)| d.action_index as i64).collect::<Vec<_>>())
+            .bind(rows.iter().map(|(_, d, _)| d.action_kind.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|(_, d, _)| d.destination.as_str()).collect::<Vec<_>>())
+            .bind(&status)
+            .bind(&reason)
             .bind(&claimed)
             .bind(now)
             .bind(&self.instance)
             .bind(self.lease_ms())
-            .bind(&suppressed)
             .fetch_all(&mut *tx)
             .await?;
             for (id, event, rule, index) in returned {
                 ids.insert((event, rule, index), id);
             }
-            let pending = (0..rows.len()).any(|i| !claimed[i] && !suppressed[i]);
-            if pending {
+            if status.contains(&DeliveryStatus::Pending.as_str()) {
                 sqlx::query(AssertSqlSafe(format!("NOTIFY {CHANNEL}")))
                     .execute(&mut *tx)
                     .await?;
             }
-            for (i, (e, d)) in rows.iter().enumerate() {
-                let key = (e.id.clone(), d.rule.clone(), d.action_index as i64);
-                if let Some(id) = ids.get(&key).copied() {
-                    created.insert(
-                        key,
-                        Created {
-                            id,
-                            suppressed: suppressed[i],
-                        },
-                    );
-                }
-            }
         }
+        let mut verdicts = verdicts.into_iter();
         events
             .iter()
             .map(|e| {
@@ -154,22 +151,27 @@ impl Postgres {
                         first.get(&e.dedup_key).cloned().unwrap_or_default(),
                     ));
                 }
-                let delivery_ids = e
-                    .deliveries
+                let decided = verdicts.next().unwrap_or_default();
+                e.deliveries
                     .iter()
-                    .map(|d| {
+                    .zip(decided)
+                    .map(|(d, verdict)| {
+                        if verdict == Verdict::Unmatched {
+                            return Ok(None);
+                        }
                         let key = (e.id.clone(), d.rule.clone(), d.action_index as i64);
-                        created.get(&key).copied().ok_or_else(|| {
+                        let id = ids.get(&key).copied().ok_or_else(|| {
                             StoreError::Mismatch(format!(
                                 "no id came back for the delivery of event {} rule {:?} action {}",
                                 e.id,
                                 d.rule,
                                 d.action_index + 1
                             ))
-                        })
+                        })?;
+                        Ok(Some(Created { id, verdict }))
                     })
-                    .collect::<Result<Vec<Created>, StoreError>>()?;
-                Ok(Intake::Accepted(delivery_ids))
+                    .collect::<Result<Vec<_>, StoreError>>()
+                    .map(Intake::Accepted)
             })
             .collect()
     }
@@ -253,52 +255,6 @@ impl Postgres {
             .collect();
         Ok(due)
     }
-}
-
-/// `once`: each (rule, key) of the batch is taken by its first event, unless another event
-/// holds it unexpired (committed, or in another instance's transaction, which this one then
-/// waits for). Keys are taken in (rule, key) order, so that instances never wait on each other
-/// in a circle. Returns, per delivery row, whether it fires.
-async fn once(
-    tx: &mut PgConnection,
-    rows: &[(&NewEvent, &NewDelivery)],
-    now: Millis,
-) -> Result<Vec<bool>, StoreError> {
-    let mut first: Vec<(&str, &str, &str, Millis)> = Vec::new();
-    for (e, d) in rows {
-        if let Some(o) = &d.once
-            && !first.iter().any(|(r, k, _, _)| *r == d.rule && *k == o.key)
-        {
-            first.push((&d.rule, &o.key, &e.id, o.until));
-        }
-    }
-    if first.is_empty() {
-        return Ok(vec![true; rows.len()]);
-    }
-    first.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-    let taken: Vec<(String, String, String)> = sqlx::query_as(
-        "INSERT INTO noise_once (rule, key, event_id, until)
-         SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[])
-         ON CONFLICT (rule, key) DO UPDATE SET event_id = EXCLUDED.event_id, until = EXCLUDED.until
-         WHERE noise_once.until <= $5
-         RETURNING rule, key, event_id",
-    )
-    .bind(first.iter().map(|f| f.0).collect::<Vec<_>>())
-    .bind(first.iter().map(|f| f.1).collect::<Vec<_>>())
-    .bind(first.iter().map(|f| f.2).collect::<Vec<_>>())
-    .bind(first.iter().map(|f| f.3).collect::<Vec<_>>())
-    .bind(now)
-    .fetch_all(&mut *tx)
-    .await?;
-    Ok(rows
-        .iter()
-        .map(|(e, d)| match &d.once {
-            None => true,
-            Some(o) => taken
-                .iter()
-                .any(|(r, k, ev)| *r == d.rule && *k == o.key && *ev == e.id),
-        })
-        .collect())
 }
 
 /// Records attempts and moves their deliveries on: one statement each, over arrays.

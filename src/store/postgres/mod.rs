@@ -5,6 +5,7 @@
 //! take an advisory lock, so instances starting together migrate once.
 
 mod group;
+mod memory;
 
 use super::rows::{AttemptRow, INSTANCE_COLUMNS, InstanceRow, VIEW_COLUMNS, ViewRow};
 use super::{
@@ -178,9 +179,14 @@ impl Postgres {
             .bind(keys_before)
             .execute(&mut *tx)
             .await?;
-        // `once` keys whose hold is over (a new event would take them anyway).
-        sqlx::query("DELETE FROM noise_once WHERE until <= $1")
-            .bind(now_ms())
+        // Rule memory past its expiry reads as never written anyway.
+        let now = now_ms();
+        sqlx::query("DELETE FROM memory_cells WHERE expires > 0 AND expires <= $1")
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM memory_marks WHERE expires <= $1")
+            .bind(now)
             .execute(&mut *tx)
             .await?;
         sqlx::query("DELETE FROM instances WHERE heartbeat_at < $1")

@@ -282,9 +282,14 @@ impl Sqlite {
             .bind(keys_before)
             .execute(&mut *tx)
             .await?;
-        // `once` keys whose hold is over (a new event would take them anyway).
-        sqlx::query("DELETE FROM noise_once WHERE until <= ?")
-            .bind(now_ms())
+        // Rule memory past its expiry reads as never written anyway.
+        let now = now_ms();
+        sqlx::query("DELETE FROM memory_cells WHERE expires > 0 AND expires <= ?")
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM memory_marks WHERE expires <= ?")
+            .bind(now)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;

@@ -1,6 +1,7 @@
 //! The group commit's script: batches cut by payload size, statements and their values.
 
 use super::*;
+use crate::store::memory::{Needs, Verdict};
 use crate::store::{Attempt, NewDelivery, Next};
 
 fn event(bytes: usize) -> NewEvent {
@@ -13,6 +14,7 @@ fn event(bytes: usize) -> NewEvent {
         payload: "x".repeat(bytes),
         dedup_key: String::new(),
         deliveries: vec![],
+        memory: None,
         claimed: false,
     }
 }
@@ -36,6 +38,19 @@ fn a_batch_is_cut_where_its_payloads_pass_the_limit() {
     assert_eq!(sizes(&[], 10), vec![Vec::<usize>::new()]);
 }
 
+/// The one-round-trip script of a batch without rule memory.
+fn plain(events: &[NewEvent], done: &[Finished], claims: &[Claim], now: Millis) -> Vec<Statement> {
+    let verdicts: Vec<Vec<Verdict>> = events
+        .iter()
+        .map(|e| vec![Verdict::Send; e.deliveries.len()])
+        .collect();
+    let mut s = vec![script::begin()];
+    s.extend(script::head(events, now));
+    s.extend(script::body(events, &verdicts, &[], &[], now));
+    s.extend(script::tail(done, claims, now));
+    s
+}
+
 #[test]
 fn every_statement_binds_as_many_values_as_it_has_parameters() {
     let mut e = event(10);
@@ -44,7 +59,6 @@ fn every_statement_binds_as_many_values_as_it_has_parameters() {
         action_index: 0,
         action_kind: "log".into(),
         destination: "r#1".into(),
-        once: None,
     });
     let done = Finished {
         id: 1,
@@ -62,17 +76,45 @@ fn every_statement_binds_as_many_values_as_it_has_parameters() {
         in_use: vec![("slack".into(), 1)],
         in_flight: vec![3],
     };
-    let script = script(&[e], &[done], &[claim.clone(), claim], 0);
+    let events = [e];
+    let script = plain(&events, &[done], &[claim.clone(), claim], 0);
     assert_eq!(
         script.len(),
-        11,
-        "begin, 5 intake (keys, holders, events, once keys, deliveries), 2 records, 2 claims, commit"
+        10,
+        "begin, keys, holders, events, deliveries, 2 records, 2 claims, commit"
     );
-    for s in &script {
+    // With rule memory: the reads, then the writes of cells and marks.
+    let slot = Slot {
+        scope: "once:r".into(),
+        key: "k".into(),
+    };
+    let needs = Needs {
+        cells: vec![slot.clone()],
+        spans: vec![Span {
+            slot: slot.clone(),
+            from: 0,
+            to: 10,
+        }],
+    };
+    let reads = script::reads(&needs);
+    let mark = Mark {
+        slot: slot.clone(),
+        at: 5,
+        expires: 10,
+    };
+    let writes = script::body(
+        &events,
+        &[vec![Verdict::Suppressed("once")]],
+        &[(slot, Cell::default())],
+        &[mark],
+        0,
+    );
+    assert_eq!(writes.len(), 4, "events, cells, marks, deliveries");
+    for s in script.iter().chain(&reads).chain(&writes) {
         assert_eq!(s.sql.matches('?').count(), s.values.len(), "{}", s.sql);
     }
-    // The script's text depends only on the number of claims (SQLite prepares it once).
-    let again = super::script(&[], &[], &[script_claim(), script_claim()], 5);
+    // The plain script's text depends only on the number of claims (SQLite prepares it once).
+    let again = plain(&[], &[], &[script_claim(), script_claim()], 5);
     let text = |s: &[Statement]| s.iter().map(|s| s.sql.clone()).collect::<String>();
     assert_eq!(text(&script), text(&again));
 }

@@ -1,0 +1,267 @@
+//! Rule memory in the store: what rules remember across events, read and written inside the
+//! intake transaction that stores the event, so that a retried webhook (a duplicate, never
+//! stored) counts nothing, nothing counts that was not stored, and a crash changes no decision.
+//!
+//! The store keeps two kinds of state, by scope and key, and leaves their meaning to the
+//! [`Decider`]s that events carry:
+//! - a [`Cell`]: a few numbers (an expiry, a count, a time), read and overwritten;
+//! - marks: moments, counted over a [`Span`] (the events of a rolling window).
+//!
+//! For each batch the store reads what the batch's deciders need, runs them in the batch's
+//! order over an [`Overlay`] (each sees what the earlier ones wrote), then writes what they
+//! decided, all in the one transaction. With PostgreSQL the cells are locked in (scope, key)
+//! order while this runs: an instance with an event of the same key waits for the commit, then
+//! reads what it wrote.
+
+use super::{Millis, NewDelivery};
+use std::collections::HashMap;
+
+/// Where a piece of state lives.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Slot {
+    /// What kind of state, for which rule (`once:hot-lead`).
+    pub scope: String,
+    /// Whose (a rendered key).
+    pub key: String,
+}
+
+/// A cell's numbers; a cell never written reads as all zeros.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cell {
+    /// The first number.
+    pub a: i64,
+    /// The second number.
+    pub b: i64,
+    /// The third number.
+    pub c: i64,
+    /// When the cell may be deleted (it then reads as zeros again).
+    pub expires: Millis,
+}
+
+/// The marks of a slot between two moments, both included.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Span {
+    /// Whose marks.
+    pub slot: Slot,
+    /// From.
+    pub from: Millis,
+    /// To.
+    pub to: Millis,
+}
+
+/// A moment recorded for a slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mark {
+    /// Whose.
+    pub slot: Slot,
+    /// When.
+    pub at: Millis,
+    /// When it may be deleted.
+    pub expires: Millis,
+}
+
+/// What a decider reads.
+#[derive(Debug, Clone, Default)]
+pub struct Needs {
+    /// Cells.
+    pub cells: Vec<Slot>,
+    /// Mark counts.
+    pub spans: Vec<Span>,
+}
+
+/// The state a decider reads.
+pub trait View {
+    /// A cell (zeros when never written, or expired).
+    fn cell(&self, slot: &Slot) -> Cell;
+    /// How many marks fall in a span.
+    fn count(&self, span: &Span) -> u64;
+}
+
+/// What becomes of one delivery an event may give rise to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Sent (pending, or handed to this instance's workers).
+    Send,
+    /// Kept, not sent, with why (`once`, …).
+    Suppressed(&'static str),
+    /// Not a delivery at all: its rule does not match once memory is read.
+    Unmatched,
+}
+
+/// What a decider decided for one event.
+#[derive(Debug, Clone, Default)]
+pub struct Decision {
+    /// One per delivery of the event, in order.
+    pub verdicts: Vec<Verdict>,
+    /// Cells to write.
+    pub cells: Vec<(Slot, Cell)>,
+    /// Marks to record.
+    pub marks: Vec<Mark>,
+}
+
+/// An event's decisions that need memory, taken inside the intake transaction.
+pub trait Decider: Send + Sync + std::fmt::Debug {
+    /// What it reads, with the transaction's time `now`.
+    fn needs(&self, now: Millis) -> Needs;
+    /// Decides, for each of the event's `deliveries`, with the state as the batch's earlier
+    /// events left it.
+    fn decide(&self, now: Millis, deliveries: &[NewDelivery], view: &dyn View) -> Decision;
+}
+
+/// The batch's memory as read from the store, with the writes of the batch's events laid over
+/// it as they are decided.
+#[derive(Debug, Default)]
+pub(super) struct Overlay {
+    now: Millis,
+    read: HashMap<Slot, Cell>,
+    counts: HashMap<Span, u64>,
+    written: HashMap<Slot, Cell>,
+    marks: Vec<Mark>,
+}
+
+impl Overlay {
+    /// The state as read at `now`: cells and span counts.
+    pub(super) fn new(now: Millis, read: HashMap<Slot, Cell>, counts: HashMap<Span, u64>) -> Self {
+        Overlay {
+            now,
+            read,
+            counts,
+            ..Overlay::default()
+        }
+    }
+
+    /// Lays a decision's writes over the state.
+    pub(super) fn apply(&mut self, decision: &Decision) {
+        for (slot, cell) in &decision.cells {
+            self.written.insert(slot.clone(), *cell);
+        }
+        self.marks.extend(decision.marks.iter().cloned());
+    }
+
+    /// What the batch writes: cells and marks.
+    pub(super) fn into_writes(self) -> (Vec<(Slot, Cell)>, Vec<Mark>) {
+        let mut cells: Vec<(Slot, Cell)> = self.written.into_iter().collect();
+        cells.sort_by(|a, b| a.0.cmp(&b.0));
+        (cells, self.marks)
+    }
+}
+
+impl View for Overlay {
+    fn cell(&self, slot: &Slot) -> Cell {
+        let cell = self
+            .written
+            .get(slot)
+            .or_else(|| self.read.get(slot))
+            .copied()
+            .unwrap_or_default();
+        if cell.expires != 0 && cell.expires <= self.now {
+            return Cell::default();
+        }
+        cell
+    }
+
+    fn count(&self, span: &Span) -> u64 {
+        let stored = self.counts.get(span).copied().unwrap_or(0);
+        let added = self
+            .marks
+            .iter()
+            .filter(|m| m.slot == span.slot && (span.from..=span.to).contains(&m.at))
+            .count() as u64;
+        stored + added
+    }
+}
+
+/// Every slot and span a batch's deciders need, each once, in (scope, key) order (the order
+/// PostgreSQL locks them in).
+pub(super) fn needs_of<'a>(deciders: impl Iterator<Item = &'a dyn Decider>, now: Millis) -> Needs {
+    let mut cells: Vec<Slot> = Vec::new();
+    let mut spans: Vec<Span> = Vec::new();
+    for d in deciders {
+        let n = d.needs(now);
+        cells.extend(n.cells);
+        spans.extend(n.spans);
+    }
+    cells.sort();
+    cells.dedup();
+    spans.sort_by(|a, b| (&a.slot, a.from, a.to).cmp(&(&b.slot, b.from, b.to)));
+    spans.dedup();
+    Needs { cells, spans }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(key: &str) -> Slot {
+        Slot {
+            scope: "test".into(),
+            key: key.into(),
+        }
+    }
+
+    #[test]
+    fn each_decision_sees_the_writes_of_the_ones_before_it() {
+        let mut read = HashMap::new();
+        read.insert(
+            slot("a"),
+            Cell {
+                a: 1,
+                ..Cell::default()
+            },
+        );
+        let span = Span {
+            slot: slot("a"),
+            from: 100,
+            to: 200,
+        };
+        let mut counts = HashMap::new();
+        counts.insert(span.clone(), 3);
+        let mut o = Overlay::new(150, read, counts);
+        assert_eq!(o.cell(&slot("a")).a, 1);
+        assert_eq!(o.cell(&slot("b")), Cell::default());
+        assert_eq!(o.count(&span), 3);
+        o.apply(&Decision {
+            cells: vec![(
+                slot("a"),
+                Cell {
+                    a: 2,
+                    expires: 1_000,
+                    ..Cell::default()
+                },
+            )],
+            marks: vec![
+                Mark {
+                    slot: slot("a"),
+                    at: 150,
+                    expires: 1_000,
+                },
+                Mark {
+                    slot: slot("a"),
+                    at: 250,
+                    expires: 1_000,
+                },
+            ],
+            ..Decision::default()
+        });
+        assert_eq!(o.cell(&slot("a")).a, 2);
+        assert_eq!(o.count(&span), 4, "the mark at 250 is outside the span");
+        let (cells, marks) = o.into_writes();
+        assert_eq!(cells.len(), 1);
+        assert_eq!(marks.len(), 2);
+    }
+
+    #[test]
+    fn an_expired_cell_reads_as_never_written() {
+        let mut read = HashMap::new();
+        read.insert(
+            slot("a"),
+            Cell {
+                a: 7,
+                expires: 100,
+                ..Cell::default()
+            },
+        );
+        let o = Overlay::new(100, read, HashMap::new());
+        assert_eq!(o.cell(&slot("a")), Cell::default());
+    }
+}

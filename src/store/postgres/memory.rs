@@ -1,0 +1,148 @@
+//! Rule memory on PostgreSQL, inside the intake transaction: the cells the batch needs are
+//! created if missing and locked in (scope, key) order (a cell per counted key too, so that
+//! counting a key's marks is serialised with the events that add to them), the mark counts
+//! read, the deciders run in the batch's order over them, and what they wrote stored. Another
+//! instance with an event of the same key waits for this commit, then reads what it wrote.
+
+use crate::store::memory::{self, Cell, Overlay, Slot, Span, Verdict};
+use crate::store::{Millis, NewEvent, StoreError};
+use sqlx::postgres::PgConnection;
+use std::collections::HashMap;
+
+/// The verdicts for the deliveries of each accepted event (in order), its memory written.
+pub(super) async fn decide(
+    tx: &mut PgConnection,
+    accepted: &[&NewEvent],
+    now: Millis,
+) -> Result<Vec<Vec<Verdict>>, StoreError> {
+    let plain = |e: &NewEvent| vec![Verdict::Send; e.deliveries.len()];
+    if accepted.iter().all(|e| e.memory.is_none()) {
+        return Ok(accepted.iter().map(|e| plain(e)).collect());
+    }
+    let needs = memory::needs_of(accepted.iter().filter_map(|e| e.memory.as_deref()), now);
+    let mut locks: Vec<&Slot> = needs.cells.iter().collect();
+    locks.extend(needs.spans.iter().map(|s| &s.slot));
+    locks.sort();
+    locks.dedup();
+    let scopes: Vec<&str> = locks.iter().map(|s| s.scope.as_str()).collect();
+    let keys: Vec<&str> = locks.iter().map(|s| s.key.as_str()).collect();
+    sqlx::query(
+        "INSERT INTO memory_cells (scope, key)
+         SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[]) ON CONFLICT DO NOTHING",
+    )
+    .bind(&scopes)
+    .bind(&keys)
+    .execute(&mut *tx)
+    .await?;
+    let read: Vec<(String, String, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT c.scope, c.key, c.a, c.b, c.c, c.expires FROM memory_cells c
+         JOIN UNNEST($1::TEXT[], $2::TEXT[]) AS n(scope, key) ON c.scope = n.scope AND c.key = n.key
+         ORDER BY c.scope, c.key FOR UPDATE OF c",
+    )
+    .bind(&scopes)
+    .bind(&keys)
+    .fetch_all(&mut *tx)
+    .await?;
+    let cells: HashMap<Slot, Cell> = read
+        .into_iter()
+        .map(|(scope, key, a, b, c, expires)| (Slot { scope, key }, Cell { a, b, c, expires }))
+        .collect();
+    let counted: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT t.scope, t.key, t.f, t.t,
+                (SELECT COUNT(*) FROM memory_marks m
+                 WHERE m.scope = t.scope AND m.key = t.key AND m.at BETWEEN t.f AND t.t)
+         FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[]) AS t(scope, key, f, t)",
+    )
+    .bind(
+        needs
+            .spans
+            .iter()
+            .map(|s| s.slot.scope.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        needs
+            .spans
+            .iter()
+            .map(|s| s.slot.key.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(needs.spans.iter().map(|s| s.from).collect::<Vec<_>>())
+    .bind(needs.spans.iter().map(|s| s.to).collect::<Vec<_>>())
+    .fetch_all(&mut *tx)
+    .await?;
+    let counts: HashMap<Span, u64> = counted
+        .into_iter()
+        .map(|(scope, key, from, to, n)| {
+            (
+                Span {
+                    slot: Slot { scope, key },
+                    from,
+                    to,
+                },
+                n as u64,
+            )
+        })
+        .collect();
+    let mut overlay = Overlay::new(now, cells, counts);
+    // The deciders are the rules' code: a panic in one fails this batch's transaction (it is
+    // rolled back when dropped) rather than the committer.
+    let verdicts = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        accepted
+            .iter()
+            .map(|e| match &e.memory {
+                Some(decider) => {
+                    let decision = decider.decide(now, &e.deliveries, &overlay);
+                    overlay.apply(&decision);
+                    let mut v = decision.verdicts;
+                    v.resize(e.deliveries.len(), Verdict::Send);
+                    v
+                }
+                None => plain(e),
+            })
+            .collect::<Vec<_>>()
+    }))
+    .map_err(|_| {
+        StoreError::Mismatch("a rule's memory could not be decided (a decider panicked)".into())
+    })?;
+    let (cells, marks) = overlay.into_writes();
+    if !cells.is_empty() {
+        sqlx::query(
+            "INSERT INTO memory_cells (scope, key, a, b, c, expires)
+             SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[], $5::BIGINT[], $6::BIGINT[])
+             ON CONFLICT (scope, key) DO UPDATE
+             SET a = EXCLUDED.a, b = EXCLUDED.b, c = EXCLUDED.c, expires = EXCLUDED.expires",
+        )
+        .bind(cells.iter().map(|(s, _)| s.scope.as_str()).collect::<Vec<_>>())
+        .bind(cells.iter().map(|(s, _)| s.key.as_str()).collect::<Vec<_>>())
+        .bind(cells.iter().map(|(_, c)| c.a).collect::<Vec<_>>())
+        .bind(cells.iter().map(|(_, c)| c.b).collect::<Vec<_>>())
+        .bind(cells.iter().map(|(_, c)| c.c).collect::<Vec<_>>())
+        .bind(cells.iter().map(|(_, c)| c.expires).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !marks.is_empty() {
+        sqlx::query(
+            "INSERT INTO memory_marks (scope, key, at, expires)
+             SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[])",
+        )
+        .bind(
+            marks
+                .iter()
+                .map(|m| m.slot.scope.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            marks
+                .iter()
+                .map(|m| m.slot.key.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(marks.iter().map(|m| m.at).collect::<Vec<_>>())
+        .bind(marks.iter().map(|m| m.expires).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(verdicts)
+}
