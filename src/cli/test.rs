@@ -6,7 +6,7 @@ use crate::config;
 use crate::config::Config;
 use crate::event::Sources;
 use crate::rules::{Once, Verdict};
-use crate::template::Data;
+use crate::template::{Data, Template};
 use clap::Args;
 use serde_json::Value;
 use std::io::Read;
@@ -105,6 +105,16 @@ pub(super) fn test(args: &TestArgs) -> ExitCode {
                     println!("  {} {}{stop}", if v.holds { "✓" } else { "✗" }, rule.name);
                     print_verdict(&v, 2);
                     if v.holds
+                        && let Some(clause) = &rule.unless_seen
+                    {
+                        let key = explain_key(&clause.same, &config, &event);
+                        let within = humantime::format_duration(clause.within);
+                        let events = clause.events.join(", ");
+                        println!(
+                            "    unless_seen: {key}; stops the rule if an event of {events} with it was accepted in the last {within}"
+                        );
+                    }
+                    if v.holds
                         && let Some(once) = &rule.once
                     {
                         println!("    {}", explain_once(once, &config, &event));
@@ -187,12 +197,16 @@ fn explain_once(once: &Once, config: &Config, event: &Value) -> String {
         Some(h) => format!("for {}", humantime::format_duration(h)),
         None => "for ever".to_string(),
     };
-    match config.templates.render(&once.key, &Data::new(event)) {
-        Ok(key) if !key.trim().is_empty() => format!(
-            "once: key {key:?} fires if no other event took it (then it stays taken {hold})"
-        ),
-        Ok(_) => "once: the key renders empty: the event goes through undecided".to_string(),
-        Err(e) => format!("once: the key does not render ({e}): the event goes through undecided"),
+    let key = explain_key(&once.key, config, event);
+    format!("once: {key}; fires if no other event took it (then it stays taken {hold})")
+}
+
+/// A key as a dry run renders it (the event goes through undecided when it renders empty).
+fn explain_key(key: &Template, config: &Config, event: &Value) -> String {
+    match config.templates.render(key, &Data::new(event)) {
+        Ok(key) if key.chars().any(char::is_alphanumeric) => format!("key {key:?}"),
+        Ok(_) => "the key renders empty (the event goes through undecided)".to_string(),
+        Err(e) => format!("the key does not render ({e}; the event goes through undecided)"),
     }
 }
 

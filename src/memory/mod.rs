@@ -4,14 +4,18 @@
 //! `store::memory`), so the decision is exact, durable and shared by every instance on one
 //! database.
 //!
+//! In the order the decisions are taken for a matched rule (a stop consumes nothing after it):
+//! - `unless_seen`: the rule does not fire (`suppressed`, reason `unless_seen`) when an event of
+//!   the clause's types with the same key was accepted within its time; every event of those
+//!   types records a mark for the clause, whether or not any rule matched it;
 //! - `once`: the first event of a key takes it, for `for` or for ever; the next events of the
 //!   key are recorded `suppressed` (reason `once`) until the hold is over.
 
 use crate::config::Config;
-use crate::rules::Once;
-use crate::store::memory::{Cell, Decider, Decision, Needs, Slot, Verdict, View};
+use crate::event;
+use crate::store::memory::{Cell, Decider, Decision, Mark, Needs, Slot, Span, Verdict, View};
 use crate::store::{Millis, NewDelivery};
-use crate::template::Data;
+use crate::template::{Data, Template};
 use std::ops::Range;
 use std::time::Duration;
 
@@ -19,13 +23,16 @@ use std::time::Duration;
 #[derive(Debug)]
 pub struct EventMemory {
     rules: Vec<RuleAsk>,
+    /// What this event records for `unless_seen` clauses (slots; the time is the commit's).
+    seen: Vec<(Slot, Duration)>,
 }
 
 /// One matched rule's part: its deliveries among the event's, and what it remembers.
 #[derive(Debug)]
 struct RuleAsk {
     deliveries: Range<usize>,
-    once: OnceAsk,
+    unless_seen: Option<(Slot, Duration)>,
+    once: Option<OnceAsk>,
 }
 
 /// `once` for one event: the rule's key, and how long it stays taken.
@@ -61,44 +68,98 @@ impl EventMemory {
             let rule = config.rules.get(i);
             let deliveries = at..at + rule.actions.len();
             at = deliveries.end;
-            let Some(once) = &rule.once else { continue };
-            match render_key(config, once, event) {
-                Ok(key) => rules.push(RuleAsk {
-                    deliveries,
-                    once: OnceAsk {
-                        slot: Slot {
-                            scope: format!("once:{}", rule.name),
-                            key,
-                        },
-                        hold: once.hold,
-                    },
-                }),
-                Err(error) => missing.push(MissingKey {
+            let mut ask = RuleAsk {
+                deliveries,
+                unless_seen: None,
+                once: None,
+            };
+            let mut missed = |error| {
+                missing.push(MissingKey {
                     rule: rule.name.clone(),
                     error,
-                }),
+                })
+            };
+            if let Some(clause) = &rule.unless_seen {
+                match render_key(config, &clause.same, event) {
+                    Ok(key) => {
+                        let scope = clause.scope.clone();
+                        ask.unless_seen = Some((Slot { scope, key }, clause.within));
+                    }
+                    Err(error) => missed(error),
+                }
+            }
+            if let Some(once) = &rule.once {
+                match render_key(config, &once.key, event) {
+                    Ok(key) => {
+                        let scope = format!("once:{}", rule.name);
+                        let slot = Slot { scope, key };
+                        ask.once = Some(OnceAsk {
+                            slot,
+                            hold: once.hold,
+                        });
+                    }
+                    Err(error) => missed(error),
+                }
+            }
+            if ask.unless_seen.is_some() || ask.once.is_some() {
+                rules.push(ask);
             }
         }
-        (!rules.is_empty()).then_some(EventMemory { rules })
+        let (canonical, sent) = event::event_type(event.value());
+        let seen: Vec<(Slot, Duration)> = config
+            .rules
+            .seen()
+            .iter()
+            .filter(|c| c.records(canonical, sent))
+            .filter_map(|c| {
+                let key = render_key(config, &c.same, event).ok()?;
+                let scope = c.scope.clone();
+                Some((Slot { scope, key }, c.within))
+            })
+            .collect();
+        (!rules.is_empty() || !seen.is_empty()).then_some(EventMemory { rules, seen })
     }
 }
 
-/// A `once` key for an event: `Err(None)` when it renders empty, `Err(Some(why))` when it does
+/// A key for an event: `Err(None)` when it renders empty (nothing but separators, such as the
+/// `:` of `{{campaign.id}}:{{lead.email}}` with both missing), `Err(Some(why))` when it does
 /// not render.
-fn render_key(config: &Config, once: &Once, event: &Data) -> Result<String, Option<String>> {
-    match config.templates.render(&once.key, event) {
-        Ok(key) if !key.trim().is_empty() => Ok(key),
+fn render_key(config: &Config, key: &Template, event: &Data) -> Result<String, Option<String>> {
+    match config.templates.render(key, event) {
+        Ok(key) if key.chars().any(char::is_alphanumeric) => Ok(key),
         Ok(_) => Err(None),
         Err(e) => Err(Some(e.to_string())),
     }
 }
 
-impl Decider for EventMemory {
-    fn needs(&self, _now: Millis) -> Needs {
-        Needs {
-            cells: self.rules.iter().map(|r| r.once.slot.clone()).collect(),
-            spans: Vec::new(),
+impl EventMemory {
+    /// The span an `unless_seen` looks back over, at `now`.
+    fn seen_span(slot: &Slot, within: Duration, now: Millis) -> Span {
+        Span {
+            slot: slot.clone(),
+            from: now.saturating_sub(within.as_millis() as i64),
+            to: now,
         }
+    }
+}
+
+impl Decider for EventMemory {
+    fn needs(&self, now: Millis) -> Needs {
+        let mut needs = Needs::default();
+        for rule in &self.rules {
+            if let Some((slot, within)) = &rule.unless_seen {
+                needs.spans.push(Self::seen_span(slot, *within, now));
+            }
+            if let Some(once) = &rule.once {
+                needs.cells.push(once.slot.clone());
+            }
+        }
+        // The slots this event adds marks to are locked too (on PostgreSQL), so that counting
+        // them and adding to them are serialised.
+        needs
+            .cells
+            .extend(self.seen.iter().map(|(slot, _)| slot.clone()));
+        needs
     }
 
     fn decide(&self, now: Millis, deliveries: &[NewDelivery], view: &dyn View) -> Decision {
@@ -107,23 +168,42 @@ impl Decider for EventMemory {
             ..Decision::default()
         };
         for rule in &self.rules {
-            let once = &rule.once;
-            // A cell of `once` holds 1 while its key is taken (its expiry ends the hold).
-            if view.cell(&once.slot).a != 0 {
+            let stop = |decision: &mut Decision, reason| {
                 for v in &mut decision.verdicts[rule.deliveries.clone()] {
-                    *v = Verdict::Suppressed("once");
+                    *v = Verdict::Suppressed(reason);
                 }
+            };
+            if let Some((slot, within)) = &rule.unless_seen
+                && view.count(&Self::seen_span(slot, *within, now)) > 0
+            {
+                stop(&mut decision, "unless_seen");
                 continue;
             }
-            let expires = once
-                .hold
-                .map_or(0, |h| now.saturating_add(h.as_millis() as i64));
-            let taken = Cell {
-                a: 1,
-                expires,
-                ..Cell::default()
-            };
-            decision.cells.push((once.slot.clone(), taken));
+            if let Some(once) = &rule.once {
+                // A cell of `once` holds 1 while its key is taken (its expiry ends the hold).
+                if view.cell(&once.slot).a != 0 {
+                    stop(&mut decision, "once");
+                    continue;
+                }
+                let expires = once
+                    .hold
+                    .map_or(0, |h| now.saturating_add(h.as_millis() as i64));
+                let taken = Cell {
+                    a: 1,
+                    expires,
+                    ..Cell::default()
+                };
+                decision.cells.push((once.slot.clone(), taken));
+            }
+        }
+        // What this event records comes after its own decisions: an event does not stop
+        // itself.
+        for (slot, within) in &self.seen {
+            decision.marks.push(Mark {
+                slot: slot.clone(),
+                at: now,
+                expires: now.saturating_add(within.as_millis() as i64),
+            });
         }
         decision
     }
@@ -155,14 +235,16 @@ mod tests {
         EventMemory {
             rules: vec![RuleAsk {
                 deliveries: 0..2,
-                once: OnceAsk {
+                unless_seen: None,
+                once: Some(OnceAsk {
                     slot: Slot {
                         scope: "once:r".into(),
                         key: key.into(),
                     },
                     hold: hold.map(Duration::from_secs),
-                },
+                }),
             }],
+            seen: vec![],
         }
     }
 
@@ -208,5 +290,43 @@ mod tests {
         state.1 = Millis::MAX - 1;
         let again = once("ana", None).decide(Millis::MAX - 1, &d, &state);
         assert_eq!(again.verdicts, [Verdict::Suppressed("once"); 2]);
+    }
+
+    /// A view with marks in every span.
+    struct Seen;
+
+    impl View for Seen {
+        fn cell(&self, _: &Slot) -> Cell {
+            Cell::default()
+        }
+        fn count(&self, _: &Span) -> u64 {
+            1
+        }
+    }
+
+    #[test]
+    fn a_stop_consumes_nothing_after_it_and_an_event_records_what_it_is() {
+        let slot = |scope: &str, key: &str| Slot {
+            scope: scope.into(),
+            key: key.into(),
+        };
+        let mut m = once("ana", Some(60));
+        m.rules[0].unless_seen = Some((slot("seen:x", "ana"), Duration::from_secs(3600)));
+        m.seen = vec![(slot("seen:y", "ana"), Duration::from_secs(60))];
+        let d = deliveries();
+        let decided = m.decide(1_000, &d, &Seen);
+        assert_eq!(decided.verdicts, [Verdict::Suppressed("unless_seen"); 2]);
+        assert!(decided.cells.is_empty(), "once is not consumed");
+        assert_eq!(decided.marks.len(), 1);
+        assert_eq!(decided.marks[0].at, 1_000);
+        assert_eq!(decided.marks[0].expires, 61_000);
+        // Without a mark in its span, once decides.
+        let decided = m.decide(1_000, &d, &Cells::default());
+        assert_eq!(decided.verdicts, [Verdict::Send; 2]);
+        assert_eq!(decided.cells.len(), 1);
+        // The locks cover the marks it adds.
+        let needs = m.needs(1_000);
+        assert!(needs.cells.contains(&slot("seen:y", "ana")));
+        assert_eq!(needs.spans[0].from, 1_000 - 3_600_000);
     }
 }

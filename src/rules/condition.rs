@@ -301,7 +301,21 @@ fn loose_eq(a: &Value, b: &Value) -> bool {
 
 /// Compiles a `when` block, reporting every problem (with its position) through `error`.
 pub fn compile(when: &Spanned<RawWhen>, error: &mut dyn FnMut(Pos, String)) -> Condition {
+    compile_part(when, error, true)
+}
+
+/// Compiles a `when` block, `top` when it is the rule's own (where `unless_seen` belongs; the
+/// rule compiles it).
+fn compile_part(
+    when: &Spanned<RawWhen>,
+    error: &mut dyn FnMut(Pos, String),
+    top: bool,
+) -> Condition {
     let w = &when.value;
+    if !top && let Some(u) = &w.unless_seen {
+        let message = "`unless_seen` belongs directly under the rule's `when`, not inside `any`, `all` or `not`";
+        error(pos(u), message.into());
+    }
     let mut parts = Vec::new();
     if let Some(events) = &w.event {
         let names = events.value.clone().into_vec();
@@ -367,8 +381,11 @@ pub fn compile(when: &Spanned<RawWhen>, error: &mut dyn FnMut(Pos, String)) -> C
         });
     }
     let nested = |list: &Option<Vec<Spanned<RawWhen>>>, error: &mut dyn FnMut(Pos, String)| {
-        list.as_ref()
-            .map(|l| l.iter().map(|w| compile(w, error)).collect::<Vec<_>>())
+        list.as_ref().map(|l| {
+            l.iter()
+                .map(|w| compile_part(w, error, false))
+                .collect::<Vec<_>>()
+        })
     };
     if let Some(any) = nested(&w.any, error) {
         if any.is_empty() {
@@ -380,7 +397,7 @@ pub fn compile(when: &Spanned<RawWhen>, error: &mut dyn FnMut(Pos, String)) -> C
         parts.push(Condition::All(all));
     }
     if let Some(not) = &w.not {
-        parts.push(Condition::Not(Box::new(compile(not, error))));
+        parts.push(Condition::Not(Box::new(compile_part(not, error, false))));
     }
     if parts.len() == 1 {
         parts.pop().expect("one part")

@@ -246,6 +246,7 @@ mod tests {
                     actions: vec![],
                     origin: Default::default(),
                     once: None,
+                    unless_seen: None,
                 };
                 (order.parse().expect("a number"), rule)
             })

@@ -8,7 +8,7 @@ mod index;
 mod raw;
 
 pub use condition::{Condition, Verdict};
-pub use raw::{RawCampaign, RawOnce, RawWhen};
+pub use raw::{RawCampaign, RawOnce, RawUnlessSeen, RawWhen};
 
 use crate::actions::Action;
 use crate::template::Template;
@@ -16,6 +16,7 @@ use index::Index;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// One compiled rule.
@@ -35,6 +36,29 @@ pub struct Rule {
     pub origin: (PathBuf, u32),
     /// Fire once per key (`once:`).
     pub once: Option<Once>,
+    /// Do not fire when an event of some types with the same key was seen lately.
+    pub unless_seen: Option<Arc<SeenClause>>,
+}
+
+/// `unless_seen`: the event types to look for, what "the same" means, and how far back. Rules
+/// with the same clause share what it records.
+#[derive(Debug)]
+pub struct SeenClause {
+    /// Where its marks are kept: the same for every rule with an identical clause.
+    pub scope: String,
+    /// The event types it records (canonical or as sent).
+    pub events: Vec<String>,
+    /// The key: a template over the canonical event.
+    pub same: Template,
+    /// How far back it looks.
+    pub within: Duration,
+}
+
+impl SeenClause {
+    /// Whether it records events of this type (canonical or as sent).
+    pub fn records(&self, canonical: &str, sent: &str) -> bool {
+        self.events.iter().any(|e| e == canonical || e == sent)
+    }
 }
 
 /// A rule that fires for the first event of each key, then not again for a while.
@@ -63,6 +87,7 @@ pub struct RuleSet {
     rules: Vec<Rule>,
     index: Index,
     by_name: HashMap<String, usize>,
+    seen: Vec<Arc<SeenClause>>,
 }
 
 impl RuleSet {
@@ -74,11 +99,23 @@ impl RuleSet {
             .enumerate()
             .map(|(i, r)| (r.name.clone(), i))
             .collect();
+        let mut seen: Vec<Arc<SeenClause>> = Vec::new();
+        for clause in rules.iter().filter_map(|r| r.unless_seen.as_ref()) {
+            if !seen.iter().any(|c| c.scope == clause.scope) {
+                seen.push(clause.clone());
+            }
+        }
         RuleSet {
             rules,
             index,
             by_name,
+            seen,
         }
+    }
+
+    /// Every distinct `unless_seen` clause: what each event of their types records.
+    pub fn seen(&self) -> &[Arc<SeenClause>] {
+        &self.seen
     }
 
     /// All rules in evaluation order, enabled or not.

@@ -28,6 +28,10 @@ pub struct RawWhen {
     /// This does not hold.
     #[serde(default)]
     pub not: Option<Box<Spanned<RawWhen>>>,
+    /// The rule does not fire when an event of these types with the same key was accepted
+    /// lately (the rule's own `when` only).
+    #[serde(default)]
+    pub unless_seen: Option<Spanned<RawUnlessSeen>>,
 }
 
 /// `campaign:` conditions.
@@ -54,4 +58,16 @@ pub struct RawOnce {
     /// `true`: a key stays taken for ever.
     #[serde(default)]
     pub forever: Option<Spanned<bool>>,
+}
+
+/// `unless_seen:` in a rule's `when`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUnlessSeen {
+    /// The event types that, seen with the same key, stop the rule (canonical or as sent).
+    pub event: Spanned<OneOrMany<String>>,
+    /// A template over the canonical event: what "the same" means (`{{lead.email}}`).
+    pub same: Spanned<String>,
+    /// How far back (`30d`).
+    pub within: Spanned<String>,
 }

@@ -9,12 +9,13 @@ use crate::config::raw::{RawFile, RawRule};
 use crate::diagnostic::Diagnostics;
 use crate::event::Sources;
 use crate::rules::{Condition, Rule, RuleAction, condition};
-use crate::rules::{Once, RawOnce};
+use crate::rules::{Once, RawOnce, RawUnlessSeen, SeenClause};
 use crate::syntax::{Spanned, pos};
 use crate::template::Templates;
 use crate::template::{Escape, Template};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The rules of every file, in order, and what compiling them found out.
@@ -99,8 +100,14 @@ fn compile_rule(
         .once
         .as_ref()
         .and_then(|o| compile_once(path, &name, o, env, out));
+    let unless_seen = rule
+        .when
+        .as_ref()
+        .and_then(|w| w.value.unless_seen.as_ref())
+        .and_then(|u| compile_unless_seen(path, &name, u, env, out));
     Rule {
         once,
+        unless_seen,
         enabled: rule.enabled,
         stop: rule.stop,
         when,
@@ -127,22 +134,7 @@ fn compile_once(
             env.errors.at(path, pos(h), message);
             None
         }
-        (Some(h), false) => match humantime::parse_duration(h.value.trim()) {
-            Ok(d) if d >= Duration::from_secs(1) => Some(d),
-            Ok(_) => {
-                let message = format!("rule {rule:?}: `once.for` must be at least 1s");
-                env.errors.at(path, pos(h), message);
-                None
-            }
-            Err(_) => {
-                let message = format!(
-                    "rule {rule:?}: `once.for` {:?} is not a duration like 14d or 12h",
-                    h.value
-                );
-                env.errors.at(path, pos(h), message);
-                None
-            }
-        },
+        (Some(h), false) => duration(path, rule, "once.for", h, env),
         (None, true) => None,
         (None, false) => {
             let message = format!(
@@ -153,6 +145,66 @@ fn compile_once(
         }
     };
     Some(Once { key: key?, hold })
+}
+
+/// Compiles `unless_seen`: the event types, the key that means "the same", how far back. Its
+/// scope is a digest of all three: rules with the same clause share its marks.
+fn compile_unless_seen(
+    path: &Path,
+    rule: &str,
+    raw: &Spanned<RawUnlessSeen>,
+    env: &mut Env<'_>,
+    out: &mut Compiled,
+) -> Option<Arc<SeenClause>> {
+    let u = &raw.value;
+    let events = u.event.value.clone().into_vec();
+    if events.is_empty() {
+        let message = format!("rule {rule:?}: `unless_seen.event` lists no event type");
+        env.errors.at(path, pos(&u.event), message);
+    }
+    let same = compile_key(path, rule, "unless_seen.same", &u.same, env, out);
+    let within = duration(path, rule, "unless_seen.within", &u.within, env)?;
+    let digest = crate::event::sha256_hex(
+        format!(
+            "{}\u{1f}{}\u{1f}{}",
+            events.join(","),
+            u.same.value,
+            within.as_millis()
+        )
+        .as_bytes(),
+    );
+    Some(Arc::new(SeenClause {
+        scope: format!("seen:{}", &digest[..16]),
+        events,
+        same: same?,
+        within,
+    }))
+}
+
+/// A duration of at least one second (`30d`, `10m`).
+fn duration(
+    path: &Path,
+    rule: &str,
+    what: &str,
+    raw: &Spanned<String>,
+    env: &mut Env<'_>,
+) -> Option<Duration> {
+    match humantime::parse_duration(raw.value.trim()) {
+        Ok(d) if d >= Duration::from_secs(1) => Some(d),
+        Ok(_) => {
+            let message = format!("rule {rule:?}: `{what}` must be at least 1s");
+            env.errors.at(path, pos(raw), message);
+            None
+        }
+        Err(_) => {
+            let message = format!(
+                "rule {rule:?}: `{what}` {:?} is not a duration like 14d or 12h",
+                raw.value
+            );
+            env.errors.at(path, pos(raw), message);
+            None
+        }
+    }
 }
 
 /// Compiles a key (`once.key`, …): a template that names at least one field, probed against

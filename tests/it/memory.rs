@@ -1,7 +1,8 @@
-//! `once`: a rule fires for the first event of each key, then not again for a while. The
-//! decision is taken in the intake transaction, in the store: events of one key in one group
-//! commit, a restart between them, or two instances on one PostgreSQL change nothing; every
-//! event it holds back is kept as a `suppressed` delivery with its reason.
+//! Rule memory across events, decided in the intake transaction, in the store: events of one
+//! key in one group commit, a restart between them, or two instances on one PostgreSQL change
+//! nothing; every event it holds back is kept as a `suppressed` delivery with its reason.
+//! - `once`: a rule fires for the first event of each key, then not again for a while;
+//! - `unless_seen`: a rule does not fire for a key seen lately with events of some types.
 
 use crate::postgres::fresh_store;
 use crate::util::{Binary, HttpPeer, Router, Start, config_dir, fast_retries, fixture, unique};
@@ -235,4 +236,93 @@ async fn check_refuses_a_once_without_a_hold_or_a_field() {
         text.contains("rules.yaml:3:") && text.contains("warning") && text.contains("undecided"),
         "{text}"
     );
+}
+
+fn unless_replied(peer: &HttpPeer) -> String {
+    format!(
+        r#"rules:
+  - name: warm
+    when:
+      event: EMAIL_OPENED
+      unless_seen: {{ event: [EMAIL_REPLIED, EMAIL_BOUNCED], same: "{{{{lead.email}}}}", within: 1h }}
+    actions:
+      - http: {{ url: "{}", body: '{{"lead": "{{{{lead.email}}}}"}}' }}
+"#,
+        peer.url("/warm")
+    )
+}
+
+/// A distinct reply of `lead`.
+fn reply(lead: &str) -> Value {
+    let mut e = unique(fixture("real_13_email_reply"));
+    e["sl_lead_email"] = Value::String(lead.into());
+    e["to_email"] = Value::String(lead.into());
+    e["leadCorrespondence"]["targetLeadEmail"] = Value::String(lead.into());
+    e
+}
+
+#[tokio::test]
+async fn a_lead_who_replied_is_not_announced_as_warm() {
+    each_store(async |start: Start| {
+        let peer = HttpPeer::start().await;
+        let dir = config_dir(&unless_replied(&peer), &[]);
+        let router = Router::start_as(dir, fast_retries(), start).await;
+        // The reply matches no rule, and still counts.
+        router.post(&reply("ana@lead.example")).await;
+        router.post(&open("ana@lead.example")).await;
+        router.post(&open("bo@lead.example")).await;
+        let got = peer.wait_for(1).await;
+        assert_eq!(got[0].json()["lead"], "bo@lead.example");
+        let list = settled(&router, 2).await;
+        let suppressed = with_status(&list, DeliveryStatus::Suppressed);
+        assert_eq!(suppressed.len(), 1, "{list:#?}");
+        assert_eq!(
+            suppressed[0].lead_email.as_deref(),
+            Some("ana@lead.example")
+        );
+        assert_eq!(suppressed[0].reason.as_deref(), Some("unless_seen"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(peer.received().len(), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn check_places_unless_seen_under_the_rules_own_when() {
+    let cases = [
+        (
+            "when: { any: [{ event: EMAIL_OPENED, unless_seen: { event: EMAIL_REPLIED, same: \"{{lead.email}}\", within: 1d } }] }",
+            "directly under the rule's `when`",
+        ),
+        (
+            "when: { unless_seen: { event: EMAIL_REPLIED, same: \"{{lead.email}}\", within: a while } }",
+            "not a duration",
+        ),
+        (
+            "when: { unless_seen: { event: [], same: \"{{lead.email}}\", within: 1d } }",
+            "lists no event type",
+        ),
+        (
+            "when: { unless_seen: { event: EMAIL_REPLIED, same: \"everyone\", within: 1d } }",
+            "names no field",
+        ),
+    ];
+    for (when, expected) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = format!(
+            "rules:\n  - name: r\n    {when}\n    actions:\n      - log: {{ message: hi }}\n"
+        );
+        std::fs::write(dir.path().join("rules.yaml"), rules).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(["check", "--rules", "rules.yaml", "--templates", "templates"])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{when}: {text}");
+        assert!(
+            text.contains("rules.yaml:3:") && text.contains(expected),
+            "{when}: {text}"
+        );
+    }
 }
