@@ -10,21 +10,46 @@
 //!   types records a mark for the clause, whether or not any rule matched it;
 //! - `once`: the first event of a key takes it, for `for` or for ever; the next events of the
 //!   key are recorded `suppressed` (reason `once`) until the hold is over.
+//!
+//! Before those, when SmartLead sends an open without a count (its real `EMAIL_OPEN` payloads
+//! never carry one), the router counts the lead's opens in the campaign itself: the count is
+//! taken in the transaction, written into the stored event as `open.count`, and the rules that
+//! read `open.count` are matched against it there (at intake they were only known to possibly
+//! match).
 
 use crate::config::Config;
 use crate::event;
 use crate::store::memory::{Cell, Decider, Decision, Mark, Needs, Slot, Span, Verdict, View};
 use crate::store::{Millis, NewDelivery};
 use crate::template::{Data, Template};
+use serde_json::Value;
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::Duration;
+
+/// How long the router keeps counting a lead's opens in a campaign after the last one.
+const OPEN_COUNT_KEPT: Duration = Duration::from_secs(180 * 24 * 3600);
 
 /// What one event's intake asks of rule memory.
 #[derive(Debug)]
 pub struct EventMemory {
+    /// The open count to fill in, and the rules to match once it is known.
+    recount: Option<Recount>,
     rules: Vec<RuleAsk>,
     /// What this event records for `unless_seen` clauses (slots; the time is the commit's).
     seen: Vec<(Slot, Duration)>,
+}
+
+/// An open whose count the router fills in.
+#[derive(Debug)]
+struct Recount {
+    /// The lead's opens in the campaign.
+    slot: Slot,
+    /// The event, its count still missing.
+    event: Value,
+    config: Arc<Config>,
+    /// The rules that may match (in order), each with its deliveries among the event's.
+    rules: Vec<(usize, Range<usize>)>,
 }
 
 /// One matched rule's part: its deliveries among the event's, and what it remembers.
@@ -57,17 +82,19 @@ impl EventMemory {
     /// are the event's deliveries in that order) that uses memory, its keys rendered. `None`
     /// when no rule needs memory; `missing` lists the rules whose key rendered empty.
     pub fn for_event(
-        config: &Config,
+        config: &Arc<Config>,
         matched: &[usize],
         event: &Data,
         missing: &mut Vec<MissingKey>,
     ) -> Option<EventMemory> {
         let mut rules = Vec::new();
+        let mut ranges = Vec::new();
         let mut at = 0;
         for &i in matched {
             let rule = config.rules.get(i);
             let deliveries = at..at + rule.actions.len();
             at = deliveries.end;
+            ranges.push((i, deliveries.clone()));
             let mut ask = RuleAsk {
                 deliveries,
                 unless_seen: None,
@@ -117,8 +144,40 @@ impl EventMemory {
                 Some((Slot { scope, key }, c.within))
             })
             .collect();
-        (!rules.is_empty() || !seen.is_empty()).then_some(EventMemory { rules, seen })
+        let recount = open_to_count(event.value()).map(|slot| Recount {
+            slot,
+            event: event.value().clone(),
+            config: config.clone(),
+            rules: ranges,
+        });
+        let wanted = recount.is_some() || !rules.is_empty() || !seen.is_empty();
+        wanted.then_some(EventMemory {
+            recount,
+            rules,
+            seen,
+        })
     }
+
+    /// Whether the event's count is filled in the transaction (its rules' matching then waits
+    /// for it too).
+    pub fn counts_opens(&self) -> bool {
+        self.recount.is_some()
+    }
+}
+
+/// The slot of the opens to count for an event, when it is an open that carries no count: the
+/// lead's opens in the campaign (both must be known).
+pub fn open_to_count(event: &Value) -> Option<Slot> {
+    let (canonical, _) = event::event_type(event);
+    if canonical != "EMAIL_OPENED" || !event["open"]["count"].is_null() {
+        return None;
+    }
+    let campaign = event::campaign_id(event)?;
+    let lead = event["lead"]["email"].as_str()?.trim().to_ascii_lowercase();
+    (!lead.is_empty()).then(|| Slot {
+        scope: "opens".into(),
+        key: format!("{campaign}:{lead}"),
+    })
 }
 
 /// A key for an event: `Err(None)` when it renders empty (nothing but separators, such as the
@@ -130,6 +189,29 @@ fn render_key(config: &Config, key: &Template, event: &Data) -> Result<String, O
         Ok(_) => Err(None),
         Err(e) => Err(Some(e.to_string())),
     }
+}
+
+/// Counts this open, writes the count into the event, and matches the rules that could match
+/// against it: those that do not are unmatched.
+fn recount(r: &Recount, now: Millis, view: &dyn View, decision: &mut Decision) {
+    let count = view.cell(&r.slot).a + 1;
+    let kept = Cell {
+        a: count,
+        expires: now.saturating_add(OPEN_COUNT_KEPT.as_millis() as i64),
+        ..Cell::default()
+    };
+    decision.cells.push((r.slot.clone(), kept));
+    let mut event = r.event.clone();
+    event["open"]["count"] = Value::from(count);
+    let matched = r.config.rules.matching(&event);
+    for (rule, range) in &r.rules {
+        if !matched.contains(rule) {
+            for v in &mut decision.verdicts[range.clone()] {
+                *v = Verdict::Unmatched;
+            }
+        }
+    }
+    decision.payload = serde_json::to_string(&event).ok();
 }
 
 impl EventMemory {
@@ -146,6 +228,9 @@ impl EventMemory {
 impl Decider for EventMemory {
     fn needs(&self, now: Millis) -> Needs {
         let mut needs = Needs::default();
+        if let Some(r) = &self.recount {
+            needs.cells.push(r.slot.clone());
+        }
         for rule in &self.rules {
             if let Some((slot, within)) = &rule.unless_seen {
                 needs.spans.push(Self::seen_span(slot, *within, now));
@@ -167,7 +252,16 @@ impl Decider for EventMemory {
             verdicts: vec![Verdict::Send; deliveries.len()],
             ..Decision::default()
         };
+        if let Some(r) = &self.recount {
+            recount(r, now, view, &mut decision);
+        }
         for rule in &self.rules {
+            if decision.verdicts[rule.deliveries.clone()]
+                .iter()
+                .all(|v| *v == Verdict::Unmatched)
+            {
+                continue;
+            }
             let stop = |decision: &mut Decision, reason| {
                 for v in &mut decision.verdicts[rule.deliveries.clone()] {
                     *v = Verdict::Suppressed(reason);
@@ -233,6 +327,7 @@ mod tests {
 
     fn once(key: &str, hold: Option<u64>) -> EventMemory {
         EventMemory {
+            recount: None,
             rules: vec![RuleAsk {
                 deliveries: 0..2,
                 unless_seen: None,

@@ -102,7 +102,57 @@ pub const OPERATORS: &[&str] = &[
     "not",
 ];
 
+/// A verdict that may not be known yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Maybe {
+    /// Holds.
+    Yes,
+    /// Does not hold.
+    No,
+    /// Depends on a value not known yet.
+    Unknown,
+}
+
 impl Condition {
+    /// Whether the condition reads the field at `path` (`open.count`).
+    pub fn reads(&self, path: &str) -> bool {
+        match self {
+            Condition::All(parts) | Condition::Any(parts) => parts.iter().any(|c| c.reads(path)),
+            Condition::Not(inner) => inner.reads(path),
+            Condition::Field { path: p, .. } => p == path,
+            _ => false,
+        }
+    }
+
+    /// Whether the condition holds for the event when the field at `path` is not known yet:
+    /// conditions on it are unknown, and so is what depends on them.
+    pub fn holds_unknowing(&self, event: &Value, path: &str) -> Maybe {
+        let known = |b: bool| if b { Maybe::Yes } else { Maybe::No };
+        match self {
+            Condition::All(parts) => parts.iter().fold(Maybe::Yes, |acc, c| {
+                match (acc, c.holds_unknowing(event, path)) {
+                    (Maybe::No, _) | (_, Maybe::No) => Maybe::No,
+                    (Maybe::Unknown, _) | (_, Maybe::Unknown) => Maybe::Unknown,
+                    _ => Maybe::Yes,
+                }
+            }),
+            Condition::Any(parts) => parts.iter().fold(Maybe::No, |acc, c| {
+                match (acc, c.holds_unknowing(event, path)) {
+                    (Maybe::Yes, _) | (_, Maybe::Yes) => Maybe::Yes,
+                    (Maybe::Unknown, _) | (_, Maybe::Unknown) => Maybe::Unknown,
+                    _ => Maybe::No,
+                }
+            }),
+            Condition::Not(inner) => match inner.holds_unknowing(event, path) {
+                Maybe::Yes => Maybe::No,
+                Maybe::No => Maybe::Yes,
+                Maybe::Unknown => Maybe::Unknown,
+            },
+            Condition::Field { path: p, .. } if p == path => Maybe::Unknown,
+            other => known(other.holds(event)),
+        }
+    }
+
     /// Whether the condition holds for the event.
     pub fn holds(&self, event: &Value) -> bool {
         match self {

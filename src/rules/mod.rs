@@ -7,7 +7,7 @@ pub mod condition;
 mod index;
 mod raw;
 
-pub use condition::{Condition, Verdict};
+pub use condition::{Condition, Maybe, Verdict};
 pub use raw::{RawCampaign, RawOnce, RawUnlessSeen, RawWhen};
 
 use crate::actions::Action;
@@ -143,6 +143,27 @@ impl RuleSet {
                 if rule.stop {
                     break;
                 }
+            }
+        }
+        matched
+    }
+
+    /// The rules that may match the event once the field at `path` is known (it is not yet): a
+    /// superset of what [`RuleSet::matching`] gives for any value of it. A rule that matches
+    /// for certain and has `stop` ends the list, as in matching; one that may match does not.
+    pub fn matching_unknowing(&self, event: &Value, path: &str) -> Vec<usize> {
+        let mut matched = Vec::new();
+        for i in self.index.candidates(event) {
+            let rule = &self.rules[i];
+            match rule.when.holds_unknowing(event, path) {
+                Maybe::Yes => {
+                    matched.push(i);
+                    if rule.stop {
+                        break;
+                    }
+                }
+                Maybe::Unknown => matched.push(i),
+                Maybe::No => {}
             }
         }
         matched

@@ -5,7 +5,7 @@ use super::{State, error};
 use crate::credentials::Credentials;
 use crate::delivery::Reservation;
 use crate::event::type_label;
-use crate::memory::EventMemory;
+use crate::memory::{EventMemory, open_to_count};
 use crate::metrics::RuleLabels;
 use crate::store::memory::{Decider, Verdict};
 use crate::store::{Created, Due, Intake, NewDelivery, NewEvent, StoreError};
@@ -156,7 +156,13 @@ where
     // Rules, templates and the store all read this one JSON form of the event.
     let data = Data::from(event.into_value());
     let config = state.app.current();
-    let matched = config.rules.matching(data.value());
+    // An open without a count gets the router's own count of the lead's opens in the transaction
+    // that stores it: until then, rules that read `open.count` may match or not.
+    let counts_opens = open_to_count(data.value()).is_some();
+    let matched = match counts_opens {
+        true => config.rules.matching_unknowing(data.value(), "open.count"),
+        false => config.rules.matching(data.value()),
+    };
     let deliveries = matched
         .iter()
         .flat_map(|&i| {
@@ -188,7 +194,12 @@ where
     // Room with this instance's workers: then the deliveries start as soon as the commit is
     // done, without waiting for a claim.
     let destinations: Vec<&str> = deliveries.iter().map(|d| d.destination.as_str()).collect();
-    let room = state.handoff.reserve(&destinations);
+    // (An open whose count is filled in goes through the store: its deliveries are only known
+    // once the transaction has counted it.)
+    let room = match counts_opens {
+        true => None,
+        false => state.handoff.reserve(&destinations),
+    };
     let record = NewEvent {
         id: event_id.clone(),
         source: source.to_string(),
@@ -201,7 +212,6 @@ where
         memory: memory.map(|m| Arc::new(m) as Arc<dyn Decider>),
         claimed: room.is_some(),
     };
-    let deliveries = record.deliveries.len();
     // Committing and handing over run in a task of their own: should the client hang up while
     // the commit is under way, the request is dropped but this still completes, so deliveries
     // recorded as claimed always reach the workers (or go back to pending).
@@ -211,6 +221,7 @@ where
     match committed {
         Ok(Intake::Accepted(created)) => {
             metrics.event(label, label_kind, "accepted", "none");
+            let deliveries = created.iter().filter(|c| c.is_some()).count();
             let steps = matched.iter().flat_map(|&i| &config.rules.get(i).actions);
             let mut suppressed = 0;
             for (step, c) in steps.zip(&created) {
@@ -224,11 +235,20 @@ where
                     metrics.delivery(kind, destination, "suppressed", reason);
                 }
             }
+            // A rule matched when it has a delivery recorded (memory may have found it did not).
+            let mut at = 0;
+            let mut rules = 0;
             for &i in &matched {
-                let rule = RuleLabels {
-                    rule: config.rules.get(i).name.clone(),
-                };
-                metrics.rule_matches.get_or_create(&rule).inc();
+                let rule = config.rules.get(i);
+                let range = at..at + rule.actions.len();
+                at = range.end;
+                if created[range].iter().any(Option::is_some) {
+                    rules += 1;
+                    let labels = RuleLabels {
+                        rule: rule.name.clone(),
+                    };
+                    metrics.rule_matches.get_or_create(&labels).inc();
+                }
             }
             metrics.ack_latency.observe(started.elapsed().as_secs_f64());
             tracing::info!(
@@ -236,7 +256,7 @@ where
                 source,
                 event = kind,
                 sent_as = sent.as_str(),
-                rules = matched.len(),
+                rules,
                 deliveries,
                 suppressed,
                 "Event received."

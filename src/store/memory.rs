@@ -97,6 +97,8 @@ pub struct Decision {
     pub cells: Vec<(Slot, Cell)>,
     /// Marks to record.
     pub marks: Vec<Mark>,
+    /// The event as stored, when memory changed it (a count the router fills in).
+    pub payload: Option<String>,
 }
 
 /// An event's decisions that need memory, taken inside the intake transaction.

@@ -326,3 +326,88 @@ async fn check_places_unless_seen_under_the_rules_own_when() {
         );
     }
 }
+
+fn hot(peer: &HttpPeer, once: &str) -> String {
+    format!(
+        r#"rules:
+  - name: hot
+    when:
+      event: EMAIL_OPENED
+      fields: {{ open.count: {{ gte: 3 }} }}
+{once}    actions:
+      - http: {{ url: "{}", body: '{{"lead": "{{{{lead.email}}}}", "opens": {{{{json open.count}}}}}}' }}
+"#,
+        peer.url("/hot")
+    )
+}
+
+/// The `opens` of the requests a peer received, sorted.
+fn opens(peer: &HttpPeer) -> Vec<i64> {
+    let mut seen: Vec<i64> = peer
+        .received()
+        .iter()
+        .map(|r| r.json()["opens"].as_i64().expect("a count"))
+        .collect();
+    seen.sort_unstable();
+    seen
+}
+
+#[tokio::test]
+async fn the_router_counts_opens_that_come_without_a_count() {
+    each_store(async |start: Start| {
+        let peer = HttpPeer::start().await;
+        let dir = config_dir(&hot(&peer, ""), &[]);
+        let router = Router::start_as(dir, fast_retries(), start).await;
+        // Real-shape opens carry no count: the router counts them, these five at once.
+        let five: Vec<Value> = (0..5).map(|_| open("ana@lead.example")).collect();
+        futures_util::future::join_all(five.iter().map(|e| router.post(e))).await;
+        peer.wait_for(3).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(opens(&peer), [3, 4, 5], "the third, fourth and fifth open");
+        // Another lead counts from one; a SmartLead retry counts nothing.
+        router.post(&open("bo@lead.example")).await;
+        let (_, again) = router
+            .post_raw("/webhooks/smartlead", five[0].to_string())
+            .await;
+        assert_eq!(again["status"], "duplicate");
+        router.post(&open("ana@lead.example")).await;
+        peer.wait_for(4).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(opens(&peer), [3, 4, 5, 6]);
+        // A count SmartLead sends (the documented shape) is its own.
+        let mut documented = unique(fixture("docs_02_email_opened"));
+        documented["lead"]["email"] = Value::String("cy@lead.example".into());
+        documented["opened_count"] = Value::from(9);
+        router.post(&documented).await;
+        peer.wait_for(5).await;
+        assert_eq!(opens(&peer), [3, 4, 5, 6, 9]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_hot_lead_is_announced_on_the_third_open_and_once_across_a_restart() {
+    let peer = HttpPeer::start().await;
+    let once = "    once: { key: \"{{campaign.id}}:{{lead.email}}\", for: 14d }\n";
+    let dir = config_dir(&hot(&peer, once), &[]);
+    let router = Router::start_in(dir).await;
+    router.post(&open("ana@lead.example")).await;
+    router.post(&open("ana@lead.example")).await;
+    let router = router.restart().await;
+    for _ in 0..3 {
+        router.post(&open("ana@lead.example")).await;
+    }
+    peer.wait_for(1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(opens(&peer), [3], "the third open, and only it");
+    let list = settled(&router, 3).await;
+    let suppressed = with_status(&list, DeliveryStatus::Suppressed);
+    assert_eq!(suppressed.len(), 2, "the fourth and fifth: {list:#?}");
+    assert!(
+        suppressed
+            .iter()
+            .all(|d| d.reason.as_deref() == Some("once"))
+    );
+    // The first two opens matched nothing: no delivery at all.
+    assert_eq!(list.len(), 3);
+}

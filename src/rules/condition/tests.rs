@@ -112,3 +112,23 @@ fn explain_reports_each_condition() {
     assert!(v.parts[0].holds && v.parts[0].what.contains("EMAIL_REPLIED"));
     assert!(!v.parts[1].holds && v.parts[1].what.contains("matches /demo/"));
 }
+
+#[test]
+fn a_field_not_known_yet_leaves_what_reads_it_unknown() {
+    let open = json!({"event": "EMAIL_OPENED", "open": {"count": null}});
+    let click = json!({"event": "EMAIL_CLICKED", "open": {"count": null}});
+    let path = "open.count";
+    let hot = cond(
+        "any:\n  - event: EMAIL_CLICKED\n  - event: EMAIL_OPENED\n    fields: { open.count: { gte: 3 } }",
+    );
+    assert!(hot.reads(path));
+    assert_eq!(hot.holds_unknowing(&click, path), Maybe::Yes);
+    assert_eq!(hot.holds_unknowing(&open, path), Maybe::Unknown);
+    let only_opens = cond("event: EMAIL_OPENED\nfields: { open.count: { gte: 3 } }");
+    assert_eq!(only_opens.holds_unknowing(&click, path), Maybe::No);
+    let never = cond("not: { fields: { open.count: { exists: true } } }");
+    assert_eq!(never.holds_unknowing(&open, path), Maybe::Unknown);
+    let other = cond("event: EMAIL_OPENED");
+    assert!(!other.reads(path));
+    assert_eq!(other.holds_unknowing(&open, path), Maybe::Yes);
+}

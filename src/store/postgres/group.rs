@@ -76,6 +76,14 @@ impl Postgres {
                 .collect()
         };
         let accepted: Vec<&NewEvent> = events.iter().filter(|e| fresh.contains(&e.id)).collect();
+        // Each accepted event's deliveries as its rule memory decides (in the batch's order),
+        // and its payload when memory changed it (a count filled in).
+        let (verdicts, changed) = super::memory::decide(tx, &accepted, now).await?;
+        let payloads: Vec<&str> = accepted
+            .iter()
+            .zip(&changed)
+            .map(|(e, c)| c.as_deref().unwrap_or(&e.payload))
+            .collect();
         let column = |f: fn(&NewEvent) -> &str| accepted.iter().map(|e| f(e)).collect::<Vec<_>>();
         sqlx::query(
             "INSERT INTO events (id, source, event_type, lead_email, received_at, config_hash, payload)
@@ -88,12 +96,10 @@ impl Postgres {
         .bind(column(|e| &e.event_type))
         .bind(accepted.iter().map(|e| e.lead_email.as_deref()).collect::<Vec<_>>())
         .bind(column(|e| &e.config_hash))
-        .bind(column(|e| &e.payload))
+        .bind(&payloads)
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        // Each accepted event's deliveries as its rule memory decides (in the batch's order).
-        let verdicts = super::memory::decide(tx, &accepted, now).await?;
         let rows: Vec<(&NewEvent, &NewDelivery, Verdict)> = accepted
             .iter()
             .zip(&verdicts)

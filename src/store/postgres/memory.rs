@@ -9,15 +9,20 @@ use crate::store::{Millis, NewEvent, StoreError};
 use sqlx::postgres::PgConnection;
 use std::collections::HashMap;
 
-/// The verdicts for the deliveries of each accepted event (in order), its memory written.
+/// What rule memory decided for the accepted events: per event, its deliveries' verdicts (in
+/// order) and its payload when memory changed it.
+type Decided = (Vec<Vec<Verdict>>, Vec<Option<String>>);
+
+/// Decides for each accepted event (in order), its memory written.
 pub(super) async fn decide(
     tx: &mut PgConnection,
     accepted: &[&NewEvent],
     now: Millis,
-) -> Result<Vec<Vec<Verdict>>, StoreError> {
+) -> Result<Decided, StoreError> {
     let plain = |e: &NewEvent| vec![Verdict::Send; e.deliveries.len()];
     if accepted.iter().all(|e| e.memory.is_none()) {
-        return Ok(accepted.iter().map(|e| plain(e)).collect());
+        let verdicts = accepted.iter().map(|e| plain(e)).collect();
+        return Ok((verdicts, vec![None; accepted.len()]));
     }
     let needs = memory::needs_of(accepted.iter().filter_map(|e| e.memory.as_deref()), now);
     let mut locks: Vec<&Slot> = needs.cells.iter().collect();
@@ -87,18 +92,23 @@ pub(super) async fn decide(
     let mut overlay = Overlay::new(now, cells, counts);
     // The deciders are the rules' code: a panic in one fails this batch's transaction (it is
     // rolled back when dropped) rather than the committer.
+    let mut changed = Vec::with_capacity(accepted.len());
     let verdicts = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         accepted
             .iter()
             .map(|e| match &e.memory {
                 Some(decider) => {
-                    let decision = decider.decide(now, &e.deliveries, &overlay);
+                    let mut decision = decider.decide(now, &e.deliveries, &overlay);
                     overlay.apply(&decision);
+                    changed.push(decision.payload.take());
                     let mut v = decision.verdicts;
                     v.resize(e.deliveries.len(), Verdict::Send);
                     v
                 }
-                None => plain(e),
+                None => {
+                    changed.push(None);
+                    plain(e)
+                }
             })
             .collect::<Vec<_>>()
     }))
@@ -144,5 +154,5 @@ pub(super) async fn decide(
         .execute(&mut *tx)
         .await?;
     }
-    Ok(verdicts)
+    Ok((verdicts, changed))
 }

@@ -98,7 +98,7 @@ async fn write(
             .collect();
         let mut s = vec![script::begin()];
         s.extend(script::head(events, now));
-        s.extend(script::body(events, &verdicts, &[], &[], now));
+        s.extend(script::body(events, &verdicts, &[], &[], &[], now));
         s.extend(script::tail(done, claims, now));
         (run(conn, s).await?, verdicts)
     } else {
@@ -114,13 +114,19 @@ async fn write(
         let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             decide(events, &holders, overlay, now)
         }));
-        let Ok((verdicts, cells, marks)) = decided else {
+        let Ok(Decided {
+            verdicts,
+            payloads,
+            cells,
+            marks,
+        }) = decided
+        else {
             rollback(conn).await;
             return Err(StoreError::Mismatch(
                 "a rule's memory could not be decided (a decider panicked)".into(),
             ));
         };
-        let mut second = script::body(events, &verdicts, &cells, &marks, now);
+        let mut second = script::body(events, &verdicts, &payloads, &cells, &marks, now);
         second.extend(script::tail(done, claims, now));
         rows.extend(run(conn, second).await?);
         (rows, verdicts)
@@ -162,33 +168,51 @@ async fn write(
     Ok(CommitOutcome { intakes, claimed })
 }
 
+/// What the batch's deciders decided: per event, its deliveries' verdicts and its payload when
+/// memory changed it; the memory to write.
+struct Decided {
+    verdicts: Vec<Vec<Verdict>>,
+    payloads: Vec<Option<String>>,
+    cells: Vec<(Slot, Cell)>,
+    marks: Vec<Mark>,
+}
+
 /// Runs the accepted events' deciders in the batch's order over the memory read; each sees the
 /// writes of the ones before. A duplicate decides nothing (it is not recorded).
-#[allow(clippy::type_complexity)]
 fn decide(
     events: &[NewEvent],
     holders: &HashMap<String, String>,
     mut overlay: Overlay,
     now: Millis,
-) -> (Vec<Vec<Verdict>>, Vec<(Slot, Cell)>, Vec<Mark>) {
+) -> Decided {
+    let mut payloads = Vec::with_capacity(events.len());
     let verdicts = events
         .iter()
         .map(|e| {
             let accepted = holders.get(&e.dedup_key) == Some(&e.id);
             match &e.memory {
                 Some(decider) if accepted => {
-                    let decision = decider.decide(now, &e.deliveries, &overlay);
+                    let mut decision = decider.decide(now, &e.deliveries, &overlay);
                     overlay.apply(&decision);
+                    payloads.push(decision.payload.take());
                     let mut v = decision.verdicts;
                     v.resize(e.deliveries.len(), Verdict::Send);
                     v
                 }
-                _ => vec![Verdict::Send; e.deliveries.len()],
+                _ => {
+                    payloads.push(None);
+                    vec![Verdict::Send; e.deliveries.len()]
+                }
             }
         })
         .collect();
     let (cells, marks) = overlay.into_writes();
-    (verdicts, cells, marks)
+    Decided {
+        verdicts,
+        payloads,
+        cells,
+        marks,
+    }
 }
 
 /// `(key, event_id)`: the event that holds each key of the batch.

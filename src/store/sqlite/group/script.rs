@@ -76,7 +76,8 @@ pub(super) fn reads(needs: &Needs) -> [Statement; 2] {
 }
 
 /// The accepted events, the memory their deciders wrote (if any), and their deliveries as
-/// decided. Events `[id, source, event_type, lead_email, config_hash, payload_start,
+/// decided (`changed` holds the payload of an event its memory changed). Events `[id, source,
+/// event_type, lead_email, config_hash, payload_start,
 /// payload_length, key]`, their payloads one blob of their own (the start counts from 1, in
 /// bytes: inside the JSON array they would be escaped here and unescaped by SQLite, which took
 /// a tenth of intake's CPU); cells `[scope, key, a, b, c, expires]`; marks `[scope, key, at,
@@ -85,15 +86,21 @@ pub(super) fn reads(needs: &Needs) -> [Statement; 2] {
 pub(super) fn body(
     events: &[NewEvent],
     verdicts: &[Vec<Verdict>],
+    changed: &[Option<String>],
     cells: &[(Slot, Cell)],
     marks: &[Mark],
     now: Millis,
 ) -> Vec<Statement> {
     let mut payloads = Vec::with_capacity(events.iter().map(|e| e.payload.len()).sum());
-    let rows = json(events.iter().map(|e| {
+    let rows = json(events.iter().enumerate().map(|(i, e)| {
+        // The event as its memory changed it (a count filled in), or as intake made it.
+        let payload = changed
+            .get(i)
+            .and_then(Option::as_deref)
+            .unwrap_or(&e.payload);
         let start = payloads.len() + 1;
-        payloads.extend_from_slice(e.payload.as_bytes());
-        let length = e.payload.len();
+        payloads.extend_from_slice(payload.as_bytes());
+        let length = payload.len();
         let (id, source, kind, lead) = (&e.id, &e.source, &e.event_type, &e.lead_email);
         (
             id,

@@ -46,7 +46,7 @@ fn plain(events: &[NewEvent], done: &[Finished], claims: &[Claim], now: Millis) 
         .collect();
     let mut s = vec![script::begin()];
     s.extend(script::head(events, now));
-    s.extend(script::body(events, &verdicts, &[], &[], now));
+    s.extend(script::body(events, &verdicts, &[], &[], &[], now));
     s.extend(script::tail(done, claims, now));
     s
 }
@@ -105,6 +105,7 @@ fn every_statement_binds_as_many_values_as_it_has_parameters() {
     let writes = script::body(
         &events,
         &[vec![Verdict::Suppressed("once")]],
+        &[Some("{}".into())],
         &[(slot, Cell::default())],
         &[mark],
         0,
