@@ -411,3 +411,115 @@ async fn a_hot_lead_is_announced_on_the_third_open_and_once_across_a_restart() {
     // The first two opens matched nothing: no delivery at all.
     assert_eq!(list.len(), 3);
 }
+
+/// The shipped rules and templates in a directory of their own, as the binary reads them.
+fn shipped() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        crate::util::repo_path("rules/rules.yaml"),
+        dir.path().join("rules.yaml"),
+    )
+    .unwrap();
+    let templates = crate::util::repo_path("templates");
+    for entry in walk(&templates) {
+        let to = dir
+            .path()
+            .join("templates")
+            .join(entry.strip_prefix(&templates).unwrap());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&entry, to).unwrap();
+    }
+    dir
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Slack messages announcing a hot lead.
+fn hot_leads(slack: &HttpPeer) -> Vec<String> {
+    slack
+        .received()
+        .iter()
+        .filter(|r| r.body.contains("Hot lead"))
+        .map(|r| r.json()["text"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_shipped_hot_lead_fires_on_the_third_real_open_once_across_a_sigkill() {
+    let slack = HttpPeer::start().await;
+    let dir = shipped();
+    let env = [("SALES_SLACK_WEBHOOK_URL", slack.url("/hooks"))];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let client = reqwest::Client::new();
+    let post = async |url: &str, event: Value| {
+        let r = client
+            .post(format!("{url}/webhooks/smartlead"))
+            .body(event.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    };
+    let router = Binary::start_with_env(dir.path(), &[], &env).await;
+    post(&router.url, open("ana@lead.example")).await;
+    post(&router.url, open("ana@lead.example")).await;
+    // Killed between the opens: what was acknowledged was counted.
+    router.signal("-KILL");
+    drop(router);
+    let router = Binary::start_with_env(dir.path(), &[], &env).await;
+    for _ in 0..3 {
+        post(&router.url, open("ana@lead.example")).await;
+    }
+    // A lead who replied first is never announced, however often they open.
+    post(&router.url, reply("bo@lead.example")).await;
+    for _ in 0..4 {
+        post(&router.url, open("bo@lead.example")).await;
+    }
+    slack.wait_for(2).await; // bo's reply, and ana's third open
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let hot = hot_leads(&slack);
+    assert_eq!(hot.len(), 1, "{hot:?}");
+    assert!(
+        hot[0].contains("James Parker") || hot[0].contains("ana@lead.example"),
+        "{hot:?}"
+    );
+    let suppressed: Value = client
+        .get(format!(
+            "{}/api/deliveries?status=suppressed&rule=hot-lead",
+            router.url
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let reasons: Vec<&str> = suppressed["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["reason"].as_str().unwrap())
+        .collect();
+    // ana's fourth and fifth opens (two actions each), bo's third and fourth (two each).
+    assert_eq!(
+        reasons.iter().filter(|r| **r == "once").count(),
+        4,
+        "{reasons:?}"
+    );
+    assert_eq!(
+        reasons.iter().filter(|r| **r == "unless_seen").count(),
+        4,
+        "{reasons:?}"
+    );
+}
