@@ -4,6 +4,9 @@
 -- A delivery a rule's memory held back is kept with status 'suppressed' and why (`reason`), so
 -- that history shows what was not sent.
 ALTER TABLE deliveries ADD COLUMN reason TEXT;
+-- What a rule's memory adds to the event for this delivery's templates (a JSON object merged
+-- over the event: `noise.suppressed`, …).
+ALTER TABLE deliveries ADD COLUMN context TEXT;
 
 -- A few numbers per scope (what, for which rule) and key (whose); their meaning is the rule's.
 -- A cell past `expires` (when not 0) reads as never written, and pruning deletes it.

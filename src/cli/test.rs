@@ -119,6 +119,17 @@ pub(super) fn test(args: &TestArgs) -> ExitCode {
                     {
                         println!("    {}", explain_once(once, &config, &event));
                     }
+                    if v.holds
+                        && let Some(t) = &rule.throttle
+                    {
+                        let key = explain_key(&t.key, &config, &event);
+                        let per = humantime::format_duration(t.per);
+                        let kind = if t.rolling { "rolling" } else { "fixed" };
+                        println!(
+                            "    throttle: {key}; at most {} per {per} ({kind} window)",
+                            t.limit
+                        );
+                    }
                 }
             }
         }

@@ -5,7 +5,7 @@
 
 use crate::actions::RawAction;
 use crate::diagnostic::Diagnostic;
-use crate::rules::{RawOnce, RawWhen};
+use crate::rules::{RawOnce, RawThrottle, RawWhen};
 use crate::syntax::{Pos, Spanned};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -69,6 +69,9 @@ pub struct RawRule {
     /// Fire for the first event of each key only, for a while.
     #[serde(default)]
     pub once: Option<Spanned<RawOnce>>,
+    /// Fire at most so many times per key per window.
+    #[serde(default)]
+    pub throttle: Option<Spanned<RawThrottle>>,
 }
 
 fn yes() -> bool {

@@ -291,6 +291,7 @@ mod tests {
             action_index: 0,
             destination: destination.into(),
             attempts: 0,
+            context: None,
             config_hash: String::new(),
             payload: String::new(),
             received_at: 0,

@@ -35,6 +35,8 @@ pub struct Event {
     pub open: Open,
     /// A link to the conversation in the source's inbox.
     pub inbox_url: Option<String>,
+    /// What a rule's memory adds for its message (null otherwise).
+    pub noise: Noise,
     /// The payload as sent, secrets removed.
     pub raw: Value,
     /// The router's id for the event, assigned at intake.
@@ -111,6 +113,13 @@ pub struct Bounce {
     pub kind: Option<&'static str>,
     /// The bounce message's text.
     pub reason: Option<String>,
+}
+
+/// `noise`: filled for the message of a throttled rule.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Noise {
+    /// The firings of the rule held back for this key since the last one sent.
+    pub suppressed: Option<i64>,
 }
 
 /// `open`.

@@ -11,7 +11,7 @@ mod smartlead;
 use serde_json::{Map, Value};
 use std::sync::Arc;
 
-pub use canonical::{Bounce, Campaign, Event, Id, Lead, Link, Open, Reply};
+pub use canonical::{Bounce, Campaign, Event, Id, Lead, Link, Noise, Open, Reply};
 pub use smartlead::SmartLead;
 
 /// One webhook source: a named normaliser from the tool's payload to the canonical event, and

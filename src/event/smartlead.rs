@@ -2,7 +2,9 @@
 //! `reply{}`, `link{}`) and the flat one SmartLead sends in practice (`event_type`,
 //! `sl_lead_email`, `reply_message{}`, `leadCorrespondence{}`, …).
 
-use super::{Bounce, Campaign, Event, Id, Lead, Link, Open, Reply, Source, sha256_hex, strip_key};
+use super::{
+    Bounce, Campaign, Event, Id, Lead, Link, Noise, Open, Reply, Source, sha256_hex, strip_key,
+};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value};
 
@@ -69,6 +71,7 @@ impl Source for SmartLead {
                 last_at: p.time_at(&["last_opened_at", "time_opened"]),
             },
             inbox_url: p.str_at(&["app_url", "ui_master_inbox_link", "inbox_url"]),
+            noise: Noise::default(),
             raw: Value::Null,
             event_id: String::new(),
         };

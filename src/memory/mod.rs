@@ -9,7 +9,10 @@
 //!   the clause's types with the same key was accepted within its time; every event of those
 //!   types records a mark for the clause, whether or not any rule matched it;
 //! - `once`: the first event of a key takes it, for `for` or for ever; the next events of the
-//!   key are recorded `suppressed` (reason `once`) until the hold is over.
+//!   key are recorded `suppressed` (reason `once`) until the hold is over;
+//! - `throttle`: at most `limit` firings per key per window (a fixed window opens at a firing,
+//!   a rolling one is the last `per`); the others are `suppressed` (reason `throttled`), and the
+//!   next message sent tells how many were held back (`noise.suppressed`).
 //!
 //! Before those, when SmartLead sends an open without a count (its real `EMAIL_OPEN` payloads
 //! never carry one), the router counts the lead's opens in the campaign itself: the count is
@@ -58,6 +61,16 @@ struct RuleAsk {
     deliveries: Range<usize>,
     unless_seen: Option<(Slot, Duration)>,
     once: Option<OnceAsk>,
+    throttle: Option<ThrottleAsk>,
+}
+
+/// `throttle` for one event: the rule's key and its window.
+#[derive(Debug)]
+struct ThrottleAsk {
+    slot: Slot,
+    limit: u32,
+    per: Duration,
+    rolling: bool,
 }
 
 /// `once` for one event: the rule's key, and how long it stays taken.
@@ -99,6 +112,7 @@ impl EventMemory {
                 deliveries,
                 unless_seen: None,
                 once: None,
+                throttle: None,
             };
             let mut missed = |error| {
                 missing.push(MissingKey {
@@ -128,7 +142,21 @@ impl EventMemory {
                     Err(error) => missed(error),
                 }
             }
-            if ask.unless_seen.is_some() || ask.once.is_some() {
+            if let Some(t) = &rule.throttle {
+                match render_key(config, &t.key, event) {
+                    Ok(key) => {
+                        let scope = format!("throttle:{}", rule.name);
+                        ask.throttle = Some(ThrottleAsk {
+                            slot: Slot { scope, key },
+                            limit: t.limit,
+                            per: t.per,
+                            rolling: t.rolling,
+                        });
+                    }
+                    Err(error) => missed(error),
+                }
+            }
+            if ask.unless_seen.is_some() || ask.once.is_some() || ask.throttle.is_some() {
                 rules.push(ask);
             }
         }
@@ -158,10 +186,11 @@ impl EventMemory {
         })
     }
 
-    /// Whether the event's count is filled in the transaction (its rules' matching then waits
-    /// for it too).
-    pub fn counts_opens(&self) -> bool {
-        self.recount.is_some()
+    /// Whether the event's deliveries are only known in the transaction, with what memory adds
+    /// to their event (an open's count, `noise.suppressed`): they go through the store rather
+    /// than straight to the workers.
+    pub fn decides_content(&self) -> bool {
+        self.recount.is_some() || self.rules.iter().any(|r| r.throttle.is_some())
     }
 }
 
@@ -214,6 +243,62 @@ fn recount(r: &Recount, now: Millis, view: &dyn View, decision: &mut Decision) {
     decision.payload = serde_json::to_string(&event).ok();
 }
 
+/// The firings a rolling throttle counts at `now`: those of the last `per`.
+fn throttle_span(t: &ThrottleAsk, now: Millis) -> Span {
+    Span {
+        slot: t.slot.clone(),
+        from: now.saturating_sub(t.per.as_millis() as i64) + 1,
+        to: now,
+    }
+}
+
+/// Whether a throttled rule may fire now; records the firing, or one more held back. Its cell:
+/// `a` the fixed window's start, `b` the firings in it, `c` the firings held back since the
+/// last one sent (which the message sent tells as `noise.suppressed`).
+fn throttle(
+    t: &ThrottleAsk,
+    deliveries: Range<usize>,
+    now: Millis,
+    view: &dyn View,
+    decision: &mut Decision,
+) -> bool {
+    let per = t.per.as_millis() as i64;
+    let mut cell = view.cell(&t.slot);
+    let allowed = if t.rolling {
+        view.count(&throttle_span(t, now)) < u64::from(t.limit)
+    } else {
+        if cell.a == 0 || now >= cell.a.saturating_add(per) {
+            (cell.a, cell.b) = (now, 0);
+        }
+        cell.b < i64::from(t.limit)
+    };
+    if allowed {
+        let context = serde_json::json!({"noise": {"suppressed": cell.c}}).to_string();
+        decision
+            .contexts
+            .extend(deliveries.map(|i| (i, context.clone())));
+        if t.rolling {
+            let expires = now.saturating_add(per);
+            let slot = t.slot.clone();
+            decision.marks.push(Mark {
+                slot,
+                at: now,
+                expires,
+            });
+        } else {
+            cell.b += 1;
+        }
+        cell.c = 0;
+    } else {
+        cell.c += 1;
+    }
+    // Kept for two windows after the last event: what was held back is told when the key
+    // fires again within that time.
+    cell.expires = now.saturating_add(2 * per);
+    decision.cells.push((t.slot.clone(), cell));
+    allowed
+}
+
 impl EventMemory {
     /// The span an `unless_seen` looks back over, at `now`.
     fn seen_span(slot: &Slot, within: Duration, now: Millis) -> Span {
@@ -237,6 +322,12 @@ impl Decider for EventMemory {
             }
             if let Some(once) = &rule.once {
                 needs.cells.push(once.slot.clone());
+            }
+            if let Some(t) = &rule.throttle {
+                needs.cells.push(t.slot.clone());
+                if t.rolling {
+                    needs.spans.push(throttle_span(t, now));
+                }
             }
         }
         // The slots this event adds marks to are locked too (on PostgreSQL), so that counting
@@ -289,6 +380,11 @@ impl Decider for EventMemory {
                 };
                 decision.cells.push((once.slot.clone(), taken));
             }
+            if let Some(t) = &rule.throttle
+                && !throttle(t, rule.deliveries.clone(), now, view, &mut decision)
+            {
+                stop(&mut decision, "throttled");
+            }
         }
         // What this event records comes after its own decisions: an event does not stop
         // itself.
@@ -330,6 +426,7 @@ mod tests {
             recount: None,
             rules: vec![RuleAsk {
                 deliveries: 0..2,
+                throttle: None,
                 unless_seen: None,
                 once: Some(OnceAsk {
                     slot: Slot {

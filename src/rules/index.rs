@@ -247,6 +247,7 @@ mod tests {
                     origin: Default::default(),
                     once: None,
                     unless_seen: None,
+                    throttle: None,
                 };
                 (order.parse().expect("a number"), rule)
             })

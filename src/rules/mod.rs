@@ -8,7 +8,7 @@ mod index;
 mod raw;
 
 pub use condition::{Condition, Maybe, Verdict};
-pub use raw::{RawCampaign, RawOnce, RawUnlessSeen, RawWhen};
+pub use raw::{RawCampaign, RawOnce, RawThrottle, RawUnlessSeen, RawWhen};
 
 use crate::actions::Action;
 use crate::template::Template;
@@ -38,6 +38,21 @@ pub struct Rule {
     pub once: Option<Once>,
     /// Do not fire when an event of some types with the same key was seen lately.
     pub unless_seen: Option<Arc<SeenClause>>,
+    /// At most so many firings per key per window (`throttle:`).
+    pub throttle: Option<Throttle>,
+}
+
+/// A rule that fires at most `limit` times per key per window.
+#[derive(Debug)]
+pub struct Throttle {
+    /// What the limit is per: a template over the canonical event.
+    pub key: Template,
+    /// Firings allowed per window (at least 1).
+    pub limit: u32,
+    /// The window's length.
+    pub per: Duration,
+    /// Whether the window is the last `per` (rolling) or opens at a firing (fixed).
+    pub rolling: bool,
 }
 
 /// `unless_seen`: the event types to look for, what "the same" means, and how far back. Rules

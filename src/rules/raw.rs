@@ -60,6 +60,21 @@ pub struct RawOnce {
     pub forever: Option<Spanned<bool>>,
 }
 
+/// `throttle:` at most `limit` firings per key per `per`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawThrottle {
+    /// A template over the canonical event: what the limit is per.
+    pub key: Spanned<String>,
+    /// Firings allowed per window.
+    pub limit: Spanned<u32>,
+    /// The window's length (`24h`).
+    pub per: Spanned<String>,
+    /// `fixed` (the default: a window opens at the first firing) or `rolling` (the last `per`).
+    #[serde(default)]
+    pub window: Option<Spanned<String>>,
+}
+
 /// `unless_seen:` in a rule's `when`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

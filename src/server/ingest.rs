@@ -194,9 +194,9 @@ where
     // Room with this instance's workers: then the deliveries start as soon as the commit is
     // done, without waiting for a claim.
     let destinations: Vec<&str> = deliveries.iter().map(|d| d.destination.as_str()).collect();
-    // (An open whose count is filled in goes through the store: its deliveries are only known
-    // once the transaction has counted it.)
-    let room = match counts_opens {
+    // (An event whose deliveries or their content memory decides in the transaction, such as an
+    // open whose count the router fills in, goes through the store.)
+    let room = match memory.as_ref().is_some_and(EventMemory::decides_content) {
         true => None,
         false => state.handoff.reserve(&destinations),
     };
@@ -313,6 +313,7 @@ async fn commit(
                 action_index: d.action_index,
                 destination: d.destination.clone(),
                 attempts: 0,
+                context: None,
                 config_hash: record.config_hash.clone(),
                 payload: String::new(),
                 received_at,

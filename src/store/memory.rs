@@ -99,6 +99,35 @@ pub struct Decision {
     pub marks: Vec<Mark>,
     /// The event as stored, when memory changed it (a count the router fills in).
     pub payload: Option<String>,
+    /// What memory adds to the event for one delivery's templates, by the delivery's position:
+    /// a JSON object merged over the event (`{"noise": {"suppressed": 3}}`).
+    pub contexts: Vec<(usize, String)>,
+}
+
+/// What memory changed of one event as stored: its payload, and context added for some of its
+/// deliveries.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Changed {
+    pub(super) payload: Option<String>,
+    pub(super) contexts: Vec<(usize, String)>,
+}
+
+impl Changed {
+    /// Takes what a decision changed.
+    pub(super) fn take(decision: &mut Decision) -> Self {
+        Changed {
+            payload: decision.payload.take(),
+            contexts: std::mem::take(&mut decision.contexts),
+        }
+    }
+
+    /// The context of the delivery at `i`.
+    pub(super) fn context(&self, i: usize) -> Option<&str> {
+        self.contexts
+            .iter()
+            .find(|(at, _)| *at == i)
+            .map(|(_, c)| c.as_str())
+    }
 }
 
 /// An event's decisions that need memory, taken inside the intake transaction.

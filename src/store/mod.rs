@@ -157,6 +157,9 @@ pub struct Due {
     pub destination: String,
     /// Attempts made so far.
     pub attempts: u32,
+    /// What rule memory adds to the event for this delivery's templates: a JSON object merged
+    /// over it (`{"noise": {"suppressed": 3}}`).
+    pub context: Option<String>,
     /// The configuration that matched the event.
     pub config_hash: String,
     /// The canonical event as JSON.

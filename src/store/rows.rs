@@ -4,7 +4,7 @@
 use super::{AttemptView, DeliveryStatus, DeliveryView, Due, InstanceView, StoreError, rfc3339};
 
 /// The columns every backend selects for a claimed delivery.
-pub(super) const DUE_COLUMNS: &str = "d.id, d.event_id, d.rule, d.action_index, d.destination, d.attempts, e.config_hash, e.payload, e.received_at";
+pub(super) const DUE_COLUMNS: &str = "d.id, d.event_id, d.rule, d.action_index, d.destination, d.attempts, d.context, e.config_hash, e.payload, e.received_at";
 
 /// The columns every backend selects for a delivery in history.
 pub(super) const VIEW_COLUMNS: &str = "d.id, d.event_id, e.event_type, e.lead_email, d.rule, d.action_kind, d.destination, d.status, d.attempts, d.next_attempt_at, d.last_error, d.reason, d.created_at, d.updated_at";
@@ -17,6 +17,7 @@ pub(super) struct DueRow {
     action_index: i64,
     destination: String,
     attempts: i64,
+    context: Option<String>,
     config_hash: String,
     payload: String,
     received_at: i64,
@@ -31,6 +32,7 @@ impl From<DueRow> for Due {
             action_index: r.action_index as u32,
             destination: r.destination,
             attempts: r.attempts as u32,
+            context: r.context,
             config_hash: r.config_hash,
             payload: r.payload,
             received_at: r.received_at,

@@ -523,3 +523,114 @@ async fn the_shipped_hot_lead_fires_on_the_third_real_open_once_across_a_sigkill
         "{reasons:?}"
     );
 }
+
+fn capped(peer: &HttpPeer, window: &str) -> String {
+    format!(
+        r#"rules:
+  - name: opens-cap
+    when: {{ event: EMAIL_OPENED }}
+    throttle: {{ key: "{{{{lead.email}}}}", limit: 2, per: 2s, window: {window} }}
+    actions:
+      - http: {{ url: "{}", body: '{{"lead": "{{{{lead.email}}}}", "held": {{{{json noise.suppressed}}}}}}' }}
+"#,
+        peer.url("/cap")
+    )
+}
+
+/// The `held` of the requests a peer received, in arrival order.
+fn held(peer: &HttpPeer) -> Vec<i64> {
+    peer.received()
+        .iter()
+        .map(|r| r.json()["held"].as_i64().expect("a number"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_throttle_lets_its_limit_through_and_tells_how_many_it_held_back() {
+    each_store(async |start: Start| {
+        let peer = HttpPeer::start().await;
+        let dir = config_dir(&capped(&peer, "fixed"), &[]);
+        let router = Router::start_as(dir, fast_retries(), start).await;
+        let ten: Vec<Value> = (0..10).map(|_| open("ana@lead.example")).collect();
+        let opened = std::time::Instant::now();
+        futures_util::future::join_all(ten.iter().map(|e| router.post(e))).await;
+        peer.wait_for(2).await;
+        let list = settled(&router, 10).await;
+        let throttled = with_status(&list, DeliveryStatus::Suppressed);
+        assert_eq!(throttled.len(), 8, "{list:#?}");
+        assert!(
+            throttled
+                .iter()
+                .all(|d| d.reason.as_deref() == Some("throttled"))
+        );
+        assert_eq!(held(&peer), [0, 0]);
+        // The window (2 s from its first firing) reopens: the next message tells of the eight.
+        tokio::time::sleep(Duration::from_secs(2).saturating_sub(opened.elapsed())).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        router.post(&open("ana@lead.example")).await;
+        peer.wait_for(3).await;
+        assert_eq!(held(&peer), [0, 0, 8]);
+        router
+            .wait_metric(
+                "switchboard_deliveries_total",
+                &[("outcome", "suppressed"), ("reason", "throttled")],
+                8.0,
+            )
+            .await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_rolling_throttle_counts_the_last_window() {
+    let peer = HttpPeer::start().await;
+    let dir = config_dir(&capped(&peer, "rolling"), &[]);
+    let router = Router::start_in(dir).await;
+    router.post(&open("ana@lead.example")).await;
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    router.post(&open("ana@lead.example")).await;
+    router.post(&open("ana@lead.example")).await; // the third within 2 s: held back
+    peer.wait_for(2).await;
+    // 2.1 s after the first: it left the window, the second is still in it.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    router.post(&open("ana@lead.example")).await;
+    peer.wait_for(3).await;
+    router.post(&open("ana@lead.example")).await; // two in the last 2 s again: held back
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(held(&peer), [0, 0, 1]);
+}
+
+#[tokio::test]
+async fn check_refuses_a_throttle_without_a_limit_or_a_window() {
+    for (throttle, expected) in [
+        (
+            "{ key: \"{{lead.email}}\", limit: 0, per: 1h }",
+            "at least 1",
+        ),
+        (
+            "{ key: \"{{lead.email}}\", limit: 2, per: 100ms }",
+            "at least 1s",
+        ),
+        (
+            "{ key: \"{{lead.email}}\", limit: 2, per: 1h, window: sliding }",
+            "`fixed` or `rolling`",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = format!(
+            "rules:\n  - name: r\n    throttle: {throttle}\n    actions:\n      - log: {{ message: hi }}\n"
+        );
+        std::fs::write(dir.path().join("rules.yaml"), rules).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(["check", "--rules", "rules.yaml", "--templates", "templates"])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{throttle}: {text}");
+        assert!(
+            text.contains("rules.yaml:3:") && text.contains(expected),
+            "{throttle}: {text}"
+        );
+    }
+}

@@ -9,7 +9,7 @@ use crate::config::raw::{RawFile, RawRule};
 use crate::diagnostic::Diagnostics;
 use crate::event::Sources;
 use crate::rules::{Condition, Rule, RuleAction, condition};
-use crate::rules::{Once, RawOnce, RawUnlessSeen, SeenClause};
+use crate::rules::{Once, RawOnce, RawThrottle, RawUnlessSeen, SeenClause, Throttle};
 use crate::syntax::{Spanned, pos};
 use crate::template::Templates;
 use crate::template::{Escape, Template};
@@ -105,9 +105,14 @@ fn compile_rule(
         .as_ref()
         .and_then(|w| w.value.unless_seen.as_ref())
         .and_then(|u| compile_unless_seen(path, &name, u, env, out));
+    let throttle = rule
+        .throttle
+        .as_ref()
+        .and_then(|t| compile_throttle(path, &name, t, env, out));
     Rule {
         once,
         unless_seen,
+        throttle,
         enabled: rule.enabled,
         stop: rule.stop,
         when,
@@ -179,6 +184,39 @@ fn compile_unless_seen(
         same: same?,
         within,
     }))
+}
+
+/// Compiles `throttle`: its key, limit (at least 1), window length and kind.
+fn compile_throttle(
+    path: &Path,
+    rule: &str,
+    raw: &Spanned<RawThrottle>,
+    env: &mut Env<'_>,
+    out: &mut Compiled,
+) -> Option<Throttle> {
+    let t = &raw.value;
+    let key = compile_key(path, rule, "throttle.key", &t.key, env, out);
+    if t.limit.value == 0 {
+        let message = format!("rule {rule:?}: `throttle.limit` must be at least 1");
+        env.errors.at(path, pos(&t.limit), message);
+    }
+    let per = duration(path, rule, "throttle.per", &t.per, env);
+    let rolling = match t.window.as_ref().map(|w| w.value.trim()) {
+        None | Some("fixed") => false,
+        Some("rolling") => true,
+        Some(other) => {
+            let message =
+                format!("rule {rule:?}: `throttle.window` is `fixed` or `rolling`, not {other:?}");
+            env.errors.at(path, pos(t.window.as_ref()?), message);
+            false
+        }
+    };
+    Some(Throttle {
+        key: key?,
+        limit: t.limit.value.max(1),
+        per: per?,
+        rolling,
+    })
 }
 
 /// A duration of at least one second (`30d`, `10m`).

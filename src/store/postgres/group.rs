@@ -82,7 +82,7 @@ impl Postgres {
         let payloads: Vec<&str> = accepted
             .iter()
             .zip(&changed)
-            .map(|(e, c)| c.as_deref().unwrap_or(&e.payload))
+            .map(|(e, c)| c.payload.as_deref().unwrap_or(&e.payload))
             .collect();
         let column = |f: fn(&NewEvent) -> &str| accepted.iter().map(|e| f(e)).collect::<Vec<_>>();
         sqlx::query(
@@ -100,43 +100,51 @@ impl Postgres {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        let rows: Vec<(&NewEvent, &NewDelivery, Verdict)> = accepted
+        let rows: Vec<(&NewEvent, &NewDelivery, Verdict, Option<&str>)> = accepted
             .iter()
             .zip(&verdicts)
-            .flat_map(|(e, v)| e.deliveries.iter().zip(v).map(move |(d, v)| (*e, d, *v)))
-            .filter(|(_, _, v)| *v != Verdict::Unmatched)
+            .zip(&changed)
+            .flat_map(|((e, v), c)| {
+                e.deliveries
+                    .iter()
+                    .zip(v)
+                    .enumerate()
+                    .map(move |(i, (d, v))| (*e, d, *v, c.context(i)))
+            })
+            .filter(|(_, _, v, _)| *v != Verdict::Unmatched)
             .collect();
         let mut ids = HashMap::with_capacity(rows.len());
         if !rows.is_empty() {
-            let claimed: Vec<bool> = rows.iter().map(|(e, _, _)| e.claimed).collect();
+            let claimed: Vec<bool> = rows.iter().map(|(e, _, _, _)| e.claimed).collect();
             let (status, reason): (Vec<&str>, Vec<Option<&str>>) = rows
                 .iter()
-                .map(|(e, _, v)| match v {
+                .map(|(e, _, v, _)| match v {
                     Verdict::Suppressed(r) => (DeliveryStatus::Suppressed.as_str(), Some(*r)),
                     _ if e.claimed => (DeliveryStatus::Sending.as_str(), None),
                     _ => (DeliveryStatus::Pending.as_str(), None),
                 })
                 .unzip();
             let returned: Vec<(i64, String, String, i64)> = sqlx::query_as(
-                "INSERT INTO deliveries (event_id, rule, action_index, action_kind, destination, status, reason, attempts, next_attempt_at, claimed_by, lease_until, created_at, updated_at)
-                 SELECT event_id, rule, action_index, action_kind, destination, status, reason, 0, $9,
+                "INSERT INTO deliveries (event_id, rule, action_index, action_kind, destination, status, reason, context, attempts, next_attempt_at, claimed_by, lease_until, created_at, updated_at)
+                 SELECT event_id, rule, action_index, action_kind, destination, status, reason, context, 0, $9,
                         CASE WHEN status = 'sending' THEN $10 END,
                         CASE WHEN status = 'sending' THEN $9 + $11 END, $9, $9
-                 FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], $7::TEXT[], $8::BOOLEAN[])
-                   AS t(event_id, rule, action_index, action_kind, destination, status, reason, claimed)
+                 FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], $7::TEXT[], $8::BOOLEAN[], $12::TEXT[])
+                   AS t(event_id, rule, action_index, action_kind, destination, status, reason, claimed, context)
                  RETURNING id, event_id, rule, action_index",
             )
-            .bind(rows.iter().map(|(e, _, _)| e.id.as_str()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|(_, d, _)| d.rule.as_str()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|(_, d, _)| d.action_index as i64).collect::<Vec<_>>())
-            .bind(rows.iter().map(|(_, d, _)| d.action_kind.as_str()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|(_, d, _)| d.destination.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|(e, _, _, _)| e.id.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|(_, d, _, _)| d.rule.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|(_, d, _, _)| d.action_index as i64).collect::<Vec<_>>())
+            .bind(rows.iter().map(|(_, d, _, _)| d.action_kind.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|(_, d, _, _)| d.destination.as_str()).collect::<Vec<_>>())
             .bind(&status)
             .bind(&reason)
             .bind(&claimed)
             .bind(now)
             .bind(&self.instance)
             .bind(self.lease_ms())
+            .bind(rows.iter().map(|(_, _, _, c)| *c).collect::<Vec<_>>())
             .fetch_all(&mut *tx)
             .await?;
             for (id, event, rule, index) in returned {
@@ -242,7 +250,7 @@ impl Postgres {
                  WHERE id IN (
                      SELECT id FROM (SELECT * FROM due UNION ALL SELECT * FROM expired) AS c
                      ORDER BY next_attempt_at, id LIMIT $5)
-                 RETURNING id, event_id, rule, action_index, destination, attempts)
+                 RETURNING id, event_id, rule, action_index, destination, attempts, context)
              SELECT {DUE_COLUMNS} FROM claimed d JOIN events e ON e.id = d.event_id ORDER BY d.id"
         );
         let due = sqlx::query_as::<_, DueRow>(AssertSqlSafe(sql))

@@ -4,14 +4,14 @@
 //! read, the deciders run in the batch's order over them, and what they wrote stored. Another
 //! instance with an event of the same key waits for this commit, then reads what it wrote.
 
-use crate::store::memory::{self, Cell, Overlay, Slot, Span, Verdict};
+use crate::store::memory::{self, Cell, Changed, Overlay, Slot, Span, Verdict};
 use crate::store::{Millis, NewEvent, StoreError};
 use sqlx::postgres::PgConnection;
 use std::collections::HashMap;
 
 /// What rule memory decided for the accepted events: per event, its deliveries' verdicts (in
-/// order) and its payload when memory changed it.
-type Decided = (Vec<Vec<Verdict>>, Vec<Option<String>>);
+/// order) and what it changed of the event.
+type Decided = (Vec<Vec<Verdict>>, Vec<Changed>);
 
 /// Decides for each accepted event (in order), its memory written.
 pub(super) async fn decide(
@@ -22,7 +22,7 @@ pub(super) async fn decide(
     let plain = |e: &NewEvent| vec![Verdict::Send; e.deliveries.len()];
     if accepted.iter().all(|e| e.memory.is_none()) {
         let verdicts = accepted.iter().map(|e| plain(e)).collect();
-        return Ok((verdicts, vec![None; accepted.len()]));
+        return Ok((verdicts, vec![Changed::default(); accepted.len()]));
     }
     let needs = memory::needs_of(accepted.iter().filter_map(|e| e.memory.as_deref()), now);
     let mut locks: Vec<&Slot> = needs.cells.iter().collect();
@@ -100,13 +100,13 @@ pub(super) async fn decide(
                 Some(decider) => {
                     let mut decision = decider.decide(now, &e.deliveries, &overlay);
                     overlay.apply(&decision);
-                    changed.push(decision.payload.take());
+                    changed.push(Changed::take(&mut decision));
                     let mut v = decision.verdicts;
                     v.resize(e.deliveries.len(), Verdict::Send);
                     v
                 }
                 None => {
-                    changed.push(None);
+                    changed.push(Changed::default());
                     plain(e)
                 }
             })

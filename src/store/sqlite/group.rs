@@ -22,7 +22,7 @@
 
 mod script;
 
-use crate::store::memory::{self, Cell, Mark, Overlay, Slot, Span, Verdict};
+use crate::store::memory::{self, Cell, Changed, Mark, Overlay, Slot, Span, Verdict};
 use crate::store::rows::DueRow;
 use crate::store::{
     Claim, CommitOutcome, Created, Due, Finished, Intake, Millis, NewEvent, StoreError,
@@ -116,7 +116,7 @@ async fn write(
         }));
         let Ok(Decided {
             verdicts,
-            payloads,
+            changed,
             cells,
             marks,
         }) = decided
@@ -126,7 +126,7 @@ async fn write(
                 "a rule's memory could not be decided (a decider panicked)".into(),
             ));
         };
-        let mut second = script::body(events, &verdicts, &payloads, &cells, &marks, now);
+        let mut second = script::body(events, &verdicts, &changed, &cells, &marks, now);
         second.extend(script::tail(done, claims, now));
         rows.extend(run(conn, second).await?);
         (rows, verdicts)
@@ -172,7 +172,7 @@ async fn write(
 /// memory changed it; the memory to write.
 struct Decided {
     verdicts: Vec<Vec<Verdict>>,
-    payloads: Vec<Option<String>>,
+    changed: Vec<Changed>,
     cells: Vec<(Slot, Cell)>,
     marks: Vec<Mark>,
 }
@@ -185,7 +185,7 @@ fn decide(
     mut overlay: Overlay,
     now: Millis,
 ) -> Decided {
-    let mut payloads = Vec::with_capacity(events.len());
+    let mut changed = Vec::with_capacity(events.len());
     let verdicts = events
         .iter()
         .map(|e| {
@@ -194,13 +194,13 @@ fn decide(
                 Some(decider) if accepted => {
                     let mut decision = decider.decide(now, &e.deliveries, &overlay);
                     overlay.apply(&decision);
-                    payloads.push(decision.payload.take());
+                    changed.push(Changed::take(&mut decision));
                     let mut v = decision.verdicts;
                     v.resize(e.deliveries.len(), Verdict::Send);
                     v
                 }
                 _ => {
-                    payloads.push(None);
+                    changed.push(Changed::default());
                     vec![Verdict::Send; e.deliveries.len()]
                 }
             }
@@ -209,7 +209,7 @@ fn decide(
     let (cells, marks) = overlay.into_writes();
     Decided {
         verdicts,
-        payloads,
+        changed,
         cells,
         marks,
     }

@@ -1,14 +1,14 @@
 //! The statements of the SQLite group commit, each with its own values.
 
 use super::{Statement, Yields};
-use crate::store::memory::{Cell, Mark, Needs, Slot, Verdict};
+use crate::store::memory::{Cell, Changed, Mark, Needs, Slot, Verdict};
 use crate::store::rows::after;
 use crate::store::sqlite::PENDING_DESTINATIONS;
 use crate::store::{Claim, DeliveryStatus, Finished, Millis, NewEvent};
 
 /// What a claim reads of each delivery it takes (the columns of `DueRow`), from the
 /// `RETURNING` clause of its `UPDATE`.
-const DUE_RETURNING: &str = "id, event_id, rule, action_index, destination, attempts,
+const DUE_RETURNING: &str = "id, event_id, rule, action_index, destination, attempts, context,
     (SELECT e.config_hash FROM events e WHERE e.id = deliveries.event_id) AS config_hash,
     (SELECT e.payload FROM events e WHERE e.id = deliveries.event_id) AS payload,
     (SELECT e.received_at FROM events e WHERE e.id = deliveries.event_id) AS received_at";
@@ -82,11 +82,11 @@ pub(super) fn reads(needs: &Needs) -> [Statement; 2] {
 /// bytes: inside the JSON array they would be escaped here and unescaped by SQLite, which took
 /// a tenth of intake's CPU); cells `[scope, key, a, b, c, expires]`; marks `[scope, key, at,
 /// expires]`; deliveries `[event_id, rule, action_index, action_kind, destination, status,
-/// reason]`, none for those their rule's memory found unmatched.
+/// reason, context]`, none for those their rule's memory found unmatched.
 pub(super) fn body(
     events: &[NewEvent],
     verdicts: &[Vec<Verdict>],
-    changed: &[Option<String>],
+    changed: &[Changed],
     cells: &[(Slot, Cell)],
     marks: &[Mark],
     now: Millis,
@@ -96,7 +96,7 @@ pub(super) fn body(
         // The event as its memory changed it (a count filled in), or as intake made it.
         let payload = changed
             .get(i)
-            .and_then(Option::as_deref)
+            .and_then(|c| c.payload.as_deref())
             .unwrap_or(&e.payload);
         let start = payloads.len() + 1;
         payloads.extend_from_slice(payload.as_bytes());
@@ -113,29 +113,38 @@ pub(super) fn body(
             &e.dedup_key,
         )
     }));
-    let deliveries = json(events.iter().zip(verdicts).flat_map(|(e, verdicts)| {
-        let sent = match e.claimed {
-            true => DeliveryStatus::Sending,
-            false => DeliveryStatus::Pending,
-        };
-        e.deliveries.iter().zip(verdicts).filter_map(move |(d, v)| {
-            let (status, reason) = match *v {
-                Verdict::Send => (sent, None),
-                Verdict::Suppressed(reason) => (DeliveryStatus::Suppressed, Some(reason)),
-                Verdict::Unmatched => return None,
+    let deliveries = json(events.iter().zip(verdicts).enumerate().flat_map(
+        |(at, (e, verdicts))| {
+            let sent = match e.claimed {
+                true => DeliveryStatus::Sending,
+                false => DeliveryStatus::Pending,
             };
-            let (rule, index, kind) = (&d.rule, d.action_index, &d.action_kind);
-            Some((
-                &e.id,
-                rule,
-                index,
-                kind,
-                &d.destination,
-                status.as_str(),
-                reason,
-            ))
-        })
-    }));
+            let changed = changed.get(at);
+            e.deliveries
+                .iter()
+                .zip(verdicts)
+                .enumerate()
+                .filter_map(move |(i, (d, v))| {
+                    let (status, reason) = match *v {
+                        Verdict::Send => (sent, None),
+                        Verdict::Suppressed(reason) => (DeliveryStatus::Suppressed, Some(reason)),
+                        Verdict::Unmatched => return None,
+                    };
+                    let (rule, index, kind) = (&d.rule, d.action_index, &d.action_kind);
+                    let context = changed.and_then(|c| c.context(i));
+                    Some((
+                        &e.id,
+                        rule,
+                        index,
+                        kind,
+                        &d.destination,
+                        status.as_str(),
+                        reason,
+                        context,
+                    ))
+                })
+        },
+    ));
     let mut body = vec![
         Statement::new(
             "
@@ -187,9 +196,9 @@ pub(super) fn body(
         Statement::new(
             "
         INSERT INTO deliveries (event_id, rule, action_index, action_kind, destination, status,
-                                reason, attempts, next_attempt_at, created_at, updated_at)
+                                reason, context, attempts, next_attempt_at, created_at, updated_at)
             SELECT j.value->>0, j.value->>1, j.value->>2, j.value->>3, j.value->>4, j.value->>5,
-                   j.value->>6, 0, ?, ?, ?
+                   j.value->>6, j.value->>7, 0, ?, ?, ?
             FROM jsonb_each(?) AS j
             WHERE EXISTS (SELECT 1 FROM events e WHERE e.id = j.value->>0)
             RETURNING id;",

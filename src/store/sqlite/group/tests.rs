@@ -1,7 +1,7 @@
 //! The group commit's script: batches cut by payload size, statements and their values.
 
 use super::*;
-use crate::store::memory::{Needs, Verdict};
+use crate::store::memory::{Changed, Needs, Verdict};
 use crate::store::{Attempt, NewDelivery, Next};
 
 fn event(bytes: usize) -> NewEvent {
@@ -105,7 +105,7 @@ fn every_statement_binds_as_many_values_as_it_has_parameters() {
     let writes = script::body(
         &events,
         &[vec![Verdict::Suppressed("once")]],
-        &[Some("{}".into())],
+        &[Changed::default()],
         &[(slot, Cell::default())],
         &[mark],
         0,
