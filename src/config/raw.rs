@@ -5,7 +5,7 @@
 
 use crate::actions::RawAction;
 use crate::diagnostic::Diagnostic;
-use crate::rules::{RawOnce, RawThrottle, RawWhen};
+use crate::rules::{RawFire, RawOnce, RawThrottle, RawWhen};
 use crate::syntax::{Pos, Spanned};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -72,6 +72,9 @@ pub struct RawRule {
     /// Fire at most so many times per key per window.
     #[serde(default)]
     pub throttle: Option<Spanned<RawThrottle>>,
+    /// For a rule with a `window`: fire when it starts holding, not on every event.
+    #[serde(default)]
+    pub fire: Option<Spanned<RawFire>>,
 }
 
 fn yes() -> bool {

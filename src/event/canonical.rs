@@ -37,6 +37,8 @@ pub struct Event {
     pub inbox_url: Option<String>,
     /// What a rule's memory adds for its message (null otherwise).
     pub noise: Noise,
+    /// What a rule's `window` counted (filled for its messages).
+    pub window: Window,
     /// The payload as sent, secrets removed.
     pub raw: Value,
     /// The router's id for the event, assigned at intake.
@@ -120,6 +122,19 @@ pub struct Bounce {
 pub struct Noise {
     /// The firings of the rule held back for this key since the last one sent.
     pub suppressed: Option<i64>,
+}
+
+/// `window`: filled for the message of a rule with a `window` condition.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Window {
+    /// The events counted in the window (a `count` window).
+    pub count: Option<u64>,
+    /// `of` over `per` (a `rate` window).
+    pub rate: Option<f64>,
+    /// The `of` events counted (a `rate` window).
+    pub of: Option<u64>,
+    /// The `per` events counted (a `rate` window).
+    pub per: Option<u64>,
 }
 
 /// `open`.

@@ -11,7 +11,7 @@ mod smartlead;
 use serde_json::{Map, Value};
 use std::sync::Arc;
 
-pub use canonical::{Bounce, Campaign, Event, Id, Lead, Link, Noise, Open, Reply};
+pub use canonical::{Bounce, Campaign, Event, Id, Lead, Link, Noise, Open, Reply, Window};
 pub use smartlead::SmartLead;
 
 /// One webhook source: a named normaliser from the tool's payload to the canonical event, and
@@ -112,6 +112,9 @@ impl Sources {
         self.0.iter().map(|s| s.name()).collect()
     }
 }
+
+/// The path of an open's count, which the router fills in when SmartLead sends none.
+pub const OPEN_COUNT: &str = "open.count";
 
 /// The metric label for an event type of `source`: the type itself when the source lists it,
 /// `UNKNOWN` for an event of no known type, `unknown` when no body was read, else `other`.

@@ -3,7 +3,8 @@
 //! `sl_lead_email`, `reply_message{}`, `leadCorrespondence{}`, …).
 
 use super::{
-    Bounce, Campaign, Event, Id, Lead, Link, Noise, Open, Reply, Source, sha256_hex, strip_key,
+    Bounce, Campaign, Event, Id, Lead, Link, Noise, Open, Reply, Source, Window, sha256_hex,
+    strip_key,
 };
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value};
@@ -72,6 +73,7 @@ impl Source for SmartLead {
             },
             inbox_url: p.str_at(&["app_url", "ui_master_inbox_link", "inbox_url"]),
             noise: Noise::default(),
+            window: Window::default(),
             raw: Value::Null,
             event_id: String::new(),
         };

@@ -1,6 +1,6 @@
-//! Rule memory: the decisions rules take across events (`once`, …). At intake, the rules an
-//! event matched that use memory are gathered, with their keys rendered for the event, into an
-//! [`EventMemory`]; the store runs it inside the transaction that stores the event (see
+//! Rule memory: the decisions rules take across events (`once`, `window`, …). At intake, the
+//! rules an event matched that use memory are gathered, with their keys rendered for the event,
+//! into an [`EventMemory`]; the store runs it inside the transaction that stores the event (see
 //! `store::memory`), so the decision is exact, durable and shared by every instance on one
 //! database.
 //!
@@ -14,45 +14,41 @@
 //!   a rolling one is the last `per`); the others are `suppressed` (reason `throttled`), and the
 //!   next message sent tells how many were held back (`noise.suppressed`).
 //!
-//! Before those, when SmartLead sends an open without a count (its real `EMAIL_OPEN` payloads
-//! never carry one), the router counts the lead's opens in the campaign itself: the count is
-//! taken in the transaction, written into the stored event as `open.count`, and the rules that
-//! read `open.count` are matched against it there (at intake they were only known to possibly
-//! match).
+//! Before those, the store decides what intake could not know of a rule's `when` (see
+//! `resolve`): when SmartLead sends an open without a count (its real `EMAIL_OPEN` payloads
+//! never carry one), the router counts the lead's opens in the campaign itself and writes the
+//! count into the stored event as `open.count`; `window`s are counted; the rules that read
+//! either are matched there (at intake they were only known to possibly match), and `fire`
+//! keeps a window rule from firing again until its `when` stopped holding.
+
+mod resolve;
+mod throttle;
 
 use crate::config::Config;
 use crate::event;
 use crate::store::memory::{Cell, Decider, Decision, Mark, Needs, Slot, Span, Verdict, View};
 use crate::store::{Millis, NewDelivery};
 use crate::template::{Data, Template};
+use resolve::Resolve;
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::ops::Range;
+use throttle::{throttle, throttle_span};
+
+/// What memory adds to the event for some of its deliveries (by position), as objects merged
+/// over it (`noise`, `window`).
+type Context = BTreeMap<usize, serde_json::Map<String, Value>>;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// How long the router keeps counting a lead's opens in a campaign after the last one.
-const OPEN_COUNT_KEPT: Duration = Duration::from_secs(180 * 24 * 3600);
 
 /// What one event's intake asks of rule memory.
 #[derive(Debug)]
 pub struct EventMemory {
-    /// The open count to fill in, and the rules to match once it is known.
-    recount: Option<Recount>,
+    /// What the store decides of the event's `when`: an open's count, windows.
+    resolve: Option<Resolve>,
     rules: Vec<RuleAsk>,
     /// What this event records for `unless_seen` clauses (slots; the time is the commit's).
     seen: Vec<(Slot, Duration)>,
-}
-
-/// An open whose count the router fills in.
-#[derive(Debug)]
-struct Recount {
-    /// The lead's opens in the campaign.
-    slot: Slot,
-    /// The event, its count still missing.
-    event: Value,
-    config: Arc<Config>,
-    /// The rules that may match (in order), each with its deliveries among the event's.
-    rules: Vec<(usize, Range<usize>)>,
 }
 
 /// One matched rule's part: its deliveries among the event's, and what it remembers.
@@ -172,15 +168,10 @@ impl EventMemory {
                 Some((Slot { scope, key }, c.within))
             })
             .collect();
-        let recount = open_to_count(event.value()).map(|slot| Recount {
-            slot,
-            event: event.value().clone(),
-            config: config.clone(),
-            rules: ranges,
-        });
-        let wanted = recount.is_some() || !rules.is_empty() || !seen.is_empty();
+        let resolve = Resolve::for_event(config, ranges, event, missing);
+        let wanted = resolve.is_some() || !rules.is_empty() || !seen.is_empty();
         wanted.then_some(EventMemory {
-            recount,
+            resolve,
             rules,
             seen,
         })
@@ -190,7 +181,7 @@ impl EventMemory {
     /// to their event (an open's count, `noise.suppressed`): they go through the store rather
     /// than straight to the workers.
     pub fn decides_content(&self) -> bool {
-        self.recount.is_some() || self.rules.iter().any(|r| r.throttle.is_some())
+        self.resolve.is_some() || self.rules.iter().any(|r| r.throttle.is_some())
     }
 }
 
@@ -220,85 +211,6 @@ fn render_key(config: &Config, key: &Template, event: &Data) -> Result<String, O
     }
 }
 
-/// Counts this open, writes the count into the event, and matches the rules that could match
-/// against it: those that do not are unmatched.
-fn recount(r: &Recount, now: Millis, view: &dyn View, decision: &mut Decision) {
-    let count = view.cell(&r.slot).a + 1;
-    let kept = Cell {
-        a: count,
-        expires: now.saturating_add(OPEN_COUNT_KEPT.as_millis() as i64),
-        ..Cell::default()
-    };
-    decision.cells.push((r.slot.clone(), kept));
-    let mut event = r.event.clone();
-    event["open"]["count"] = Value::from(count);
-    let matched = r.config.rules.matching(&event);
-    for (rule, range) in &r.rules {
-        if !matched.contains(rule) {
-            for v in &mut decision.verdicts[range.clone()] {
-                *v = Verdict::Unmatched;
-            }
-        }
-    }
-    decision.payload = serde_json::to_string(&event).ok();
-}
-
-/// The firings a rolling throttle counts at `now`: those of the last `per`.
-fn throttle_span(t: &ThrottleAsk, now: Millis) -> Span {
-    Span {
-        slot: t.slot.clone(),
-        from: now.saturating_sub(t.per.as_millis() as i64) + 1,
-        to: now,
-    }
-}
-
-/// Whether a throttled rule may fire now; records the firing, or one more held back. Its cell:
-/// `a` the fixed window's start, `b` the firings in it, `c` the firings held back since the
-/// last one sent (which the message sent tells as `noise.suppressed`).
-fn throttle(
-    t: &ThrottleAsk,
-    deliveries: Range<usize>,
-    now: Millis,
-    view: &dyn View,
-    decision: &mut Decision,
-) -> bool {
-    let per = t.per.as_millis() as i64;
-    let mut cell = view.cell(&t.slot);
-    let allowed = if t.rolling {
-        view.count(&throttle_span(t, now)) < u64::from(t.limit)
-    } else {
-        if cell.a == 0 || now >= cell.a.saturating_add(per) {
-            (cell.a, cell.b) = (now, 0);
-        }
-        cell.b < i64::from(t.limit)
-    };
-    if allowed {
-        let context = serde_json::json!({"noise": {"suppressed": cell.c}}).to_string();
-        decision
-            .contexts
-            .extend(deliveries.map(|i| (i, context.clone())));
-        if t.rolling {
-            let expires = now.saturating_add(per);
-            let slot = t.slot.clone();
-            decision.marks.push(Mark {
-                slot,
-                at: now,
-                expires,
-            });
-        } else {
-            cell.b += 1;
-        }
-        cell.c = 0;
-    } else {
-        cell.c += 1;
-    }
-    // Kept for two windows after the last event: what was held back is told when the key
-    // fires again within that time.
-    cell.expires = now.saturating_add(2 * per);
-    decision.cells.push((t.slot.clone(), cell));
-    allowed
-}
-
 impl EventMemory {
     /// The span an `unless_seen` looks back over, at `now`.
     fn seen_span(slot: &Slot, within: Duration, now: Millis) -> Span {
@@ -313,8 +225,8 @@ impl EventMemory {
 impl Decider for EventMemory {
     fn needs(&self, now: Millis) -> Needs {
         let mut needs = Needs::default();
-        if let Some(r) = &self.recount {
-            needs.cells.push(r.slot.clone());
+        if let Some(r) = &self.resolve {
+            r.needs(now, &mut needs);
         }
         for rule in &self.rules {
             if let Some((slot, within)) = &rule.unless_seen {
@@ -343,8 +255,9 @@ impl Decider for EventMemory {
             verdicts: vec![Verdict::Send; deliveries.len()],
             ..Decision::default()
         };
-        if let Some(r) = &self.recount {
-            recount(r, now, view, &mut decision);
+        let mut contexts = Context::new();
+        if let Some(r) = &self.resolve {
+            r.decide(now, view, &mut decision, &mut contexts);
         }
         for rule in &self.rules {
             if decision.verdicts[rule.deliveries.clone()]
@@ -380,12 +293,24 @@ impl Decider for EventMemory {
                 };
                 decision.cells.push((once.slot.clone(), taken));
             }
-            if let Some(t) = &rule.throttle
-                && !throttle(t, rule.deliveries.clone(), now, view, &mut decision)
-            {
-                stop(&mut decision, "throttled");
+            if let Some(t) = &rule.throttle {
+                let Some(held) = throttle(t, now, view, &mut decision) else {
+                    stop(&mut decision, "throttled");
+                    continue;
+                };
+                let noise = serde_json::json!({ "suppressed": held });
+                for i in rule.deliveries.clone() {
+                    contexts
+                        .entry(i)
+                        .or_default()
+                        .insert("noise".into(), noise.clone());
+                }
             }
         }
+        decision.contexts = contexts
+            .into_iter()
+            .map(|(i, context)| (i, Value::Object(context).to_string()))
+            .collect();
         // What this event records comes after its own decisions: an event does not stop
         // itself.
         for (slot, within) in &self.seen {
@@ -400,125 +325,4 @@ impl Decider for EventMemory {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::HashMap;
-
-    /// The store's view: cells as a map, with expiry.
-    #[derive(Default)]
-    struct Cells(HashMap<Slot, Cell>, Millis);
-
-    impl View for Cells {
-        fn cell(&self, slot: &Slot) -> Cell {
-            self.0
-                .get(slot)
-                .copied()
-                .filter(|c| c.expires == 0 || c.expires > self.1)
-                .unwrap_or_default()
-        }
-        fn count(&self, _: &crate::store::memory::Span) -> u64 {
-            0
-        }
-    }
-
-    fn once(key: &str, hold: Option<u64>) -> EventMemory {
-        EventMemory {
-            recount: None,
-            rules: vec![RuleAsk {
-                deliveries: 0..2,
-                throttle: None,
-                unless_seen: None,
-                once: Some(OnceAsk {
-                    slot: Slot {
-                        scope: "once:r".into(),
-                        key: key.into(),
-                    },
-                    hold: hold.map(Duration::from_secs),
-                }),
-            }],
-            seen: vec![],
-        }
-    }
-
-    fn deliveries() -> Vec<NewDelivery> {
-        (0..2)
-            .map(|i| NewDelivery {
-                rule: "r".into(),
-                action_index: i,
-                action_kind: "log".into(),
-                destination: format!("r#{}", i + 1),
-            })
-            .collect()
-    }
-
-    #[test]
-    fn the_first_event_of_a_key_takes_it_and_the_next_ones_are_suppressed_until_it_expires() {
-        let mut state = Cells::default();
-        let d = deliveries();
-        let first = once("ana", Some(60)).decide(1_000, &d, &state);
-        assert_eq!(first.verdicts, [Verdict::Send, Verdict::Send]);
-        for (slot, cell) in first.cells {
-            assert_eq!(cell.expires, 61_000);
-            state.0.insert(slot, cell);
-        }
-        let again = once("ana", Some(60)).decide(2_000, &d, &state);
-        assert_eq!(again.verdicts, [Verdict::Suppressed("once"); 2]);
-        assert!(again.cells.is_empty(), "a suppressed event takes nothing");
-        let other = once("bo", Some(60)).decide(2_000, &d, &state);
-        assert_eq!(other.verdicts, [Verdict::Send; 2]);
-        state.1 = 61_000;
-        let later = once("ana", Some(60)).decide(61_000, &d, &state);
-        assert_eq!(later.verdicts, [Verdict::Send; 2], "the hold is over");
-    }
-
-    #[test]
-    fn for_ever_never_expires() {
-        let mut state = Cells::default();
-        let d = deliveries();
-        let first = once("ana", None).decide(1_000, &d, &state);
-        let (slot, cell) = first.cells[0].clone();
-        assert_eq!(cell.expires, 0);
-        state.0.insert(slot, cell);
-        state.1 = Millis::MAX - 1;
-        let again = once("ana", None).decide(Millis::MAX - 1, &d, &state);
-        assert_eq!(again.verdicts, [Verdict::Suppressed("once"); 2]);
-    }
-
-    /// A view with marks in every span.
-    struct Seen;
-
-    impl View for Seen {
-        fn cell(&self, _: &Slot) -> Cell {
-            Cell::default()
-        }
-        fn count(&self, _: &Span) -> u64 {
-            1
-        }
-    }
-
-    #[test]
-    fn a_stop_consumes_nothing_after_it_and_an_event_records_what_it_is() {
-        let slot = |scope: &str, key: &str| Slot {
-            scope: scope.into(),
-            key: key.into(),
-        };
-        let mut m = once("ana", Some(60));
-        m.rules[0].unless_seen = Some((slot("seen:x", "ana"), Duration::from_secs(3600)));
-        m.seen = vec![(slot("seen:y", "ana"), Duration::from_secs(60))];
-        let d = deliveries();
-        let decided = m.decide(1_000, &d, &Seen);
-        assert_eq!(decided.verdicts, [Verdict::Suppressed("unless_seen"); 2]);
-        assert!(decided.cells.is_empty(), "once is not consumed");
-        assert_eq!(decided.marks.len(), 1);
-        assert_eq!(decided.marks[0].at, 1_000);
-        assert_eq!(decided.marks[0].expires, 61_000);
-        // Without a mark in its span, once decides.
-        let decided = m.decide(1_000, &d, &Cells::default());
-        assert_eq!(decided.verdicts, [Verdict::Send; 2]);
-        assert_eq!(decided.cells.len(), 1);
-        // The locks cover the marks it adds.
-        let needs = m.needs(1_000);
-        assert!(needs.cells.contains(&slot("seen:y", "ana")));
-        assert_eq!(needs.spans[0].from, 1_000 - 3_600_000);
-    }
-}
+mod tests;

@@ -1,10 +1,12 @@
-//! Conditions: `when` blocks compiled once per load (regexes built, globs compiled, paths split)
-//! and evaluated per event without allocation on the common path.
+//! Conditions: `when` blocks compiled once per load (regexes built, globs compiled, paths split;
+//! see [`compile`]) and evaluated per event without allocation on the common path.
 
-use super::RawWhen;
+mod compile;
+
+pub use compile::{compile, compile_plain};
+
 use crate::event;
-use crate::syntax::{OneOrMany, Pos, Spanned, pos};
-use globset::{Glob, GlobMatcher};
+use globset::GlobMatcher;
 use regex::Regex;
 use serde_json::Value;
 
@@ -32,6 +34,10 @@ pub enum Condition {
         /// The test.
         test: FieldTest,
     },
+    /// The rule's window at this position holds: known only in the transaction that stores
+    /// the event, from the store's counts (see `memory`); [`Condition::holds`] reads it as not
+    /// holding.
+    Window(usize),
 }
 
 /// A test on one value of the event.
@@ -113,43 +119,69 @@ pub enum Maybe {
     Unknown,
 }
 
-impl Condition {
-    /// Whether the condition reads the field at `path` (`open.count`).
-    pub fn reads(&self, path: &str) -> bool {
-        match self {
-            Condition::All(parts) | Condition::Any(parts) => parts.iter().any(|c| c.reads(path)),
-            Condition::Not(inner) => inner.reads(path),
-            Condition::Field { path: p, .. } => p == path,
-            _ => false,
-        }
+impl From<bool> for Maybe {
+    fn from(holds: bool) -> Self {
+        if holds { Maybe::Yes } else { Maybe::No }
     }
+}
 
-    /// Whether the condition holds for the event when the field at `path` is not known yet:
-    /// conditions on it are unknown, and so is what depends on them.
-    pub fn holds_unknowing(&self, event: &Value, path: &str) -> Maybe {
-        let known = |b: bool| if b { Maybe::Yes } else { Maybe::No };
+impl Condition {
+    /// The condition's verdict when some of its leaves are decided elsewhere: `leaf` gives the
+    /// verdict of those (a field not known yet, a window), `None` for the others.
+    pub fn eval(&self, event: &Value, leaf: &dyn Fn(&Condition) -> Option<Maybe>) -> Maybe {
         match self {
-            Condition::All(parts) => parts.iter().fold(Maybe::Yes, |acc, c| {
-                match (acc, c.holds_unknowing(event, path)) {
-                    (Maybe::No, _) | (_, Maybe::No) => Maybe::No,
-                    (Maybe::Unknown, _) | (_, Maybe::Unknown) => Maybe::Unknown,
-                    _ => Maybe::Yes,
-                }
-            }),
-            Condition::Any(parts) => parts.iter().fold(Maybe::No, |acc, c| {
-                match (acc, c.holds_unknowing(event, path)) {
-                    (Maybe::Yes, _) | (_, Maybe::Yes) => Maybe::Yes,
-                    (Maybe::Unknown, _) | (_, Maybe::Unknown) => Maybe::Unknown,
-                    _ => Maybe::No,
-                }
-            }),
-            Condition::Not(inner) => match inner.holds_unknowing(event, path) {
+            Condition::All(parts) => {
+                parts
+                    .iter()
+                    .fold(Maybe::Yes, |acc, c| match (acc, c.eval(event, leaf)) {
+                        (Maybe::No, _) | (_, Maybe::No) => Maybe::No,
+                        (Maybe::Unknown, _) | (_, Maybe::Unknown) => Maybe::Unknown,
+                        _ => Maybe::Yes,
+                    })
+            }
+            Condition::Any(parts) => {
+                parts
+                    .iter()
+                    .fold(Maybe::No, |acc, c| match (acc, c.eval(event, leaf)) {
+                        (Maybe::Yes, _) | (_, Maybe::Yes) => Maybe::Yes,
+                        (Maybe::Unknown, _) | (_, Maybe::Unknown) => Maybe::Unknown,
+                        _ => Maybe::No,
+                    })
+            }
+            Condition::Not(inner) => match inner.eval(event, leaf) {
                 Maybe::Yes => Maybe::No,
                 Maybe::No => Maybe::Yes,
                 Maybe::Unknown => Maybe::Unknown,
             },
-            Condition::Field { path: p, .. } if p == path => Maybe::Unknown,
-            other => known(other.holds(event)),
+            other => leaf(other).unwrap_or_else(|| Maybe::from(other.holds(event))),
+        }
+    }
+
+    /// The verdict at intake, before the store is read: `window` gives each window's (unknown
+    /// unless it cannot hold), and `open.count` is unknown when the router is to count the
+    /// opens (`counting`).
+    pub fn at_intake(
+        &self,
+        event: &Value,
+        counting: bool,
+        window: &dyn Fn(usize) -> Maybe,
+    ) -> Maybe {
+        self.eval(event, &|c| match c {
+            Condition::Window(i) => Some(window(*i)),
+            Condition::Field { path, .. } if counting && path == event::OPEN_COUNT => {
+                Some(Maybe::Unknown)
+            }
+            _ => None,
+        })
+    }
+
+    /// Whether the condition has a window.
+    pub fn has_window(&self) -> bool {
+        match self {
+            Condition::All(parts) | Condition::Any(parts) => parts.iter().any(Self::has_window),
+            Condition::Not(inner) => inner.has_window(),
+            Condition::Window(_) => true,
+            _ => false,
         }
     }
 
@@ -170,6 +202,7 @@ impl Condition {
                 campaign_name(event).is_some_and(|name| globs.iter().any(|(_, g)| g.is_match(name)))
             }
             Condition::Field { segments, test, .. } => test.holds(event::lookup(event, segments)),
+            Condition::Window(_) => false,
         }
     }
 
@@ -214,6 +247,10 @@ impl Condition {
                     .collect::<Vec<_>>()
                     .join(" or "),
                 campaign_name(event).map_or("nothing".into(), |n| format!("{n:?}"))
+            )),
+            Condition::Window(i) => leaf(format!(
+                "window {} (counted when the event is stored)",
+                i + 1
             )),
             Condition::Field {
                 path,
@@ -347,196 +384,6 @@ fn loose_eq(a: &Value, b: &Value) -> bool {
             _ => false,
         },
     }
-}
-
-/// Compiles a `when` block, reporting every problem (with its position) through `error`.
-pub fn compile(when: &Spanned<RawWhen>, error: &mut dyn FnMut(Pos, String)) -> Condition {
-    compile_part(when, error, true)
-}
-
-/// Compiles a `when` block, `top` when it is the rule's own (where `unless_seen` belongs; the
-/// rule compiles it).
-fn compile_part(
-    when: &Spanned<RawWhen>,
-    error: &mut dyn FnMut(Pos, String),
-    top: bool,
-) -> Condition {
-    let w = &when.value;
-    if !top && let Some(u) = &w.unless_seen {
-        let message = "`unless_seen` belongs directly under the rule's `when`, not inside `any`, `all` or `not`";
-        error(pos(u), message.into());
-    }
-    let mut parts = Vec::new();
-    if let Some(events) = &w.event {
-        let names = events.value.clone().into_vec();
-        if names.is_empty() {
-            error(pos(events), "`event` lists no event type".into());
-        }
-        parts.push(Condition::Event(names));
-    }
-    if let Some(campaign) = &w.campaign {
-        let c = &campaign.value;
-        if c.id.is_none() && c.name.is_none() {
-            error(pos(campaign), "`campaign` needs `id` or `name`".into());
-        }
-        if let Some(ids) = &c.id {
-            let mut parsed = Vec::new();
-            let ids = match ids.clone() {
-                OneOrMany::One(Value::Array(list)) => list,
-                other => other.into_vec(),
-            };
-            for id in ids {
-                match as_number(&id).filter(|n| n.fract() == 0.0) {
-                    Some(n) => parsed.push(n as i64),
-                    None => error(
-                        pos(campaign),
-                        format!("campaign id {id} is not a whole number"),
-                    ),
-                }
-            }
-            parts.push(Condition::CampaignId(parsed));
-        }
-        if let Some(names) = &c.name {
-            let globs = names
-                .clone()
-                .into_vec()
-                .into_iter()
-                .filter_map(|g| match Glob::new(&g) {
-                    Ok(glob) => Some((g, glob.compile_matcher())),
-                    Err(e) => {
-                        error(pos(campaign), format!("bad campaign name glob {g:?}: {e}"));
-                        None
-                    }
-                })
-                .collect();
-            parts.push(Condition::CampaignName(globs));
-        }
-    }
-    for (path, value) in &w.fields {
-        let at = pos(value);
-        if path.is_empty() || path.split('.').any(str::is_empty) {
-            error(
-                at,
-                format!("field path {path:?} is not a dotted path like lead.email"),
-            );
-            continue;
-        }
-        let test = field_test(&value.value, &mut |m| {
-            error(at, format!("field {path}: {m}"))
-        });
-        parts.push(Condition::Field {
-            path: path.clone(),
-            segments: path.split('.').map(str::to_string).collect(),
-            test,
-        });
-    }
-    let nested = |list: &Option<Vec<Spanned<RawWhen>>>, error: &mut dyn FnMut(Pos, String)| {
-        list.as_ref().map(|l| {
-            l.iter()
-                .map(|w| compile_part(w, error, false))
-                .collect::<Vec<_>>()
-        })
-    };
-    if let Some(any) = nested(&w.any, error) {
-        if any.is_empty() {
-            error(pos(when), "`any` is empty, so it can never hold".into());
-        }
-        parts.push(Condition::Any(any));
-    }
-    if let Some(all) = nested(&w.all, error) {
-        parts.push(Condition::All(all));
-    }
-    if let Some(not) = &w.not {
-        parts.push(Condition::Not(Box::new(compile_part(not, error, false))));
-    }
-    if parts.len() == 1 {
-        parts.pop().expect("one part")
-    } else {
-        Condition::All(parts)
-    }
-}
-
-/// Compiles one field's condition: a bare value (equals) or a map of operators.
-fn field_test(value: &Value, error: &mut dyn FnMut(String)) -> FieldTest {
-    let Value::Object(ops) = value else {
-        return FieldTest::Equals(value.clone());
-    };
-    if ops.is_empty() {
-        error(format!(
-            "empty condition; use one of: {}",
-            OPERATORS.join(", ")
-        ));
-    }
-    let mut tests: Vec<FieldTest> = ops
-        .iter()
-        .filter_map(|(op, arg)| operator(op, arg, error))
-        .collect();
-    if tests.len() == 1 {
-        tests.pop().expect("one test")
-    } else {
-        FieldTest::All(tests)
-    }
-}
-
-fn operator(op: &str, arg: &Value, error: &mut dyn FnMut(String)) -> Option<FieldTest> {
-    let text = |error: &mut dyn FnMut(String)| match arg {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => {
-            error(format!("`{op}` takes a string, not {arg}"));
-            None
-        }
-    };
-    let list = |error: &mut dyn FnMut(String)| match arg {
-        Value::Array(items) => Some(items.clone()),
-        _ => {
-            error(format!("`{op}` takes a list, as in {op}: [a, b]"));
-            None
-        }
-    };
-    let number = |error: &mut dyn FnMut(String)| match as_number(arg) {
-        Some(n) => Some(n),
-        None => {
-            error(format!("`{op}` takes a number, not {arg}"));
-            None
-        }
-    };
-    Some(match op {
-        "equals" => FieldTest::Equals(arg.clone()),
-        "in" => FieldTest::In(list(error)?),
-        "not_in" => FieldTest::NotIn(list(error)?),
-        "exists" => match arg {
-            Value::Bool(b) => FieldTest::Exists(*b),
-            _ => {
-                error("`exists` takes true or false".into());
-                return None;
-            }
-        },
-        "contains" => FieldTest::Contains(text(error)?),
-        "starts_with" => FieldTest::StartsWith(text(error)?),
-        "ends_with" => FieldTest::EndsWith(text(error)?),
-        "matches" => match Regex::new(&text(error)?) {
-            Ok(re) => FieldTest::Matches(re),
-            Err(e) => {
-                let detail = e.to_string();
-                let last = detail.lines().last().unwrap_or("").trim();
-                error(format!("bad regular expression: {last}"));
-                return None;
-            }
-        },
-        "gt" => FieldTest::Compare(Cmp::Gt, number(error)?),
-        "gte" => FieldTest::Compare(Cmp::Gte, number(error)?),
-        "lt" => FieldTest::Compare(Cmp::Lt, number(error)?),
-        "lte" => FieldTest::Compare(Cmp::Lte, number(error)?),
-        "not" => FieldTest::Not(Box::new(field_test(arg, error))),
-        other => {
-            error(format!(
-                "unknown operator `{other}`; expected one of: {}",
-                OPERATORS.join(", ")
-            ));
-            return None;
-        }
-    })
 }
 
 #[cfg(test)]

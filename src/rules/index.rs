@@ -237,7 +237,7 @@ mod tests {
             .into_iter()
             .map(|(key, when)| {
                 let (order, name) = key.split_once(' ').expect("`N name` keys");
-                let when = condition::compile(&when, &mut |at, m| panic!("{at:?}: {m}"));
+                let (when, _) = condition::compile(&when, &mut |at, m| panic!("{at:?}: {m}"));
                 let rule = Rule {
                     name: name.to_string(),
                     enabled: true,
@@ -248,6 +248,8 @@ mod tests {
                     once: None,
                     unless_seen: None,
                     throttle: None,
+                    windows: vec![],
+                    fire: None,
                 };
                 (order.parse().expect("a number"), rule)
             })

@@ -6,9 +6,14 @@
 pub mod condition;
 mod index;
 mod raw;
+mod window;
 
 pub use condition::{Condition, Maybe, Verdict};
-pub use raw::{RawCampaign, RawOnce, RawThrottle, RawUnlessSeen, RawWhen};
+pub use raw::{
+    RawCampaign, RawFire, RawOnce, RawRate, RawThreshold, RawThrottle, RawUnlessSeen, RawWhen,
+    RawWindow,
+};
+pub use window::{Bound, FUTURE_SLACK, Fire, Window, WindowTest};
 
 use crate::actions::Action;
 use crate::template::Template;
@@ -40,6 +45,32 @@ pub struct Rule {
     pub unless_seen: Option<Arc<SeenClause>>,
     /// At most so many firings per key per window (`throttle:`).
     pub throttle: Option<Throttle>,
+    /// The windows its `when` reads ([`Condition::Window`] gives the position).
+    pub windows: Vec<Window>,
+    /// Fire when the `when` starts holding rather than on every event (`fire:`).
+    pub fire: Option<Fire>,
+}
+
+impl Rule {
+    /// Whether the rule matches at intake, before the store is read (see
+    /// [`Condition::at_intake`]): a `rate` window is unknown for the events it counts and does
+    /// not hold for the others.
+    pub fn at_intake(&self, event: &Value, counting: bool) -> Maybe {
+        if !counting && self.windows.is_empty() {
+            return Maybe::from(self.when.holds(event));
+        }
+        self.when
+            .at_intake(event, counting, &|i| match &self.windows[i].test {
+                WindowTest::Rate { of, per, .. } => {
+                    let none = |c: &Condition| c.at_intake(event, counting, &|_| Maybe::No);
+                    match (none(of), none(per)) {
+                        (Maybe::No, Maybe::No) => Maybe::No,
+                        _ => Maybe::Unknown,
+                    }
+                }
+                WindowTest::Count(_) => Maybe::Unknown,
+            })
+    }
 }
 
 /// A rule that fires at most `limit` times per key per window.
@@ -163,14 +194,15 @@ impl RuleSet {
         matched
     }
 
-    /// The rules that may match the event once the field at `path` is known (it is not yet): a
-    /// superset of what [`RuleSet::matching`] gives for any value of it. A rule that matches
-    /// for certain and has `stop` ends the list, as in matching; one that may match does not.
-    pub fn matching_unknowing(&self, event: &Value, path: &str) -> Vec<usize> {
+    /// The rules that may match the event at intake, before the store is read (see
+    /// [`Condition::at_intake`]): a superset of those that match once it is. A rule that
+    /// matches for certain and has `stop` ends the list, as in matching; one that may match
+    /// does not.
+    pub fn matching_at_intake(&self, event: &Value, counting: bool) -> Vec<usize> {
         let mut matched = Vec::new();
         for i in self.index.candidates(event) {
             let rule = &self.rules[i];
-            match rule.when.holds_unknowing(event, path) {
+            match rule.at_intake(event, counting) {
                 Maybe::Yes => {
                     matched.push(i);
                     if rule.stop {

@@ -32,6 +32,86 @@ pub struct RawWhen {
     /// lately (the rule's own `when` only).
     #[serde(default)]
     pub unless_seen: Option<Spanned<RawUnlessSeen>>,
+    /// A count or rate of events per key over a rolling period.
+    #[serde(default)]
+    pub window: Option<Spanned<RawWindow>>,
+}
+
+/// `window:` a count or a rate of events per key over the last `over`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWindow {
+    /// A template over the canonical event: what is counted per (`{{campaign.id}}`).
+    pub key: Spanned<String>,
+    /// How far back (`10m`).
+    pub over: Spanned<String>,
+    /// The events that match the rule's other conditions, compared (`{ gt: 20 }`).
+    #[serde(default)]
+    pub count: Option<Spanned<RawThreshold>>,
+    /// `of` events over `per` events, compared.
+    #[serde(default)]
+    pub rate: Option<Box<Spanned<RawRate>>>,
+}
+
+/// `rate:` in a `window`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRate {
+    /// The events counted above the line.
+    pub of: Spanned<RawWhen>,
+    /// The events counted below it.
+    pub per: Spanned<RawWhen>,
+    /// No verdict until at least this many `per` events are counted.
+    #[serde(default)]
+    pub min_per: Option<Spanned<u64>>,
+    /// Greater than.
+    #[serde(default)]
+    pub gt: Option<Spanned<f64>>,
+    /// Greater than or equal.
+    #[serde(default)]
+    pub gte: Option<Spanned<f64>>,
+    /// Less than.
+    #[serde(default)]
+    pub lt: Option<Spanned<f64>>,
+    /// Less than or equal.
+    #[serde(default)]
+    pub lte: Option<Spanned<f64>>,
+    /// Equal.
+    #[serde(default)]
+    pub equals: Option<Spanned<f64>>,
+}
+
+/// A comparison of a window's count: every bound given must hold.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawThreshold {
+    /// Greater than.
+    #[serde(default)]
+    pub gt: Option<Spanned<f64>>,
+    /// Greater than or equal.
+    #[serde(default)]
+    pub gte: Option<Spanned<f64>>,
+    /// Less than.
+    #[serde(default)]
+    pub lt: Option<Spanned<f64>>,
+    /// Less than or equal.
+    #[serde(default)]
+    pub lte: Option<Spanned<f64>>,
+    /// Equal.
+    #[serde(default)]
+    pub equals: Option<Spanned<f64>>,
+}
+
+/// `fire:` a rule with a `window` fires when the window starts holding, not on every event.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFire {
+    /// When it may fire again: `below` (after the window stopped holding).
+    #[serde(default)]
+    pub rearm: Option<Spanned<String>>,
+    /// And not before this long after the last firing (`1h`).
+    #[serde(default)]
+    pub cooldown: Option<Spanned<String>>,
 }
 
 /// `campaign:` conditions.

@@ -157,12 +157,10 @@ where
     let data = Data::from(event.into_value());
     let config = state.app.current();
     // An open without a count gets the router's own count of the lead's opens in the transaction
-    // that stores it: until then, rules that read `open.count` may match or not.
+    // that stores it, and windows are counted there: until then, rules that read `open.count` or
+    // a window may match or not.
     let counts_opens = open_to_count(data.value()).is_some();
-    let matched = match counts_opens {
-        true => config.rules.matching_unknowing(data.value(), "open.count"),
-        false => config.rules.matching(data.value()),
-    };
+    let matched = config.rules.matching_at_intake(data.value(), counts_opens);
     let deliveries = matched
         .iter()
         .flat_map(|&i| {

@@ -18,3 +18,4 @@ mod reload;
 mod security;
 mod sources;
 mod util;
+mod windows;

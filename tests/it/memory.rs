@@ -5,7 +5,9 @@
 //! - `unless_seen`: a rule does not fire for a key seen lately with events of some types.
 
 use crate::postgres::fresh_store;
-use crate::util::{Binary, HttpPeer, Router, Start, config_dir, fast_retries, fixture, unique};
+use crate::util::{
+    Binary, HttpPeer, Router, Start, check_rule, config_dir, fast_retries, fixture, unique,
+};
 use serde_json::Value;
 use std::time::Duration;
 use switchboard::store::{DeliveryStatus, DeliveryView, Filter};
@@ -31,7 +33,7 @@ fn open(lead: &str) -> Value {
     e
 }
 
-async fn all(router: &Router) -> Vec<DeliveryView> {
+pub async fn all(router: &Router) -> Vec<DeliveryView> {
     let filter = Filter {
         limit: Some(1000),
         ..Filter::default()
@@ -40,7 +42,7 @@ async fn all(router: &Router) -> Vec<DeliveryView> {
 }
 
 /// The deliveries once `n` of them are final (delivered or suppressed; at most 10 s).
-async fn settled(router: &Router, n: usize) -> Vec<DeliveryView> {
+pub async fn settled(router: &Router, n: usize) -> Vec<DeliveryView> {
     let begun = std::time::Instant::now();
     loop {
         let list = all(router).await;
@@ -60,12 +62,12 @@ async fn settled(router: &Router, n: usize) -> Vec<DeliveryView> {
     }
 }
 
-fn with_status(list: &[DeliveryView], status: DeliveryStatus) -> Vec<&DeliveryView> {
+pub fn with_status(list: &[DeliveryView], status: DeliveryStatus) -> Vec<&DeliveryView> {
     list.iter().filter(|d| d.status == status).collect()
 }
 
 /// Both stores: SQLite in the router's directory, and PostgreSQL when a server is set.
-async fn each_store(test: impl AsyncFn(Start)) {
+pub async fn each_store(test: impl AsyncFn(Start)) {
     test(Start::default()).await;
     if let Some((url, _schema)) = fresh_store().await {
         test(Start {
@@ -204,34 +206,16 @@ async fn check_refuses_a_once_without_a_hold_or_a_field() {
         ),
     ];
     for (once, expected) in cases {
-        let dir = tempfile::tempdir().unwrap();
-        let rules = format!(
-            "rules:\n  - name: r\n    {once}\n    actions:\n      - log: {{ message: hi }}\n"
-        );
-        std::fs::write(dir.path().join("rules.yaml"), rules).unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
-            .args(["check", "--rules", "rules.yaml", "--templates", "templates"])
-            .current_dir(dir.path())
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert_eq!(out.status.code(), Some(1), "{once}: {text}");
+        let (code, text) = check_rule(once);
+        assert_eq!(code, Some(1), "{once}: {text}");
         assert!(
             text.contains("rules.yaml:3:") && text.contains(expected),
             "{once}: {text}"
         );
     }
     // A key whose fields may be missing is a warning, not an error.
-    let dir = tempfile::tempdir().unwrap();
-    let rules = "rules:\n  - name: r\n    once: { key: \"{{lead.email}}\", for: 1d }\n    actions:\n      - log: { message: hi }\n";
-    std::fs::write(dir.path().join("rules.yaml"), rules).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args(["check", "--rules", "rules.yaml", "--templates", "templates"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{text}");
+    let (code, text) = check_rule("once: { key: \"{{lead.email}}\", for: 1d }");
+    assert_eq!(code, Some(0), "{text}");
     assert!(
         text.contains("rules.yaml:3:") && text.contains("warning") && text.contains("undecided"),
         "{text}"
@@ -308,18 +292,8 @@ async fn check_places_unless_seen_under_the_rules_own_when() {
         ),
     ];
     for (when, expected) in cases {
-        let dir = tempfile::tempdir().unwrap();
-        let rules = format!(
-            "rules:\n  - name: r\n    {when}\n    actions:\n      - log: {{ message: hi }}\n"
-        );
-        std::fs::write(dir.path().join("rules.yaml"), rules).unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
-            .args(["check", "--rules", "rules.yaml", "--templates", "templates"])
-            .current_dir(dir.path())
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert_eq!(out.status.code(), Some(1), "{when}: {text}");
+        let (code, text) = check_rule(when);
+        assert_eq!(code, Some(1), "{when}: {text}");
         assert!(
             text.contains("rules.yaml:3:") && text.contains(expected),
             "{when}: {text}"
@@ -616,18 +590,8 @@ async fn check_refuses_a_throttle_without_a_limit_or_a_window() {
             "`fixed` or `rolling`",
         ),
     ] {
-        let dir = tempfile::tempdir().unwrap();
-        let rules = format!(
-            "rules:\n  - name: r\n    throttle: {throttle}\n    actions:\n      - log: {{ message: hi }}\n"
-        );
-        std::fs::write(dir.path().join("rules.yaml"), rules).unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
-            .args(["check", "--rules", "rules.yaml", "--templates", "templates"])
-            .current_dir(dir.path())
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert_eq!(out.status.code(), Some(1), "{throttle}: {text}");
+        let (code, text) = check_rule(&format!("throttle: {throttle}"));
+        assert_eq!(code, Some(1), "{throttle}: {text}");
         assert!(
             text.contains("rules.yaml:3:") && text.contains(expected),
             "{throttle}: {text}"

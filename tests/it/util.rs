@@ -23,6 +23,24 @@ pub fn fixture(name: &str) -> Value {
         .expect("fixture is JSON")
 }
 
+/// `switchboard check` of a rules file with one rule `r`, given its part before `actions`
+/// (`once: {…}`, `when: {…}`): the exit code and what it printed.
+pub fn check_rule(part: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let rules =
+        format!("rules:\n  - name: r\n    {part}\n    actions:\n      - log: {{ message: hi }}\n");
+    std::fs::write(dir.path().join("rules.yaml"), rules).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["check", "--rules", "rules.yaml", "--templates", "templates"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
 /// The repository's own shipped file (rules, templates).
 pub fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)

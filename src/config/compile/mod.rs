@@ -2,9 +2,10 @@
 //! immutable [`Config`] out. It is pure (no network), collects every problem instead of stopping
 //! at the first, and is shared by `serve`, reload, `check` and `test`. Each part of a file is
 //! compiled by a module of its own: `destinations`, `sources`, `rules` (with the
-//! template `probe`).
+//! template `probe`, and rule `memory`).
 
 mod destinations;
+mod memory;
 mod probe;
 mod rules;
 mod sources;

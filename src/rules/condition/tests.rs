@@ -1,12 +1,14 @@
 //! Conditions compiled from YAML and evaluated against canonical events.
 
 use super::*;
+use crate::rules::RawWhen;
+use crate::syntax::Spanned;
 use serde_json::json;
 
 fn cond(yaml: &str) -> Condition {
     let when: Spanned<RawWhen> = serde_saphyr::from_str(yaml).expect("valid yaml");
     let mut errors = Vec::new();
-    let c = compile(&when, &mut |p, m| {
+    let (c, _) = compile(&when, &mut |p, m| {
         errors.push(format!("{}:{} {m}", p.line, p.column))
     });
     assert!(errors.is_empty(), "{errors:?}");
@@ -114,21 +116,55 @@ fn explain_reports_each_condition() {
 }
 
 #[test]
-fn a_field_not_known_yet_leaves_what_reads_it_unknown() {
+fn a_count_or_window_not_known_yet_leaves_what_reads_it_unknown() {
     let open = json!({"event": "EMAIL_OPENED", "open": {"count": null}});
     let click = json!({"event": "EMAIL_CLICKED", "open": {"count": null}});
-    let path = "open.count";
     let hot = cond(
         "any:\n  - event: EMAIL_CLICKED\n  - event: EMAIL_OPENED\n    fields: { open.count: { gte: 3 } }",
     );
-    assert!(hot.reads(path));
-    assert_eq!(hot.holds_unknowing(&click, path), Maybe::Yes);
-    assert_eq!(hot.holds_unknowing(&open, path), Maybe::Unknown);
+    assert_eq!(hot.at_intake(&click, true, &|_| Maybe::Unknown), Maybe::Yes);
+    assert_eq!(
+        hot.at_intake(&open, true, &|_| Maybe::Unknown),
+        Maybe::Unknown
+    );
+    assert_eq!(
+        hot.at_intake(&open, false, &|_| Maybe::Unknown),
+        Maybe::No,
+        "a count sent is known"
+    );
     let only_opens = cond("event: EMAIL_OPENED\nfields: { open.count: { gte: 3 } }");
-    assert_eq!(only_opens.holds_unknowing(&click, path), Maybe::No);
+    assert_eq!(
+        only_opens.at_intake(&click, true, &|_| Maybe::Unknown),
+        Maybe::No
+    );
     let never = cond("not: { fields: { open.count: { exists: true } } }");
-    assert_eq!(never.holds_unknowing(&open, path), Maybe::Unknown);
+    assert_eq!(
+        never.at_intake(&open, true, &|_| Maybe::Unknown),
+        Maybe::Unknown
+    );
     let other = cond("event: EMAIL_OPENED");
-    assert!(!other.reads(path));
-    assert_eq!(other.holds_unknowing(&open, path), Maybe::Yes);
+    assert_eq!(
+        other.at_intake(&open, true, &|_| Maybe::Unknown),
+        Maybe::Yes
+    );
+    let spike = cond(
+        "event: EMAIL_OPENED\nwindow: { key: '{{campaign.id}}', over: 10m, count: { gt: 2 } }",
+    );
+    assert!(spike.has_window() && !other.has_window());
+    assert_eq!(
+        spike.at_intake(&open, false, &|_| Maybe::Unknown),
+        Maybe::Unknown
+    );
+    assert_eq!(
+        spike.at_intake(&click, false, &|_| Maybe::Unknown),
+        Maybe::No
+    );
+    assert!(
+        !spike.holds(&open),
+        "without the store a window does not hold"
+    );
+    let held = spike.eval(&open, &|c| {
+        matches!(c, Condition::Window(0)).then_some(Maybe::Yes)
+    });
+    assert_eq!(held, Maybe::Yes);
 }
