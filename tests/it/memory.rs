@@ -387,7 +387,7 @@ async fn a_hot_lead_is_announced_on_the_third_open_and_once_across_a_restart() {
 }
 
 /// The shipped rules and templates in a directory of their own, as the binary reads them.
-fn shipped() -> tempfile::TempDir {
+pub fn shipped() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(
         crate::util::repo_path("rules/rules.yaml"),

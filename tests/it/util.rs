@@ -254,7 +254,6 @@ impl SmtpPeer {
     }
 }
 
-/// Delivery settings for tests: retries after 100 ms, 200 ms, 300 ms; 4 attempts in all.
 /// A directory holding `rules/rules.yaml` and `templates/` (with the given files), as a
 /// router started on it expects.
 pub fn config_dir(rules: &str, templates: &[(&str, &str)]) -> tempfile::TempDir {
@@ -270,6 +269,7 @@ pub fn config_dir(rules: &str, templates: &[(&str, &str)]) -> tempfile::TempDir 
     dir
 }
 
+/// Delivery settings for tests: retries after 100 ms, 200 ms, 300 ms; 4 attempts in all.
 pub fn fast_retries() -> delivery::Settings {
     delivery::Settings {
         retry: RetryPolicy {

@@ -2,8 +2,11 @@
 //! counted in the intake transaction in event time, and rules that fire when a window starts
 //! holding rather than on every event.
 
-use crate::memory::{each_store, settled};
-use crate::util::{HttpPeer, Router, Start, check_rule, config_dir, fast_retries, fixture, unique};
+use crate::memory::{each_store, settled, shipped};
+use crate::util::{
+    Binary, HttpPeer, Router, SmtpPeer, Start, check_rule, config_dir, fast_retries, fixture,
+    unique,
+};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use std::time::Duration;
@@ -219,4 +222,38 @@ async fn check_refuses_a_window_without_a_comparison_and_fire_without_a_window()
         "{ key: \"{{campaign.id}}\", over: 10m, count: { gt: 20 } }",
     ));
     assert_eq!(code, Some(0), "{text}");
+}
+
+#[tokio::test]
+async fn the_shipped_bounce_spike_emails_ops_once() {
+    let smtp = SmtpPeer::start();
+    let dir = shipped();
+    let env = [
+        ("SMTP_URL", smtp.url()),
+        ("OPS_ALERT_TO", "ops@team.example".to_string()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let router = Binary::start_with_env(dir.path(), &[], &env).await;
+    let client = reqwest::Client::new();
+    let bounces: Vec<Value> = (0..25).map(|_| bounce(9181, Utc::now())).collect();
+    let posts = bounces.iter().map(|e| {
+        client
+            .post(format!("{}/webhooks/smartlead", router.url))
+            .body(e.to_string())
+            .send()
+    });
+    for r in futures_util::future::join_all(posts).await {
+        assert_eq!(r.unwrap().status(), 200);
+    }
+    let mails = smtp.wait_for(1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(smtp.mails().len(), 1);
+    assert_eq!(mails[0].to, ["ops@team.example"]);
+    assert!(
+        mails[0]
+            .data
+            .contains("Subject: 21 bounces in 10 min on Q2 SaaS Outreach"),
+        "{}",
+        mails[0].data
+    );
 }
