@@ -39,6 +39,7 @@ fn event(n: usize, destination: &str) -> NewEvent {
             action_index: 0,
             action_kind: "http".into(),
             destination: destination.into(),
+            timing: Default::default(),
         }],
         memory: None,
         claimed: false,

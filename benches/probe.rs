@@ -40,6 +40,7 @@ fn event(n: usize) -> NewEvent {
                 action_index: 0,
                 action_kind: "http".into(),
                 destination: format!("dest-{}", i % 8),
+                timing: Default::default(),
             })
             .collect(),
         memory: None,

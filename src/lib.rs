@@ -39,5 +39,6 @@ pub mod server;
 pub mod store;
 pub mod syntax;
 pub mod template;
+pub mod time_window;
 
 pub use router::{Options, StartError, run};

@@ -2,7 +2,7 @@
 //! (`smtps://`), text and HTML parts. A subject or header never carries CR or LF from an event.
 
 use super::context::Ctx;
-use super::{Channel, Clients, FailureKind, RenderFailure, SendError};
+use super::{Channel, Clients, Common, FailureKind, RenderFailure, SendError};
 use crate::syntax::{OneOrMany, Spanned, pos};
 use crate::template::escape::header_value;
 use crate::template::{Data, Escape, Template, Templates};
@@ -20,6 +20,10 @@ use std::time::Duration;
 pub struct Settings {
     /// A destination to take unset settings from.
     pub destination: Option<Spanned<String>>,
+    /// A time window (`time_windows:`) outside which the action is not sent right away.
+    pub active: Option<Spanned<String>>,
+    /// Outside `active`: `hold` (until the window opens; the default) or `drop`.
+    pub outside: Option<Spanned<String>>,
     /// `smtp://user:pass@host:587` (STARTTLS), `smtps://host:465`, `smtp://host:2525?tls=none`;
     /// `?tls=opportunistic` uses STARTTLS when offered; `?ca_file=/path/ca.pem` trusts a private CA.
     pub smtp_url: Option<Spanned<String>>,
@@ -101,6 +105,8 @@ impl Channel for Email {
     fn merge(a: Settings, d: &Settings) -> Settings {
         Settings {
             destination: a.destination,
+            active: a.active,
+            outside: a.outside,
             smtp_url: a.smtp_url.or_else(|| d.smtp_url.clone()),
             from: a.from.or_else(|| d.from.clone()),
             to: a.to.or_else(|| d.to.clone()),
@@ -113,8 +119,12 @@ impl Channel for Email {
         }
     }
 
-    fn destination(s: &Settings) -> Option<&Spanned<String>> {
-        s.destination.as_ref()
+    fn common(s: &Settings) -> Common<'_> {
+        Common {
+            destination: s.destination.as_ref(),
+            active: s.active.as_ref(),
+            outside: s.outside.as_ref(),
+        }
     }
 
     fn compile(s: Settings, cx: &mut Ctx<'_>) -> Option<Self> {

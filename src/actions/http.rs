@@ -3,7 +3,7 @@
 //! shared with Slack.
 
 use super::context::Ctx;
-use super::{Channel, Clients, FailureKind, RenderFailure, SendError, forgery, redact_url};
+use super::{Channel, Clients, Common, FailureKind, RenderFailure, SendError, forgery, redact_url};
 use crate::syntax::{Spanned, pos};
 use crate::template::escape::{header_value, truncate};
 use crate::template::{Data, Escape, Template, Templates};
@@ -28,6 +28,10 @@ const SECRET_HEADERS: &[&str] = &[
 pub struct Settings {
     /// A destination to take unset settings from.
     pub destination: Option<Spanned<String>>,
+    /// A time window (`time_windows:`) outside which the action is not sent right away.
+    pub active: Option<Spanned<String>>,
+    /// Outside `active`: `hold` (until the window opens; the default) or `drop`.
+    pub outside: Option<Spanned<String>>,
     /// The URL; a template (values percent-encoded) after `${VAR}` expansion.
     pub url: Option<Spanned<String>>,
     /// GET, POST (default), PUT, PATCH or DELETE.
@@ -105,6 +109,8 @@ impl Channel for Http {
         };
         Settings {
             destination: a.destination,
+            active: a.active,
+            outside: a.outside,
             url: a.url.or_else(|| d.url.clone()),
             method: a.method.or_else(|| d.method.clone()),
             headers,
@@ -115,8 +121,12 @@ impl Channel for Http {
         }
     }
 
-    fn destination(s: &Settings) -> Option<&Spanned<String>> {
-        s.destination.as_ref()
+    fn common(s: &Settings) -> Common<'_> {
+        Common {
+            destination: s.destination.as_ref(),
+            active: s.active.as_ref(),
+            outside: s.outside.as_ref(),
+        }
     }
 
     fn compile(s: Settings, cx: &mut Ctx<'_>) -> Option<Self> {

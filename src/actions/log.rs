@@ -2,7 +2,7 @@
 //! rules show what they would have sent on a fresh machine.
 
 use super::context::Ctx;
-use super::{Channel, Clients, RenderFailure, SendError};
+use super::{Channel, Clients, Common, RenderFailure, SendError};
 use crate::syntax::Spanned;
 use crate::template::{Data, Escape, Template, Templates};
 use serde::{Deserialize, Serialize};
@@ -13,6 +13,10 @@ use serde::{Deserialize, Serialize};
 pub struct Settings {
     /// A destination to take unset settings from.
     pub destination: Option<Spanned<String>>,
+    /// A time window (`time_windows:`) outside which the action is not sent right away.
+    pub active: Option<Spanned<String>>,
+    /// Outside `active`: `hold` (until the window opens; the default) or `drop`.
+    pub outside: Option<Spanned<String>>,
     /// Inline message template.
     pub message: Option<Spanned<String>>,
     /// Message template file.
@@ -39,13 +43,19 @@ impl Channel for Log {
     fn merge(a: Settings, d: &Settings) -> Settings {
         Settings {
             destination: a.destination,
+            active: a.active,
+            outside: a.outside,
             message: a.message.or_else(|| d.message.clone()),
             template: a.template.or_else(|| d.template.clone()),
         }
     }
 
-    fn destination(s: &Settings) -> Option<&Spanned<String>> {
-        s.destination.as_ref()
+    fn common(s: &Settings) -> Common<'_> {
+        Common {
+            destination: s.destination.as_ref(),
+            active: s.active.as_ref(),
+            outside: s.outside.as_ref(),
+        }
     }
 
     fn compile(s: Settings, cx: &mut Ctx<'_>) -> Option<Self> {

@@ -201,6 +201,17 @@ pub enum RenderFailure {
     Invalid(String),
 }
 
+/// The settings every channel has, as written.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Common<'a> {
+    /// The destination to take unset settings from.
+    pub destination: Option<&'a Spanned<String>>,
+    /// The time window the action is sent in.
+    pub active: Option<&'a Spanned<String>>,
+    /// What becomes of it outside the window: `hold` or `drop`.
+    pub outside: Option<&'a Spanned<String>>,
+}
+
 /// One channel: how its settings compile, how it renders an event, how it sends.
 pub trait Channel: Sized {
     /// The settings as written in the rules file (destination or action).
@@ -210,8 +221,8 @@ pub trait Channel: Sized {
 
     /// Fills settings the action leaves out from its destination's.
     fn merge(action: Self::Settings, destination: &Self::Settings) -> Self::Settings;
-    /// The destination the settings name, if any.
-    fn destination(settings: &Self::Settings) -> Option<&Spanned<String>>;
+    /// The settings every channel has: destination, time window.
+    fn common(settings: &Self::Settings) -> Common<'_>;
     /// Validates and compiles settings, reporting every problem through `cx`.
     fn compile(settings: Self::Settings, cx: &mut Ctx<'_>) -> Option<Self>;
     /// What to set when the destination's address came out empty (deliveries are skipped).
@@ -265,9 +276,14 @@ macro_rules! channels {
                 match self { $(RawAction::$variant(_) => stringify!($module),)+ }
             }
 
+            /// The settings every channel has.
+            pub fn common(&self) -> Common<'_> {
+                match self { $(RawAction::$variant(s) => $module::$variant::common(s),)+ }
+            }
+
             /// The destination this action names, if any.
             pub fn destination(&self) -> Option<&Spanned<String>> {
-                match self { $(RawAction::$variant(s) => $module::$variant::destination(s),)+ }
+                self.common().destination
             }
 
             /// Compiles the action, with settings it leaves out taken from `destination`

@@ -3,7 +3,7 @@
 //! read into a retry decision.
 
 use super::context::Ctx;
-use super::{Channel, Clients, RenderFailure, SendError, redact_url};
+use super::{Channel, Clients, Common, RenderFailure, SendError, redact_url};
 use crate::syntax::{Spanned, pos};
 use crate::template::escape::truncate;
 use crate::template::{Data, Escape, Template, Templates};
@@ -23,6 +23,10 @@ pub const MAX_BLOCKS: usize = 50;
 pub struct Settings {
     /// A destination to take unset settings from.
     pub destination: Option<Spanned<String>>,
+    /// A time window (`time_windows:`) outside which the action is not sent right away.
+    pub active: Option<Spanned<String>>,
+    /// Outside `active`: `hold` (until the window opens; the default) or `drop`.
+    pub outside: Option<Spanned<String>>,
     /// The incoming-webhook URL (a secret: never printed).
     pub webhook_url: Option<Spanned<String>>,
     /// Inline mrkdwn template for the message text.
@@ -82,6 +86,8 @@ impl Channel for Slack {
     fn merge(a: Settings, d: &Settings) -> Settings {
         Settings {
             destination: a.destination,
+            active: a.active,
+            outside: a.outside,
             webhook_url: a.webhook_url.or_else(|| d.webhook_url.clone()),
             text: a.text.or_else(|| d.text.clone()),
             template: a.template.or_else(|| d.template.clone()),
@@ -89,8 +95,12 @@ impl Channel for Slack {
         }
     }
 
-    fn destination(s: &Settings) -> Option<&Spanned<String>> {
-        s.destination.as_ref()
+    fn common(s: &Settings) -> Common<'_> {
+        Common {
+            destination: s.destination.as_ref(),
+            active: s.active.as_ref(),
+            outside: s.outside.as_ref(),
+        }
     }
 
     fn compile(s: Settings, cx: &mut Ctx<'_>) -> Option<Self> {

@@ -7,6 +7,7 @@ use crate::actions::RawAction;
 use crate::diagnostic::Diagnostic;
 use crate::rules::{RawFire, RawOnce, RawThrottle, RawWhen};
 use crate::syntax::{Pos, Spanned};
+use crate::time_window::RawTimeWindow;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -21,6 +22,9 @@ pub struct RawFile {
     /// Named, reusable delivery targets.
     #[serde(default)]
     pub destinations: BTreeMap<String, Spanned<RawAction>>,
+    /// Named sets of hours that actions may be limited to (`active:`).
+    #[serde(default)]
+    pub time_windows: BTreeMap<String, Spanned<RawTimeWindow>>,
     /// The rules, in evaluation order.
     #[serde(default)]
     pub rules: Vec<Spanned<RawRule>>,
@@ -88,6 +92,7 @@ pub fn parse(text: &str) -> Result<RawFile, Diagnostic> {
         return Ok(RawFile {
             sources: BTreeMap::new(),
             destinations: BTreeMap::new(),
+            time_windows: BTreeMap::new(),
             rules: Vec::new(),
         });
     }

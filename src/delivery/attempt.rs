@@ -7,7 +7,7 @@ use super::dispatch::{Busy, Dispatcher};
 use crate::actions::Clients;
 use crate::app::App;
 use crate::metrics::ActionLabels;
-use crate::store::{Attempt, Due, Finished, Next, StoreError, now_ms};
+use crate::store::{Attempt, Due, Finished, Next, StoreError, Timing, now_ms};
 use crate::template::Data;
 use serde_json::Value;
 use std::sync::Arc;
@@ -94,6 +94,26 @@ pub(super) async fn deliver(d: &Dispatcher, due: &Due, event: Option<Arc<Data>>,
                 "Delivery skipped: {reason}."
             );
         }
+        Next::Hold(_) => {
+            m.delivery(o.kind, destination, "held", o.reason);
+            tracing::info!(
+                event_id,
+                rule,
+                action,
+                destination,
+                "Delivery held: {reason}."
+            );
+        }
+        Next::Suppressed(why) => {
+            m.delivery(o.kind, destination, "suppressed", why);
+            tracing::info!(
+                event_id,
+                rule,
+                action,
+                destination,
+                "Delivery suppressed: {reason}."
+            );
+        }
     }
     let attempt = Attempt {
         started_at,
@@ -165,6 +185,31 @@ async fn attempt(
         return fail(Next::Dead, error, "rule_removed", "unknown");
     };
     let kind = step.action.kind();
+    // The time window as configured now (a reload may have changed it), else as matched.
+    let current = app.current();
+    let active = match current.rules.by_name(&due.rule) {
+        Some(rule) => rule
+            .actions
+            .get(due.action_index as usize)
+            .and_then(|s| s.active.clone()),
+        None => step.active.clone(),
+    };
+    if let Some(active) = active {
+        let now = chrono::Utc::now();
+        let window = &active.window.name;
+        match active.timing(now) {
+            Timing::Now => {}
+            Timing::Hold(at) => {
+                let opens = chrono::DateTime::from_timestamp_millis(at).unwrap_or(now);
+                let error = format!("outside time window {window:?}, held until {opens}");
+                return fail(Next::Hold(at), error, "outside", kind);
+            }
+            Timing::Drop => {
+                let error = format!("outside time window {window:?} (outside: drop)");
+                return fail(Next::Suppressed("outside"), error, "outside", kind);
+            }
+        }
+    }
     if let Some(vars) = step.action.unconfigured() {
         return fail(
             Next::Skipped,

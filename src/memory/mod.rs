@@ -27,7 +27,7 @@ mod throttle;
 use crate::config::Config;
 use crate::event;
 use crate::store::memory::{Cell, Decider, Decision, Mark, Needs, Slot, Span, Verdict, View};
-use crate::store::{Millis, NewDelivery};
+use crate::store::{Millis, NewDelivery, Timing};
 use crate::template::{Data, Template};
 use resolve::Resolve;
 use serde_json::Value;
@@ -259,22 +259,36 @@ impl Decider for EventMemory {
         if let Some(r) = &self.resolve {
             r.decide(now, view, &mut decision, &mut contexts);
         }
+        let live = |decision: &Decision, range: &Range<usize>| {
+            decision.verdicts[range.clone()].contains(&Verdict::Send)
+        };
         for rule in &self.rules {
-            if decision.verdicts[rule.deliveries.clone()]
-                .iter()
-                .all(|v| *v == Verdict::Unmatched)
-            {
+            let range = &rule.deliveries;
+            if !live(&decision, range) {
                 continue;
             }
+            // A stop holds back what is still to be sent; what an earlier stage stopped keeps
+            // its reason.
             let stop = |decision: &mut Decision, reason| {
-                for v in &mut decision.verdicts[rule.deliveries.clone()] {
-                    *v = Verdict::Suppressed(reason);
+                for v in &mut decision.verdicts[range.clone()] {
+                    if *v == Verdict::Send {
+                        *v = Verdict::Suppressed(reason);
+                    }
                 }
             };
             if let Some((slot, within)) = &rule.unless_seen
                 && view.count(&Self::seen_span(slot, *within, now)) > 0
             {
                 stop(&mut decision, "unless_seen");
+                continue;
+            }
+            // `outside: drop` before `once`: a delivery dropped takes nothing.
+            for i in range.clone() {
+                if deliveries[i].timing == Timing::Drop {
+                    decision.verdicts[i] = Verdict::Suppressed("outside");
+                }
+            }
+            if !live(&decision, range) {
                 continue;
             }
             if let Some(once) = &rule.once {
@@ -305,6 +319,12 @@ impl Decider for EventMemory {
                         .or_default()
                         .insert("noise".into(), noise.clone());
                 }
+            }
+        }
+        // Last, the time windows of what is still sent: dropped, or held until they open.
+        for (v, d) in decision.verdicts.iter_mut().zip(deliveries) {
+            if *v == Verdict::Send {
+                *v = Verdict::of_timing(d.timing);
             }
         }
         decision.contexts = contexts

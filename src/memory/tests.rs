@@ -46,6 +46,7 @@ fn deliveries() -> Vec<NewDelivery> {
             action_index: i,
             action_kind: "log".into(),
             destination: format!("r#{}", i + 1),
+            timing: Default::default(),
         })
         .collect()
 }
@@ -119,4 +120,34 @@ fn a_stop_consumes_nothing_after_it_and_an_event_records_what_it_is() {
     let needs = m.needs(1_000);
     assert!(needs.cells.contains(&slot("seen:y", "ana")));
     assert_eq!(needs.spans[0].from, 1_000 - 3_600_000);
+}
+
+#[test]
+fn a_delivery_dropped_outside_its_window_takes_nothing_and_one_held_does() {
+    let state = Cells::default();
+    let mut d = deliveries();
+    d[0].timing = Timing::Drop;
+    d[1].timing = Timing::Drop;
+    let dropped = once("ana", Some(60)).decide(1_000, &d, &state);
+    assert_eq!(dropped.verdicts, [Verdict::Suppressed("outside"); 2]);
+    assert!(dropped.cells.is_empty(), "once is not taken");
+    // One action dropped, the other held: the rule fires (once is taken), the held one waits.
+    d[1].timing = Timing::Hold(9_000);
+    let held = once("ana", Some(60)).decide(1_000, &d, &state);
+    assert_eq!(
+        held.verdicts,
+        [Verdict::Suppressed("outside"), Verdict::Held(9_000)]
+    );
+    assert_eq!(held.cells.len(), 1);
+    // A stop earlier in the order keeps its own reason.
+    let mut m = once("ana", Some(60));
+    m.rules[0].unless_seen = Some((
+        Slot {
+            scope: "seen:x".into(),
+            key: "ana".into(),
+        },
+        Duration::from_secs(60),
+    ));
+    let seen = m.decide(1_000, &d, &Seen);
+    assert_eq!(seen.verdicts, [Verdict::Suppressed("unless_seen"); 2]);
 }

@@ -16,7 +16,10 @@ pub use raw::{
 pub use window::{Bound, FUTURE_SLACK, Fire, Window, WindowTest};
 
 use crate::actions::Action;
+use crate::store::Timing;
 use crate::template::Template;
+use crate::time_window::TimeWindow;
+use chrono::{DateTime, Utc};
 use index::Index;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -124,6 +127,31 @@ pub struct RuleAction {
     /// The destination's name, or `rule#n` for an action with no destination: deliveries to
     /// one destination share its concurrency limit.
     pub destination: String,
+    /// The time window it is sent in, if it has one (`active:`).
+    pub active: Option<Active>,
+}
+
+/// An action's time window: outside it, a delivery waits for it to open, or is dropped.
+#[derive(Debug, Clone)]
+pub struct Active {
+    /// The window.
+    pub window: Arc<TimeWindow>,
+    /// `outside: drop`: not sent at all.
+    pub drop: bool,
+}
+
+impl Active {
+    /// When a delivery of the action may go, at `now`: now inside the window; outside it,
+    /// never (`drop`, or a window that does not open again) or when it opens.
+    pub fn timing(&self, now: DateTime<Utc>) -> Timing {
+        if self.window.contains(now) {
+            return Timing::Now;
+        }
+        match self.window.next_open(now) {
+            Some(at) if !self.drop => Timing::Hold(at.timestamp_millis()),
+            _ => Timing::Drop,
+        }
+    }
 }
 
 /// Every rule of one configuration, in file order, with the index used to skip rules that

@@ -8,7 +8,7 @@ use crate::event::type_label;
 use crate::memory::{EventMemory, open_to_count};
 use crate::metrics::RuleLabels;
 use crate::store::memory::{Decider, Verdict};
-use crate::store::{Created, Due, Intake, NewDelivery, NewEvent, StoreError};
+use crate::store::{Created, Due, Intake, NewDelivery, NewEvent, StoreError, Timing};
 use crate::template::Data;
 use serde_json::{Value, json};
 use std::net::{IpAddr, SocketAddr};
@@ -161,6 +161,7 @@ where
     // a window may match or not.
     let counts_opens = open_to_count(data.value()).is_some();
     let matched = config.rules.matching_at_intake(data.value(), counts_opens);
+    let now = chrono::Utc::now();
     let deliveries = matched
         .iter()
         .flat_map(|&i| {
@@ -173,6 +174,7 @@ where
                     action_index: n as u32,
                     action_kind: step.action.kind().to_string(),
                     destination: step.destination.clone(),
+                    timing: step.active.as_ref().map_or(Timing::Now, |a| a.timing(now)),
                 })
         })
         .collect::<Vec<_>>();
@@ -194,7 +196,10 @@ where
     let destinations: Vec<&str> = deliveries.iter().map(|d| d.destination.as_str()).collect();
     // (An event whose deliveries or their content memory decides in the transaction, such as an
     // open whose count the router fills in, goes through the store.)
-    let room = match memory.as_ref().is_some_and(EventMemory::decides_content) {
+    // (So does one with a delivery held for its time window.)
+    let through_store = memory.as_ref().is_some_and(EventMemory::decides_content)
+        || deliveries.iter().any(|d| d.timing != Timing::Now);
+    let room = match through_store {
         true => None,
         false => state.handoff.reserve(&destinations),
     };
@@ -223,14 +228,16 @@ where
             let steps = matched.iter().flat_map(|&i| &config.rules.get(i).actions);
             let mut suppressed = 0;
             for (step, c) in steps.zip(&created) {
-                if let Some(Created {
-                    verdict: Verdict::Suppressed(reason),
-                    ..
-                }) = c
-                {
-                    suppressed += 1;
-                    let (kind, destination) = (step.action.kind(), &step.destination);
-                    metrics.delivery(kind, destination, "suppressed", reason);
+                let (kind, destination) = (step.action.kind(), &step.destination);
+                match c.as_ref().map(|c| c.verdict) {
+                    Some(Verdict::Suppressed(reason)) => {
+                        suppressed += 1;
+                        metrics.delivery(kind, destination, "suppressed", reason);
+                    }
+                    Some(Verdict::Held(_)) => {
+                        metrics.delivery(kind, destination, "held", "outside");
+                    }
+                    _ => {}
                 }
             }
             // A rule matched when it has a delivery recorded (memory may have found it did not).

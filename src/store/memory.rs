@@ -13,7 +13,7 @@
 //! order while this runs: an instance with an event of the same key waits for the commit, then
 //! reads what it wrote.
 
-use super::{Millis, NewDelivery};
+use super::{DeliveryStatus, Millis, NewDelivery, Timing};
 use std::collections::HashMap;
 
 /// Where a piece of state lives.
@@ -86,6 +86,42 @@ pub enum Verdict {
     Suppressed(&'static str),
     /// Not a delivery at all: its rule does not match once memory is read.
     Unmatched,
+    /// Kept pending, outside its action's time window, until it opens at this time.
+    Held(Millis),
+}
+
+impl Verdict {
+    /// What a delivery's time window alone decides (every verdict of an event without memory).
+    pub fn of_timing(timing: Timing) -> Verdict {
+        match timing {
+            Timing::Now => Verdict::Send,
+            Timing::Drop => Verdict::Suppressed("outside"),
+            Timing::Hold(at) => Verdict::Held(at),
+        }
+    }
+
+    /// The verdicts of deliveries when no memory decides them.
+    pub fn plain(deliveries: &[NewDelivery]) -> Vec<Verdict> {
+        deliveries
+            .iter()
+            .map(|d| Verdict::of_timing(d.timing))
+            .collect()
+    }
+
+    /// The row it writes: status, reason and when it is due (`None`: no row). `sent` is the
+    /// status of a delivery sent now (pending, or sending when this instance claimed it).
+    pub(super) fn row(
+        self,
+        sent: DeliveryStatus,
+        now: Millis,
+    ) -> Option<(DeliveryStatus, Option<&'static str>, Millis)> {
+        match self {
+            Verdict::Send => Some((sent, None, now)),
+            Verdict::Held(at) => Some((DeliveryStatus::Pending, Some("outside"), at)),
+            Verdict::Suppressed(reason) => Some((DeliveryStatus::Suppressed, Some(reason), now)),
+            Verdict::Unmatched => None,
+        }
+    }
 }
 
 /// What a decider decided for one event.

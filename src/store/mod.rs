@@ -97,6 +97,20 @@ pub struct NewDelivery {
     pub action_kind: String,
     /// The destination name (or `rule#n` for an inline action): the unit of concurrency.
     pub destination: String,
+    /// When it may be sent, as its action's time window says.
+    pub timing: Timing,
+}
+
+/// When a delivery may be sent, as its action's time window (`active`) says at intake.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Timing {
+    /// Now (no window, or inside it).
+    #[default]
+    Now,
+    /// Outside its window, with `outside: drop`: not sent.
+    Drop,
+    /// Outside its window: held until it opens, at this time.
+    Hold(Millis),
 }
 
 /// What happened to an event handed to the store.
@@ -203,6 +217,10 @@ pub enum Next {
     Dead,
     /// Not sent (destination not configured); final.
     Skipped,
+    /// Not tried: outside its action's time window, it waits until it opens at this time.
+    Hold(Millis),
+    /// Not tried, and not to be (outside a time window with `outside: drop`, …); final.
+    Suppressed(&'static str),
 }
 
 /// A delivery as history shows it.
@@ -230,7 +248,7 @@ pub struct DeliveryView {
     pub next_attempt_at: Option<String>,
     /// The last error.
     pub last_error: Option<String>,
-    /// Why it was suppressed (`once`, …), for a suppressed delivery.
+    /// Why it was suppressed (`once`, …), or held (`outside` its time window, pending).
     pub reason: Option<String>,
     /// When it was created, RFC 3339.
     pub created_at: String,

@@ -108,13 +108,36 @@ impl From<AttemptRow> for AttemptView {
     }
 }
 
-/// The status, outcome label and next-attempt time a finished attempt writes.
-pub(super) fn after(next: &super::Next, now: i64) -> (DeliveryStatus, &'static str, i64) {
-    match next {
-        super::Next::Delivered => (DeliveryStatus::Delivered, "delivered", now),
-        super::Next::Retry(at) => (DeliveryStatus::Pending, "retry", *at),
-        super::Next::Dead => (DeliveryStatus::Dead, "dead", now),
-        super::Next::Skipped => (DeliveryStatus::Skipped, "skipped", now),
+/// What a finished attempt writes to its delivery.
+pub(super) struct After {
+    pub(super) status: DeliveryStatus,
+    /// The attempt's outcome label.
+    pub(super) outcome: &'static str,
+    pub(super) next_at: i64,
+    /// The delivery's reason (why it is suppressed or held).
+    pub(super) reason: Option<&'static str>,
+    /// 1 when something was sent (or tried), 0 when it was held or suppressed unsent: only
+    /// the former count towards the attempts allowed.
+    pub(super) tried: i64,
+}
+
+/// What a finished attempt writes.
+pub(super) fn after(next: &super::Next, now: i64) -> After {
+    use super::Next;
+    let (status, outcome, next_at, reason, tried) = match next {
+        Next::Delivered => (DeliveryStatus::Delivered, "delivered", now, None, 1),
+        Next::Retry(at) => (DeliveryStatus::Pending, "retry", *at, None, 1),
+        Next::Dead => (DeliveryStatus::Dead, "dead", now, None, 1),
+        Next::Skipped => (DeliveryStatus::Skipped, "skipped", now, None, 1),
+        Next::Hold(at) => (DeliveryStatus::Pending, "held", *at, Some("outside"), 0),
+        Next::Suppressed(r) => (DeliveryStatus::Suppressed, "suppressed", now, Some(*r), 0),
+    };
+    After {
+        status,
+        outcome,
+        next_at,
+        reason,
+        tried,
     }
 }
 

@@ -462,6 +462,7 @@ fn event_to(destination: &str, id: &str, key: &str, payload: &str) -> switchboar
             action_index: 0,
             action_kind: "http".into(),
             destination: destination.into(),
+            timing: Default::default(),
         }],
         memory: None,
         claimed: false,

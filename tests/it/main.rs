@@ -8,6 +8,7 @@ mod durable;
 mod email;
 mod escaping;
 mod hosts;
+mod hours;
 mod intake;
 mod layout;
 mod matching;

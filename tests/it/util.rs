@@ -26,9 +26,14 @@ pub fn fixture(name: &str) -> Value {
 /// `switchboard check` of a rules file with one rule `r`, given its part before `actions`
 /// (`once: {…}`, `when: {…}`): the exit code and what it printed.
 pub fn check_rule(part: &str) -> (Option<i32>, String) {
+    check_file(&format!(
+        "rules:\n  - name: r\n    {part}\n    actions:\n      - log: {{ message: hi }}\n"
+    ))
+}
+
+/// `switchboard check` of a rules file: the exit code and what it printed.
+pub fn check_file(rules: &str) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
-    let rules =
-        format!("rules:\n  - name: r\n    {part}\n    actions:\n      - log: {{ message: hi }}\n");
     std::fs::write(dir.path().join("rules.yaml"), rules).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
         .args(["check", "--rules", "rules.yaml", "--templates", "templates"])

@@ -1,14 +1,15 @@
 //! The configuration compiler: raw rules files and the templates directory in, one validated,
 //! immutable [`Config`] out. It is pure (no network), collects every problem instead of stopping
 //! at the first, and is shared by `serve`, reload, `check` and `test`. Each part of a file is
-//! compiled by a module of its own: `destinations`, `sources`, `rules` (with the
-//! template `probe`, and rule `memory`).
+//! compiled by a module of its own: `destinations`, `sources`, `time_windows`, `rules` (with
+//! the template `probe`, and rule `memory`).
 
 mod destinations;
 mod memory;
 mod probe;
 mod rules;
 mod sources;
+mod time_windows;
 
 use crate::config::raw::RawFile;
 use crate::credentials::{SourceAuth, open_source_warning};
@@ -83,10 +84,12 @@ pub fn compile(
     let hash = hash(&files, &templates);
     let destinations = destinations::declare(&files, &mut errors);
     let auth = sources::compile(&files, sources, &mut errors);
+    let time_windows = time_windows::compile(&files, &mut errors);
     let compiled = rules::compile(
         &files,
         &mut rules::Env {
             destinations: &destinations,
+            time_windows: &time_windows,
             templates: &mut templates,
             sources,
             errors: &mut errors,

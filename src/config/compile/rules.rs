@@ -5,15 +5,17 @@
 use super::destinations::{self, Declared};
 use super::memory;
 use super::probe;
-use crate::actions::{Ctx, RawAction, Unconfigured};
+use crate::actions::{Common, Ctx, RawAction, Unconfigured};
 use crate::config::raw::{RawFile, RawRule};
 use crate::diagnostic::Diagnostics;
 use crate::event::Sources;
-use crate::rules::{Condition, Rule, RuleAction, condition};
+use crate::rules::{Active, Condition, Rule, RuleAction, condition};
 use crate::syntax::{Spanned, pos};
 use crate::template::Templates;
+use crate::time_window::TimeWindow;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The rules of every file, in order, and what compiling them found out.
 pub(super) struct Compiled {
@@ -30,6 +32,7 @@ pub(super) struct Compiled {
 /// What every rule is compiled against.
 pub(super) struct Env<'a> {
     pub(super) destinations: &'a HashMap<String, Declared>,
+    pub(super) time_windows: &'a HashMap<String, Arc<TimeWindow>>,
     pub(super) templates: &'a mut Templates,
     pub(super) sources: &'a Sources,
     pub(super) errors: &'a mut Diagnostics,
@@ -172,15 +175,81 @@ fn compile_action(
         label,
         format!("rule {name:?} action {}", i + 1),
     );
-    let compiled = action.compile(declared.map(|d| &d.settings), &mut cx)?;
+    let compiled = action.compile(declared.map(|d| &d.settings), &mut cx);
+    let active = active(path, name, &raw.value, declared, env);
+    let compiled = compiled?;
     probe::probe(&compiled, env.templates, env.sources, name, |message| {
         env.errors.at(path, pos(raw), message)
     });
     Some(RuleAction {
         action: compiled,
+        active: active.ok()?,
         destination: match destination {
             Some(d) => d.value,
             None => format!("{name}#{}", i + 1),
         },
     })
+}
+
+/// An action's `active` and `outside`, each from the action or else from its destination (and
+/// reported where it is written).
+fn active(
+    path: &Path,
+    rule: &str,
+    action: &RawAction,
+    declared: Option<&Declared>,
+    env: &mut Env<'_>,
+) -> Result<Option<Active>, ()> {
+    let own = action.common();
+    let inherited = declared.map(|d| (d.file.as_path(), d.settings.common()));
+    let window = own.active.map(|v| (path, v)).or_else(|| {
+        inherited.and_then(|(file, c): (&Path, Common<'_>)| c.active.map(|v| (file, v)))
+    });
+    let outside = own.outside.map(|v| (path, v)).or_else(|| {
+        inherited.and_then(|(file, c): (&Path, Common<'_>)| c.outside.map(|v| (file, v)))
+    });
+    let drop = match outside {
+        None => false,
+        Some((_, o)) if o.value.trim() == "hold" => false,
+        Some((_, o)) if o.value.trim() == "drop" => true,
+        Some((file, o)) => {
+            let message = format!(
+                "rule {rule:?}: `outside` is `hold` or `drop`, not {:?}",
+                o.value
+            );
+            env.errors.at(file, pos(o), message);
+            return Err(());
+        }
+    };
+    let Some((file, name)) = window else {
+        if let Some((file, o)) = outside {
+            let message = format!(
+                "rule {rule:?}: `outside` needs `active` (the time window it is outside of)"
+            );
+            env.errors.at(file, pos(o), message);
+            return Err(());
+        }
+        return Ok(None);
+    };
+    match env.time_windows.get(name.value.trim()) {
+        Some(window) => Ok(Some(Active {
+            window: window.clone(),
+            drop,
+        })),
+        None => {
+            let mut known: Vec<&str> = env.time_windows.keys().map(String::as_str).collect();
+            known.sort_unstable();
+            let known = if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            };
+            let message = format!(
+                "rule {rule:?}: unknown time window {:?} (defined: {known})",
+                name.value
+            );
+            env.errors.at(file, pos(name), message);
+            Err(())
+        }
+    }
 }

@@ -116,21 +116,26 @@ impl Postgres {
         let mut ids = HashMap::with_capacity(rows.len());
         if !rows.is_empty() {
             let claimed: Vec<bool> = rows.iter().map(|(e, _, _, _)| e.claimed).collect();
-            let (status, reason): (Vec<&str>, Vec<Option<&str>>) = rows
-                .iter()
-                .map(|(e, _, v, _)| match v {
-                    Verdict::Suppressed(r) => (DeliveryStatus::Suppressed.as_str(), Some(*r)),
-                    _ if e.claimed => (DeliveryStatus::Sending.as_str(), None),
-                    _ => (DeliveryStatus::Pending.as_str(), None),
-                })
-                .unzip();
+            let mut status = Vec::with_capacity(rows.len());
+            let mut reason = Vec::with_capacity(rows.len());
+            let mut due = Vec::with_capacity(rows.len());
+            for (e, _, v, _) in &rows {
+                let sent = match e.claimed {
+                    true => DeliveryStatus::Sending,
+                    false => DeliveryStatus::Pending,
+                };
+                let (s, r, at) = v.row(sent, now).unwrap_or((sent, None, now));
+                status.push(s.as_str());
+                reason.push(r);
+                due.push(at);
+            }
             let returned: Vec<(i64, String, String, i64)> = sqlx::query_as(
                 "INSERT INTO deliveries (event_id, rule, action_index, action_kind, destination, status, reason, context, attempts, next_attempt_at, claimed_by, lease_until, created_at, updated_at)
-                 SELECT event_id, rule, action_index, action_kind, destination, status, reason, context, 0, $9,
+                 SELECT event_id, rule, action_index, action_kind, destination, status, reason, context, 0, due,
                         CASE WHEN status = 'sending' THEN $10 END,
                         CASE WHEN status = 'sending' THEN $9 + $11 END, $9, $9
-                 FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], $7::TEXT[], $8::BOOLEAN[], $12::TEXT[])
-                   AS t(event_id, rule, action_index, action_kind, destination, status, reason, claimed, context)
+                 FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], $7::TEXT[], $8::BOOLEAN[], $12::TEXT[], $13::BIGINT[])
+                   AS t(event_id, rule, action_index, action_kind, destination, status, reason, claimed, context, due)
                  RETURNING id, event_id, rule, action_index",
             )
             .bind(rows.iter().map(|(e, _, _, _)| e.id.as_str()).collect::<Vec<_>>())
@@ -145,6 +150,7 @@ impl Postgres {
             .bind(&self.instance)
             .bind(self.lease_ms())
             .bind(rows.iter().map(|(_, _, _, c)| *c).collect::<Vec<_>>())
+            .bind(&due)
             .fetch_all(&mut *tx)
             .await?;
             for (id, event, rule, index) in returned {
@@ -286,22 +292,25 @@ async fn finish(tx: &mut PgConnection, done: &[Finished], now: Millis) -> Result
     .bind(&ids)
     .bind(done.iter().map(|f| f.attempt.started_at).collect::<Vec<_>>())
     .bind(done.iter().map(|f| f.attempt.duration_ms).collect::<Vec<_>>())
-    .bind(after.iter().map(|a| a.1).collect::<Vec<_>>())
+    .bind(after.iter().map(|a| a.outcome).collect::<Vec<_>>())
     .bind(done.iter().map(|f| f.attempt.status_code.map(i64::from)).collect::<Vec<_>>())
     .bind(&errors)
     .execute(&mut *tx)
     .await?;
     sqlx::query(
-        "UPDATE deliveries d SET status = v.status, attempts = d.attempts + 1, next_attempt_at = v.next_at,
-             last_error = COALESCE(v.error, d.last_error), claimed_by = NULL, lease_until = NULL, updated_at = $5
-         FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[]) AS v(id, status, next_at, error)
+        "UPDATE deliveries d SET status = v.status, attempts = d.attempts + v.tried, next_attempt_at = v.next_at,
+             last_error = COALESCE(v.error, d.last_error), reason = v.reason, claimed_by = NULL, lease_until = NULL, updated_at = $5
+         FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $6::TEXT[], $7::BIGINT[])
+           AS v(id, status, next_at, error, reason, tried)
          WHERE d.id = v.id",
     )
     .bind(&ids)
-    .bind(after.iter().map(|a| a.0.as_str()).collect::<Vec<_>>())
-    .bind(after.iter().map(|a| a.2).collect::<Vec<_>>())
+    .bind(after.iter().map(|a| a.status.as_str()).collect::<Vec<_>>())
+    .bind(after.iter().map(|a| a.next_at).collect::<Vec<_>>())
     .bind(&errors)
     .bind(now)
+    .bind(after.iter().map(|a| a.reason).collect::<Vec<_>>())
+    .bind(after.iter().map(|a| a.tried).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
     Ok(())

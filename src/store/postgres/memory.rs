@@ -19,7 +19,7 @@ pub(super) async fn decide(
     accepted: &[&NewEvent],
     now: Millis,
 ) -> Result<Decided, StoreError> {
-    let plain = |e: &NewEvent| vec![Verdict::Send; e.deliveries.len()];
+    let plain = |e: &NewEvent| Verdict::plain(&e.deliveries);
     if accepted.iter().all(|e| e.memory.is_none()) {
         let verdicts = accepted.iter().map(|e| plain(e)).collect();
         return Ok((verdicts, vec![Changed::default(); accepted.len()]));

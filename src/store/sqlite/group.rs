@@ -94,7 +94,7 @@ async fn write(
     let (rows, verdicts) = if events.iter().all(|e| e.memory.is_none()) {
         let verdicts: Vec<Vec<Verdict>> = events
             .iter()
-            .map(|e| vec![Verdict::Send; e.deliveries.len()])
+            .map(|e| Verdict::plain(&e.deliveries))
             .collect();
         let mut s = vec![script::begin()];
         s.extend(script::head(events, now));
@@ -201,7 +201,7 @@ fn decide(
                 }
                 _ => {
                     changed.push(Changed::default());
-                    vec![Verdict::Send; e.deliveries.len()]
+                    Verdict::plain(&e.deliveries)
                 }
             }
         })

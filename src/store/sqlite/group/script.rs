@@ -125,11 +125,7 @@ pub(super) fn body(
                 .zip(verdicts)
                 .enumerate()
                 .filter_map(move |(i, (d, v))| {
-                    let (status, reason) = match *v {
-                        Verdict::Send => (sent, None),
-                        Verdict::Suppressed(reason) => (DeliveryStatus::Suppressed, Some(reason)),
-                        Verdict::Unmatched => return None,
-                    };
+                    let (status, reason, due) = v.row(sent, now)?;
                     let (rule, index, kind) = (&d.rule, d.action_index, &d.action_kind);
                     let context = changed.and_then(|c| c.context(i));
                     Some((
@@ -141,6 +137,7 @@ pub(super) fn body(
                         status.as_str(),
                         reason,
                         context,
+                        due,
                     ))
                 })
         },
@@ -198,12 +195,11 @@ pub(super) fn body(
         INSERT INTO deliveries (event_id, rule, action_index, action_kind, destination, status,
                                 reason, context, attempts, next_attempt_at, created_at, updated_at)
             SELECT j.value->>0, j.value->>1, j.value->>2, j.value->>3, j.value->>4, j.value->>5,
-                   j.value->>6, j.value->>7, 0, ?, ?, ?
+                   j.value->>6, j.value->>7, 0, j.value->>8, ?, ?
             FROM jsonb_each(?) AS j
             WHERE EXISTS (SELECT 1 FROM events e WHERE e.id = j.value->>0)
             RETURNING id;",
         )
-        .int(now)
         .int(now)
         .int(now)
         .text(deliveries)
@@ -228,39 +224,40 @@ pub(super) fn begin() -> Statement {
 }
 
 /// The attempts made, and where each delivery goes next. Records `[delivery_id, started_at,
-/// duration_ms, outcome, status_code, error, status, next_attempt_at]`.
+/// duration_ms, outcome, status_code, error, status, next_attempt_at, reason, tried]`.
 fn records(done: &[Finished], now: Millis) -> [Statement; 2] {
     let records = json(done.iter().map(|f| {
-        let (status, outcome, next_at) = after(&f.next, now);
+        let after = after(&f.next, now);
         let a = &f.attempt;
         let (started, duration, code, error) =
             (a.started_at, a.duration_ms, a.status_code, &a.error);
         (
-            f.id,
-            started,
-            duration,
-            outcome,
-            code,
-            error,
-            status.as_str(),
-            next_at,
+            (f.id, started, duration, after.outcome, code, error),
+            (
+                after.status.as_str(),
+                after.next_at,
+                after.reason,
+                after.tried,
+            ),
         )
     }));
     [
         Statement::new(
             "
         INSERT INTO attempts (delivery_id, started_at, duration_ms, outcome, status_code, error)
-            SELECT j.value->>0, j.value->>1, j.value->>2, j.value->>3, j.value->>4, j.value->>5
+            SELECT j.value->0->>0, j.value->0->>1, j.value->0->>2, j.value->0->>3,
+                   j.value->0->>4, j.value->0->>5
             FROM jsonb_each(?) AS j;",
         )
         .text(records.clone()),
         Statement::new(
             "
-        UPDATE deliveries SET status = v.status, attempts = attempts + 1,
+        UPDATE deliveries SET status = v.status, attempts = attempts + v.tried,
                 next_attempt_at = v.next_at, last_error = COALESCE(v.error, last_error),
-                updated_at = ?
-            FROM (SELECT j.value->>0 AS id, j.value->>6 AS status, j.value->>7 AS next_at,
-                         j.value->>5 AS error
+                reason = v.reason, updated_at = ?
+            FROM (SELECT j.value->0->>0 AS id, j.value->1->>0 AS status,
+                         j.value->1->>1 AS next_at, j.value->0->>5 AS error,
+                         j.value->1->>2 AS reason, j.value->1->>3 AS tried
                   FROM jsonb_each(?) AS j) AS v
             WHERE deliveries.id = v.id;",
         )

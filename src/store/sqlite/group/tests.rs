@@ -59,6 +59,7 @@ fn every_statement_binds_as_many_values_as_it_has_parameters() {
         action_index: 0,
         action_kind: "log".into(),
         destination: "r#1".into(),
+        timing: Default::default(),
     });
     let done = Finished {
         id: 1,
