@@ -40,6 +40,7 @@ fn event(n: usize, destination: &str) -> NewEvent {
             action_kind: "http".into(),
             destination: destination.into(),
             timing: Default::default(),
+            silenced: false,
         }],
         memory: None,
         claimed: false,

@@ -41,6 +41,7 @@ fn event(n: usize) -> NewEvent {
                 action_kind: "http".into(),
                 destination: format!("dest-{}", i % 8),
                 timing: Default::default(),
+                silenced: false,
             })
             .collect(),
         memory: None,

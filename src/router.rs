@@ -11,9 +11,11 @@ use crate::delivery;
 use crate::diagnostic::Diagnostics;
 use crate::event::Sources;
 use crate::server::{self, AdminAccess, BadHostName, Limiter, ProbeCounts, State};
+use crate::silence;
 use crate::store::{self, Store, StoreError};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
@@ -152,6 +154,10 @@ pub async fn run(
         runtime: runtime.0.as_ref().map(|r| r.handle().clone()),
         ..options.delivery.clone()
     };
+    if let Err(e) = app.silences.refresh(&store).await {
+        tracing::warn!(error = %e, "Cannot read the silences; trying again in a second.");
+    }
+    let silences = tokio::spawn(refresh_silences(app.clone(), store.clone()));
     let workers = delivery::start(app.clone(), store.clone(), Clients::new(), settings);
     let _watch = watch::watch(app.clone())
         .inspect_err(|e| tracing::warn!(error = %e, "Cannot watch the rules for changes; reload with SIGHUP or POST /-/reload."))
@@ -176,6 +182,7 @@ pub async fn run(
     if let Some(task) = sighup {
         task.abort();
     }
+    silences.abort();
     if !workers.shutdown(options.shutdown_grace).await {
         tracing::warn!(
             "Some deliveries did not finish in time; they are kept and resume at the next start."
@@ -191,6 +198,23 @@ pub async fn run(
         .await;
     }
     Ok(())
+}
+
+/// Reads the silences in force every [`silence::REFRESH`]: those added by the CLI or by another
+/// instance apply here within that time.
+async fn refresh_silences(app: Arc<App>, store: Store) {
+    let mut failing = false;
+    loop {
+        tokio::time::sleep(silence::REFRESH).await;
+        match app.silences.refresh(&store).await {
+            Ok(()) => failing = false,
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "Cannot read the silences; the last ones read still apply.");
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 /// The workers' runtime, shut down without waiting should `run` be dropped before its end (a

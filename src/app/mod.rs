@@ -10,6 +10,7 @@ use crate::credentials::ListenerPolicy;
 use crate::diagnostic::{Diagnostic, Diagnostics};
 use crate::event::Sources;
 use crate::metrics::Metrics;
+use crate::silence::Silences;
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -48,6 +49,8 @@ pub struct App {
     /// Whether sources may go without a credential: a reload that would leave one open on a
     /// public listener is refused, as the start would have been.
     policy: ListenerPolicy,
+    /// The silences in force, as last read from the store.
+    pub silences: Silences,
 }
 
 /// How many earlier configurations are kept (besides the serving one) so that pending
@@ -82,6 +85,7 @@ impl App {
             last_success_unix,
             wake: tokio::sync::Notify::new(),
             policy,
+            silences: Silences::default(),
         }))
     }
 

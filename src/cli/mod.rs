@@ -1,9 +1,10 @@
-//! The command line: `serve`, `check`, `test`, `dlq` and `deliveries`. Arguments are parsed by
-//! clap (flags win over their environment variables); each command returns an exit code, and
-//! `main` maps it to the process's.
+//! The command line: `serve`, `check`, `test`, `dlq`, `deliveries` and `silence`. Arguments
+//! are parsed by clap (flags win over their environment variables); each command returns an
+//! exit code, and `main` maps it to the process's.
 
 mod history;
 mod serve;
+mod silence;
 mod test;
 
 use crate::config::ConfigPaths;
@@ -12,6 +13,7 @@ use crate::store::Store;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use history::{DeliveriesArgs, DlqArgs};
 use serve::ServeArgs;
+use silence::SilenceArgs;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use test::TestArgs;
@@ -53,6 +55,8 @@ enum Command {
     Dlq(DlqArgs),
     /// Delivery history, newest first.
     Deliveries(DeliveriesArgs),
+    /// Silences: add, list or expire (the router may be running or stopped).
+    Silence(SilenceArgs),
 }
 
 /// Where the configuration lives.
@@ -114,6 +118,7 @@ pub fn main() -> ExitCode {
         Command::Test(args) => test::test(&args),
         Command::Dlq(args) => block_on(history::dlq(args)),
         Command::Deliveries(args) => block_on(history::deliveries(args)),
+        Command::Silence(args) => block_on(silence::silence(args)),
     }
 }
 

@@ -185,6 +185,34 @@ async fn attempt(
         return fail(Next::Dead, error, "rule_removed", "unknown");
     };
     let kind = step.action.kind();
+    let event: Arc<Data> = match event {
+        Some(event) => event,
+        None => match serde_json::from_str::<Value>(&due.payload) {
+            Ok(mut v) => {
+                // What rule memory added for this delivery (`noise.suppressed`, …).
+                if let Some(context) = due.context.as_deref()
+                    && let Ok(context) = serde_json::from_str::<Value>(context)
+                {
+                    merge(&mut v, context);
+                }
+                Arc::new(Data::from(v))
+            }
+            Err(e) => {
+                return fail(
+                    Next::Dead,
+                    format!("the stored event is not valid JSON: {e}"),
+                    "bad_event",
+                    kind,
+                );
+            }
+        },
+    };
+    // Checked again when it comes due: a silence added since, or a time window moved by a
+    // reload, applies.
+    if let Some(id) = app.silences.matching(event.value(), &due.rule) {
+        let error = format!("silenced by silence {id}");
+        return fail(Next::Suppressed("silenced"), error, "silenced", kind);
+    }
     // The time window as configured now (a reload may have changed it), else as matched.
     let current = app.current();
     let active = match current.rules.by_name(&due.rule) {
@@ -218,28 +246,6 @@ async fn attempt(
             kind,
         );
     }
-    let event: Arc<Data> = match event {
-        Some(event) => event,
-        None => match serde_json::from_str::<Value>(&due.payload) {
-            Ok(mut v) => {
-                // What rule memory added for this delivery (`noise.suppressed`, …).
-                if let Some(context) = due.context.as_deref()
-                    && let Ok(context) = serde_json::from_str::<Value>(context)
-                {
-                    merge(&mut v, context);
-                }
-                Arc::new(Data::from(v))
-            }
-            Err(e) => {
-                return fail(
-                    Next::Dead,
-                    format!("the stored event is not valid JSON: {e}"),
-                    "bad_event",
-                    kind,
-                );
-            }
-        },
-    };
     let message = match step.action.render_data(&event, &config.templates) {
         Ok(m) => m,
         Err(e) => {

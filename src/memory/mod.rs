@@ -276,6 +276,15 @@ impl Decider for EventMemory {
                     }
                 }
             };
+            // Silences first: a silenced notification takes nothing.
+            for i in range.clone() {
+                if deliveries[i].silenced {
+                    decision.verdicts[i] = Verdict::Suppressed("silenced");
+                }
+            }
+            if !live(&decision, range) {
+                continue;
+            }
             if let Some((slot, within)) = &rule.unless_seen
                 && view.count(&Self::seen_span(slot, *within, now)) > 0
             {
@@ -284,7 +293,7 @@ impl Decider for EventMemory {
             }
             // `outside: drop` before `once`: a delivery dropped takes nothing.
             for i in range.clone() {
-                if deliveries[i].timing == Timing::Drop {
+                if deliveries[i].timing == Timing::Drop && decision.verdicts[i] == Verdict::Send {
                     decision.verdicts[i] = Verdict::Suppressed("outside");
                 }
             }
@@ -321,10 +330,11 @@ impl Decider for EventMemory {
                 }
             }
         }
-        // Last, the time windows of what is still sent: dropped, or held until they open.
+        // Last, what intake decided of what is still sent (for rules without memory): silenced,
+        // or as its time window says.
         for (v, d) in decision.verdicts.iter_mut().zip(deliveries) {
             if *v == Verdict::Send {
-                *v = Verdict::of_timing(d.timing);
+                *v = Verdict::at_intake(d);
             }
         }
         decision.contexts = contexts

@@ -47,6 +47,7 @@ fn deliveries() -> Vec<NewDelivery> {
             action_kind: "log".into(),
             destination: format!("r#{}", i + 1),
             timing: Default::default(),
+            silenced: false,
         })
         .collect()
 }

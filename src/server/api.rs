@@ -1,5 +1,6 @@
 //! `/api/deliveries` and `/api/dlq`: delivery history and dead letters over HTTP, the same
-//! operations as `switchboard deliveries` and `switchboard dlq`.
+//! operations as `switchboard deliveries` and `switchboard dlq` (and `/api/silences`, see
+//! `silences`).
 
 use super::{State, error};
 use crate::store::{DeliveryStatus, Filter};
@@ -54,6 +55,7 @@ pub(super) fn routes(
         .and(warp::path!("dlq" / "retry"))
         .and(with_state.clone())
         .then(|s: Arc<State>| retry(s, None));
+    let silences = super::silences::routes(with_state.clone());
     let discard = warp::post()
         .and(warp::path!("dlq" / i64 / "discard"))
         .and(with_state)
@@ -75,6 +77,8 @@ pub(super) fn routes(
         .or(retry_all)
         .unify()
         .or(discard)
+        .unify()
+        .or(silences)
         .unify()
 }
 

@@ -162,10 +162,13 @@ where
     let counts_opens = open_to_count(data.value()).is_some();
     let matched = config.rules.matching_at_intake(data.value(), counts_opens);
     let now = chrono::Utc::now();
+    let silences = &state.app.silences;
+    let silencing = silences.any();
     let deliveries = matched
         .iter()
         .flat_map(|&i| {
             let rule = config.rules.get(i);
+            let silenced = silencing && silences.matching(data.value(), &rule.name).is_some();
             rule.actions
                 .iter()
                 .enumerate()
@@ -175,6 +178,7 @@ where
                     action_kind: step.action.kind().to_string(),
                     destination: step.destination.clone(),
                     timing: step.active.as_ref().map_or(Timing::Now, |a| a.timing(now)),
+                    silenced,
                 })
         })
         .collect::<Vec<_>>();
@@ -198,7 +202,9 @@ where
     // open whose count the router fills in, goes through the store.)
     // (So does one with a delivery held for its time window.)
     let through_store = memory.as_ref().is_some_and(EventMemory::decides_content)
-        || deliveries.iter().any(|d| d.timing != Timing::Now);
+        || deliveries
+            .iter()
+            .any(|d| d.timing != Timing::Now || d.silenced);
     let room = match through_store {
         true => None,
         false => state.handoff.reserve(&destinations),

@@ -8,6 +8,7 @@ mod api;
 mod ingest;
 mod limit;
 mod probe;
+mod silences;
 
 pub use access::{AdminAccess, BadHostName};
 pub use limit::Limiter;

@@ -30,7 +30,7 @@ impl ProbeCounts {
 
     /// The counts (or why the store could not give them), asking the store with `load` when the
     /// last answer is older than the interval. One caller asks at a time, for at most
-    /// [`PATIENCE`]; the others wait for its answer rather than ask again.
+    /// `PATIENCE`; the others wait for its answer rather than ask again.
     pub async fn get<F, Fut>(&self, load: F) -> Result<Counts, String>
     where
         F: FnOnce() -> Fut,

@@ -8,7 +8,7 @@
 //! - marks: moments, counted over a [`Span`] (the events of a rolling window).
 //!
 //! For each batch the store reads what the batch's deciders need, runs them in the batch's
-//! order over an [`Overlay`] (each sees what the earlier ones wrote), then writes what they
+//! order over an `Overlay` (each sees what the earlier ones wrote), then writes what they
 //! decided, all in the one transaction. With PostgreSQL the cells are locked in (scope, key)
 //! order while this runs: an instance with an event of the same key waits for the commit, then
 //! reads what it wrote.
@@ -91,9 +91,11 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    /// What a delivery's time window alone decides (every verdict of an event without memory).
-    pub fn of_timing(timing: Timing) -> Verdict {
-        match timing {
+    /// What intake alone decides of a delivery: silenced, or as its time window says (every
+    /// verdict of an event without memory).
+    pub fn at_intake(d: &NewDelivery) -> Verdict {
+        match d.timing {
+            _ if d.silenced => Verdict::Suppressed("silenced"),
             Timing::Now => Verdict::Send,
             Timing::Drop => Verdict::Suppressed("outside"),
             Timing::Hold(at) => Verdict::Held(at),
@@ -102,10 +104,7 @@ impl Verdict {
 
     /// The verdicts of deliveries when no memory decides them.
     pub fn plain(deliveries: &[NewDelivery]) -> Vec<Verdict> {
-        deliveries
-            .iter()
-            .map(|d| Verdict::of_timing(d.timing))
-            .collect()
+        deliveries.iter().map(Verdict::at_intake).collect()
     }
 
     /// The row it writes: status, reason and when it is due (`None`: no row). `sent` is the

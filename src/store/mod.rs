@@ -99,6 +99,8 @@ pub struct NewDelivery {
     pub destination: String,
     /// When it may be sent, as its action's time window says.
     pub timing: Timing,
+    /// A silence in force matches its event and rule: it is kept `suppressed` (`silenced`).
+    pub silenced: bool,
 }
 
 /// When a delivery may be sent, as its action's time window (`active`) says at intake.
@@ -363,6 +365,10 @@ macro_rules! dispatch {
         }
     };
 }
+
+// After `dispatch!`, which it uses.
+mod silences;
+pub use silences::SilenceRow;
 
 impl Store {
     /// Opens (creating and migrating) the store named by a `--store` URL.

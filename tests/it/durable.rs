@@ -463,6 +463,7 @@ fn event_to(destination: &str, id: &str, key: &str, payload: &str) -> switchboar
             action_kind: "http".into(),
             destination: destination.into(),
             timing: Default::default(),
+            silenced: false,
         }],
         memory: None,
         claimed: false,

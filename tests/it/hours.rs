@@ -184,3 +184,32 @@ fn check_refuses_an_unknown_window_and_bad_outside() {
     let (code, out) = check_file(&file(hours, "active: office, outside: drop"));
     assert_eq!(code, Some(0), "{out}");
 }
+
+#[tokio::test]
+async fn a_silence_added_while_a_delivery_is_held_applies_when_it_comes_due() {
+    let peer = HttpPeer::start().await;
+    let (opens, at) = whole_second(Duration::from_secs(2));
+    let router = Router::start(&rules(&peer, opens, "hold"), &[]).await;
+    router.post(&reply()).await;
+    peer.wait_for(1).await;
+    let silence =
+        serde_json::json!({"matchers": ["lead.email=james.parker@prospect.example"], "for": "1h"});
+    let (status, _) = router.post_raw("/api/silences", silence.to_string()).await;
+    assert_eq!(status, 201);
+    let begun = Instant::now();
+    let held = loop {
+        let list = all(&router).await;
+        let held = list
+            .into_iter()
+            .find(|d| d.destination == "reply#1")
+            .unwrap();
+        if held.status != DeliveryStatus::Pending || begun.elapsed() > Duration::from_secs(10) {
+            break held;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(Instant::now() + Duration::from_millis(20) >= at);
+    assert_eq!(held.status, DeliveryStatus::Suppressed, "{held:?}");
+    assert_eq!(held.reason.as_deref(), Some("silenced"));
+    assert!(windowed(&peer).is_empty());
+}

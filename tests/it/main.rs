@@ -17,6 +17,7 @@ mod observability;
 mod postgres;
 mod reload;
 mod security;
+mod silences;
 mod sources;
 mod util;
 mod windows;

@@ -9,8 +9,8 @@ mod memory;
 
 use super::rows::{AttemptRow, INSTANCE_COLUMNS, InstanceRow, VIEW_COLUMNS, ViewRow};
 use super::{
-    AttemptView, Counts, DeliveryStatus, DeliveryView, Filter, InstanceView, Millis, StoreError,
-    now_ms,
+    AttemptView, Counts, DeliveryStatus, DeliveryView, Filter, InstanceView, Millis, SilenceRow,
+    StoreError, now_ms,
 };
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Row};
@@ -159,6 +159,44 @@ impl Postgres {
         Ok(n > 0)
     }
 
+    pub(in crate::store) async fn add_silence(&self, row: &SilenceRow) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO silences (id, matchers, rule, comment, created_at, ends_at) VALUES ($1, $2, $3, $4, $5, $6)")
+            .bind(&row.id)
+            .bind(&row.matchers)
+            .bind(&row.rule)
+            .bind(&row.comment)
+            .bind(row.created_at)
+            .bind(row.ends_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub(in crate::store) async fn silences(
+        &self,
+        after: Millis,
+    ) -> Result<Vec<SilenceRow>, StoreError> {
+        let rows = sqlx::query_as("SELECT id, matchers, rule, comment, created_at, ends_at FROM silences WHERE ends_at > $1 ORDER BY created_at, id")
+            .bind(after)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows)
+    }
+
+    pub(in crate::store) async fn expire_silence(
+        &self,
+        id: &str,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let n = sqlx::query("UPDATE silences SET ends_at = $1 WHERE id = $2 AND ends_at > $1")
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n > 0)
+    }
+
     pub(in crate::store) async fn prune(
         &self,
         before: Millis,
@@ -187,6 +225,10 @@ impl Postgres {
             .await?;
         sqlx::query("DELETE FROM memory_marks WHERE expires <= $1")
             .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM silences WHERE ends_at < $1")
+            .bind(before)
             .execute(&mut *tx)
             .await?;
         sqlx::query("DELETE FROM instances WHERE heartbeat_at < $1")

@@ -16,7 +16,7 @@ mod group;
 use super::rows::{AttemptRow, INSTANCE_COLUMNS, InstanceRow, VIEW_COLUMNS, ViewRow};
 use super::{
     AttemptView, Claim, CommitOutcome, Counts, DeliveryStatus, DeliveryView, Filter, Finished,
-    InstanceView, Millis, NewEvent, StoreError, now_ms,
+    InstanceView, Millis, NewEvent, SilenceRow, StoreError, now_ms,
 };
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -262,6 +262,38 @@ impl Sqlite {
         Ok(n > 0)
     }
 
+    pub(super) async fn add_silence(&self, row: &SilenceRow) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO silences (id, matchers, rule, comment, created_at, ends_at) VALUES (?, ?, ?, ?, ?, ?)")
+            .bind(&row.id)
+            .bind(&row.matchers)
+            .bind(&row.rule)
+            .bind(&row.comment)
+            .bind(row.created_at)
+            .bind(row.ends_at)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    pub(super) async fn silences(&self, after: Millis) -> Result<Vec<SilenceRow>, StoreError> {
+        let rows = sqlx::query_as("SELECT id, matchers, rule, comment, created_at, ends_at FROM silences WHERE ends_at > ? ORDER BY created_at, id")
+            .bind(after)
+            .fetch_all(&self.reader)
+            .await?;
+        Ok(rows)
+    }
+
+    pub(super) async fn expire_silence(&self, id: &str, now: Millis) -> Result<bool, StoreError> {
+        let n = sqlx::query("UPDATE silences SET ends_at = ? WHERE id = ? AND ends_at > ?")
+            .bind(now)
+            .bind(id)
+            .bind(now)
+            .execute(&self.writer)
+            .await?
+            .rows_affected();
+        Ok(n > 0)
+    }
+
     pub(super) async fn prune(
         &self,
         before: Millis,
@@ -290,6 +322,10 @@ impl Sqlite {
             .await?;
         sqlx::query("DELETE FROM memory_marks WHERE expires <= ?")
             .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM silences WHERE ends_at < ?")
+            .bind(before)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;

@@ -60,6 +60,7 @@ fn every_statement_binds_as_many_values_as_it_has_parameters() {
         action_kind: "log".into(),
         destination: "r#1".into(),
         timing: Default::default(),
+        silenced: false,
     });
     let done = Finished {
         id: 1,
