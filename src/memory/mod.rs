@@ -21,6 +21,7 @@
 //! either are matched there (at intake they were only known to possibly match), and `fire`
 //! keeps a window rule from firing again until its `when` stopped holding.
 
+mod plan;
 mod resolve;
 mod throttle;
 
@@ -29,6 +30,7 @@ use crate::event;
 use crate::store::memory::{Cell, Decider, Decision, Mark, Needs, Slot, Span, Verdict, View};
 use crate::store::{Millis, NewDelivery, Timing};
 use crate::template::{Data, Template};
+pub use plan::Plan;
 use resolve::Resolve;
 use serde_json::Value;
 use std::collections::BTreeMap;

@@ -5,10 +5,10 @@ use super::{State, error};
 use crate::credentials::Credentials;
 use crate::delivery::Reservation;
 use crate::event::type_label;
-use crate::memory::{EventMemory, open_to_count};
+use crate::memory::Plan;
 use crate::metrics::RuleLabels;
 use crate::store::memory::{Decider, Verdict};
-use crate::store::{Created, Due, Intake, NewDelivery, NewEvent, StoreError, Timing};
+use crate::store::{Created, Due, Intake, NewEvent, StoreError};
 use crate::template::Data;
 use serde_json::{Value, json};
 use std::net::{IpAddr, SocketAddr};
@@ -156,34 +156,14 @@ where
     // Rules, templates and the store all read this one JSON form of the event.
     let data = Data::from(event.into_value());
     let config = state.app.current();
-    // An open without a count gets the router's own count of the lead's opens in the transaction
-    // that stores it, and windows are counted there: until then, rules that read `open.count` or
-    // a window may match or not.
-    let counts_opens = open_to_count(data.value()).is_some();
-    let matched = config.rules.matching_at_intake(data.value(), counts_opens);
-    let now = chrono::Utc::now();
-    let silences = &state.app.silences;
-    let silencing = silences.any();
-    let deliveries = matched
-        .iter()
-        .flat_map(|&i| {
-            let rule = config.rules.get(i);
-            let silenced = silencing && silences.matching(data.value(), &rule.name).is_some();
-            rule.actions
-                .iter()
-                .enumerate()
-                .map(move |(n, step)| NewDelivery {
-                    rule: rule.name.clone(),
-                    action_index: n as u32,
-                    action_kind: step.action.kind().to_string(),
-                    destination: step.destination.clone(),
-                    timing: step.active.as_ref().map_or(Timing::Now, |a| a.timing(now)),
-                    silenced,
-                })
-        })
-        .collect::<Vec<_>>();
-    let mut missing = Vec::new();
-    let memory = EventMemory::for_event(&config, &matched, &data, &mut missing);
+    let plan = Plan::new(&config, &data, chrono::Utc::now(), &state.app.silences);
+    let through_store = plan.through_store();
+    let Plan {
+        matched,
+        deliveries,
+        memory,
+        missing,
+    } = plan;
     for m in missing {
         if let Some(error) = &m.error {
             tracing::warn!(
@@ -199,12 +179,8 @@ where
     // done, without waiting for a claim.
     let destinations: Vec<&str> = deliveries.iter().map(|d| d.destination.as_str()).collect();
     // (An event whose deliveries or their content memory decides in the transaction, such as an
-    // open whose count the router fills in, goes through the store.)
-    // (So does one with a delivery held for its time window.)
-    let through_store = memory.as_ref().is_some_and(EventMemory::decides_content)
-        || deliveries
-            .iter()
-            .any(|d| d.timing != Timing::Now || d.silenced);
+    // open whose count the router fills in, goes through the store, as does one with a delivery
+    // silenced or held for its time window.)
     let room = match through_store {
         true => None,
         false => state.handoff.reserve(&destinations),

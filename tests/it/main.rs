@@ -15,6 +15,7 @@ mod matching;
 mod memory;
 mod observability;
 mod postgres;
+mod properties;
 mod reload;
 mod security;
 mod silences;
