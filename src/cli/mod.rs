@@ -2,6 +2,7 @@
 //! are parsed by clap (flags win over their environment variables); each command returns an
 //! exit code, and `main` maps it to the process's.
 
+mod explain;
 mod history;
 mod serve;
 mod silence;
@@ -160,7 +161,7 @@ fn print_problems(errors: &Diagnostics) {
     }
 }
 
-fn block_on(f: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -1,17 +1,18 @@
 //! `check` and `test`: the configuration validated, and an event run through it dry.
 
-use super::ConfigArgs;
+use super::explain::{dry_run, outcome};
+use super::{ConfigArgs, StoreArgs};
 use crate::app::short_hash;
 use crate::config;
-use crate::config::Config;
 use crate::event::Sources;
-use crate::rules::{Once, Verdict};
-use crate::template::{Data, Template};
+use crate::rules::Verdict as Holds;
+use crate::store::memory::Verdict;
 use clap::Args;
 use serde_json::Value;
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 /// `test`'s flags.
 #[derive(Debug, Args)]
@@ -27,6 +28,10 @@ pub(super) struct TestArgs {
     /// The webhook source the event comes from (default: the first one mounted).
     #[arg(long)]
     source: Option<String>,
+    /// Read rule memory and silences from this store (without changing it); without it every
+    /// key starts empty.
+    #[arg(long = "store", value_name = "URL")]
+    store: Option<String>,
 }
 
 /// Validates the configuration and prints every problem.
@@ -89,52 +94,73 @@ pub(super) fn test(args: &TestArgs) -> ExitCode {
     let mut event = source.normalise(payload);
     event.event_id = "test".into();
     let event = event.into_value();
-    print!("{}", describe_event(&event));
+    let config = Arc::new(config);
+    let run = super::block_on(async {
+        let store = match &args.store {
+            Some(url) => Some(StoreArgs { url: url.clone() }.open_existing().await?),
+            None => None,
+        };
+        dry_run(&config, event, store.as_ref()).await
+    });
+    let run = match run {
+        Ok(run) => run,
+        Err(e) => {
+            eprintln!("switchboard test: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    print!("{}", describe_event(&run.event));
+    // Each matched rule's deliveries among the event's.
+    let mut ranges = std::collections::HashMap::new();
+    let mut at = 0;
+    for &i in &run.plan.matched {
+        let n = config.rules.get(i).actions.len();
+        ranges.insert(i, at..at + n);
+        at += n;
+    }
     if args.explain {
         println!("\nRules:");
-        for (i, verdict) in config.rules.explain(&event) {
+        // The conditions read the event as the store would keep it (an open's count filled).
+        for (i, verdict) in config.rules.explain(&run.event) {
             let rule = config.rules.get(i);
-            match verdict {
-                None if !rule.enabled => println!("  - {} (disabled)", rule.name),
-                None => println!(
-                    "  - {} (not evaluated: an earlier rule stopped evaluation)",
-                    rule.name
-                ),
-                Some(v) => {
-                    let stop = if v.holds && rule.stop { ", stop" } else { "" };
-                    println!("  {} {}{stop}", if v.holds { "✓" } else { "✗" }, rule.name);
-                    print_verdict(&v, 2);
-                    if v.holds
-                        && let Some(clause) = &rule.unless_seen
-                    {
-                        let key = explain_key(&clause.same, &config, &event);
-                        let within = humantime::format_duration(clause.within);
-                        let events = clause.events.join(", ");
-                        println!(
-                            "    unless_seen: {key}; stops the rule if an event of {events} with it was accepted in the last {within}"
-                        );
-                    }
-                    if v.holds
-                        && let Some(once) = &rule.once
-                    {
-                        println!("    {}", explain_once(once, &config, &event));
-                    }
-                    if v.holds
-                        && let Some(t) = &rule.throttle
-                    {
-                        let key = explain_key(&t.key, &config, &event);
-                        let per = humantime::format_duration(t.per);
-                        let kind = if t.rolling { "rolling" } else { "fixed" };
-                        println!(
-                            "    throttle: {key}; at most {} per {per} ({kind} window)",
-                            t.limit
-                        );
-                    }
+            let Some(v) = verdict else {
+                match rule.enabled {
+                    false => println!("  - {} (disabled)", rule.name),
+                    true => println!(
+                        "  - {} (not evaluated: an earlier rule stopped evaluation)",
+                        rule.name
+                    ),
                 }
+                continue;
+            };
+            let matched = ranges.get(&i).is_some_and(|r| {
+                run.verdicts[r.clone()]
+                    .iter()
+                    .any(|v| *v != Verdict::Unmatched)
+            });
+            let stop = if matched && rule.stop { ", stop" } else { "" };
+            println!("  {} {}{stop}", if matched { "✓" } else { "✗" }, rule.name);
+            print_verdict(&v, 2);
+            for m in run.plan.missing.iter().filter(|m| m.rule == rule.name) {
+                let why = m.error.as_deref().unwrap_or("it renders empty");
+                println!("    a key does not render ({why}): the event goes through undecided");
+            }
+            for (_, note) in run.notes.iter().filter(|(r, _)| *r == i) {
+                println!("    {note}");
             }
         }
     }
-    let matched = config.rules.matching(&event);
+    let matched: Vec<usize> = run
+        .plan
+        .matched
+        .iter()
+        .copied()
+        .filter(|i| {
+            run.verdicts[ranges[i].clone()]
+                .iter()
+                .any(|v| *v != Verdict::Unmatched)
+        })
+        .collect();
     println!(
         "\nMatched {} rule(s){}",
         matched.len(),
@@ -144,12 +170,18 @@ pub(super) fn test(args: &TestArgs) -> ExitCode {
         let rule = config.rules.get(i);
         println!("\n== rule {} ==", rule.name);
         for (n, step) in rule.actions.iter().enumerate() {
+            let at = ranges[&i].start + n;
             let action = &step.action;
-            println!("\n-- action {} ({}) --", n + 1, action.kind());
+            println!(
+                "\n-- action {} ({}): {} --",
+                n + 1,
+                action.kind(),
+                outcome(run.verdicts[at])
+            );
             if let Some(vars) = action.unconfigured() {
                 println!("(would be skipped: the destination is not configured; set {vars})");
             }
-            match action.render(&event, &config.templates) {
+            match action.render(&run.event_for(at), &config.templates) {
                 Ok(message) => println!("{}", message.describe().trim_end()),
                 Err(e) => println!("(would fail: {e})"),
             }
@@ -202,26 +234,7 @@ fn describe_event(e: &Value) -> String {
     )
 }
 
-/// What `once` would decide, with no state (every key starts free in a dry run).
-fn explain_once(once: &Once, config: &Config, event: &Value) -> String {
-    let hold = match once.hold {
-        Some(h) => format!("for {}", humantime::format_duration(h)),
-        None => "for ever".to_string(),
-    };
-    let key = explain_key(&once.key, config, event);
-    format!("once: {key}; fires if no other event took it (then it stays taken {hold})")
-}
-
-/// A key as a dry run renders it (the event goes through undecided when it renders empty).
-fn explain_key(key: &Template, config: &Config, event: &Value) -> String {
-    match config.templates.render(key, &Data::new(event)) {
-        Ok(key) if key.chars().any(char::is_alphanumeric) => format!("key {key:?}"),
-        Ok(_) => "the key renders empty (the event goes through undecided)".to_string(),
-        Err(e) => format!("the key does not render ({e}; the event goes through undecided)"),
-    }
-}
-
-fn print_verdict(v: &Verdict, depth: usize) {
+fn print_verdict(v: &Holds, depth: usize) {
     let pad = "  ".repeat(depth);
     println!("{pad}{} {}", if v.holds { "✓" } else { "✗" }, v.what);
     for p in &v.parts {

@@ -193,7 +193,7 @@ async fn attempt(
                 if let Some(context) = due.context.as_deref()
                     && let Ok(context) = serde_json::from_str::<Value>(context)
                 {
-                    merge(&mut v, context);
+                    crate::event::merge(&mut v, context);
                 }
                 Arc::new(Data::from(v))
             }
@@ -282,37 +282,5 @@ async fn attempt(
                 kind,
             }
         }
-    }
-}
-
-/// Lays `over` over `base`: objects merge key by key, anything else replaces.
-fn merge(base: &mut Value, over: Value) {
-    match (base, over) {
-        (Value::Object(base), Value::Object(over)) => {
-            for (k, v) in over {
-                match base.get_mut(&k) {
-                    Some(slot) => merge(slot, v),
-                    None => {
-                        base.insert(k, v);
-                    }
-                }
-            }
-        }
-        (base, over) => *base = over,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use serde_json::json;
-
-    #[test]
-    fn a_context_is_laid_over_the_event_key_by_key() {
-        let mut event = json!({"noise": {"suppressed": null, "other": 1}, "lead": {"email": "a"}});
-        super::merge(&mut event, json!({"noise": {"suppressed": 3}}));
-        assert_eq!(
-            event,
-            json!({"noise": {"suppressed": 3, "other": 1}, "lead": {"email": "a"}})
-        );
     }
 }

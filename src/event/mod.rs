@@ -176,6 +176,24 @@ pub fn campaign_id(event: &Value) -> Option<i64> {
     event.get("campaign")?.get("id")?.as_i64()
 }
 
+/// Lays `over` over `base` (what rule memory adds for a delivery over its event): objects
+/// merge key by key, anything else replaces.
+pub fn merge(base: &mut Value, over: Value) {
+    match (base, over) {
+        (Value::Object(base), Value::Object(over)) => {
+            for (k, v) in over {
+                match base.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        base.insert(k, v);
+                    }
+                }
+            }
+        }
+        (base, over) => *base = over,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -208,5 +226,16 @@ mod tests {
         );
         assert_eq!(keys(&payload["nested"]), ["a", "b", "c"]);
         assert_eq!(keys(&payload["list"][0]), ["x"]);
+    }
+
+    #[test]
+    fn a_context_is_laid_over_the_event_key_by_key() {
+        let mut event =
+            serde_json::json!({"noise": {"suppressed": null, "other": 1}, "lead": {"email": "a"}});
+        super::merge(&mut event, serde_json::json!({"noise": {"suppressed": 3}}));
+        assert_eq!(
+            event,
+            serde_json::json!({"noise": {"suppressed": 3, "other": 1}, "lead": {"email": "a"}})
+        );
     }
 }

@@ -21,21 +21,23 @@
 //! either are matched there (at intake they were only known to possibly match), and `fire`
 //! keeps a window rule from firing again until its `when` stopped holding.
 
+mod decide;
 mod plan;
 mod resolve;
 mod throttle;
 
 use crate::config::Config;
 use crate::event;
-use crate::store::memory::{Cell, Decider, Decision, Mark, Needs, Slot, Span, Verdict, View};
-use crate::store::{Millis, NewDelivery, Timing};
+use crate::store::memory::{Decider, Decision, Needs, Slot, Span, View};
+use crate::store::{Millis, NewDelivery};
 use crate::template::{Data, Template};
+pub use decide::Notes;
 pub use plan::Plan;
 use resolve::Resolve;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::ops::Range;
-use throttle::{throttle, throttle_span};
+use throttle::throttle_span;
 
 /// What memory adds to the event for some of its deliveries (by position), as objects merged
 /// over it (`noise`, `window`).
@@ -56,6 +58,8 @@ pub struct EventMemory {
 /// One matched rule's part: its deliveries among the event's, and what it remembers.
 #[derive(Debug)]
 struct RuleAsk {
+    /// The rule's position in the configuration.
+    rule: usize,
     deliveries: Range<usize>,
     unless_seen: Option<(Slot, Duration)>,
     once: Option<OnceAsk>,
@@ -107,6 +111,7 @@ impl EventMemory {
             at = deliveries.end;
             ranges.push((i, deliveries.clone()));
             let mut ask = RuleAsk {
+                rule: i,
                 deliveries,
                 unless_seen: None,
                 once: None,
@@ -253,106 +258,7 @@ impl Decider for EventMemory {
     }
 
     fn decide(&self, now: Millis, deliveries: &[NewDelivery], view: &dyn View) -> Decision {
-        let mut decision = Decision {
-            verdicts: vec![Verdict::Send; deliveries.len()],
-            ..Decision::default()
-        };
-        let mut contexts = Context::new();
-        if let Some(r) = &self.resolve {
-            r.decide(now, view, &mut decision, &mut contexts);
-        }
-        let live = |decision: &Decision, range: &Range<usize>| {
-            decision.verdicts[range.clone()].contains(&Verdict::Send)
-        };
-        for rule in &self.rules {
-            let range = &rule.deliveries;
-            if !live(&decision, range) {
-                continue;
-            }
-            // A stop holds back what is still to be sent; what an earlier stage stopped keeps
-            // its reason.
-            let stop = |decision: &mut Decision, reason| {
-                for v in &mut decision.verdicts[range.clone()] {
-                    if *v == Verdict::Send {
-                        *v = Verdict::Suppressed(reason);
-                    }
-                }
-            };
-            // Silences first: a silenced notification takes nothing.
-            for i in range.clone() {
-                if deliveries[i].silenced {
-                    decision.verdicts[i] = Verdict::Suppressed("silenced");
-                }
-            }
-            if !live(&decision, range) {
-                continue;
-            }
-            if let Some((slot, within)) = &rule.unless_seen
-                && view.count(&Self::seen_span(slot, *within, now)) > 0
-            {
-                stop(&mut decision, "unless_seen");
-                continue;
-            }
-            // `outside: drop` before `once`: a delivery dropped takes nothing.
-            for i in range.clone() {
-                if deliveries[i].timing == Timing::Drop && decision.verdicts[i] == Verdict::Send {
-                    decision.verdicts[i] = Verdict::Suppressed("outside");
-                }
-            }
-            if !live(&decision, range) {
-                continue;
-            }
-            if let Some(once) = &rule.once {
-                // A cell of `once` holds 1 while its key is taken (its expiry ends the hold).
-                if view.cell(&once.slot).a != 0 {
-                    stop(&mut decision, "once");
-                    continue;
-                }
-                let expires = once
-                    .hold
-                    .map_or(0, |h| now.saturating_add(h.as_millis() as i64));
-                let taken = Cell {
-                    a: 1,
-                    expires,
-                    ..Cell::default()
-                };
-                decision.cells.push((once.slot.clone(), taken));
-            }
-            if let Some(t) = &rule.throttle {
-                let Some(held) = throttle(t, now, view, &mut decision) else {
-                    stop(&mut decision, "throttled");
-                    continue;
-                };
-                let noise = serde_json::json!({ "suppressed": held });
-                for i in rule.deliveries.clone() {
-                    contexts
-                        .entry(i)
-                        .or_default()
-                        .insert("noise".into(), noise.clone());
-                }
-            }
-        }
-        // Last, what intake decided of what is still sent (for rules without memory): silenced,
-        // or as its time window says.
-        for (v, d) in decision.verdicts.iter_mut().zip(deliveries) {
-            if *v == Verdict::Send {
-                *v = Verdict::at_intake(d);
-            }
-        }
-        decision.contexts = contexts
-            .into_iter()
-            .map(|(i, context)| (i, Value::Object(context).to_string()))
-            .collect();
-        // What this event records comes after its own decisions: an event does not stop
-        // itself.
-        for (slot, within) in &self.seen {
-            decision.marks.push(Mark {
-                slot: slot.clone(),
-                at: now,
-                expires: now.saturating_add(within.as_millis() as i64),
-            });
-        }
-        decision
+        self.run(now, deliveries, view, &mut Notes::default())
     }
 }
 

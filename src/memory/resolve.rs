@@ -3,9 +3,10 @@
 //! `Rule::at_intake`) are matched here, with the count and the windows known; `fire` turns a
 //! window rule into one that fires when its `when` starts holding.
 
+use super::decide::{Notes, span_of, when};
 use super::{Context, MissingKey, open_to_count, render_key};
 use crate::config::Config;
-use crate::rules::{Condition, FUTURE_SLACK, Maybe, Rule, WindowTest};
+use crate::rules::{Condition, FUTURE_SLACK, Fire, Maybe, Rule, Window, WindowTest};
 use crate::store::Millis;
 use crate::store::memory::{Cell, Decision, Mark, Needs, Slot, Span, Verdict, View};
 use crate::template::Data;
@@ -53,7 +54,57 @@ struct Outcome {
     per: Option<u64>,
 }
 
+/// What `fire` decided, for people.
+fn describe_fire(holds: bool, fires: bool, before: Cell, fire: &Fire) -> String {
+    match (holds, fires) {
+        (true, true) => "fire: the window started holding, fires".into(),
+        (true, false) if before.a != 0 => format!(
+            "fire: fired at {}, not again until the window stops holding",
+            when(before.b)
+        ),
+        (true, false) => format!(
+            "fire: fired at {}, not again before its cooldown of {} is over",
+            when(before.b),
+            span_of(fire.cooldown)
+        ),
+        (false, _) => "fire: the window does not hold (the rule is armed)".into(),
+    }
+}
+
 impl Outcome {
+    /// The window's verdict, for people.
+    fn describe(&self, window: &Window, key: Option<&str>) -> String {
+        let Some(key) = key else {
+            return "window: its key renders empty, so it does not hold".into();
+        };
+        let over = span_of(window.over);
+        if self.stale {
+            return format!("window: the event is older than {over}, so it counts nowhere");
+        }
+        let verdict = if self.holds { "holds" } else { "does not hold" };
+        let bounds = |b: &[crate::rules::Bound]| {
+            b.iter()
+                .map(|b| b.to_string())
+                .collect::<Vec<_>>()
+                .join(" and ")
+        };
+        match &window.test {
+            WindowTest::Count(b) => format!(
+                "window: {} event(s) for {key} in the last {over} ({}): {verdict}",
+                self.count.unwrap_or(0),
+                bounds(b)
+            ),
+            WindowTest::Rate {
+                min_per, bounds: b, ..
+            } => format!(
+                "window: {} of {} for {key} in the last {over} (rate {}, at least {min_per} wanted): {verdict}",
+                self.of.unwrap_or(0),
+                self.per.unwrap_or(0),
+                bounds(b)
+            ),
+        }
+    }
+
     /// What templates see as `window`.
     fn context(&self) -> Value {
         let rate = match (self.of, self.per) {
@@ -189,6 +240,7 @@ impl Resolve {
         view: &dyn View,
         decision: &mut Decision,
         contexts: &mut Context,
+        notes: &mut Notes,
     ) {
         let mut filled = None;
         if let Some(slot) = &self.count {
@@ -203,11 +255,20 @@ impl Resolve {
             event["open"]["count"] = Value::from(count);
             decision.payload = serde_json::to_string(&event).ok();
             filled = Some(event);
+            for c in &self.rules {
+                let key = &slot.key;
+                notes.note(c.rule, || format!("open.count: open {count} of {key}"));
+            }
         }
         let event = filled.as_ref().unwrap_or(&self.event);
         for c in &self.rules {
             let rule = self.config.rules.get(c.rule);
             let outcomes = self.windows(c, event, now, view, decision);
+            for (i, o) in outcomes.iter().enumerate() {
+                notes.note(c.rule, || {
+                    o.describe(&rule.windows[i], c.keys[i].as_deref())
+                });
+            }
             let mut verdict = rule.when.eval(event, &|leaf| match leaf {
                 Condition::Window(i) => Some(Maybe::from(outcomes[*i].holds)),
                 _ => None,
@@ -219,7 +280,9 @@ impl Resolve {
                         let slot = fire_slot(rule, key);
                         let horizon = rule.windows.iter().map(|w| w.horizon()).max();
                         let kept = horizon.unwrap_or_default() + fire.cooldown;
-                        let fires = edge(view.cell(&slot), verdict, stale, now, fire.cooldown);
+                        let before = view.cell(&slot);
+                        let fires = edge(before, verdict, stale, now, fire.cooldown);
+                        notes.note(c.rule, || describe_fire(verdict, fires.0, before, fire));
                         let (fires, mut cell) = fires;
                         if let Some(cell) = cell.as_mut() {
                             cell.expires = now.saturating_add(kept.as_millis() as i64);
@@ -231,6 +294,9 @@ impl Resolve {
                 };
             }
             if !verdict {
+                notes.note(c.rule, || {
+                    "when: does not hold with what the store counted".into()
+                });
                 for v in &mut decision.verdicts[c.deliveries.clone()] {
                     *v = Verdict::Unmatched;
                 }

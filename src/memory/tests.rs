@@ -1,6 +1,8 @@
 //! Decisions of rule memory over a view of the store's state.
 
 use super::*;
+use crate::store::Timing;
+use crate::store::memory::{Cell, Verdict};
 use std::collections::HashMap;
 
 /// The store's view: cells as a map, with expiry.
@@ -24,6 +26,7 @@ fn once(key: &str, hold: Option<u64>) -> EventMemory {
     EventMemory {
         resolve: None,
         rules: vec![RuleAsk {
+            rule: 0,
             deliveries: 0..2,
             throttle: None,
             unless_seen: None,

@@ -2,7 +2,7 @@
 
 use super::ThrottleAsk;
 use crate::store::Millis;
-use crate::store::memory::{Decision, Mark, Span, View};
+use crate::store::memory::{Cell, Decision, Mark, Span, View};
 
 /// The firings a rolling throttle counts at `now`: those of the last `per`.
 pub(super) fn throttle_span(t: &ThrottleAsk, now: Millis) -> Span {
@@ -55,4 +55,15 @@ pub(super) fn throttle(
     cell.expires = now.saturating_add(2 * per);
     decision.cells.push((t.slot.clone(), cell));
     allowed.then_some(held)
+}
+
+/// When the window a throttle counts in began, for people: the fixed window's start (`before`
+/// is its cell before this event), or the start of the last `per`.
+pub(super) fn window_start(t: &ThrottleAsk, before: Cell, now: Millis) -> Millis {
+    let per = t.per.as_millis() as i64;
+    match t.rolling {
+        true => now.saturating_sub(per),
+        false if before.a == 0 || now >= before.a.saturating_add(per) => now,
+        false => before.a,
+    }
 }

@@ -177,7 +177,7 @@ pub trait Decider: Send + Sync + std::fmt::Debug {
 /// The batch's memory as read from the store, with the writes of the batch's events laid over
 /// it as they are decided.
 #[derive(Debug, Default)]
-pub(super) struct Overlay {
+pub struct Overlay {
     now: Millis,
     read: HashMap<Slot, Cell>,
     counts: HashMap<Span, u64>,
@@ -187,7 +187,7 @@ pub(super) struct Overlay {
 
 impl Overlay {
     /// The state as read at `now`: cells and span counts.
-    pub(super) fn new(now: Millis, read: HashMap<Slot, Cell>, counts: HashMap<Span, u64>) -> Self {
+    pub fn new(now: Millis, read: HashMap<Slot, Cell>, counts: HashMap<Span, u64>) -> Self {
         Overlay {
             now,
             read,

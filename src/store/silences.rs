@@ -1,7 +1,10 @@
 //! Silences as the store keeps them (see `silence`): added, read while in force (or since a
-//! time, for listing), and expired early.
+//! time, for listing), and expired early; and rule memory read without a transaction, for
+//! `test --explain --store`.
 
+use super::memory::{Needs, Overlay};
 use super::{Millis, Store, StoreError};
+use std::collections::HashMap;
 
 /// A silence's row.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -34,5 +37,21 @@ impl Store {
     /// Ends a silence at `now` if it is still in force; returns whether it was.
     pub async fn expire_silence(&self, id: &str, now: Millis) -> Result<bool, StoreError> {
         dispatch!(self, s => s.expire_silence(id, now).await)
+    }
+
+    /// The rule memory a decider needs, read as it stands at `now`, without changing anything
+    /// (nor locking it).
+    pub async fn peek(&self, needs: &Needs, now: Millis) -> Result<Overlay, StoreError> {
+        let mut cells = HashMap::new();
+        for slot in &needs.cells {
+            let cell = dispatch!(self, s => s.peek_cell(slot).await)?;
+            cells.insert(slot.clone(), cell);
+        }
+        let mut counts = HashMap::new();
+        for span in &needs.spans {
+            let n = dispatch!(self, s => s.peek_count(span).await)?;
+            counts.insert(span.clone(), n);
+        }
+        Ok(Overlay::new(now, cells, counts))
     }
 }

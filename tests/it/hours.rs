@@ -203,7 +203,11 @@ async fn a_silence_added_while_a_delivery_is_held_applies_when_it_comes_due() {
             .into_iter()
             .find(|d| d.destination == "reply#1")
             .unwrap();
-        if held.status != DeliveryStatus::Pending || begun.elapsed() > Duration::from_secs(10) {
+        let waiting = matches!(
+            held.status,
+            DeliveryStatus::Pending | DeliveryStatus::Sending
+        );
+        if !waiting || begun.elapsed() > Duration::from_secs(10) {
             break held;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

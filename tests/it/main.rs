@@ -7,6 +7,7 @@ mod cli;
 mod durable;
 mod email;
 mod escaping;
+mod explain;
 mod hosts;
 mod hours;
 mod intake;

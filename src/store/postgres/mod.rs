@@ -7,6 +7,7 @@
 mod group;
 mod memory;
 
+use super::memory::{Cell, Slot, Span};
 use super::rows::{AttemptRow, INSTANCE_COLUMNS, InstanceRow, VIEW_COLUMNS, ViewRow};
 use super::{
     AttemptView, Counts, DeliveryStatus, DeliveryView, Filter, InstanceView, Millis, SilenceRow,
@@ -157,6 +158,33 @@ impl Postgres {
             .await?
             .rows_affected();
         Ok(n > 0)
+    }
+
+    pub(in crate::store) async fn peek_cell(&self, slot: &Slot) -> Result<Cell, StoreError> {
+        let row: Option<(i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT a, b, c, expires FROM memory_cells WHERE scope = $1 AND key = $2",
+        )
+        .bind(&slot.scope)
+        .bind(&slot.key)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map_or(Cell::default(), |(a, b, c, expires)| Cell {
+            a,
+            b,
+            c,
+            expires,
+        }))
+    }
+
+    pub(in crate::store) async fn peek_count(&self, span: &Span) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM memory_marks WHERE scope = $1 AND key = $2 AND at BETWEEN $3 AND $4")
+            .bind(&span.slot.scope)
+            .bind(&span.slot.key)
+            .bind(span.from)
+            .bind(span.to)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n as u64)
     }
 
     pub(in crate::store) async fn add_silence(&self, row: &SilenceRow) -> Result<(), StoreError> {

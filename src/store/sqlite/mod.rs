@@ -13,6 +13,7 @@
 mod checkpoint;
 mod group;
 
+use super::memory::{Cell, Slot, Span};
 use super::rows::{AttemptRow, INSTANCE_COLUMNS, InstanceRow, VIEW_COLUMNS, ViewRow};
 use super::{
     AttemptView, Claim, CommitOutcome, Counts, DeliveryStatus, DeliveryView, Filter, Finished,
@@ -260,6 +261,34 @@ impl Sqlite {
             .await?
             .rows_affected();
         Ok(n > 0)
+    }
+
+    pub(super) async fn peek_cell(&self, slot: &Slot) -> Result<Cell, StoreError> {
+        let row: Option<(i64, i64, i64, i64)> =
+            sqlx::query_as("SELECT a, b, c, expires FROM memory_cells WHERE scope = ? AND key = ?")
+                .bind(&slot.scope)
+                .bind(&slot.key)
+                .fetch_optional(&self.reader)
+                .await?;
+        Ok(row.map_or(Cell::default(), |(a, b, c, expires)| Cell {
+            a,
+            b,
+            c,
+            expires,
+        }))
+    }
+
+    pub(super) async fn peek_count(&self, span: &Span) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM memory_marks WHERE scope = ? AND key = ? AND at BETWEEN ? AND ?",
+        )
+        .bind(&span.slot.scope)
+        .bind(&span.slot.key)
+        .bind(span.from)
+        .bind(span.to)
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(n as u64)
     }
 
     pub(super) async fn add_silence(&self, row: &SilenceRow) -> Result<(), StoreError> {
