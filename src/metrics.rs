@@ -42,7 +42,7 @@ pub struct DeliveryLabels {
     pub action: &'static str,
     /// The destination name (or `rule#n`).
     pub destination: String,
-    /// `delivered`, `retried`, `dead`, `skipped` or `suppressed`.
+    /// `delivered`, `retried`, `dead`, `skipped`, `suppressed` or `held`.
     pub outcome: &'static str,
     /// Why it failed (see [`crate::actions::SendError::reason`]), or `none`.
     pub reason: &'static str,

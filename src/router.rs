@@ -132,6 +132,7 @@ pub async fn run(
     }
     let store_options = store::Options {
         lease: options.lease.max(Duration::from_secs(1)),
+        migrate: true,
     };
     let store = Store::open_with(&options.store, &store_options)
         .await

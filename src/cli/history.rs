@@ -38,7 +38,7 @@ enum DlqCommand {
 /// `deliveries`' filters and store.
 #[derive(Debug, Args)]
 pub(super) struct DeliveriesArgs {
-    /// Only this status: pending, sending, delivered, dead, discarded, skipped.
+    /// Only this status: pending, sending, delivered, dead, discarded, skipped, suppressed.
     #[arg(long, value_parser = status_parser())]
     status: Option<DeliveryStatus>,
     /// Only this rule.

@@ -10,7 +10,7 @@ mod test;
 
 use crate::config::ConfigPaths;
 use crate::diagnostic::Diagnostics;
-use crate::store::Store;
+use crate::store::{self, Store};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use history::{DeliveriesArgs, DlqArgs};
 use serve::ServeArgs;
@@ -96,6 +96,19 @@ pub(super) struct StoreArgs {
 impl StoreArgs {
     /// Opens an existing store (for the history and dead-letter commands).
     async fn open_existing(&self) -> Result<Store, String> {
+        self.open_existing_with(&store::Options::default()).await
+    }
+
+    /// Opens an existing store only to read it: its schema is left as it is.
+    async fn open_to_read(&self) -> Result<Store, String> {
+        let options = store::Options {
+            migrate: false,
+            ..store::Options::default()
+        };
+        self.open_existing_with(&options).await
+    }
+
+    async fn open_existing_with(&self, options: &store::Options) -> Result<Store, String> {
         if let Some(path) = self.url.strip_prefix("sqlite://") {
             let path = path.split('?').next().unwrap_or(path);
             if !std::path::Path::new(path).exists() {
@@ -104,7 +117,9 @@ impl StoreArgs {
                 ));
             }
         }
-        Store::open(&self.url).await.map_err(|e| e.to_string())
+        Store::open_with(&self.url, options)
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -97,7 +97,7 @@ pub(super) fn test(args: &TestArgs) -> ExitCode {
     let config = Arc::new(config);
     let run = super::block_on(async {
         let store = match &args.store {
-            Some(url) => Some(StoreArgs { url: url.clone() }.open_existing().await?),
+            Some(url) => Some(StoreArgs { url: url.clone() }.open_to_read().await?),
             None => None,
         };
         dry_run(&config, event, store.as_ref()).await

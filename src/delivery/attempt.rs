@@ -215,13 +215,11 @@ async fn attempt(
     }
     // The time window as configured now (a reload may have changed it), else as matched.
     let current = app.current();
-    let active = match current.rules.by_name(&due.rule) {
-        Some(rule) => rule
-            .actions
-            .get(due.action_index as usize)
-            .and_then(|s| s.active.clone()),
-        None => step.active.clone(),
-    };
+    let now_step = current
+        .rules
+        .by_name(&due.rule)
+        .and_then(|rule| rule.actions.get(due.action_index as usize));
+    let active = now_step.unwrap_or(step).active.clone();
     if let Some(active) = active {
         let now = chrono::Utc::now();
         let window = &active.window.name;

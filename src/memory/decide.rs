@@ -5,7 +5,7 @@
 
 use super::throttle::{throttle, window_start};
 use super::{Context, EventMemory};
-use crate::store::memory::{Cell, Decision, Mark, Verdict, View};
+use crate::store::memory::{Cell, Decision, Verdict, View};
 use crate::store::{Millis, NewDelivery, Timing};
 use serde_json::Value;
 use std::ops::Range;
@@ -102,9 +102,12 @@ impl EventMemory {
                 continue;
             }
             if let Some((slot, within)) = &rule.unless_seen {
-                let seen = view.count(&Self::seen_span(slot, *within, now));
+                // The cell holds when the key was last seen (kept for the longest `within` of
+                // the rules that share it).
+                let last = view.cell(slot).a;
+                let seen = last != 0 && last >= now.saturating_sub(within.as_millis() as i64);
                 let (key, within) = (&slot.key, span_of(*within));
-                if seen > 0 {
+                if seen {
                     notes.note(at, || {
                         format!("unless_seen: {key} was seen in the last {within}, stops")
                     });
@@ -159,13 +162,19 @@ impl EventMemory {
                 let allowed = throttle(t, now, view, &mut decision);
                 let (key, limit) = (&t.slot.key, t.limit);
                 let Some(held) = allowed else {
-                    notes.note(at, || {
-                        let start = window_start(t, before, now);
-                        format!(
-                            "throttle: {key} {limit} of {limit} since {}, next at {}, stops",
-                            when(start),
-                            when(start.saturating_add(t.per.as_millis() as i64))
-                        )
+                    notes.note(at, || match t.rolling {
+                        true => format!(
+                            "throttle: {key} {limit} of {limit} in the last {}, stops",
+                            span_of(t.per)
+                        ),
+                        false => {
+                            let start = window_start(t, before, now);
+                            format!(
+                                "throttle: {key} {limit} of {limit} since {}, next at {}, stops",
+                                when(start),
+                                when(start.saturating_add(t.per.as_millis() as i64))
+                            )
+                        }
                     });
                     stop(&mut decision, "throttled");
                     continue;
@@ -201,13 +210,14 @@ impl EventMemory {
             .map(|(i, context)| (i, Value::Object(context).to_string()))
             .collect();
         // What this event records comes after its own decisions: an event does not stop
-        // itself.
+        // itself. Only the last time a key was seen matters: one cell, however many events.
         for (slot, within) in &self.seen {
-            decision.marks.push(Mark {
-                slot: slot.clone(),
-                at: now,
+            let seen = Cell {
+                a: now,
                 expires: now.saturating_add(within.as_millis() as i64),
-            });
+                ..Cell::default()
+            };
+            decision.cells.push((slot.clone(), seen));
         }
         decision
     }

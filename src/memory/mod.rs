@@ -4,15 +4,20 @@
 //! `store::memory`), so the decision is exact, durable and shared by every instance on one
 //! database.
 //!
-//! In the order the decisions are taken for a matched rule (a stop consumes nothing after it):
+//! In the order the decisions are taken for a matched rule (a stop consumes nothing after it;
+//! see `decide`):
+//! - silences: a notification a silence matches is `suppressed` (reason `silenced`);
 //! - `unless_seen`: the rule does not fire (`suppressed`, reason `unless_seen`) when an event of
 //!   the clause's types with the same key was accepted within its time; every event of those
-//!   types records a mark for the clause, whether or not any rule matched it;
+//!   types records when its key was last seen, whether or not any rule matched it;
+//! - `outside: drop`: a delivery outside its action's time window is `suppressed` (`outside`);
 //! - `once`: the first event of a key takes it, for `for` or for ever; the next events of the
 //!   key are recorded `suppressed` (reason `once`) until the hold is over;
 //! - `throttle`: at most `limit` firings per key per window (a fixed window opens at a firing,
 //!   a rolling one is the last `per`); the others are `suppressed` (reason `throttled`), and the
-//!   next message sent tells how many were held back (`noise.suppressed`).
+//!   next message sent tells how many were held back (`noise.suppressed`);
+//! - `outside: hold`: a delivery outside its action's time window waits, pending, until it
+//!   opens.
 //!
 //! Before those, the store decides what intake could not know of a rule's `when` (see
 //! `resolve`): when SmartLead sends an open without a count (its real `EMAIL_OPEN` payloads
@@ -28,7 +33,7 @@ mod throttle;
 
 use crate::config::Config;
 use crate::event;
-use crate::store::memory::{Decider, Decision, Needs, Slot, Span, View};
+use crate::store::memory::{Decider, Decision, Needs, Slot, View};
 use crate::store::{Millis, NewDelivery};
 use crate::template::{Data, Template};
 pub use decide::Notes;
@@ -37,13 +42,13 @@ use resolve::Resolve;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
 use throttle::throttle_span;
 
 /// What memory adds to the event for some of its deliveries (by position), as objects merged
 /// over it (`noise`, `window`).
 type Context = BTreeMap<usize, serde_json::Map<String, Value>>;
-use std::sync::Arc;
-use std::time::Duration;
 
 /// What one event's intake asks of rule memory.
 #[derive(Debug)]
@@ -51,7 +56,8 @@ pub struct EventMemory {
     /// What the store decides of the event's `when`: an open's count, windows.
     resolve: Option<Resolve>,
     rules: Vec<RuleAsk>,
-    /// What this event records for `unless_seen` clauses (slots; the time is the commit's).
+    /// What this event records for `unless_seen` clauses: the key last seen now (the time is
+    /// the commit's).
     seen: Vec<(Slot, Duration)>,
 }
 
@@ -218,17 +224,6 @@ fn render_key(config: &Config, key: &Template, event: &Data) -> Result<String, O
     }
 }
 
-impl EventMemory {
-    /// The span an `unless_seen` looks back over, at `now`.
-    fn seen_span(slot: &Slot, within: Duration, now: Millis) -> Span {
-        Span {
-            slot: slot.clone(),
-            from: now.saturating_sub(within.as_millis() as i64),
-            to: now,
-        }
-    }
-}
-
 impl Decider for EventMemory {
     fn needs(&self, now: Millis) -> Needs {
         let mut needs = Needs::default();
@@ -236,8 +231,8 @@ impl Decider for EventMemory {
             r.needs(now, &mut needs);
         }
         for rule in &self.rules {
-            if let Some((slot, within)) = &rule.unless_seen {
-                needs.spans.push(Self::seen_span(slot, *within, now));
+            if let Some((slot, _)) = &rule.unless_seen {
+                needs.cells.push(slot.clone());
             }
             if let Some(once) = &rule.once {
                 needs.cells.push(once.slot.clone());
@@ -249,8 +244,7 @@ impl Decider for EventMemory {
                 }
             }
         }
-        // The slots this event adds marks to are locked too (on PostgreSQL), so that counting
-        // them and adding to them are serialised.
+        // The slots this event records itself in are locked too (on PostgreSQL).
         needs
             .cells
             .extend(self.seen.iter().map(|(slot, _)| slot.clone()));

@@ -300,13 +300,26 @@ impl Resolve {
                 for v in &mut decision.verdicts[c.deliveries.clone()] {
                     *v = Verdict::Unmatched;
                 }
-            } else if let Some(o) = outcomes.iter().find(|o| o.holds).or(outcomes.first()) {
+                continue;
+            }
+            if let Some(o) = outcomes.iter().find(|o| o.holds).or(outcomes.first()) {
                 for i in c.deliveries.clone() {
                     contexts
                         .entry(i)
                         .or_default()
                         .insert("window".into(), o.context());
                 }
+            }
+            // A rule with `stop` that matches only now ends evaluation here too: the rules
+            // after it (intake could not tell) have no deliveries.
+            if rule.stop {
+                notes.note(c.rule, || {
+                    "stop: the rules after this one are not evaluated".into()
+                });
+                for v in &mut decision.verdicts[c.deliveries.end..] {
+                    *v = Verdict::Unmatched;
+                }
+                break;
             }
         }
     }

@@ -88,14 +88,17 @@ fn for_ever_never_expires() {
     assert_eq!(again.verdicts, [Verdict::Suppressed("once"); 2]);
 }
 
-/// A view with marks in every span.
+/// A view where every key was seen (and is taken).
 struct Seen;
 
 impl View for Seen {
     fn cell(&self, _: &Slot) -> Cell {
-        Cell::default()
+        Cell {
+            a: 1,
+            ..Cell::default()
+        }
     }
-    fn count(&self, _: &Span) -> u64 {
+    fn count(&self, _: &crate::store::memory::Span) -> u64 {
         1
     }
 }
@@ -112,18 +115,21 @@ fn a_stop_consumes_nothing_after_it_and_an_event_records_what_it_is() {
     let d = deliveries();
     let decided = m.decide(1_000, &d, &Seen);
     assert_eq!(decided.verdicts, [Verdict::Suppressed("unless_seen"); 2]);
-    assert!(decided.cells.is_empty(), "once is not consumed");
-    assert_eq!(decided.marks.len(), 1);
-    assert_eq!(decided.marks[0].at, 1_000);
-    assert_eq!(decided.marks[0].expires, 61_000);
-    // Without a mark in its span, once decides.
+    // once is not consumed; the event records itself as seen now.
+    let seen = Cell {
+        a: 1_000,
+        expires: 61_000,
+        ..Cell::default()
+    };
+    assert_eq!(decided.cells, [(slot("seen:y", "ana"), seen)]);
+    // Not seen lately, once decides.
     let decided = m.decide(1_000, &d, &Cells::default());
     assert_eq!(decided.verdicts, [Verdict::Send; 2]);
-    assert_eq!(decided.cells.len(), 1);
-    // The locks cover the marks it adds.
+    assert_eq!(decided.cells.len(), 2);
+    // The locks cover what it reads and what it records.
     let needs = m.needs(1_000);
+    assert!(needs.cells.contains(&slot("seen:x", "ana")));
     assert!(needs.cells.contains(&slot("seen:y", "ana")));
-    assert_eq!(needs.spans[0].from, 1_000 - 3_600_000);
 }
 
 #[test]

@@ -175,16 +175,6 @@ impl Condition {
         })
     }
 
-    /// Whether the condition has a window.
-    pub fn has_window(&self) -> bool {
-        match self {
-            Condition::All(parts) | Condition::Any(parts) => parts.iter().any(Self::has_window),
-            Condition::Not(inner) => inner.has_window(),
-            Condition::Window(_) => true,
-            _ => false,
-        }
-    }
-
     /// Whether the condition holds for the event.
     pub fn holds(&self, event: &Value) -> bool {
         match self {

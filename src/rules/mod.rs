@@ -90,7 +90,8 @@ pub struct Throttle {
 }
 
 /// `unless_seen`: the event types to look for, what "the same" means, and how far back. Rules
-/// with the same clause share what it records.
+/// that look for the same events with the same key share what is recorded (when each key was
+/// last seen), whatever their `within`.
 #[derive(Debug)]
 pub struct SeenClause {
     /// Where its marks are kept: the same for every rule with an identical clause.
@@ -173,10 +174,13 @@ impl RuleSet {
             .enumerate()
             .map(|(i, r)| (r.name.clone(), i))
             .collect();
+        // One record per scope, kept as long as the longest `within` that reads it.
         let mut seen: Vec<Arc<SeenClause>> = Vec::new();
         for clause in rules.iter().filter_map(|r| r.unless_seen.as_ref()) {
-            if !seen.iter().any(|c| c.scope == clause.scope) {
-                seen.push(clause.clone());
+            match seen.iter_mut().find(|c| c.scope == clause.scope) {
+                Some(kept) if kept.within < clause.within => *kept = clause.clone(),
+                Some(_) => {}
+                None => seen.push(clause.clone()),
             }
         }
         RuleSet {

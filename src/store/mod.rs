@@ -77,7 +77,8 @@ pub struct NewEvent {
     /// One per (rule, action) that matched, or may match once memory is read.
     pub deliveries: Vec<NewDelivery>,
     /// What decides, inside the intake transaction, the deliveries that depend on what rules
-    /// remember across events (`once`, …); `None`: every delivery is sent.
+    /// remember across events (`once`, …); `None`: each delivery is as intake made it (sent,
+    /// or silenced, or held or dropped for its time window).
     pub memory: Option<std::sync::Arc<dyn memory::Decider>>,
     /// Record the deliveries as already claimed by this instance (`sending`): intake hands them
     /// straight to its own workers after the commit instead of leaving them for a claim. A
@@ -130,7 +131,8 @@ pub enum Intake {
 pub struct Created {
     /// Its id.
     pub id: i64,
-    /// Whether it is sent, or was recorded `suppressed` (never sent).
+    /// Whether it is sent, held for its time window, or was recorded `suppressed` (never
+    /// sent).
     pub verdict: memory::Verdict,
 }
 
@@ -311,7 +313,7 @@ pub struct Counts {
     pub sending: u64,
     /// Dead letters.
     pub dead: u64,
-    /// Unix ms of the oldest pending delivery.
+    /// Unix ms of the oldest pending delivery, those held for their time window aside.
     pub oldest_pending_ms: Option<Millis>,
 }
 
@@ -338,12 +340,16 @@ pub struct Options {
     /// How long a claimed delivery belongs to its instance without a heartbeat (PostgreSQL),
     /// or stays `sending` without being sent (SQLite: a send that did not finish).
     pub lease: Duration,
+    /// Whether to bring the schema up to date (off for a store only read, such as `test
+    /// --store`: a newer binary must not migrate a store that routers are using).
+    pub migrate: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             lease: Duration::from_secs(30),
+            migrate: true,
         }
     }
 }
@@ -381,12 +387,12 @@ impl Store {
         let instance = uuid::Uuid::now_v7().to_string();
         if url.starts_with("sqlite:") {
             return Ok(Store::Sqlite(
-                sqlite::Sqlite::open(url, instance, options.lease).await?,
+                sqlite::Sqlite::open(url, instance, options).await?,
             ));
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             return Ok(Store::Postgres(
-                postgres::Postgres::open(url, instance, options.lease).await?,
+                postgres::Postgres::open(url, instance, options).await?,
             ));
         }
         Err(StoreError::Unsupported(url.to_string()))

@@ -257,3 +257,37 @@ async fn the_shipped_bounce_spike_emails_ops_once() {
         mails[0].data
     );
 }
+
+#[tokio::test]
+async fn a_window_rule_with_stop_ends_evaluation_when_it_matches_in_the_store() {
+    let peer = HttpPeer::start().await;
+    let rules = format!(
+        r#"rules:
+  - name: spike
+    stop: true
+    when:
+      event: EMAIL_BOUNCED
+      window: {{ key: "{{{{campaign.id}}}}", over: 10m, count: {{ gt: 1 }} }}
+    actions:
+      - http: {{ url: "{}", body: "spike" }}
+  - name: every-bounce
+    when: {{ event: EMAIL_BOUNCED }}
+    actions:
+      - http: {{ url: "{}", body: "bounce" }}
+"#,
+        peer.url("/spike"),
+        peer.url("/bounce")
+    );
+    let router = Router::start(&rules, &[]).await;
+    router.post(&bounce(1, Utc::now())).await;
+    peer.wait_for(1).await;
+    router.post(&bounce(1, Utc::now())).await;
+    peer.wait_for(2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let paths: Vec<String> = peer.received().iter().map(|r| r.path.clone()).collect();
+    assert_eq!(
+        paths,
+        ["/bounce", "/spike"],
+        "the second bounce stops at spike"
+    );
+}

@@ -45,7 +45,7 @@ pub(super) fn compile_once(
 }
 
 /// Compiles `unless_seen`: the event types, the key that means "the same", how far back. Its
-/// scope is a digest of all three: rules with the same clause share its marks.
+/// scope is a digest of the first two: rules that record the same share it.
 pub(super) fn compile_unless_seen(
     path: &Path,
     rule: &str,
@@ -61,14 +61,13 @@ pub(super) fn compile_unless_seen(
     }
     let same = compile_key(path, rule, "unless_seen.same", &u.same, env, out);
     let within = duration(path, rule, "unless_seen.within", &u.within, env)?;
+    // The scope is what is recorded (the events, sorted, and the key), not how far back a rule
+    // looks: editing `within` keeps what was seen.
+    let mut sorted = events.clone();
+    sorted.sort();
+    sorted.dedup();
     let digest = crate::event::sha256_hex(
-        format!(
-            "{}\u{1f}{}\u{1f}{}",
-            events.join(","),
-            u.same.value,
-            within.as_millis()
-        )
-        .as_bytes(),
+        format!("{}\u{1f}{}", sorted.join(","), u.same.value.trim()).as_bytes(),
     );
     Some(Arc::new(SeenClause {
         scope: format!("seen:{}", &digest[..16]),

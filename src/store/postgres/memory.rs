@@ -31,23 +31,39 @@ pub(super) async fn decide(
     locks.dedup();
     let scopes: Vec<&str> = locks.iter().map(|s| s.scope.as_str()).collect();
     let keys: Vec<&str> = locks.iter().map(|s| s.key.as_str()).collect();
-    sqlx::query(
-        "INSERT INTO memory_cells (scope, key)
-         SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[]) ON CONFLICT DO NOTHING",
-    )
-    .bind(&scopes)
-    .bind(&keys)
-    .execute(&mut *tx)
-    .await?;
-    let read: Vec<(String, String, i64, i64, i64, i64)> = sqlx::query_as(
-        "SELECT c.scope, c.key, c.a, c.b, c.c, c.expires FROM memory_cells c
-         JOIN UNNEST($1::TEXT[], $2::TEXT[]) AS n(scope, key) ON c.scope = n.scope AND c.key = n.key
-         ORDER BY c.scope, c.key FOR UPDATE OF c",
-    )
-    .bind(&scopes)
-    .bind(&keys)
-    .fetch_all(&mut *tx)
-    .await?;
+    // A cell to lock is created if missing, already expired (it reads as never written, and
+    // pruning deletes it unless a decision writes it). Pruning may delete one between the
+    // insert and the lock: then it is created and locked again.
+    let mut read: Vec<(String, String, i64, i64, i64, i64)> = Vec::new();
+    for _ in 0..3 {
+        sqlx::query(
+            "INSERT INTO memory_cells (scope, key, expires)
+             SELECT n.scope, n.key, $3 FROM UNNEST($1::TEXT[], $2::TEXT[]) AS n(scope, key)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&scopes)
+        .bind(&keys)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        read = sqlx::query_as(
+            "SELECT c.scope, c.key, c.a, c.b, c.c, c.expires FROM memory_cells c
+             JOIN UNNEST($1::TEXT[], $2::TEXT[]) AS n(scope, key) ON c.scope = n.scope AND c.key = n.key
+             ORDER BY c.scope, c.key FOR UPDATE OF c",
+        )
+        .bind(&scopes)
+        .bind(&keys)
+        .fetch_all(&mut *tx)
+        .await?;
+        if read.len() == locks.len() {
+            break;
+        }
+    }
+    if read.len() != locks.len() {
+        return Err(StoreError::Mismatch(
+            "the rule memory to decide with could not be locked".into(),
+        ));
+    }
     let cells: HashMap<Slot, Cell> = read
         .into_iter()
         .map(|(scope, key, a, b, c, expires)| (Slot { scope, key }, Cell { a, b, c, expires }))

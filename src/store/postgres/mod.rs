@@ -43,7 +43,12 @@ const PENDING_DESTINATIONS: &str = "dests (destination) AS (
 
 impl Postgres {
     /// Connects to `postgres://…` and migrates the schema (once, whoever gets the lock).
-    pub async fn open(url: &str, instance: String, lease: Duration) -> Result<Self, StoreError> {
+    pub async fn open(
+        url: &str,
+        instance: String,
+        settings: &super::Options,
+    ) -> Result<Self, StoreError> {
+        let lease = settings.lease;
         let mut options: PgConnectOptions = url.parse()?;
         if !url.contains("plan_cache_mode") {
             // Plans made for the table sizes of now, not cached ones made when the tables
@@ -59,7 +64,9 @@ impl Postgres {
             .max_connections(8)
             .connect_with(options)
             .await?;
-        sqlx::migrate!("migrations/postgres").run(&pool).await?;
+        if settings.migrate {
+            sqlx::migrate!("migrations/postgres").run(&pool).await?;
+        }
         Ok(Postgres {
             pool,
             instance,
@@ -247,10 +254,14 @@ impl Postgres {
             .await?;
         // Rule memory past its expiry reads as never written anyway.
         let now = now_ms();
-        sqlx::query("DELETE FROM memory_cells WHERE expires > 0 AND expires <= $1")
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        // Cells an intake holds locked are left for the next pruning, not waited for.
+        sqlx::query(
+            "DELETE FROM memory_cells WHERE ctid IN (SELECT ctid FROM memory_cells
+             WHERE expires > 0 AND expires <= $1 FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("DELETE FROM memory_marks WHERE expires <= $1")
             .bind(now)
             .execute(&mut *tx)
@@ -275,7 +286,7 @@ impl Postgres {
             "SELECT (SELECT COUNT(*) FROM deliveries WHERE status = 'pending'),
                     (SELECT COUNT(*) FROM deliveries WHERE status = 'sending'),
                     (SELECT COUNT(*) FROM deliveries WHERE status = 'dead'),
-                    (SELECT MIN(created_at) FROM deliveries WHERE status = 'pending')",
+                    (SELECT MIN(created_at) FROM deliveries WHERE status = 'pending' AND reason IS NULL)",
         )
         .fetch_one(&self.pool)
         .await?;

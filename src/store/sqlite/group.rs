@@ -107,8 +107,16 @@ async fn write(
         first.extend(script::head(events, now));
         first.extend(script::reads(&needs));
         let mut rows = run(conn, first).await?;
-        let overlay = Overlay::new(now, cells_of(&rows)?, counts_of(&rows)?);
-        let holders = holders_of(&rows)?;
+        // The transaction is open until the second round: a row that cannot be read ends it.
+        let read = (|| Ok((cells_of(&rows)?, counts_of(&rows)?, holders_of(&rows)?)))();
+        let (cells, counts, holders) = match read {
+            Ok(read) => read,
+            Err(e) => {
+                rollback(conn).await;
+                return Err(e);
+            }
+        };
+        let overlay = Overlay::new(now, cells, counts);
         // The deciders are the rules' code, run while the transaction is open: should one
         // panic, the transaction is rolled back rather than left open on the writer.
         let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

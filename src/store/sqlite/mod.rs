@@ -63,7 +63,12 @@ struct Held {
 
 impl Sqlite {
     /// Opens `sqlite://PATH` (created if missing) or `sqlite::memory:`, and migrates it.
-    pub async fn open(url: &str, instance: String, lease: Duration) -> Result<Self, StoreError> {
+    pub async fn open(
+        url: &str,
+        instance: String,
+        settings: &super::Options,
+    ) -> Result<Self, StoreError> {
+        let lease = settings.lease;
         let memory = url.contains(":memory:");
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
@@ -95,7 +100,9 @@ impl Sqlite {
             // instead of in chunks of 50, each a wait for the committer to make room.
             .connect_with(options.clone().row_buffer_size(1024))
             .await?;
-        sqlx::migrate!("migrations/sqlite").run(&writer).await?;
+        if settings.migrate {
+            sqlx::migrate!("migrations/sqlite").run(&writer).await?;
+        }
         // An in-memory database exists once per connection: there, everything shares the writer.
         let reader = if memory {
             writer.clone()
@@ -459,7 +466,7 @@ const COUNTS: &str = "SELECT
     (SELECT COUNT(*) FROM deliveries INDEXED BY deliveries_due_by_destination
      WHERE status = 'dead'),
     (SELECT MIN(created_at) FROM deliveries INDEXED BY deliveries_due_by_destination
-     WHERE status = 'pending')";
+     WHERE status = 'pending' AND reason IS NULL)";
 
 /// Reader connections: one per core and one more (status, history and readiness queries run
 /// beside the writer; each holds a small page cache), at most 8.
@@ -474,9 +481,13 @@ mod tests {
 
     #[tokio::test]
     async fn the_counts_search_the_status_index_and_never_scan_the_table() {
-        let store = Sqlite::open("sqlite::memory:", "test".into(), Duration::from_secs(30))
-            .await
-            .unwrap();
+        let store = Sqlite::open(
+            "sqlite::memory:",
+            "test".into(),
+            &crate::store::Options::default(),
+        )
+        .await
+        .unwrap();
         let plan: Vec<String> =
             sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {COUNTS}")))
                 .fetch_all(&store.reader)
