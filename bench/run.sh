@@ -186,6 +186,33 @@ intake_pid=$started_pid
     tee -a "$results"
 stop "$intake_pid"
 
+# Rule memory (judged): the shipped rules (hot-lead counts opens and keeps `once` and
+# `unless_seen`, bounce-spike counts a window) against the same rules with their memory keys
+# taken out, on a mix of real payloads (sends, opens, a click, a reply, a bounce); two rounds,
+# alternated. The memory is decided in the intake transaction, so it is intake that pays.
+echo "== (1) router intake with the shipped rules, with and without rule memory"
+fixtures="$root/tests/fixtures/smartlead"
+mix=()
+for f in real_10_email_sent real_10_email_sent real_11_email_open real_11_email_open \
+    real_11_email_open real_12_email_link_click real_13_email_reply real_15_email_bounce; do
+    mix+=(--mix "$fixtures/$f.json")
+done
+mkdir -p "$tmp/stateless-rules" "$tmp/stateful-rules"
+cp rules/rules.yaml "$tmp/stateful-rules/rules.yaml"
+grep -Ev '^ +(once|fire|window):|^ +unless_seen:|^ +same: "\{\{lead.email\}\}"|^ +within: 30d|^ +event: \[EMAIL_REPLIED, EMAIL_BOUNCED, EMAIL_UNSUBSCRIBED\]' \
+    rules/rules.yaml >"$tmp/stateless-rules/rules.yaml"
+"$switchboard" check --rules "$tmp/stateless-rules/rules.yaml" --templates "$root/templates" >/dev/null
+for round in 1 2; do
+    for variant in stateless stateful; do
+        start_router "$variant-$round" "$intake_port" "$tmp/$variant-rules" \
+            "sqlite://$tmp/$variant-$round.db"
+        "$loadgen" closed --label "intake-$variant" --url "http://127.0.0.1:$intake_port/webhooks/smartlead" \
+            --connections "$connections" --duration "$secs" --server-pid "$started_pid" "${mix[@]}" |
+            tee -a "$results"
+        stop "$started_pid"
+    done
+done
+
 # One destination takes every delivery here, so its limit is raised from the default 4 (which
 # protects a real Slack channel) to the worker count.
 echo "== router on 127.0.0.1:$router_port, store sqlite://$tmp/bench.db, sink $sink"

@@ -144,6 +144,10 @@ struct Target {
     /// documentation's EMAIL_REPLIED sample.
     #[arg(long)]
     body: Option<PathBuf>,
+    /// Payloads the requests cycle through instead (repeat the flag; a file given twice is sent
+    /// twice as often).
+    #[arg(long = "mix", conflicts_with = "body")]
+    mix: Vec<PathBuf>,
 }
 
 #[derive(Args)]
@@ -308,6 +312,28 @@ impl Bodies {
         }
         body.push_str(self.parts.last().expect("one part at least"));
         body
+    }
+}
+
+/// The bodies of a run: one payload, or several that the requests cycle through.
+#[derive(Clone)]
+struct Mix(Arc<[Bodies]>);
+
+impl Mix {
+    fn new(target: &Target) -> Result<Self, String> {
+        let list = match target.mix.is_empty() {
+            true => vec![Bodies::new(target.body.as_deref())?],
+            false => target
+                .mix
+                .iter()
+                .map(|p| Bodies::new(Some(p)))
+                .collect::<Result<_, _>>()?,
+        };
+        Ok(Mix(list.into()))
+    }
+
+    fn body(&self, connection: usize, n: usize) -> String {
+        self.0[n % self.0.len()].body(connection, n)
     }
 }
 
@@ -511,7 +537,7 @@ impl Tally {
 
 async fn closed(args: Closed) -> ExitCode {
     let target = args.target.clone();
-    let bodies = match Bodies::new(target.body.as_deref()) {
+    let bodies = match Mix::new(&target) {
         Ok(bodies) => bodies,
         Err(e) => {
             eprintln!("loadgen closed: {e}");
@@ -644,7 +670,7 @@ async fn open(args: Open) -> ExitCode {
         eprintln!("loadgen open: --rate must be in (0, 100000]");
         return ExitCode::from(2);
     }
-    let bodies = match Bodies::new(target.body.as_deref()) {
+    let bodies = match Mix::new(&target) {
         Ok(bodies) => bodies,
         Err(e) => {
             eprintln!("loadgen open: {e}");
@@ -1037,6 +1063,35 @@ fn report(results: &Path, criterion: Option<&Path>) -> ExitCode {
                 format!("{:.0} %", 100.0 * x / b),
             ));
         }
+    }
+    // Rule memory: the shipped rules against the same without their memory keys, the mean of
+    // the rounds of each.
+    let mean = |label: &str| {
+        let rps: Vec<f64> = records
+            .iter()
+            .filter(|r| r["kind"] == "closed" && r["label"] == label)
+            .filter_map(|r| r["rps"].as_f64())
+            .collect();
+        (!rps.is_empty()).then(|| rps.iter().sum::<f64>() / rps.len() as f64)
+    };
+    let (stateless, stateful) = (mean("intake-stateless"), mean("intake-stateful"));
+    for (name, rps) in [
+        ("intake, shipped rules without memory (mix)", stateless),
+        ("intake, shipped rules with memory (mix)", stateful),
+    ] {
+        if let Some(rps) = rps {
+            lines.push(Line::info(name, format!("{rps:>8.0} req/s")));
+        }
+    }
+    if stateless.is_some() || stateful.is_some() {
+        lines.push(Line::check(
+            "rule memory: stateful / stateless intake (loadgen)",
+            stateless
+                .zip(stateful)
+                .filter(|(a, _)| *a > 0.0)
+                .map(|(a, b)| (format!("{:.0} %", 100.0 * b / a), b / a >= 0.85)),
+            ">= 85 %",
+        ));
     }
     // wrk is the better load tool when it is there: the targets are judged on its figures.
     let (b, r, tool) = if wrk_bare.is_some() && wrk_router.is_some() {
