@@ -31,6 +31,7 @@ fn event(n: usize, destination: &str) -> NewEvent {
         source: "smartlead".into(),
         event_type: "EMAIL_REPLIED".into(),
         lead_email: Some(format!("lead{n}@example.com")),
+        campaign_id: None,
         config_hash: "bench".into(),
         payload: format!(r#"{{"event_id":"{id}","event_type":"EMAIL_REPLIED"}}"#),
         dedup_key: format!("{id}-{n}"),

@@ -37,6 +37,15 @@ impl Secret {
         let b = Sha256::digest(offered.as_bytes());
         a.as_slice().ct_eq(b.as_slice()).into()
     }
+
+    /// A key for one purpose derived from the secret (HMAC-SHA256 of the purpose): every
+    /// instance holding the secret derives the same key, and the key reveals nothing of it.
+    pub fn derive(&self, purpose: &str) -> [u8; 32] {
+        let mut mac =
+            hmac::Hmac::<Sha256>::new_from_slice(self.0.as_bytes()).expect("any key length");
+        mac.update(purpose.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
 }
 
 impl std::fmt::Debug for Secret {

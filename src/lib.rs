@@ -33,6 +33,7 @@ pub mod delivery;
 pub mod diagnostic;
 pub mod env;
 pub mod event;
+pub mod explain;
 pub mod memory;
 pub mod metrics;
 pub mod router;

@@ -51,6 +51,8 @@ pub struct Options {
     pub shutdown_grace: Duration,
     /// How long `/readyz` and `/metrics` reuse the delivery counts they read from the store.
     pub probe_interval: Duration,
+    /// Serve the web console at `/console` (`--console on|off`).
+    pub console: bool,
 }
 
 impl Options {
@@ -70,6 +72,7 @@ impl Options {
             ready_max_pending: 100_000,
             shutdown_grace: Duration::from_secs(10),
             probe_interval: Duration::from_secs(1),
+            console: true,
         }
     }
 }
@@ -168,6 +171,9 @@ pub async fn run(
         .ok();
     announce(listen, &app, &options.store);
     drop(config);
+    let console = options
+        .console
+        .then(|| server::console::Console::new(&access));
     let state = State {
         app,
         store,
@@ -177,6 +183,8 @@ pub async fn run(
         limiter: Limiter::new(options.rate_limit, options.rate_limit_burst),
         probes: ProbeCounts::new(options.probe_interval),
         ready_max_pending: options.ready_max_pending,
+        console,
+        closing: tokio_util::sync::CancellationToken::new(),
     };
     server::serve(listener, state, shutdown).await;
     tracing::info!("Stopped accepting events; finishing deliveries in flight.");

@@ -2,7 +2,6 @@
 //! are parsed by clap (flags win over their environment variables); each command returns an
 //! exit code, and `main` maps it to the process's.
 
-mod explain;
 mod history;
 mod serve;
 mod silence;

@@ -62,6 +62,9 @@ pub(super) struct ServeArgs {
     /// How long shutdown waits for deliveries in flight.
     #[arg(long, env = "SWITCHBOARD_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
+    /// Serve the web console at /console (same access as /api: the admin token, or loopback).
+    #[arg(long, env = "SWITCHBOARD_CONSOLE", default_value = "on", value_parser = ["on", "off"])]
+    console: String,
 }
 
 impl ServeArgs {
@@ -86,6 +89,7 @@ impl ServeArgs {
         options.rate_limit_burst = self.rate_limit_burst;
         options.ready_max_pending = self.ready_max_pending;
         options.shutdown_grace = self.shutdown_grace;
+        options.console = self.console == "on";
         options
     }
 }

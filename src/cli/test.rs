@@ -1,12 +1,10 @@
 //! `check` and `test`: the configuration validated, and an event run through it dry.
 
-use super::explain::{dry_run, outcome};
 use super::{ConfigArgs, StoreArgs};
 use crate::app::short_hash;
 use crate::config;
 use crate::event::Sources;
-use crate::rules::Verdict as Holds;
-use crate::store::memory::Verdict;
+use crate::explain;
 use clap::Args;
 use serde_json::Value;
 use std::io::Read;
@@ -95,100 +93,23 @@ pub(super) fn test(args: &TestArgs) -> ExitCode {
     event.event_id = "test".into();
     let event = event.into_value();
     let config = Arc::new(config);
-    let run = super::block_on(async {
+    let report = super::block_on(async {
         let store = match &args.store {
             Some(url) => Some(StoreArgs { url: url.clone() }.open_to_read().await?),
             None => None,
         };
-        dry_run(&config, event, store.as_ref()).await
+        explain::run(&config, event, store.as_ref()).await
     });
-    let run = match run {
-        Ok(run) => run,
+    match report {
+        Ok(report) => {
+            print!("{}", report.to_text(args.explain));
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("switchboard test: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    print!("{}", describe_event(&run.event));
-    // Each matched rule's deliveries among the event's.
-    let mut ranges = std::collections::HashMap::new();
-    let mut at = 0;
-    for &i in &run.plan.matched {
-        let n = config.rules.get(i).actions.len();
-        ranges.insert(i, at..at + n);
-        at += n;
-    }
-    if args.explain {
-        println!("\nRules:");
-        // The conditions read the event as the store would keep it (an open's count filled).
-        for (i, verdict) in config.rules.explain(&run.event) {
-            let rule = config.rules.get(i);
-            let Some(v) = verdict else {
-                match rule.enabled {
-                    false => println!("  - {} (disabled)", rule.name),
-                    true => println!(
-                        "  - {} (not evaluated: an earlier rule stopped evaluation)",
-                        rule.name
-                    ),
-                }
-                continue;
-            };
-            let matched = ranges.get(&i).is_some_and(|r| {
-                run.verdicts[r.clone()]
-                    .iter()
-                    .any(|v| *v != Verdict::Unmatched)
-            });
-            let stop = if matched && rule.stop { ", stop" } else { "" };
-            println!("  {} {}{stop}", if matched { "✓" } else { "✗" }, rule.name);
-            print_verdict(&v, 2);
-            for m in run.plan.missing.iter().filter(|m| m.rule == rule.name) {
-                let why = m.error.as_deref().unwrap_or("it renders empty");
-                println!("    a key does not render ({why}): the event goes through undecided");
-            }
-            for (_, note) in run.notes.iter().filter(|(r, _)| *r == i) {
-                println!("    {note}");
-            }
+            ExitCode::FAILURE
         }
     }
-    let matched: Vec<usize> = run
-        .plan
-        .matched
-        .iter()
-        .copied()
-        .filter(|i| {
-            run.verdicts[ranges[i].clone()]
-                .iter()
-                .any(|v| *v != Verdict::Unmatched)
-        })
-        .collect();
-    println!(
-        "\nMatched {} rule(s){}",
-        matched.len(),
-        if matched.is_empty() { "." } else { ":" }
-    );
-    for i in matched {
-        let rule = config.rules.get(i);
-        println!("\n== rule {} ==", rule.name);
-        for (n, step) in rule.actions.iter().enumerate() {
-            let at = ranges[&i].start + n;
-            let action = &step.action;
-            println!(
-                "\n-- action {} ({}): {} --",
-                n + 1,
-                action.kind(),
-                outcome(run.verdicts[at])
-            );
-            if let Some(vars) = action.unconfigured() {
-                println!("(would be skipped: the destination is not configured; set {vars})");
-            }
-            match action.render(&run.event_for(at), &config.templates) {
-                Ok(message) => println!("{}", message.describe().trim_end()),
-                Err(e) => println!("(would fail: {e})"),
-            }
-        }
-    }
-    println!("\nNothing was sent (dry run).");
-    ExitCode::SUCCESS
 }
 
 fn read_event(path: &PathBuf) -> Result<serde_json::Map<String, Value>, String> {
@@ -213,31 +134,5 @@ fn read_event(path: &PathBuf) -> Result<serde_json::Map<String, Value>, String> 
             e.line(),
             e.column()
         )),
-    }
-}
-
-fn describe_event(e: &Value) -> String {
-    let s = |v: &Value| match v {
-        Value::Null => "-".to_string(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    format!(
-        "Event: {} (sent as {}) at {}\nCampaign: {} ({})\nLead: {} <{}>\n",
-        s(&e["event"]),
-        s(&e["source_event"]),
-        s(&e["timestamp"]),
-        s(&e["campaign"]["name"]),
-        s(&e["campaign"]["id"]),
-        s(&e["lead"]["name"]),
-        s(&e["lead"]["email"]),
-    )
-}
-
-fn print_verdict(v: &Holds, depth: usize) {
-    let pad = "  ".repeat(depth);
-    println!("{pad}{} {}", if v.holds { "✓" } else { "✗" }, v.what);
-    for p in &v.parts {
-        print_verdict(p, depth + 1);
     }
 }

@@ -52,6 +52,30 @@ pub fn load(paths: &ConfigPaths, sources: &Sources) -> Result<Config, Diagnostic
     }
 }
 
+/// Compiles one rules text that is not a file (the console playground's edited copy), named
+/// `name` in its diagnostics, with the templates of `templates`.
+pub fn load_text(
+    name: &Path,
+    text: &str,
+    templates: &Path,
+    sources: &Sources,
+) -> Result<Config, Diagnostics> {
+    if text.len() as u64 > MAX_RULES_FILE_BYTES {
+        return Err(Diagnostics::one(Diagnostic::file(
+            name,
+            format!("the rules are larger than {MAX_RULES_FILE_BYTES} bytes"),
+        )));
+    }
+    match raw::parse(text) {
+        Ok(file) => compile::compile(
+            vec![(name.to_path_buf(), text.to_string(), file)],
+            templates,
+            sources,
+        ),
+        Err(diagnostic) => Err(Diagnostics::one(diagnostic.in_file(name))),
+    }
+}
+
 /// The rules files named by `path`: the file itself, or every YAML file in the directory.
 pub fn rules_files(path: &Path) -> Result<Vec<PathBuf>, Diagnostics> {
     let meta = std::fs::metadata(path).map_err(|e| {

@@ -106,6 +106,28 @@ impl AdminAccess {
         ))
     }
 
+    /// How the console is entered: with the admin token (a login), open (a tokenless router
+    /// on loopback, for loopback names only), or not at all.
+    pub(super) fn console(&self) -> ConsoleEntry<'_> {
+        match &self.admin_token {
+            Some(token) => ConsoleEntry::Login(token),
+            None if self.loopback_only => ConsoleEntry::Open,
+            None => ConsoleEntry::Closed,
+        }
+    }
+
+    /// Whether a tokenless router answers a request for `host` (see [`Self::host_allowed`]),
+    /// with the refusal to show when it does not.
+    pub(super) fn check_host(&self, host: Option<&str>) -> Result<(), String> {
+        match host {
+            Some(h) if self.host_allowed(h) => Ok(()),
+            other => match self.foreign_host(other) {
+                Refused::ForeignHost(m) => Err(m),
+                _ => Err("foreign host".into()),
+            },
+        }
+    }
+
     /// Whether the admin endpoints are closed to everyone (beyond loopback with no token).
     pub fn closed(&self) -> bool {
         self.admin_token.is_none() && !self.loopback_only
@@ -146,6 +168,16 @@ impl AdminAccess {
             )),
         }
     }
+}
+
+/// How the console is entered.
+pub(super) enum ConsoleEntry<'a> {
+    /// A login form turns the admin token into a session cookie.
+    Login(&'a Secret),
+    /// No login: a tokenless router on loopback, for loopback (or allowed) names only.
+    Open,
+    /// Refused: the router listens beyond loopback without a token.
+    Closed,
 }
 
 /// An `--allowed-host` value that is not a host name or an IP address.

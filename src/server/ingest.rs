@@ -89,6 +89,7 @@ where
             state.limiter.penalise(ip);
         }
         tracing::warn!(source = %caller.source, client = ?caller.client, status = status.as_u16(), reason = %message, "Webhook refused.");
+        record_refused(&state, caller.client, &caller.source, status, &message);
         error(status, message)
     };
     let source = caller.source.as_str();
@@ -153,6 +154,7 @@ where
     let (kind, sent) = (event.event.clone(), event.source_event.clone());
     let label_kind = type_label(Some(normaliser.as_ref()), &kind);
     let lead_email = event.lead.email.clone();
+    let campaign_id = event.campaign.id.map(|id| id.to_string());
     // Rules, templates and the store all read this one JSON form of the event.
     let data = Data::from(event.into_value());
     let config = state.app.current();
@@ -190,6 +192,7 @@ where
         source: source.to_string(),
         event_type: kind.clone(),
         lead_email,
+        campaign_id,
         config_hash: config.hash.clone(),
         payload: to_json(data.value(), body.len()),
         dedup_key,
@@ -378,4 +381,34 @@ fn kind(v: &Value) -> &'static str {
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
     }
+}
+
+/// Keeps a refused request (client, path, reason; never its body or a token) for the console,
+/// in the background: a flood of bad requests takes at most a few store writes at a time, and
+/// the rest are only logged.
+fn record_refused(
+    state: &Arc<State>,
+    client: Option<IpAddr>,
+    source: &str,
+    status: StatusCode,
+    reason: &str,
+) {
+    static WRITING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+    let Ok(permit) = WRITING.try_acquire() else {
+        return;
+    };
+    let store = state.store.clone();
+    let client = client.map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
+    // The path without a token segment or query, which may hold the source's secret.
+    let path = format!("/webhooks/{}", source.chars().take(64).collect::<String>());
+    let reason: String = reason.chars().take(500).collect();
+    tokio::spawn(async move {
+        let _permit = permit;
+        if let Err(e) = store
+            .record_refused(&client, &path, status.as_u16(), &reason)
+            .await
+        {
+            tracing::debug!(error = %e, "A refused request could not be recorded.");
+        }
+    });
 }

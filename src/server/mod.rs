@@ -5,10 +5,12 @@
 mod access;
 mod admin;
 mod api;
+pub mod console;
 mod ingest;
 mod limit;
 mod probe;
 mod silences;
+pub mod views;
 
 pub use access::{AdminAccess, BadHostName};
 pub use limit::Limiter;
@@ -47,6 +49,11 @@ pub struct State {
     pub probes: ProbeCounts,
     /// `/readyz` answers 503 past this many pending deliveries.
     pub ready_max_pending: u64,
+    /// The web console (`None`: `--console off`).
+    pub console: Option<console::Console>,
+    /// Cancelled when the router begins to shut down: long answers (the console's live view)
+    /// end then.
+    pub closing: tokio_util::sync::CancellationToken,
 }
 
 /// Serves the router's HTTP interface on `listener` until `shutdown` resolves, then stops
@@ -56,6 +63,11 @@ pub async fn serve(
     state: State,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
+    let closing = state.closing.clone();
+    let shutdown = async move {
+        shutdown.await;
+        closing.cancel();
+    };
     warp::serve(routes(state))
         .incoming(listener)
         .graceful(shutdown)
@@ -67,6 +79,7 @@ pub async fn serve(
 pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     // One allocation for all: a request clones one pointer, not every handle in `State`.
     let state = Arc::new(state);
+    let console = console::routes(state.clone());
     let admin = admin_only(state.clone());
     let with_state = warp::any().map(move || state.clone());
     let token_segment = warp::path::param::<String>()
@@ -121,6 +134,8 @@ pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Infall
         .or(status)
         .unify()
         .or(api)
+        .unify()
+        .or(console)
         .unify()
         .recover(rejection)
         .unify()

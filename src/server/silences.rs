@@ -2,7 +2,7 @@
 //! `switchboard silence`.
 
 use super::{State, error};
-use crate::silence::{Matcher, NewSilence, Silence};
+use crate::silence::{Matcher, NewSilence, Silence, SilenceView};
 use crate::store::now_ms;
 use serde::Deserialize;
 use serde_json::json;
@@ -65,21 +65,14 @@ pub(super) fn routes(
         .and(warp::body::content_length_limit(64 * 1024))
         .and(warp::body::bytes())
         .and(with_state.clone())
-        .then(|body: bytes::Bytes, s: Arc<State>| add(s, body));
+        .then(|body: bytes::Bytes, s: Arc<State>| add_route(s, body));
     let expire = warp::delete()
         .and(warp::path!("silences" / String))
         .and(with_state)
         .then(|id: String, s: Arc<State>| async move {
-            match s.store.expire_silence(&id, now_ms()).await {
-                Ok(true) => {
-                    refresh(&s).await;
-                    warp::reply::json(&json!({ "expired": id })).into_response()
-                }
-                Ok(false) => error(
-                    StatusCode::NOT_FOUND,
-                    format!("no silence in force with id {id}"),
-                ),
-                Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            match expire(&s, &id).await {
+                Ok(()) => warp::reply::json(&json!({ "expired": id })).into_response(),
+                Err((status, message)) => error(status, message),
             }
         });
     list.or(add).unify().or(expire).unify()
@@ -107,25 +100,49 @@ fn parse(body: &[u8]) -> Result<NewSilence, String> {
     })
 }
 
-async fn add(s: Arc<State>, body: bytes::Bytes) -> Response {
+async fn add_route(s: Arc<State>, body: bytes::Bytes) -> Response {
     let silence = match parse(&body).and_then(NewSilence::start) {
         Ok(silence) => silence,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
+    match add(&s, silence).await {
+        Ok(view) => {
+            warp::reply::with_status(warp::reply::json(&view), StatusCode::CREATED).into_response()
+        }
+        Err((status, message)) => error(status, message),
+    }
+}
+
+/// Adds a silence (the API's and the console's): its rule must be loaded.
+pub(super) async fn add(s: &State, silence: Silence) -> Result<SilenceView, (StatusCode, String)> {
     if let Some(rule) = &silence.rule
         && s.app.current().rules.by_name(rule).is_none()
     {
         let message = format!("no rule named {rule:?} in the rules loaded");
-        return error(StatusCode::BAD_REQUEST, message);
+        return Err((StatusCode::BAD_REQUEST, message));
     }
     match s.store.add_silence(&silence.to_row()).await {
         Ok(()) => {
-            refresh(&s).await;
+            refresh(s).await;
             tracing::info!(silence = silence.id, "Silence added.");
-            let view = silence.view(now_ms());
-            warp::reply::with_status(warp::reply::json(&view), StatusCode::CREATED).into_response()
+            Ok(silence.view(now_ms()))
         }
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e) => Err((StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
+    }
+}
+
+/// Ends a silence in force now (the API's and the console's).
+pub(super) async fn expire(s: &State, id: &str) -> Result<(), (StatusCode, String)> {
+    match s.store.expire_silence(id, now_ms()).await {
+        Ok(true) => {
+            refresh(s).await;
+            Ok(())
+        }
+        Ok(false) => Err((
+            StatusCode::NOT_FOUND,
+            format!("no silence in force with id {id}"),
+        )),
+        Err(e) => Err((StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
     }
 }
 

@@ -68,6 +68,8 @@ pub struct NewEvent {
     pub event_type: String,
     /// The lead's email, for history queries.
     pub lead_email: Option<String>,
+    /// The campaign's id, for the console's filters.
+    pub campaign_id: Option<String>,
     /// The configuration that matched it.
     pub config_hash: String,
     /// The canonical event as JSON.
@@ -372,6 +374,7 @@ macro_rules! dispatch {
     };
 }
 
+pub mod console;
 // After `dispatch!`, which it uses.
 mod silences;
 pub use silences::SilenceRow;

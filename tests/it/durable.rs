@@ -454,6 +454,7 @@ fn event_to(destination: &str, id: &str, key: &str, payload: &str) -> switchboar
         source: "smartlead".into(),
         event_type: "EMAIL_REPLIED".into(),
         lead_email: None,
+        campaign_id: None,
         config_hash: "h".into(),
         payload: payload.into(),
         dedup_key: format!("smartlead:{key}"),

@@ -4,6 +4,7 @@
 
 mod actions;
 mod cli;
+mod console;
 mod durable;
 mod email;
 mod escaping;

@@ -74,6 +74,7 @@ fn new_event(config: &Arc<Config>, value: Value) -> NewEvent {
         source: "smartlead".into(),
         event_type: data.value()["event"].as_str().unwrap().into(),
         lead_email: data.value()["lead"]["email"].as_str().map(str::to_string),
+        campaign_id: None,
         config_hash: config.hash.clone(),
         payload: data.value().to_string(),
         dedup_key: id,

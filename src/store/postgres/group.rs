@@ -86,10 +86,12 @@ impl Postgres {
             .collect();
         let column = |f: fn(&NewEvent) -> &str| accepted.iter().map(|e| f(e)).collect::<Vec<_>>();
         sqlx::query(
-            "INSERT INTO events (id, source, event_type, lead_email, received_at, config_hash, payload)
-             SELECT id, source, event_type, lead_email, $7, config_hash, payload
-             FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[])
-               AS t(id, source, event_type, lead_email, config_hash, payload)",
+            "INSERT INTO events (id, source, event_type, lead_email, received_at, config_hash, payload,
+                                 campaign_id)
+             SELECT id, source, event_type, lead_email, $7, config_hash, payload, campaign_id
+             FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[],
+                         $8::TEXT[])
+               AS t(id, source, event_type, lead_email, config_hash, payload, campaign_id)",
         )
         .bind(column(|e| &e.id))
         .bind(column(|e| &e.source))
@@ -98,6 +100,7 @@ impl Postgres {
         .bind(column(|e| &e.config_hash))
         .bind(&payloads)
         .bind(now)
+        .bind(accepted.iter().map(|e| e.campaign_id.as_deref()).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await?;
         let rows: Vec<(&NewEvent, &NewDelivery, Verdict, Option<&str>)> = accepted

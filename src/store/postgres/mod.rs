@@ -23,7 +23,7 @@ const CHANNEL: &str = "switchboard_deliveries";
 /// A PostgreSQL store, as seen by one instance.
 #[derive(Clone)]
 pub struct Postgres {
-    pool: PgPool,
+    pub(in crate::store) pool: PgPool,
     instance: String,
     lease: Duration,
 }
@@ -155,6 +155,14 @@ impl Postgres {
                 .await?;
         }
         Ok(n)
+    }
+
+    /// Wakes every instance's workers: deliveries were made due.
+    pub(in crate::store) async fn notify(&self) -> Result<(), StoreError> {
+        sqlx::query(AssertSqlSafe(format!("NOTIFY {CHANNEL}")))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     pub(in crate::store) async fn discard(&self, id: i64) -> Result<bool, StoreError> {

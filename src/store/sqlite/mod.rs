@@ -40,8 +40,8 @@ const WAL_BACKSTOP_PAGES: &str = "2000";
 /// A SQLite store.
 #[derive(Clone)]
 pub struct Sqlite {
-    writer: SqlitePool,
-    reader: SqlitePool,
+    pub(in crate::store) writer: SqlitePool,
+    pub(in crate::store) reader: SqlitePool,
     instance: String,
     /// How long a delivery may stay `sending` without this instance sending it (see
     /// [`Sqlite::heartbeat`]).

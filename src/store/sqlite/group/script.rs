@@ -78,7 +78,7 @@ pub(super) fn reads(needs: &Needs) -> [Statement; 2] {
 /// The accepted events, the memory their deciders wrote (if any), and their deliveries as
 /// decided (`changed` holds the payload of an event its memory changed). Events `[id, source,
 /// event_type, lead_email, config_hash, payload_start,
-/// payload_length, key]`, their payloads one blob of their own (the start counts from 1, in
+/// payload_length, key, campaign_id]`, their payloads one blob of their own (the start counts from 1, in
 /// bytes: inside the JSON array they would be escaped here and unescaped by SQLite, which took
 /// a tenth of intake's CPU); cells `[scope, key, a, b, c, expires]`; marks `[scope, key, at,
 /// expires]`; deliveries `[event_id, rule, action_index, action_kind, destination, status,
@@ -111,6 +111,7 @@ pub(super) fn body(
             start,
             length,
             &e.dedup_key,
+            &e.campaign_id,
         )
     }));
     let deliveries = json(events.iter().zip(verdicts).enumerate().flat_map(
@@ -145,9 +146,10 @@ pub(super) fn body(
     let mut body = vec![
         Statement::new(
             "
-        INSERT INTO events (id, source, event_type, lead_email, received_at, config_hash, payload)
+        INSERT INTO events (id, source, event_type, lead_email, received_at, config_hash, payload,
+                            campaign_id)
             SELECT j.value->>0, j.value->>1, j.value->>2, j.value->>3, ?, j.value->>4,
-                   CAST(substr(?, j.value->>5, j.value->>6) AS TEXT)
+                   CAST(substr(?, j.value->>5, j.value->>6) AS TEXT), j.value->>8
             FROM jsonb_each(?) AS j
             WHERE EXISTS (SELECT 1 FROM intake_keys k
                           WHERE k.key = j.value->>7 AND k.event_id = j.value->>0);",

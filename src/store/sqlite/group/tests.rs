@@ -10,6 +10,7 @@ fn event(bytes: usize) -> NewEvent {
         source: String::new(),
         event_type: String::new(),
         lead_email: None,
+        campaign_id: None,
         config_hash: String::new(),
         payload: "x".repeat(bytes),
         dedup_key: String::new(),

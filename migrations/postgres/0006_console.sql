@@ -1,0 +1,16 @@
+-- The console: events filtered by campaign, type and lead, newest first, and the webhook
+-- requests the router refused (never their bodies).
+ALTER TABLE events ADD COLUMN campaign_id TEXT;
+CREATE INDEX events_campaign ON events (campaign_id, received_at);
+CREATE INDEX events_type ON events (event_type, received_at);
+CREATE INDEX events_lead ON events (lower(lead_email), received_at);
+
+CREATE TABLE refused (
+    id     BIGSERIAL PRIMARY KEY,
+    at     BIGINT NOT NULL,
+    client TEXT NOT NULL,
+    path   TEXT NOT NULL,
+    status BIGINT NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE INDEX refused_at ON refused (at);
