@@ -3,6 +3,7 @@
 //! for `check` and `test`.
 
 mod actions;
+mod browser;
 mod cli;
 mod console;
 mod durable;
