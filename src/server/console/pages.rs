@@ -777,15 +777,6 @@ fn sample(name: &str) -> Option<&'static str> {
     SAMPLES.iter().find(|(n, _)| *n == name).map(|(_, t)| *t)
 }
 
-/// The rules text the playground starts with: the loaded rules file (one file only).
-fn loaded_rules_text(s: &State) -> String {
-    let config = s.app.current();
-    match config.files.as_slice() {
-        [one] => std::fs::read_to_string(one).unwrap_or_default(),
-        _ => String::new(),
-    }
-}
-
 pub(super) async fn playground_page(
     v: Viewer,
     s: Arc<State>,
@@ -815,7 +806,8 @@ pub(super) async fn playground_page(
         &PlaygroundPage {
             c: chrome(&v, "playground", None),
             event_text,
-            rules_text: loaded_rules_text(&s),
+            // Empty: the loaded rules. (Not their text: a rules file may hold secrets.)
+            rules_text: String::new(),
             samples: SAMPLES.iter().map(|(n, _)| *n).collect(),
             report: None,
             error,
