@@ -72,9 +72,31 @@ pub fn expand_with(
     Ok(out)
 }
 
+thread_local! {
+    /// Whether this thread reads every variable as unset (see [`without_environment`]).
+    static HIDDEN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with the process environment hidden from [`expand`] on this thread: every variable
+/// reads as unset. Rules pasted into the console's playground are compiled so, or they could
+/// print the router's secrets (`to: ${SMTP_PASSWORD}`).
+pub fn without_environment<T>(f: impl FnOnce() -> T) -> T {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            HIDDEN.set(self.0);
+        }
+    }
+    let _restore = Restore(HIDDEN.replace(true));
+    f()
+}
+
 /// Expands `text` from the process environment.
 pub fn expand(text: &str) -> Result<Expanded, EnvError> {
-    expand_with(text, |name| std::env::var(name).ok())
+    expand_with(text, |name| match HIDDEN.get() {
+        true => None,
+        false => std::env::var(name).ok(),
+    })
 }
 
 #[cfg(test)]

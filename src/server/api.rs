@@ -247,6 +247,9 @@ struct Bulk {
     expect: Option<u64>,
 }
 
+/// Ids one bulk request may name (each is a bound parameter).
+pub(super) const MAX_IDS: usize = 1000;
+
 async fn bulk(s: Arc<State>, op: String, body: bytes::Bytes) -> Response {
     let retry = match op.as_str() {
         "retry" => true,
@@ -268,6 +271,12 @@ async fn bulk(s: Arc<State>, op: String, body: bytes::Bytes) -> Response {
             }
         }
     };
+    if bulk.ids.len() > MAX_IDS {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("at most {MAX_IDS} ids at once; select by rule and destination for more"),
+        );
+    }
     let filter = DeadFilter {
         ids: bulk.ids,
         rule: bulk.rule.filter(|r| !r.is_empty()),

@@ -75,6 +75,14 @@ pub async fn destinations(state: &State) -> Result<Vec<DestinationHealth>, Store
             _ => {}
         }
     }
+    // A quiet destination's last success may be older than the newest attempts read above.
+    for (destination, at) in state.store.last_successes(since).await? {
+        if let Some(h) = health.get_mut(&destination)
+            && h.last_success.is_none()
+        {
+            h.last_success = Some(rfc3339(at));
+        }
+    }
     Ok(health.into_values().collect())
 }
 
@@ -285,13 +293,16 @@ pub async fn playground(state: &State, input: PlaygroundInput) -> Result<Report,
             let text = text.to_string();
             let templates = state.app.paths.templates.clone();
             let sources = sources.clone();
+            // Pasted rules never read the router's environment: a variable reads as unset.
             let compiled = tokio::task::spawn_blocking(move || {
-                crate::config::load_text(
-                    std::path::Path::new("playground.yaml"),
-                    &text,
-                    &templates,
-                    &sources,
-                )
+                crate::env::without_environment(|| {
+                    crate::config::load_text(
+                        std::path::Path::new("playground.yaml"),
+                        &text,
+                        &templates,
+                        &sources,
+                    )
+                })
             })
             .await
             .map_err(|e| fail(format!("the rules could not be compiled: {e}")))?;
@@ -371,7 +382,10 @@ pub struct EventQuery {
     pub after: String,
     /// Page size.
     #[serde(default)]
-    pub limit: Option<u32>,
+    pub limit: String,
+    /// Where a live view starts: the newest event the page shows (a cursor).
+    #[serde(default)]
+    pub from: String,
 }
 
 impl EventQuery {
@@ -397,7 +411,13 @@ impl EventQuery {
                 "" => None,
                 c => Some(c.parse()?),
             },
-            limit: self.limit,
+            limit: match self.limit.trim() {
+                "" => None,
+                n => Some(
+                    n.parse()
+                        .map_err(|_| format!("limit: {n:?} is not a number of events"))?,
+                ),
+            },
         })
     }
 
@@ -419,6 +439,7 @@ impl EventQuery {
             ("since", &q.since),
             ("until", &q.until),
             ("after", &q.after),
+            ("limit", &q.limit),
         ];
         let enc = |s: &str| {
             percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()

@@ -347,6 +347,28 @@ impl Store {
         self.with_briefs(rows).await
     }
 
+    /// The newest events received at or after `since` (at most `limit`, newest first): what a
+    /// live view reads again, since an instance may commit an event stamped earlier than one
+    /// another instance committed before it.
+    pub async fn events_received_since(
+        &self,
+        since: Millis,
+        limit: u32,
+    ) -> Result<Vec<EventSummary>, StoreError> {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events e WHERE e.received_at >= $1
+             ORDER BY e.received_at DESC, e.id DESC LIMIT CAST($2 AS INTEGER)"
+        );
+        let rows: Vec<SummaryRow> = on_pool!(self, pool => {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(since)
+                .bind(limit as i64)
+                .fetch_all(pool)
+                .await?
+        });
+        self.with_briefs(rows).await
+    }
+
     /// The newest event's cursor (where a live view starts).
     pub async fn newest_event(&self) -> Result<Cursor, StoreError> {
         let row: Option<(i64, String)> = on_pool!(self, pool => {
@@ -611,6 +633,20 @@ impl Store {
                 error,
             })
             .collect())
+    }
+
+    /// Each destination's last delivered attempt since `since` (Unix ms).
+    pub async fn last_successes(&self, since: Millis) -> Result<Vec<(String, Millis)>, StoreError> {
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT d.destination, MAX(a.started_at) FROM attempts a
+                 JOIN deliveries d ON d.id = a.delivery_id
+                 WHERE a.outcome = 'delivered' AND a.started_at >= $1 GROUP BY d.destination",
+            )
+            .bind(since)
+            .fetch_all(pool)
+            .await?
+        }))
     }
 
     /// Each rule's events matched and deliveries dead since `since`.

@@ -404,6 +404,7 @@ async fn lead_written_text_is_escaped_and_links_from_events_are_only_web_links()
     e["reply_message"]["text"] = json!("<script>alert(1)</script><img src=x onerror=alert(2)>");
     e["to_name"] = json!("<b onmouseover=alert(3)>Eve</b>");
     e["ui_master_inbox_link"] = json!("javascript:alert(4)");
+    e["app_url"] = json!("javascript:alert(4)");
     let id = router.post(&e).await;
     let (status, _, page) = text(
         client()
@@ -422,6 +423,39 @@ async fn lead_written_text_is_escaped_and_links_from_events_are_only_web_links()
         "{page}"
     );
     assert!(!page.contains("href=\"javascript:"), "{page}");
+    assert!(!page.contains("open the conversation"), "{page}");
+    // A web link from the event is a link.
+    let id = router.post(&reply("y@lead.example")).await;
+    let (_, _, page) = text(
+        client()
+            .get(router.url(&format!("/console/events/{id}")))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(
+        page.contains("href=\"https://app.smartlead.ai/app/master-inbox?leadMap=1438627\""),
+        "{page}"
+    );
+}
+
+#[tokio::test]
+async fn pasted_playground_rules_never_read_the_routers_environment() {
+    // SAFETY: a variable of this test alone, set before any thread reads it.
+    unsafe { std::env::set_var("SB_PLAYGROUND_SECRET", "hunter2-s3cret") };
+    let (slack, hook) = (HttpPeer::start().await, HttpPeer::start().await);
+    let router = Router::start(&rules(&slack, &hook), &[]).await;
+    let pasted = "rules:\n  - name: leak\n    actions:\n      - email:\n          smtp_url: smtp://127.0.0.1:1\n          from: \"${SB_PLAYGROUND_SECRET}\"\n          to: \"${SB_PLAYGROUND_SECRET}@x.example\"\n          subject: hi\n          text: hi\n";
+    let r = client()
+        .post(router.url("/api/playground"))
+        .body(json!({"event": reply("pg@lead.example"), "rules": pasted}).to_string())
+        .send()
+        .await
+        .unwrap();
+    let answer = r.text().await.unwrap();
+    assert!(!answer.contains("hunter2"), "{answer}");
+    assert!(answer.contains("SB_PLAYGROUND_SECRET"), "{answer}");
 }
 
 #[tokio::test]
@@ -511,6 +545,55 @@ async fn a_bulk_retry_by_filter_touches_exactly_the_filtered_dead_letters() {
         let r = c.get(router.url("/api/dlq/count")).send().await.unwrap();
         let count: Value = r.json().await.unwrap();
         assert_eq!(count["count"], 1);
+        // The console's "discard all matching": first how many, then only that many.
+        let (_, _, page) = text(c.get(router.url("/console/dlq")).send().await.unwrap()).await;
+        let token = form_token(&page);
+        let own = router.url("");
+        let post = |fields: Vec<(&'static str, String)>| {
+            c.post(router.url("/console/dlq"))
+                .header("origin", own.trim_end_matches('/').to_string())
+                .form(&fields)
+                .send()
+        };
+        let (status, _, page) = text(
+            post(vec![
+                ("_csrf", token.clone()),
+                ("op", "discard-all".into()),
+                ("rule", "bounces".into()),
+            ])
+            .await
+            .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert!(
+            page.contains("discard <strong>1</strong> dead letter(s)"),
+            "{page}"
+        );
+        let r = c.get(router.url("/api/dlq/count")).send().await.unwrap();
+        let count: Value = r.json().await.unwrap();
+        assert_eq!(count["count"], 1, "nothing is done before the confirmation");
+        let (status, headers, _) = text(
+            post(vec![
+                ("_csrf", token),
+                ("op", "discard-all".into()),
+                ("rule", "bounces".into()),
+                ("confirm", "1".into()),
+            ])
+            .await
+            .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 303);
+        assert!(
+            headers["location"]
+                .to_str()
+                .unwrap()
+                .contains("done=discarded&n=1")
+        );
+        let r = c.get(router.url("/api/dlq/count")).send().await.unwrap();
+        let count: Value = r.json().await.unwrap();
+        assert_eq!(count["count"], 0);
     })
     .await;
 }
@@ -606,4 +689,75 @@ async fn the_live_view_streams_new_events_from_the_store_and_ends_at_shutdown() 
     })
     .await;
     assert!(end.is_ok(), "the stream ended");
+}
+
+#[tokio::test]
+async fn the_live_view_starts_after_the_newest_event_its_page_shows() {
+    let (slack, hook) = (HttpPeer::start().await, HttpPeer::start().await);
+    let router = Router::start(&rules(&slack, &hook), &[]).await;
+    use futures_util::StreamExt;
+    let shown = router.post(&reply("shown@lead.example")).await;
+    let c = client();
+    let page: Value = c
+        .get(router.url("/api/events"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let newest = &page["events"][0];
+    assert_eq!(newest["id"], shown.as_str());
+    let cursor = format!("{}-{}", newest["received_at"], shown);
+    // Posted after the page was read, before its live view was switched on.
+    let missed = router.post(&reply("between@lead.example")).await;
+    let r = c
+        .get(router.url(&format!("/console/live?from={cursor}")))
+        .send()
+        .await
+        .unwrap();
+    let mut body = r.bytes_stream();
+    let mut seen = String::new();
+    let got = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(chunk) = body.next().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+            if seen.contains(&missed) {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(got.is_ok(), "the event between arrives: {seen}");
+    assert!(!seen.contains(&format!("\"id\":\"{shown}\"")), "{seen}");
+    assert!(
+        seen.contains("id:"),
+        "events carry ids to resume from: {seen}"
+    );
+}
+
+#[tokio::test]
+async fn console_off_serves_no_page_asset_or_login() {
+    let (slack, hook) = (HttpPeer::start().await, HttpPeer::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("rules.yaml"), rules(&slack, &hook)).unwrap();
+    let router = crate::util::Binary::start(dir.path(), &["--console", "off"]).await;
+    for path in [
+        "/console",
+        "/console/login",
+        "/console/static/app.css",
+        "/console/events",
+    ] {
+        let r = client()
+            .get(format!("{}{path}", router.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+    }
+    let r = client()
+        .get(format!("{}/api/events", router.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the API stays");
 }

@@ -24,11 +24,20 @@ struct Line<'a> {
 }
 
 /// The stream of events received from now on that pass the page's filters.
-pub(super) fn stream(_viewer: Viewer, query: EventQuery, state: Arc<State>) -> Response {
+pub(super) fn stream(
+    _viewer: Viewer,
+    query: EventQuery,
+    last_event_id: Option<String>,
+    state: Arc<State>,
+) -> Response {
     // The store's futures are not `Sync`, as a response body must be: a task of its own reads
     // the store and hands the events over a channel, and stops once the page is gone.
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
-    tokio::spawn(feed(state, query, tx));
+    // A reconnecting browser says where it was (`Last-Event-ID`); a page, its newest event.
+    let start = last_event_id
+        .or_else(|| Some(query.from.clone()))
+        .and_then(|c| c.parse::<Cursor>().ok());
+    tokio::spawn(feed(state, query, start, tx));
     let events = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
     });
@@ -45,30 +54,78 @@ pub(super) fn stream(_viewer: Viewer, query: EventQuery, state: Arc<State>) -> R
     resp
 }
 
-/// Sends the new events that pass `query` until the router closes or the page goes away.
-async fn feed(state: Arc<State>, query: EventQuery, tx: tokio::sync::mpsc::Sender<Event>) {
-    let mut cursor = state.store.newest_event().await.unwrap_or(Cursor {
-        at: crate::store::now_ms(),
-        id: String::new(),
-    });
+/// How far back each poll looks again for events committed late: an instance may commit an
+/// event stamped before one that another instance committed earlier.
+const OVERLAP_MS: i64 = 5_000;
+
+/// Sends the new events that pass `query`, from `start` (or from now), until the router
+/// closes or the page goes away.
+async fn feed(
+    state: Arc<State>,
+    query: EventQuery,
+    start: Option<Cursor>,
+    tx: tokio::sync::mpsc::Sender<Event>,
+) {
+    let mut cursor = match start {
+        Some(c) => c,
+        None => state.store.newest_event().await.unwrap_or(Cursor {
+            at: crate::store::now_ms(),
+            id: String::new(),
+        }),
+    };
+    // What was sent within the overlap, so that reading it again sends nothing twice.
+    let mut sent: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+    // Those up to the start were shown already (or are older than the view).
+    if let Ok(shown) = state
+        .store
+        .events_received_since(cursor.at - OVERLAP_MS, 200)
+        .await
+    {
+        for e in shown {
+            if (e.received_at, e.id.as_str()) <= (cursor.at, cursor.id.as_str()) {
+                sent.insert(e.id, e.received_at);
+            }
+        }
+    }
     loop {
         tokio::select! {
             _ = state.closing.cancelled() => return,
             _ = tx.closed() => return,
             _ = tokio::time::sleep(POLL) => {}
         }
-        let Ok(fresh) = state.store.events_since(&cursor, 100).await else {
+        let Ok(mut fresh) = state.store.events_since(&cursor, 100).await else {
             continue;
         };
-        if let Some(last) = fresh.last() {
-            cursor = Cursor {
-                at: last.received_at,
-                id: last.id.clone(),
+        if let Ok(late) = state
+            .store
+            .events_received_since(cursor.at - OVERLAP_MS, 200)
+            .await
+        {
+            let before = |e: &crate::store::console::EventSummary| {
+                (e.received_at, e.id.as_str()) <= (cursor.at, cursor.id.as_str())
             };
+            fresh.extend(
+                late.into_iter()
+                    .filter(|e| before(e) && !sent.contains_key(&e.id)),
+            );
         }
-        for e in fresh.iter().filter(|e| query.admits(e)) {
+        fresh.sort_by(|a, b| (a.received_at, &a.id).cmp(&(b.received_at, &b.id)));
+        fresh.dedup_by(|a, b| a.id == b.id);
+        for e in &fresh {
+            if (e.received_at, e.id.as_str()) > (cursor.at, cursor.id.as_str()) {
+                cursor = Cursor {
+                    at: e.received_at,
+                    id: e.id.clone(),
+                };
+            }
+        }
+        sent.retain(|_, at| *at >= cursor.at - OVERLAP_MS);
+        for e in fresh {
+            if sent.insert(e.id.clone(), e.received_at).is_some() || !query.admits(&e) {
+                continue;
+            }
             let line = Line {
-                event: e,
+                event: &e,
                 received: chrono::DateTime::from_timestamp_millis(e.received_at)
                     .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
                     .unwrap_or_default(),
@@ -76,7 +133,11 @@ async fn feed(state: Arc<State>, query: EventQuery, tx: tokio::sync::mpsc::Sende
             let Ok(event) = Event::default().event("event").json_data(&line) else {
                 continue;
             };
-            if tx.send(event).await.is_err() {
+            let id = Cursor {
+                at: e.received_at,
+                id: e.id.clone(),
+            };
+            if tx.send(event.id(id.to_string())).await.is_err() {
                 return;
             }
         }

@@ -256,6 +256,17 @@ const APP_JS: &str = include_str!("static/app.js");
 
 /// Every route under `/console`.
 pub(super) fn routes(state: Arc<State>) -> warp::filters::BoxedFilter<(Response,)> {
+    if state.console.is_none() {
+        // `--console off`: no page, no asset, no login.
+        return warp::path("console")
+            .map(|| {
+                super::error(
+                    StatusCode::NOT_FOUND,
+                    "the console is off (serve --console off)",
+                )
+            })
+            .boxed();
+    }
     let with_state = {
         let state = state.clone();
         warp::any().map(move || state.clone())
@@ -293,10 +304,13 @@ pub(super) fn routes(state: Arc<State>) -> warp::filters::BoxedFilter<(Response,
         .and(warp::path!("console" / "login"))
         .and(from_own_pages())
         .and(warp::addr::remote())
+        .and(warp::header::optional::<String>("origin"))
         .and(warp::body::content_length_limit(16 * 1024))
         .and(warp::body::form::<Form>())
         .and(with_state.clone())
-        .map(|peer, form: Form, s: Arc<State>| pages::login(&s, peer, &form));
+        .map(|peer, origin: Option<String>, form: Form, s: Arc<State>| {
+            pages::login(&s, peer, origin, &form)
+        });
     let logout = warp::path!("console" / "logout")
         .and(guarded_form(state.clone()))
         .map(|_: Viewer, _: Form| pages::logout());
@@ -353,6 +367,7 @@ pub(super) fn routes(state: Arc<State>) -> warp::filters::BoxedFilter<(Response,
         .and(warp::path!("console" / "live"))
         .and(viewer(state.clone()))
         .and(warp::query::<super::views::EventQuery>())
+        .and(warp::header::optional::<String>("last-event-id"))
         .and(with_state.clone())
         .map(live::stream);
     let not_found = warp::get()

@@ -136,7 +136,12 @@ pub(super) fn login_form(s: &State, next: &str, error: Option<&str>) -> Response
 }
 
 /// Checks the token; on success sets the session cookie and goes to `next`.
-pub(super) fn login(s: &State, peer: Option<SocketAddr>, form: &Form) -> Response {
+pub(super) fn login(
+    s: &State,
+    peer: Option<SocketAddr>,
+    origin: Option<String>,
+    form: &Form,
+) -> Response {
     let next = super::safe_next(field(form, "next").unwrap_or("/console"));
     let super::ConsoleEntry::Login(token) = s.access.console() else {
         return see_other(next);
@@ -162,8 +167,13 @@ pub(super) fn login(s: &State, peer: Option<SocketAddr>, form: &Form) -> Respons
     }
     let cookie = console.keys.new_session(chrono::Utc::now().timestamp());
     let mut resp = see_other(next);
+    // Over HTTPS (as the browser's `Origin` says, behind a TLS proxy) the cookie is `Secure`.
+    let secure = match origin.is_some_and(|o| o.starts_with("https://")) {
+        true => "; Secure",
+        false => "",
+    };
     let set = format!(
-        "{}={cookie}; Path=/console; HttpOnly; SameSite=Strict; Max-Age={}",
+        "{}={cookie}; Path=/console; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
         session::COOKIE,
         session::LIFETIME_SECS
     );
@@ -297,13 +307,37 @@ pub(super) async fn events(v: Viewer, s: Arc<State>, q: EventQuery) -> Response 
         type_choices: choices(EVENT_TYPES.iter().copied(), &q.event_type),
         rule_choices: choices(rule_names, &q.rule),
         status_choices: choices(statuses, &q.status),
-        live_src: q.to_query(None),
+        live_src: live_src(&q, &page_result),
         next_href,
         error,
         page: page_result,
         q,
     };
     page(StatusCode::OK, &p)
+}
+
+/// What the live view of a page asks for: its filters, and to start after the newest event
+/// the page shows (the first page; an older page starts from now).
+fn live_src(q: &EventQuery, page: &EventPage) -> String {
+    let mut src = q.to_query(None);
+    if q.after.trim().is_empty()
+        && let Some(newest) = page.events.first()
+    {
+        let cursor = crate::store::console::Cursor {
+            at: newest.received_at,
+            id: newest.id.clone(),
+        };
+        let from = percent_encoding::utf8_percent_encode(
+            &cursor.to_string(),
+            percent_encoding::NON_ALPHANUMERIC,
+        )
+        .to_string();
+        if !src.is_empty() {
+            src.push('&');
+        }
+        src.push_str(&format!("from={from}"));
+    }
+    src
 }
 
 #[derive(Template)]
@@ -419,7 +453,7 @@ pub(super) struct DeadQuery {
     #[serde(default)]
     done: String,
     #[serde(default)]
-    n: u64,
+    n: String,
 }
 
 #[derive(Template)]
@@ -444,9 +478,10 @@ fn dead_filter(rule: &str, destination: &str, ids: Vec<i64>) -> DeadFilter {
 }
 
 pub(super) async fn dlq(v: Viewer, s: Arc<State>, q: DeadQuery) -> Response {
+    let n: u64 = q.n.parse().unwrap_or_default();
     let flash = match q.done.as_str() {
-        "retried" => Some(format!("{} dead letter(s) requeued.", q.n)),
-        "discarded" => Some(format!("{} dead letter(s) discarded.", q.n)),
+        "retried" => Some(format!("{n} dead letter(s) requeued.")),
+        "discarded" => Some(format!("{n} dead letter(s) discarded.")),
         "none" => Some("Nothing was selected.".to_string()),
         _ => None,
     };
@@ -551,6 +586,7 @@ pub(super) async fn dlq_action(v: Viewer, form: Form, s: Arc<State>) -> Response
             .iter()
             .filter(|(k, _)| k == "id")
             .filter_map(|(_, v)| v.parse().ok())
+            .take(crate::server::api::MAX_IDS)
             .collect();
         if ids.is_empty() {
             return back("none", 0);
