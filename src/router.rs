@@ -100,6 +100,11 @@ pub enum StartError {
     /// An `--allowed-host` that is not a name.
     #[error(transparent)]
     AllowedHost(BadHostName),
+    /// `SWITCHBOARD_ADMIN_TOKEN` is set but empty: the operator meant a token and has none.
+    #[error(
+        "SWITCHBOARD_ADMIN_TOKEN is set but empty: set it to a token (it guards /-/reload, /api and the console) or unset it"
+    )]
+    EmptyAdminToken,
     /// The workers' runtime cannot start (no threads).
     #[error("cannot start the delivery workers' threads: {0}")]
     Runtime(std::io::Error),
@@ -114,6 +119,14 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let listen = listener.local_addr().map_err(StartError::Listener)?;
+    // An empty token would leave the admin API as open as no token at all, silently.
+    if options
+        .admin_token
+        .as_deref()
+        .is_some_and(|t| t.trim().is_empty())
+    {
+        return Err(StartError::EmptyAdminToken);
+    }
     let policy = ListenerPolicy::new(listen, options.insecure);
     let app = App::load(options.config.clone(), options.sources.clone(), policy)
         .map_err(StartError::Config)?;

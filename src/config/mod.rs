@@ -116,15 +116,48 @@ pub fn is_rules_file(path: &Path) -> bool {
     yaml && !hidden
 }
 
+/// Reads a rules file: only a regular file (a FIFO would block reload and shutdown for good,
+/// a device such as `/dev/zero` never ends), and never more than the limit, whatever size the
+/// file reports.
 fn read_rules_file(path: &Path) -> Result<String, Diagnostic> {
-    let too_big = std::fs::metadata(path)
-        .map(|m| m.len() > MAX_RULES_FILE_BYTES)
-        .unwrap_or(false);
-    if too_big {
+    use std::io::Read;
+    let meta =
+        std::fs::metadata(path).map_err(|e| Diagnostic::file(path, format!("cannot read: {e}")))?;
+    if !meta.is_file() {
         return Err(Diagnostic::file(
             path,
-            format!("the file is larger than {MAX_RULES_FILE_BYTES} bytes"),
+            "not a regular file (a pipe, device or socket); give a rules file or a directory of them",
         ));
     }
-    std::fs::read_to_string(path).map_err(|e| Diagnostic::file(path, format!("cannot read: {e}")))
+    let too_big = || {
+        Diagnostic::file(
+            path,
+            format!(
+                "the file is larger than {MAX_RULES_FILE_BYTES} bytes; split the rules into a \
+                 directory of files"
+            ),
+        )
+    };
+    if meta.len() > MAX_RULES_FILE_BYTES {
+        return Err(too_big());
+    }
+    // Opened without blocking: should the path have been swapped for a FIFO since, opening
+    // it returns at once (and reading finds nothing) instead of waiting for a writer.
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+    }
+    .map_err(|e| Diagnostic::file(path, format!("cannot read: {e}")))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_RULES_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Diagnostic::file(path, format!("cannot read: {e}")))?;
+    if bytes.len() as u64 > MAX_RULES_FILE_BYTES {
+        return Err(too_big());
+    }
+    String::from_utf8(bytes)
+        .map_err(|e| Diagnostic::file(path, format!("cannot read: not UTF-8 text: {e}")))
 }

@@ -12,6 +12,31 @@ use serde_json::{Map, Value};
 /// The body field SmartLead carries its secret key in.
 const SECRET_FIELD: &str = "secret_key";
 
+/// The body field SmartLead names the URL it posts to in (with a URL token, when used).
+const URL_FIELD: &str = "webhook_url";
+
+/// A webhook URL without the token it may carry: its query and any path segment after
+/// `/webhooks/{source}/` become `***` (`https://router.example/webhooks/smartlead/***`).
+fn redact_webhook_url(url: &str) -> String {
+    let (path, query) = match url.split_once('?') {
+        Some((p, _)) => (p, "?***"),
+        None => (url, ""),
+    };
+    let path = match path.find("/webhooks/") {
+        Some(at) => {
+            let rest = &path[at + "/webhooks/".len()..];
+            match rest.split_once('/') {
+                Some((source, token)) if !token.is_empty() => {
+                    format!("{}/webhooks/{source}/***", &path[..at])
+                }
+                _ => path.to_string(),
+            }
+        }
+        None => path.to_string(),
+    };
+    format!("{path}{query}")
+}
+
 /// Where SmartLead puts the moment an event happened, in order of preference.
 const EVENT_TIME: &[&str] = &[
     "event_timestamp",
@@ -79,6 +104,10 @@ impl Source for SmartLead {
         };
         let mut raw = Value::Object(payload);
         strip_key(&mut raw, SECRET_FIELD);
+        // The URL SmartLead posts to carries the router's token in token mode.
+        if let Some(Value::String(url)) = raw.get_mut(URL_FIELD) {
+            *url = redact_webhook_url(url);
+        }
         event.raw = raw;
         event
     }

@@ -362,7 +362,16 @@ fn parse(body: &[u8]) -> Result<serde_json::Map<String, Value>, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err("the body is empty; expected a JSON object".into());
     }
-    match serde_json::from_slice::<Value>(body) {
+    let parsed = serde_json::from_slice::<Value>(body).or_else(|e| {
+        // JavaScript cuts strings mid-emoji and escapes the half as a lone surrogate
+        // (`\ud83d`), which JSON parsers refuse: the event would be refused on every retry.
+        // Each lone one is read as U+FFFD instead.
+        match repair_lone_surrogates(body) {
+            Some(repaired) => serde_json::from_slice::<Value>(&repaired).map_err(|_| e),
+            None => Err(e),
+        }
+    });
+    match parsed {
         Ok(Value::Object(map)) => Ok(map),
         Ok(other) => Err(format!(
             "the body must be a JSON object, not {}",
@@ -370,6 +379,49 @@ fn parse(body: &[u8]) -> Result<serde_json::Map<String, Value>, String> {
         )),
         Err(e) => Err(format!("the body is not valid JSON: {e}")),
     }
+}
+
+/// The body with every `\uXXXX` escape of a lone surrogate (a high one not followed by a low
+/// one, or a low one alone) replaced by `\ufffd`; `None` when it has none.
+fn repair_lone_surrogates(body: &[u8]) -> Option<Vec<u8>> {
+    fn unit(b: &[u8], at: usize) -> Option<u16> {
+        if b.get(at) != Some(&b'\\') || b.get(at + 1) != Some(&b'u') {
+            return None;
+        }
+        let hex = std::str::from_utf8(b.get(at + 2..at + 6)?).ok()?;
+        u16::from_str_radix(hex, 16).ok()
+    }
+    let high = |u: u16| (0xD800..0xDC00).contains(&u);
+    let low = |u: u16| (0xDC00..0xE000).contains(&u);
+    let mut out = Vec::with_capacity(body.len());
+    let mut changed = false;
+    let mut i = 0;
+    while i < body.len() {
+        if body[i] != b'\\' {
+            out.push(body[i]);
+            i += 1;
+            continue;
+        }
+        match unit(body, i) {
+            Some(u) if high(u) && unit(body, i + 6).is_some_and(low) => {
+                out.extend_from_slice(&body[i..i + 12]);
+                i += 12;
+            }
+            Some(u) if high(u) || low(u) => {
+                out.extend_from_slice(b"\\ufffd");
+                changed = true;
+                i += 6;
+            }
+            // Any other escape (`\\`, `\"`, `\u0041`) is kept whole, so that an escaped
+            // backslash is never read as the start of an escape.
+            _ => {
+                let n = if body.get(i + 1) == Some(&b'u') { 6 } else { 2 };
+                out.extend_from_slice(&body[i..(i + n).min(body.len())]);
+                i += n;
+            }
+        }
+    }
+    changed.then_some(out)
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -411,4 +463,27 @@ fn record_refused(
             tracing::debug!(error = %e, "A refused request could not be recorded.");
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lone_surrogate_is_read_as_the_replacement_character() {
+        let cut = br#"{"text": "cut \ud83d", "low": "\udc00x", "pair": "\ud83d\ude00", "lit": "\\ud800"}"#;
+        let map = parse(cut).unwrap();
+        assert_eq!(map["text"], "cut \u{fffd}");
+        assert_eq!(map["low"], "\u{fffd}x");
+        assert_eq!(map["pair"], "\u{1f600}");
+        assert_eq!(
+            map["lit"], "\\ud800",
+            "an escaped backslash is not an escape"
+        );
+        assert!(repair_lone_surrogates(br#"{"a": "\ud83d\ude00 \\ud800"}"#).is_none());
+        assert!(
+            parse(br#"{"a": "\ud83d"#).is_err(),
+            "still broken JSON is refused"
+        );
+    }
 }

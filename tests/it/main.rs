@@ -10,6 +10,7 @@ mod durable;
 mod email;
 mod escaping;
 mod explain;
+mod hostile;
 mod hosts;
 mod hours;
 mod intake;

@@ -230,3 +230,30 @@ fn duplicate_keys_lead_with_the_event_time_and_identify_the_event() {
     let bare = key(json!({"event_type": "EMAIL_SENT"}));
     assert!(bare.starts_with("smartlead:body:"), "{bare}");
 }
+
+#[test]
+fn the_url_token_smartlead_repeats_in_webhook_url_is_not_kept() {
+    for (sent, kept) in [
+        (
+            "https://router.example/webhooks/smartlead/t0ken-s3cret",
+            "https://router.example/webhooks/smartlead/***",
+        ),
+        (
+            "https://router.example/webhooks/smartlead?token=t0ken-s3cret",
+            "https://router.example/webhooks/smartlead?***",
+        ),
+        (
+            "https://router.example/webhooks/smartlead",
+            "https://router.example/webhooks/smartlead",
+        ),
+    ] {
+        let mut payload: Map<String, Value> = serde_json::from_str(include_str!(
+            "../../../tests/fixtures/smartlead/real_13_email_reply.json"
+        ))
+        .unwrap();
+        payload.insert("webhook_url".into(), json!(sent));
+        let event = SmartLead.normalise(payload);
+        assert_eq!(event.raw["webhook_url"], kept);
+        assert!(!event.raw.to_string().contains("s3cret"));
+    }
+}
