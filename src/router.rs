@@ -175,7 +175,11 @@ pub async fn run(
         tracing::warn!(error = %e, "Cannot read the silences; trying again in a second.");
     }
     let silences = tokio::spawn(refresh_silences(app.clone(), store.clone()));
-    let workers = delivery::start(app.clone(), store.clone(), Clients::new(), settings);
+    let clients = Clients {
+        deadline: settings.send_deadline,
+        ..Clients::new()
+    };
+    let workers = delivery::start(app.clone(), store.clone(), clients, settings);
     let _watch = watch::watch(app.clone())
         .inspect_err(|e| tracing::warn!(error = %e, "Cannot watch the rules for changes; reload with SIGHUP or POST /-/reload."))
         .ok();

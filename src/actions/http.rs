@@ -321,7 +321,7 @@ impl Channel for Http {
             return Ok(());
         }
         let retry = retry_after(response.headers());
-        let text = response.text().await.unwrap_or_default();
+        let text = super::answer_prefix(response).await;
         let mut err = status_error(
             status,
             &format!(

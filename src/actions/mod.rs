@@ -32,6 +32,8 @@ pub struct Clients {
     /// Whether requests go through a proxy (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`): the proxy
     /// then resolves the names, and [`forgery`] checks them before sending instead.
     pub proxied: bool,
+    /// How long one send may take in all ([`SEND_DEADLINE`] unless told otherwise).
+    pub deadline: Duration,
 }
 
 impl Clients {
@@ -70,6 +72,7 @@ impl Clients {
             http,
             screened,
             proxied,
+            deadline: SEND_DEADLINE,
         }
     }
 }
@@ -331,9 +334,29 @@ macro_rules! channels {
         }
 
         impl Message {
-            /// Sends the message.
+            /// Sends the message, giving up (a retryable timeout) past the clients' deadline, or
+            /// past an `http` action's own timeout when that is longer.
             pub async fn send(&self, clients: &Clients) -> Result<(), SendError> {
-                match self { $(Message::$variant(m) => $module::$variant::send(m, clients).await,)+ }
+                let deadline = match self {
+                    Message::Http(m) => clients.deadline.max(m.timeout + Duration::from_secs(1)),
+                    _ => clients.deadline,
+                };
+                let send = async {
+                    match self { $(Message::$variant(m) => $module::$variant::send(m, clients).await,)+ }
+                };
+                match tokio::time::timeout(deadline, send).await {
+                    Ok(sent) => sent,
+                    Err(_) => Err(SendError {
+                        retryable: true,
+                        retry_after: None,
+                        status: None,
+                        message: format!(
+                            "no answer within {} s (connecting, greeting, commands and body in all)",
+                            deadline.as_secs_f64()
+                        ),
+                        kind: FailureKind::Timeout,
+                    }),
+                }
             }
 
             /// The message as `test` prints it, secrets redacted.
@@ -350,6 +373,31 @@ channels! {
     Http(http),
     Log(log),
 }
+
+/// How much of a peer's answer is read: enough for Slack's error strings and an error page's
+/// first lines; the rest is never read (a peer answering gigabytes costs nothing).
+pub const ANSWER_PREFIX_BYTES: usize = 4096;
+
+/// The first [`ANSWER_PREFIX_BYTES`] of an answer's body, as text (the connection is dropped
+/// rather than drained after it).
+pub async fn answer_prefix(mut response: reqwest::Response) -> String {
+    let mut prefix = Vec::new();
+    while prefix.len() < ANSWER_PREFIX_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = ANSWER_PREFIX_BYTES - prefix.len();
+                prefix.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&prefix).into_owned()
+}
+
+/// How long one send may take in all (connect, TLS, greeting, each command, body, answer)
+/// unless the router is told otherwise: a peer that accepts and never answers frees the
+/// worker and the destination's slot after this.
+pub const SEND_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Shows a URL with its path and query hidden, for URLs that carry a secret (webhook tokens).
 pub fn redact_url(url: &str) -> String {

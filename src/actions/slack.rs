@@ -195,7 +195,7 @@ impl Channel for Slack {
             .map_err(super::http::transport_error)?;
         let status = response.status();
         let retry_after = super::http::retry_after(response.headers());
-        let body = response.text().await.unwrap_or_default();
+        let body = super::answer_prefix(response).await;
         let body = body.trim();
         if status.is_success() {
             return Ok(());

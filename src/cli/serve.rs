@@ -62,6 +62,10 @@ pub(super) struct ServeArgs {
     /// How long shutdown waits for deliveries in flight.
     #[arg(long, env = "SWITCHBOARD_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
+    /// How long one send may take in all (connect, greeting, commands, body, answer) before
+    /// it is abandoned and retried later.
+    #[arg(long, env = "SWITCHBOARD_SEND_DEADLINE", default_value = "30s", value_parser = humantime::parse_duration)]
+    send_deadline: Duration,
     /// Serve the web console at /console (same access as /api: the admin token, or loopback).
     #[arg(long, env = "SWITCHBOARD_CONSOLE", default_value = "on", value_parser = ["on", "off"])]
     console: String,
@@ -80,6 +84,7 @@ impl ServeArgs {
                 ..RetryPolicy::default()
             },
             history: self.history,
+            send_deadline: self.send_deadline,
             ..delivery::Settings::default()
         };
         options.insecure = self.insecure;

@@ -60,6 +60,8 @@ pub struct Settings {
     /// Where the workers run: a runtime of their own (see [`runtime`]), or, when `None`, the
     /// caller's.
     pub runtime: Option<tokio::runtime::Handle>,
+    /// How long one send may take in all before it is abandoned as a (retryable) timeout.
+    pub send_deadline: Duration,
 }
 
 impl Default for Settings {
@@ -73,6 +75,7 @@ impl Default for Settings {
             heartbeat: Duration::from_secs(5),
             listen: String::new(),
             runtime: None,
+            send_deadline: crate::actions::SEND_DEADLINE,
         }
     }
 }

@@ -124,3 +124,137 @@ async fn a_rules_path_that_is_a_pipe_or_a_device_is_refused_without_blocking() {
     router.stop().await;
     assert!(begun.elapsed() < Duration::from_secs(5));
 }
+
+/// A TCP server that accepts every connection and never says a word (an SMTP server that
+/// never greets, an HTTP server that never answers); it holds the connections open.
+async fn silent_server() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn smtp_servers_that_never_greet_free_their_slots_and_slack_keeps_delivering() {
+    let slack = HttpPeer::start().await;
+    let mut rules =
+        String::from("rules:\n  - name: reply\n    when: { event: EMAIL_REPLIED }\n    actions:\n");
+    for _ in 0..8 {
+        let port = silent_server().await;
+        rules.push_str(&format!(
+            "      - email: {{ smtp_url: \"smtp://127.0.0.1:{port}?tls=none\", from: a@example.com, to: b@example.com, subject: hi, text: hi }}\n"
+        ));
+    }
+    rules.push_str(&format!(
+        "      - slack: {{ webhook_url: \"{}\", text: \"{{{{lead.email}}}}\" }}\n",
+        slack.url("/services/T/B/X")
+    ));
+    let settings = switchboard::delivery::Settings {
+        // Fewer workers than stuck destinations: without a deadline they would all hang.
+        concurrency: 4,
+        send_deadline: Duration::from_millis(500),
+        ..fast_retries()
+    };
+    let router = Router::start_with(config_dir(&rules, &[]), settings).await;
+    for n in 0..5 {
+        let mut e = unique(fixture("real_13_email_reply"));
+        e["sl_lead_email"] = json!(format!("l{n}@lead.example"));
+        router.post(&e).await;
+    }
+    let got = slack.wait_for(5).await;
+    assert_eq!(got.len(), 5);
+    let list = crate::memory::all(&router).await;
+    let timed_out = list
+        .iter()
+        .filter(|d| d.action == "email")
+        .filter(|d| {
+            d.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("no answer within 0.5 s"))
+        })
+        .count();
+    assert!(timed_out > 0, "{list:?}");
+}
+
+/// An HTTP server answering every request with `status` and a body of `megabytes` MiB, sent
+/// in chunks as fast as the client reads them.
+async fn flooding_server(status: u16, megabytes: usize) -> u16 {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = vec![0u8; 65536];
+                let _ = tokio::io::AsyncReadExt::read(&mut socket, &mut request).await;
+                let head = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n",
+                    megabytes * 1024 * 1024
+                );
+                if socket.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = vec![b'x'; 1024 * 1024];
+                for _ in 0..megabytes {
+                    if socket.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+fn resident_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn huge_answers_are_not_read_into_memory() {
+    let slack = flooding_server(200, 512).await;
+    let http = flooding_server(500, 512).await;
+    let rules = format!(
+        "rules:\n  - name: reply\n    when: {{ event: EMAIL_REPLIED }}\n    actions:\n      - slack: {{ webhook_url: \"http://127.0.0.1:{slack}/services/T/B/X\", text: hi }}\n      - http: {{ url: \"http://127.0.0.1:{http}/hook\", body: hi }}\n"
+    );
+    let router = Router::start(&rules, &[]).await;
+    let before = resident_kib();
+    router.post(&unique(fixture("real_13_email_reply"))).await;
+    let begun = Instant::now();
+    loop {
+        let list = crate::memory::all(&router).await;
+        let slack_done = list.iter().any(|d| {
+            d.action == "slack" && d.status == switchboard::store::DeliveryStatus::Delivered
+        });
+        let http_failed = list
+            .iter()
+            .any(|d| d.action == "http" && d.attempts >= 1 && d.last_error.is_some());
+        if slack_done && http_failed {
+            let error = list
+                .iter()
+                .find(|d| d.action == "http")
+                .and_then(|d| d.last_error.clone())
+                .unwrap();
+            assert!(error.contains("answered 500"), "{error}");
+            assert!(error.len() < 1000, "{error}");
+            break;
+        }
+        assert!(begun.elapsed() < Duration::from_secs(10), "{list:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The test process holds the router: its resident set grew by far less than the 1 GiB
+    // the two peers offered.
+    let grown = resident_kib().saturating_sub(before);
+    assert!(grown < 128 * 1024, "grew by {grown} KiB");
+}
