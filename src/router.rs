@@ -175,6 +175,12 @@ pub async fn run(
         tracing::warn!(error = %e, "Cannot read the silences; trying again in a second.");
     }
     let silences = tokio::spawn(refresh_silences(app.clone(), store.clone()));
+    // Every configuration that matches events is kept in the store before it serves long.
+    let _ = app.archive.set(store.clone());
+    if let Err(e) = app.archive_current().await {
+        tracing::warn!(error = %e, "Cannot keep the configuration in the store; trying again.");
+    }
+    let archiver = tokio::spawn(archive_configs(app.clone()));
     let clients = Clients {
         deadline: settings.send_deadline,
         ..Clients::new()
@@ -209,6 +215,7 @@ pub async fn run(
         task.abort();
     }
     silences.abort();
+    archiver.abort();
     if !workers.shutdown(options.shutdown_grace).await {
         tracing::warn!(
             "Some deliveries did not finish in time; they are kept and resume at the next start."
@@ -239,6 +246,30 @@ async fn refresh_silences(app: Arc<App>, store: Store) {
                 tracing::warn!(error = %e, "Cannot read the silences; the last ones read still apply.");
             }
             Err(_) => {}
+        }
+    }
+}
+
+/// Keeps each configuration that serves in the store: a new one within a second of its reload
+/// (a delivery it matched may wait for a retry past later reloads and restarts), and the
+/// serving one renewed every ten minutes (so it is kept for a while after it is replaced).
+async fn archive_configs(app: Arc<App>) {
+    let mut saved = app.current().hash.clone();
+    let mut renewed = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let hash = app.current().hash.clone();
+        if hash == saved && renewed.elapsed() < Duration::from_secs(600) {
+            continue;
+        }
+        match app.archive_current().await {
+            Ok(()) => {
+                saved = hash;
+                renewed = tokio::time::Instant::now();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot keep the configuration in the store; trying again.")
+            }
         }
     }
 }

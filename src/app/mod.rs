@@ -51,11 +51,16 @@ pub struct App {
     policy: ListenerPolicy,
     /// The silences in force, as last read from the store.
     pub silences: Silences,
+    /// Where configurations are kept by hash (set once the store is open): the one that
+    /// matched a waiting delivery is compiled from there when it is no longer in memory.
+    pub archive: std::sync::OnceLock<crate::store::Store>,
+    /// The hash of the configuration last kept there.
+    archived: Mutex<String>,
 }
 
 /// How many earlier configurations are kept (besides the serving one) so that pending
 /// deliveries finish under the rules that matched them.
-const KEPT_CONFIGS: usize = 1;
+const KEPT_CONFIGS: usize = 4;
 
 impl App {
     /// Loads the configuration for the first time; fails with every problem if it is invalid.
@@ -86,6 +91,8 @@ impl App {
             wake: tokio::sync::Notify::new(),
             policy,
             silences: Silences::default(),
+            archive: std::sync::OnceLock::new(),
+            archived: Mutex::new(String::new()),
         }))
     }
 
@@ -108,6 +115,73 @@ impl App {
             .find(|c| c.hash == hash)
             .cloned()
             .unwrap_or(current)
+    }
+
+    /// The configuration with this hash: in memory, or compiled again from the store's copy
+    /// (then kept in memory); the current one when neither has it (a configuration older than
+    /// the store keeps, see `store::configs`).
+    pub async fn config_matched(&self, hash: &str) -> Arc<Config> {
+        let found = self.config_for(hash);
+        if found.hash == hash {
+            return found;
+        }
+        let Some(store) = self.archive.get() else {
+            return found;
+        };
+        let snapshot = match store.load_config(hash).await {
+            Ok(Some(text)) => text,
+            Ok(None) => return found,
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot read a kept configuration; using the current one.");
+                return found;
+            }
+        };
+        let sources = self.sources.clone();
+        let compiled = tokio::task::spawn_blocking(move || {
+            let snapshot: config::compile::Snapshot =
+                serde_json::from_str(&snapshot).map_err(|e| e.to_string())?;
+            config::compile::compile_snapshot(&snapshot, &sources).map_err(|d| d.to_string())
+        })
+        .await;
+        match compiled {
+            Ok(Ok(config)) if config.hash == hash => {
+                let config = Arc::new(config);
+                let mut recent = self.recent.lock().expect("recent lock");
+                recent.push(config.clone());
+                let excess = recent.len().saturating_sub(KEPT_CONFIGS);
+                recent.drain(..excess);
+                config
+            }
+            Ok(Ok(_)) | Ok(Err(_)) | Err(_) => {
+                tracing::warn!(
+                    hash = %short_hash(hash),
+                    "A kept configuration does not compile as it did (its templates or variables changed); using the current one."
+                );
+                found
+            }
+        }
+    }
+
+    /// Keeps the serving configuration in the store under its hash.
+    pub async fn archive_current(&self) -> Result<(), crate::store::StoreError> {
+        self.archive_config(&self.current()).await
+    }
+
+    /// Keeps a configuration in the store under its hash.
+    pub async fn archive_config(&self, config: &Config) -> Result<(), crate::store::StoreError> {
+        let Some(store) = self.archive.get() else {
+            return Ok(());
+        };
+        let snapshot = serde_json::to_string(&*config.snapshot).expect("a snapshot serialises");
+        store.save_config(&config.hash, &snapshot).await?;
+        *self.archived.lock().expect("archived lock") = config.hash.clone();
+        Ok(())
+    }
+
+    /// Whether this configuration was kept in the store by this instance (the last one it
+    /// kept): intake keeps a new one before the first event it matches is stored.
+    pub fn archived(&self, hash: &str) -> bool {
+        *self.archived.lock().expect("archived lock") == hash
     }
 
     /// The last reload's result.

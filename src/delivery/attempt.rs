@@ -171,7 +171,7 @@ async fn attempt(
         reason,
         kind,
     };
-    let config = app.config_for(&due.config_hash);
+    let config = app.config_matched(&due.config_hash).await;
     let Some(step) = config
         .rules
         .by_name(&due.rule)

@@ -158,6 +158,13 @@ where
     // Rules, templates and the store all read this one JSON form of the event.
     let data = Data::from(event.into_value());
     let config = state.app.current();
+    // The configuration is kept in the store before the first event it matches: a delivery
+    // waiting for a retry is sent with it whatever is reloaded or restarted meanwhile.
+    if !state.app.archived(&config.hash)
+        && let Err(e) = state.app.archive_config(&config).await
+    {
+        tracing::warn!(error = %e, "Cannot keep the configuration in the store.");
+    }
     let plan = Plan::new(&config, &data, chrono::Utc::now(), &state.app.silences);
     let through_store = plan.through_store();
     let Plan {

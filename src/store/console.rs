@@ -196,34 +196,6 @@ pub struct RefusedRequest {
     pub reason: String,
 }
 
-/// Runs the same query on either backend's read pool (or write pool with `writer`).
-macro_rules! on_pool {
-    ($store:expr, $pool:ident => $body:expr) => {
-        match $store {
-            Store::Sqlite(s) => {
-                let $pool = &s.reader;
-                $body
-            }
-            Store::Postgres(p) => {
-                let $pool = &p.pool;
-                $body
-            }
-        }
-    };
-    (writer $store:expr, $pool:ident => $body:expr) => {
-        match $store {
-            Store::Sqlite(s) => {
-                let $pool = &s.writer;
-                $body
-            }
-            Store::Postgres(p) => {
-                let $pool = &p.pool;
-                $body
-            }
-        }
-    };
-}
-
 /// `$first, $first+1, …` for `n` values.
 fn placeholders(first: usize, n: usize) -> String {
     (first..first + n)

@@ -374,6 +374,35 @@ macro_rules! dispatch {
     };
 }
 
+/// Runs the same query on either backend's read pool (or write pool with `writer`).
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match $store {
+            Store::Sqlite(s) => {
+                let $pool = &s.reader;
+                $body
+            }
+            Store::Postgres(p) => {
+                let $pool = &p.pool;
+                $body
+            }
+        }
+    };
+    (writer $store:expr, $pool:ident => $body:expr) => {
+        match $store {
+            Store::Sqlite(s) => {
+                let $pool = &s.writer;
+                $body
+            }
+            Store::Postgres(p) => {
+                let $pool = &p.pool;
+                $body
+            }
+        }
+    };
+}
+
+pub mod configs;
 pub mod console;
 // After `dispatch!`, which it uses.
 mod silences;

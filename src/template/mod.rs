@@ -77,6 +77,8 @@ pub struct Templates {
     broken: BTreeSet<String>,
     inline_count: usize,
     digest: Sha256,
+    /// Every file's name and text as loaded (what a stored configuration keeps).
+    sources: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for Templates {
@@ -96,6 +98,7 @@ impl Default for Templates {
             broken: BTreeSet::new(),
             inline_count: 0,
             digest: Sha256::new(),
+            sources: Vec::new(),
         }
     }
 }
@@ -114,39 +117,59 @@ impl Templates {
     /// (`slack/reply.hbs`). Files that do not compile are left out and returned with their
     /// errors (and remembered, so a rule naming one is not told the file is missing).
     pub fn load_dir(dir: &Path) -> (Self, Vec<(std::path::PathBuf, TemplateError)>) {
-        let mut templates = Templates::default();
-        let mut errors = Vec::new();
         let mut paths = Vec::new();
         collect_files(dir, &mut paths);
         paths.sort();
+        let mut read = Vec::new();
+        let mut errors = Vec::new();
         for path in paths {
             let name = path
                 .strip_prefix(dir)
                 .unwrap_or(&path)
                 .to_string_lossy()
                 .replace('\\', "/");
-            let result = std::fs::read_to_string(&path)
-                .map_err(|e| TemplateError {
-                    line: None,
-                    column: None,
-                    message: format!("cannot read: {e}"),
-                })
-                .and_then(|source| {
-                    templates.digest.update(name.as_bytes());
-                    templates.digest.update(source.as_bytes());
-                    templates.register(&name, &source)
-                });
-            match result {
-                Ok(()) => {
-                    templates.files.insert(name);
-                }
-                Err(e) => {
-                    templates.broken.insert(name);
-                    errors.push((path, e));
-                }
+            match std::fs::read_to_string(&path) {
+                Ok(source) => read.push((name, source)),
+                Err(e) => errors.push((
+                    path,
+                    TemplateError {
+                        line: None,
+                        column: None,
+                        message: format!("cannot read: {e}"),
+                    },
+                )),
             }
         }
+        let (templates, broken) = Self::from_sources(read);
+        errors.extend(broken.into_iter().map(|(name, e)| (dir.join(name), e)));
         (templates, errors)
+    }
+
+    /// Compiles template files given by name and text (a stored configuration's). Files that
+    /// do not compile are left out and returned by name with their errors.
+    pub fn from_sources(files: Vec<(String, String)>) -> (Self, Vec<(String, TemplateError)>) {
+        let mut templates = Templates::default();
+        let mut errors = Vec::new();
+        for (name, source) in files {
+            templates.digest.update(name.as_bytes());
+            templates.digest.update(source.as_bytes());
+            match templates.register(&name, &source) {
+                Ok(()) => {
+                    templates.files.insert(name.clone());
+                }
+                Err(e) => {
+                    templates.broken.insert(name.clone());
+                    errors.push((name.clone(), e));
+                }
+            }
+            templates.sources.push((name, source));
+        }
+        (templates, errors)
+    }
+
+    /// Every file's name and text as loaded.
+    pub fn sources(&self) -> &[(String, String)] {
+        &self.sources
     }
 
     /// Whether a template file of that name exists but does not compile.

@@ -258,3 +258,77 @@ async fn huge_answers_are_not_read_into_memory() {
     let grown = resident_kib().saturating_sub(before);
     assert!(grown < 128 * 1024, "grew by {grown} KiB");
 }
+
+fn named_rule(name: &str, peer: &HttpPeer) -> String {
+    format!(
+        "rules:\n  - name: {name}\n    when: {{ event: EMAIL_REPLIED }}\n    actions:\n      - http: {{ url: \"{}\", body: '{{\"lead\": \"{{{{lead.email}}}}\"}}' }}\n",
+        peer.url("/hook")
+    )
+}
+
+/// Renames the rule twice (two reloads), so that the configuration that matched is neither
+/// serving nor the one before.
+async fn rename_twice(router: &Router, peer: &HttpPeer) {
+    for name in ["beta", "gamma"] {
+        std::fs::write(router.rules_path(), named_rule(name, peer)).unwrap();
+        let r = reqwest::Client::new()
+            .post(router.url("/-/reload"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+}
+
+#[tokio::test]
+async fn a_renamed_rule_keeps_its_waiting_retries_and_its_dead_letters_can_be_retried() {
+    let peer = HttpPeer::start().await;
+    let settings = || switchboard::delivery::Settings {
+        retry: switchboard::delivery::RetryPolicy {
+            schedule: vec![Duration::from_secs(2)],
+            max_attempts: 2,
+            jitter: 0.0,
+            ..Default::default()
+        },
+        ..fast_retries()
+    };
+    // One event waits for its retry; another is already dead.
+    peer.script(vec![(500, "down", vec![]); 3]);
+    let mut router =
+        Router::start_with(config_dir(&named_rule("alpha", &peer), &[]), settings()).await;
+    let mut dead = unique(fixture("real_13_email_reply"));
+    dead["sl_lead_email"] = json!("dead@lead.example");
+    dead["leadCorrespondence"]["targetLeadEmail"] = json!("dead@lead.example");
+    router.post(&dead).await;
+    peer.wait_for(1).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    peer.wait_for(2).await;
+    let mut waiting = unique(fixture("real_13_email_reply"));
+    waiting["sl_lead_email"] = json!("waiting@lead.example");
+    waiting["leadCorrespondence"]["targetLeadEmail"] = json!("waiting@lead.example");
+    router.post(&waiting).await;
+    peer.wait_for(3).await;
+    rename_twice(&router, &peer).await;
+    // A restart forgets every configuration held in memory.
+    router.stop().await;
+    let dir = std::mem::replace(&mut router.dir, tempfile::tempdir().unwrap());
+    let router = Router::start_with(dir, settings()).await;
+    let got = peer.wait_for(4).await;
+    assert_eq!(got[3].json()["lead"], "waiting@lead.example");
+    let r = reqwest::Client::new()
+        .post(router.url("/api/dlq/retry"))
+        .send()
+        .await
+        .unwrap();
+    let done: Value = r.json().await.unwrap();
+    assert_eq!(done["requeued"], 1, "{done}");
+    let got = peer.wait_for(5).await;
+    assert_eq!(got[4].json()["lead"], "dead@lead.example");
+    let list = crate::memory::all(&router).await;
+    assert!(
+        list.iter().all(
+            |d| d.status == switchboard::store::DeliveryStatus::Delivered && d.rule == "alpha"
+        ),
+        "{list:?}"
+    );
+}

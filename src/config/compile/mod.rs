@@ -36,6 +36,8 @@ pub struct Config {
     pub loaded_at: DateTime<Utc>,
     /// The rules files it was compiled from.
     pub files: Vec<PathBuf>,
+    /// What it was compiled from, for the store to keep.
+    pub snapshot: std::sync::Arc<Snapshot>,
     /// Problems that do not stop it from serving (unconfigured destinations, …).
     pub warnings: Diagnostics,
     /// Authentication of every mounted webhook source, in mount order (a source the files do
@@ -71,8 +73,55 @@ pub fn compile(
     templates_dir: &Path,
     sources: &Sources,
 ) -> Result<Config, Diagnostics> {
+    compile_with(
+        files,
+        Templates::load_dir(templates_dir),
+        templates_dir,
+        sources,
+    )
+}
+
+/// Compiles a configuration kept in the store ([`Snapshot`]): the one that matched a delivery
+/// still waiting, after a restart or several reloads since.
+pub fn compile_snapshot(snapshot: &Snapshot, sources: &Sources) -> Result<Config, Diagnostics> {
+    let mut files = Vec::new();
     let mut errors = Diagnostics::default();
-    let (mut templates, broken) = Templates::load_dir(templates_dir);
+    for (path, text) in &snapshot.files {
+        match crate::config::raw::parse(text) {
+            Ok(raw) => files.push((path.clone(), text.clone(), raw)),
+            Err(d) => errors.push(d.in_file(path)),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let (templates, broken) = Templates::from_sources(snapshot.templates.clone());
+    let broken = broken
+        .into_iter()
+        .map(|(name, e)| (snapshot.templates_dir.join(name), e))
+        .collect();
+    compile_with(files, (templates, broken), &snapshot.templates_dir, sources)
+}
+
+/// What a configuration was compiled from: every rules file's text and every template's, so
+/// that the store can keep it and any instance compile it again.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Snapshot {
+    /// Rules files: path and text.
+    pub files: Vec<(PathBuf, String)>,
+    /// The templates directory (for messages).
+    pub templates_dir: PathBuf,
+    /// Template files: name and text.
+    pub templates: Vec<(String, String)>,
+}
+
+fn compile_with(
+    files: Vec<(PathBuf, String, RawFile)>,
+    (mut templates, broken): (Templates, Vec<(PathBuf, crate::template::TemplateError)>),
+    templates_dir: &Path,
+    sources: &Sources,
+) -> Result<Config, Diagnostics> {
+    let mut errors = Diagnostics::default();
     for (path, e) in broken {
         let at = Pos {
             line: e.line.unwrap_or(0) as u32,
@@ -117,11 +166,20 @@ pub fn compile(
             .sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
         return Err(errors);
     }
+    let snapshot = Snapshot {
+        files: files
+            .iter()
+            .map(|(p, t, _)| (p.clone(), t.clone()))
+            .collect(),
+        templates_dir: templates_dir.to_path_buf(),
+        templates: templates.sources().to_vec(),
+    };
     Ok(Config {
         rules: RuleSet::new(compiled.rules),
         templates,
         hash,
         loaded_at: Utc::now(),
+        snapshot: std::sync::Arc::new(snapshot),
         files: files.into_iter().map(|(p, _, _)| p).collect(),
         warnings,
         sources: auth,
