@@ -52,6 +52,13 @@ pub enum StoreError {
     /// expect: a schema of another version, or a bug).
     #[error("store: unexpected answer: {0}")]
     Mismatch(String),
+    /// The SQLite database file was deleted or replaced while the router had it open: what is
+    /// written now would be lost at the next start, so nothing is acknowledged.
+    #[error(
+        "store: the database file {0} was deleted or replaced since the router opened it; nothing is acknowledged until the router is restarted (check what removed it; the events written since it was opened are in the file the router still holds open, readable under /proc/{pid}/fd until it stops)",
+        pid = std::process::id()
+    )]
+    Replaced(String),
     /// The task making the write ended before the write did (it panicked).
     #[error("store: the write was abandoned: {0}")]
     Abandoned(String),

@@ -332,3 +332,42 @@ async fn a_renamed_rule_keeps_its_waiting_retries_and_its_dead_letters_can_be_re
         "{list:?}"
     );
 }
+
+#[tokio::test]
+async fn a_deleted_database_file_stops_acknowledgements_loudly() {
+    let peer = HttpPeer::start().await;
+    let router = Router::start(&named_rule("alpha", &peer), &[]).await;
+    router.post(&unique(fixture("real_13_email_reply"))).await;
+    std::fs::remove_file(router.dir.path().join("switchboard.db")).unwrap();
+    let (status, answer) = router
+        .post_raw(
+            "/webhooks/smartlead",
+            unique(fixture("real_13_email_reply")).to_string(),
+        )
+        .await;
+    assert_eq!(status, 503, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("deleted or replaced")
+            || answer.to_string().contains("stored"),
+        "{answer}"
+    );
+    let begun = Instant::now();
+    loop {
+        let (status, ready) = router.get("/readyz").await;
+        if status == 503 {
+            assert!(
+                ready["reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains("deleted or replaced"),
+                "{ready}"
+            );
+            break;
+        }
+        assert!(begun.elapsed() < Duration::from_secs(3), "{ready}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -50,6 +50,9 @@ pub struct Sqlite {
     /// costs a round trip to SQLite's thread (sqlx checks it), once per commit otherwise.
     /// `None` for an in-memory store, whose readers share the writer.
     held: Option<Arc<Mutex<Option<Held>>>>,
+    /// The database file as opened (`None` in memory): a file deleted or replaced under the
+    /// router is noticed at the next write or probe.
+    file: Option<Arc<FileIdentity>>,
     /// Wakes the checkpointer after a commit (`None` for an in-memory store, which has no WAL).
     /// The checkpointer stops once every clone of the store is gone.
     checkpoint: Option<mpsc::Sender<()>>,
@@ -61,7 +64,54 @@ struct Held {
     since: Instant,
 }
 
+/// Which file a database is (device and inode), to notice it being deleted or replaced.
+#[derive(Debug)]
+struct FileIdentity {
+    path: std::path::PathBuf,
+    dev: u64,
+    ino: u64,
+    /// Said once in the log (loudly), not at every write.
+    reported: std::sync::atomic::AtomicBool,
+}
+
+impl FileIdentity {
+    fn of(path: &std::path::Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).ok()?;
+        Some(FileIdentity {
+            path: path.to_path_buf(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+            reported: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Whether the path still names the file that was opened.
+    fn same(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&self.path).is_ok_and(|m| m.dev() == self.dev && m.ino() == self.ino)
+    }
+}
+
 impl Sqlite {
+    /// Fails once the database file was deleted or replaced under the router.
+    fn check_file(&self) -> Result<(), StoreError> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        if file.same() {
+            return Ok(());
+        }
+        let e = StoreError::Replaced(file.path.display().to_string());
+        if !file
+            .reported
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::error!(error = %e, "The database file is gone: webhooks are answered 503 until the router is restarted.");
+        }
+        Err(e)
+    }
+
     /// Opens `sqlite://PATH` (created if missing) or `sqlite::memory:`, and migrates it.
     pub async fn open(
         url: &str,
@@ -121,7 +171,12 @@ impl Sqlite {
         } else {
             Some(checkpoint::start(options.connect().await?))
         };
+        let file = match memory {
+            true => None,
+            false => FileIdentity::of(options.get_filename()).map(Arc::new),
+        };
         Ok(Sqlite {
+            file,
             writer,
             reader,
             instance,
@@ -137,6 +192,7 @@ impl Sqlite {
         done: &[Finished],
         claims: &[Claim],
     ) -> Result<CommitOutcome, StoreError> {
+        self.check_file()?;
         // The time is read once the writer connection is ours: rows written `sending` carry
         // it, and the heartbeat counts their lease from it.
         let Some(held) = &self.held else {
@@ -370,6 +426,8 @@ impl Sqlite {
 
     /// Each count reads the status index's range for that status alone (see [`COUNTS`]).
     pub(super) async fn counts(&self) -> Result<Counts, StoreError> {
+        // Readiness reads the counts: a store whose file is gone is not ready.
+        self.check_file()?;
         let r = sqlx::query(COUNTS).fetch_one(&self.reader).await?;
         Ok(Counts {
             pending: r.get::<i64, _>(0) as u64,
