@@ -53,6 +53,9 @@ pub struct Options {
     pub probe_interval: Duration,
     /// Serve the web console at `/console` (`--console on|off`).
     pub console: bool,
+    /// How long a webhook waits for its commit before it is answered 503 (and how long a write
+    /// may be under way before `/readyz` reports the store stalled).
+    pub answer_deadline: Duration,
 }
 
 impl Options {
@@ -73,6 +76,7 @@ impl Options {
             shutdown_grace: Duration::from_secs(10),
             probe_interval: Duration::from_secs(1),
             console: true,
+            answer_deadline: Duration::from_secs(20),
         }
     }
 }
@@ -206,6 +210,7 @@ pub async fn run(
         limiter: Limiter::new(options.rate_limit, options.rate_limit_burst),
         probes: ProbeCounts::new(options.probe_interval),
         ready_max_pending: options.ready_max_pending,
+        answer_deadline: options.answer_deadline,
         console,
         closing: tokio_util::sync::CancellationToken::new(),
     };

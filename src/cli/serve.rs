@@ -66,6 +66,10 @@ pub(super) struct ServeArgs {
     /// it is abandoned and retried later.
     #[arg(long, env = "SWITCHBOARD_SEND_DEADLINE", default_value = "30s", value_parser = humantime::parse_duration)]
     send_deadline: Duration,
+    /// How long a webhook waits for its commit before it is answered 503 with Retry-After
+    /// (SmartLead gives up at 30 s); also how long a write may take before /readyz says stalled.
+    #[arg(long, env = "SWITCHBOARD_ANSWER_DEADLINE", default_value = "20s", value_parser = humantime::parse_duration)]
+    answer_deadline: Duration,
     /// Serve the web console at /console (same access as /api: the admin token, or loopback).
     #[arg(long, env = "SWITCHBOARD_CONSOLE", default_value = "on", value_parser = ["on", "off"])]
     console: String,
@@ -95,6 +99,7 @@ impl ServeArgs {
         options.ready_max_pending = self.ready_max_pending;
         options.shutdown_grace = self.shutdown_grace;
         options.console = self.console == "on";
+        options.answer_deadline = self.answer_deadline;
         options
     }
 }

@@ -21,6 +21,11 @@ pub(super) async fn ready(state: Arc<State>) -> Response {
         )
         .into_response()
     };
+    // Whether writes succeed comes first: a store that answers reads may refuse writes (full,
+    // read-only, locked).
+    if let Err(why) = state.committer.health(state.answer_deadline) {
+        return not_ready(why);
+    }
     match state.probes.get(|| state.store.counts()).await {
         Ok(c) if c.pending > state.ready_max_pending => not_ready(format!(
             "{} deliveries are pending, more than --ready-max-pending {}",

@@ -210,9 +210,13 @@ where
     // Committing and handing over run in a task of their own: should the client hang up while
     // the commit is under way, the request is dropped but this still completes, so deliveries
     // recorded as claimed always reach the workers (or go back to pending).
-    let committed = tokio::spawn(commit(state.clone(), record, room.map(|room| (room, data))))
-        .await
-        .unwrap_or_else(|e| Err(StoreError::Abandoned(e.to_string())));
+    // The answer waits for the commit at most `answer_deadline` (SmartLead gives up at 30 s):
+    // past it the webhook is answered 503 and its retry finds the event stored, or not.
+    let task = tokio::spawn(commit(state.clone(), record, room.map(|room| (room, data))));
+    let committed = match tokio::time::timeout(state.answer_deadline, task).await {
+        Ok(joined) => joined.unwrap_or_else(|e| Err(StoreError::Abandoned(e.to_string()))),
+        Err(_) => Err(StoreError::Stalled(state.answer_deadline)),
+    };
     match committed {
         Ok(Intake::Accepted(created)) => {
             metrics.event(label, label_kind, "accepted", "none");

@@ -49,6 +49,9 @@ pub struct State {
     pub probes: ProbeCounts,
     /// `/readyz` answers 503 past this many pending deliveries.
     pub ready_max_pending: u64,
+    /// How long a webhook's answer waits for its commit (then 503), and how long a write may
+    /// be under way before `/readyz` says the store is stalled.
+    pub answer_deadline: std::time::Duration,
     /// The web console (`None`: `--console off`).
     pub console: Option<console::Console>,
     /// Cancelled when the router begins to shut down: long answers (the console's live view)

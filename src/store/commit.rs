@@ -8,8 +8,10 @@
 //! each commit, and its wake-ups would otherwise queue behind the requests and sends on the
 //! runtime's workers.
 
-use super::{Claim, Due, Finished, Intake, NewEvent, Store, StoreError};
+use super::{Claim, Due, Finished, Intake, NewEvent, Store, StoreError, now_ms};
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -24,14 +26,25 @@ type Reply<R> = oneshot::Sender<Result<R, String>>;
 /// A queue of writes served by one task, in batches.
 struct Batch<T, R> {
     tx: mpsc::Sender<(T, Reply<R>)>,
+    health: Arc<Health>,
 }
 
 impl<T, R> Clone for Batch<T, R> {
     fn clone(&self) -> Self {
         Batch {
             tx: self.tx.clone(),
+            health: self.health.clone(),
         }
     }
+}
+
+/// How the writes go: what readiness reports.
+#[derive(Default)]
+struct Health {
+    /// The last write's error, until a write succeeds.
+    failing: std::sync::Mutex<Option<String>>,
+    /// When the write under way began (Unix ms; 0 when none is).
+    writing_since: std::sync::atomic::AtomicI64,
 }
 
 impl<T: Send + 'static, R: Send + 'static> Batch<T, R> {
@@ -45,7 +58,10 @@ impl<T: Send + 'static, R: Send + 'static> Batch<T, R> {
         IFut: Future<Output = ()> + Send,
     {
         let (tx, mut rx) = mpsc::channel::<(T, Reply<R>)>(MAX_BATCH * 8);
+        let health = Arc::new(Health::default());
+        let batch_health = health.clone();
         let serve = async move {
+            let health = batch_health;
             let mut batch = Vec::with_capacity(MAX_BATCH);
             loop {
                 let received =
@@ -63,7 +79,12 @@ impl<T: Send + 'static, R: Send + 'static> Batch<T, R> {
                 }
                 let (items, replies): (Vec<T>, Vec<Reply<R>>) = batch.drain(..).unzip();
                 let n = items.len();
-                match write(items).await {
+                health.writing_since.store(now_ms(), Ordering::Relaxed);
+                let written = write(items).await;
+                health.writing_since.store(0, Ordering::Relaxed);
+                *health.failing.lock().expect("health lock") =
+                    written.as_ref().err().map(ToString::to_string);
+                match written {
                     Ok(results) => {
                         for (reply, result) in replies.into_iter().zip(results) {
                             let _ = reply.send(Ok(result));
@@ -80,7 +101,7 @@ impl<T: Send + 'static, R: Send + 'static> Batch<T, R> {
         };
         if !own_thread {
             tokio::spawn(serve);
-            return Batch { tx };
+            return Batch { tx, health };
         }
         // The thread ends when every sender is gone (the router has stopped).
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -91,7 +112,7 @@ impl<T: Send + 'static, R: Send + 'static> Batch<T, R> {
             .name("switchboard-commit".into())
             .spawn(move || runtime.block_on(serve))
             .expect("the committer's thread starts");
-        Batch { tx }
+        Batch { tx, health }
     }
 
     async fn submit(&self, item: T) -> Result<R, StoreError> {
@@ -201,6 +222,24 @@ impl Committer {
                 async move { store.pause().await }
             },
         ))
+    }
+
+    /// Whether writes succeed: `Err` with why when the last one failed (until one succeeds), or
+    /// when the one under way has taken longer than `stall` (a locked or frozen store).
+    pub fn health(&self, stall: Duration) -> Result<(), String> {
+        let health = &self.0.health;
+        if let Some(e) = health.failing.lock().expect("health lock").clone() {
+            return Err(format!("the last write to the store failed: {e}"));
+        }
+        let since = health.writing_since.load(Ordering::Relaxed);
+        let waited = now_ms() - since;
+        if since != 0 && waited > stall.as_millis() as i64 {
+            return Err(format!(
+                "a write to the store has been under way for {:.1} s",
+                waited as f64 / 1000.0
+            ));
+        }
+        Ok(())
     }
 
     /// Records an event; returns once it is committed (or refused).

@@ -59,6 +59,10 @@ pub enum StoreError {
         pid = std::process::id()
     )]
     Replaced(String),
+    /// The write did not finish in time for the webhook's answer (a locked or frozen store);
+    /// it may still finish (a retry of the webhook is then a duplicate).
+    #[error("store: the write did not finish within {0:?}")]
+    Stalled(std::time::Duration),
     /// The task making the write ended before the write did (it panicked).
     #[error("store: the write was abandoned: {0}")]
     Abandoned(String),

@@ -367,3 +367,97 @@ async fn a_deleted_database_file_stops_acknowledgements_loudly() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn a_locked_store_gets_a_503_in_time_and_readiness_says_why() {
+    let Some((url, _schema)) = crate::postgres::fresh_store().await else {
+        return;
+    };
+    let peer = HttpPeer::start().await;
+    let dir = config_dir(&named_rule("alpha", &peer), &[]);
+    let start = Start {
+        store: Some(url.clone()),
+        ..Start::default()
+    };
+    let mut options = Router::options(dir.path(), fast_retries(), &start);
+    options.answer_deadline = Duration::from_millis(800);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(switchboard::run(options, listener, async {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::new();
+    let post = |body: String| {
+        client
+            .post(format!("http://{addr}/webhooks/smartlead"))
+            .body(body)
+            .timeout(Duration::from_secs(10))
+            .send()
+    };
+    let begun = Instant::now();
+    while post(unique(fixture("real_13_email_reply")).to_string())
+        .await
+        .is_err()
+    {
+        assert!(begun.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Another client holds the events table locked, as a migration or a vacuum full would.
+    let mut lock = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
+    sqlx::query("BEGIN").execute(&mut lock).await.unwrap();
+    sqlx::query("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    let begun = Instant::now();
+    let r = post(unique(fixture("real_13_email_reply")).to_string())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    assert!(
+        begun.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        begun.elapsed()
+    );
+    let begun = Instant::now();
+    loop {
+        let r = client
+            .get(format!("http://{addr}/readyz"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let body: Value = r.json().await.unwrap();
+        if status == 503 {
+            assert!(
+                body["reason"].as_str().unwrap().contains("under way"),
+                "{body}"
+            );
+            break;
+        }
+        assert!(begun.elapsed() < Duration::from_secs(5), "{body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Once the lock goes, the write finishes and readiness comes back.
+    sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+    let begun = Instant::now();
+    loop {
+        let r = client
+            .get(format!("http://{addr}/readyz"))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(begun.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+}
