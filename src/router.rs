@@ -56,6 +56,8 @@ pub struct Options {
     /// How long a webhook waits for its commit before it is answered 503 (and how long a write
     /// may be under way before `/readyz` reports the store stalled).
     pub answer_deadline: Duration,
+    /// The listener's limits: connections in all and per client, header and request deadlines.
+    pub limits: server::connections::Limits,
 }
 
 impl Options {
@@ -77,6 +79,7 @@ impl Options {
             probe_interval: Duration::from_secs(1),
             console: true,
             answer_deadline: Duration::from_secs(20),
+            limits: server::connections::Limits::default(),
         }
     }
 }
@@ -211,6 +214,14 @@ pub async fn run(
         probes: ProbeCounts::new(options.probe_interval),
         ready_max_pending: options.ready_max_pending,
         answer_deadline: options.answer_deadline,
+        limits: server::connections::Limits {
+            // A webhook may wait its answer deadline for the commit after its body came.
+            request_deadline: options
+                .limits
+                .request_deadline
+                .max(options.answer_deadline + Duration::from_secs(1)),
+            ..options.limits.clone()
+        },
         console,
         closing: tokio_util::sync::CancellationToken::new(),
     };

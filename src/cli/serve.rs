@@ -70,6 +70,21 @@ pub(super) struct ServeArgs {
     /// (SmartLead gives up at 30 s); also how long a write may take before /readyz says stalled.
     #[arg(long, env = "SWITCHBOARD_ANSWER_DEADLINE", default_value = "20s", value_parser = humantime::parse_duration)]
     answer_deadline: Duration,
+    /// Connections open at once, in all (keep it under the open-files limit, `ulimit -n`).
+    #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS", default_value_t = 1000)]
+    max_connections: usize,
+    /// Connections open at once from one client address (behind a reverse proxy, every client
+    /// is the proxy: raise it there).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_CONNECTIONS_PER_CLIENT",
+        default_value_t = 100
+    )]
+    max_connections_per_client: usize,
+    /// How long a connection may take to send a request's headers, or stay idle between
+    /// requests, before it is closed.
+    #[arg(long, env = "SWITCHBOARD_IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
     /// Serve the web console at /console (same access as /api: the admin token, or loopback).
     #[arg(long, env = "SWITCHBOARD_CONSOLE", default_value = "on", value_parser = ["on", "off"])]
     console: String,
@@ -100,6 +115,12 @@ impl ServeArgs {
         options.shutdown_grace = self.shutdown_grace;
         options.console = self.console == "on";
         options.answer_deadline = self.answer_deadline;
+        options.limits = crate::server::connections::Limits {
+            max_connections: self.max_connections.max(1),
+            max_per_client: self.max_connections_per_client.max(1),
+            header_deadline: self.idle_timeout,
+            ..crate::server::connections::Limits::default()
+        };
         options
     }
 }

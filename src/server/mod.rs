@@ -5,6 +5,7 @@
 mod access;
 mod admin;
 mod api;
+pub mod connections;
 pub mod console;
 mod ingest;
 mod limit;
@@ -52,6 +53,8 @@ pub struct State {
     /// How long a webhook's answer waits for its commit (then 503), and how long a write may
     /// be under way before `/readyz` says the store is stalled.
     pub answer_deadline: std::time::Duration,
+    /// The listener's limits (connections, header and request deadlines).
+    pub limits: connections::Limits,
     /// The web console (`None`: `--console off`).
     pub console: Option<console::Console>,
     /// Cancelled when the router begins to shut down: long answers (the console's live view)
@@ -71,11 +74,8 @@ pub async fn serve(
         shutdown.await;
         closing.cancel();
     };
-    warp::serve(routes(state))
-        .incoming(listener)
-        .graceful(shutdown)
-        .run()
-        .await;
+    let limits = state.limits.clone();
+    connections::serve(listener, routes(state), limits, shutdown).await;
 }
 
 /// Every route of the router.
@@ -96,7 +96,7 @@ pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Infall
         .and(token_segment)
         .and(warp::path::end())
         .and(query)
-        .and(warp::addr::remote())
+        .and(peer())
         .and(warp::header::headers_cloned())
         .and(with_state.clone())
         .and_then(ingest::admit)
@@ -142,6 +142,12 @@ pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Infall
         .unify()
         .recover(rejection)
         .unify()
+}
+
+/// The address the request's connection came from.
+pub(crate) fn peer()
+-> impl Filter<Extract = (Option<std::net::SocketAddr>,), Error = Infallible> + Clone {
+    warp::ext::optional::<connections::Peer>().map(|p: Option<connections::Peer>| p.map(|p| p.0))
 }
 
 /// Why a body could not be collected.

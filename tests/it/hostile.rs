@@ -3,6 +3,7 @@
 
 use crate::util::{HttpPeer, Router, Start, config_dir, fast_retries, fixture, unique};
 use serde_json::{Value, json};
+use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -458,6 +459,154 @@ async fn a_locked_store_gets_a_503_in_time_and_readiness_says_why() {
         assert!(begun.elapsed() < Duration::from_secs(5));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+}
+
+/// A router with small connection limits, started as `serve` would start it.
+async fn limited_router(
+    peer: &HttpPeer,
+) -> (
+    SocketAddr,
+    tempfile::TempDir,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), switchboard::StartError>>,
+) {
+    let dir = config_dir(&named_rule("alpha", peer), &[]);
+    let mut options = Router::options(dir.path(), fast_retries(), &Start::default());
+    options.answer_deadline = Duration::from_millis(300);
+    options.limits = switchboard::server::connections::Limits {
+        max_connections: 50,
+        max_per_client: 5,
+        header_deadline: Duration::from_millis(500),
+        request_deadline: Duration::from_millis(1000),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(switchboard::run(options, listener, async {
+        let _ = stopped.await;
+    }));
+    let begun = Instant::now();
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(begun.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (addr, dir, stop, running)
+}
+
+/// Connects from a given loopback address (a client of its own).
+async fn connect_from(from: &str, to: SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+/// Whether the router closes the connection within `within` (reading until it does).
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(within, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+#[tokio::test]
+async fn idle_and_dripping_connections_are_closed_and_capped_per_client() {
+    use tokio::io::AsyncWriteExt;
+    let peer = HttpPeer::start().await;
+    let (addr, _dir, stop, running) = limited_router(&peer).await;
+
+    // Idle: closed once the header deadline passes.
+    let mut idle = connect_from("127.0.0.1", addr).await;
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(3)).await,
+        "an idle connection is closed"
+    );
+
+    // Headers dripped a byte at a time: closed at the header deadline, however long it drips.
+    let mut drip = connect_from("127.0.0.1", addr).await;
+    drip.write_all(b"POST /webhooks/smartlead HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let dripping = tokio::spawn(async move {
+        for _ in 0..40 {
+            if drip.write_all(b"X").await.is_err() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        closed_within(&mut drip, Duration::from_millis(10)).await
+    });
+    assert!(dripping.await.unwrap(), "a header drip is cut off");
+
+    // A body dripped after its headers: answered (or closed) at the request deadline.
+    let mut body = connect_from("127.0.0.1", addr).await;
+    body.write_all(b"POST /webhooks/smartlead HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{").await.unwrap();
+    let begun = Instant::now();
+    let answered = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            tokio::select! {
+                read = body.read(&mut buf) => match read {
+                    Ok(0) | Err(_) => return answer,
+                    Ok(n) => answer.extend_from_slice(&buf[..n]),
+                },
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                    if body.write_all(b" ").await.is_err() {
+                        return answer;
+                    }
+                }
+            }
+        }
+    });
+    let answer = tokio::time::timeout(Duration::from_secs(5), answered)
+        .await
+        .expect("the dripping body is cut off")
+        .unwrap();
+    assert!(begun.elapsed() < Duration::from_secs(3));
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 503"),
+        "{answer}"
+    );
+
+    // One client holding its share of connections cannot take another, but other clients
+    // (SmartLead) still get in and are answered.
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        let mut s = connect_from("127.0.0.1", addr).await;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        held.push(s);
+    }
+    let mut extra = connect_from("127.0.0.1", addr).await;
+    assert!(
+        closed_within(&mut extra, Duration::from_millis(300)).await,
+        "a client past its share is closed at once"
+    );
+    let other = reqwest::Client::builder()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    let r = other
+        .post(format!("http://{addr}/webhooks/smartlead"))
+        .body(unique(fixture("real_13_email_reply")).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    drop(held);
     let _ = stop.send(());
     running.await.unwrap().unwrap();
 }

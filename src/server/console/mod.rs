@@ -303,7 +303,7 @@ pub(super) fn routes(state: Arc<State>) -> warp::filters::BoxedFilter<(Response,
     let login = warp::post()
         .and(warp::path!("console" / "login"))
         .and(from_own_pages())
-        .and(warp::addr::remote())
+        .and(super::peer())
         .and(warp::header::optional::<String>("origin"))
         .and(warp::body::content_length_limit(16 * 1024))
         .and(warp::body::form::<Form>())
