@@ -34,6 +34,7 @@ pub mod diagnostic;
 pub mod env;
 pub mod event;
 pub mod explain;
+pub mod files;
 pub mod memory;
 pub mod metrics;
 pub mod router;

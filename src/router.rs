@@ -214,6 +214,7 @@ pub async fn run(
         probes: ProbeCounts::new(options.probe_interval),
         ready_max_pending: options.ready_max_pending,
         answer_deadline: options.answer_deadline,
+        intakes: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_WAITING_INTAKES)),
         limits: server::connections::Limits {
             // A webhook may wait its answer deadline for the commit after its body came.
             request_deadline: options
@@ -265,6 +266,10 @@ async fn refresh_silences(app: Arc<App>, store: Store) {
         }
     }
 }
+
+/// Webhooks that may wait for their commit at once: a store that stalls makes the rest wait
+/// nowhere (503 at once) instead of piling up in memory.
+const MAX_WAITING_INTAKES: usize = 4096;
 
 /// Keeps each configuration that serves in the store: a new one within a second of its reload
 /// (a delivery it matched may wait for a retry past later reloads and restarts), and the

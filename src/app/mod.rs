@@ -54,8 +54,8 @@ pub struct App {
     /// Where configurations are kept by hash (set once the store is open): the one that
     /// matched a waiting delivery is compiled from there when it is no longer in memory.
     pub archive: std::sync::OnceLock<crate::store::Store>,
-    /// The hash of the configuration last kept there.
-    archived: Mutex<String>,
+    /// One intake at a time keeps a new configuration.
+    archiving: tokio::sync::Mutex<()>,
 }
 
 /// How many earlier configurations are kept (besides the serving one) so that pending
@@ -92,7 +92,7 @@ impl App {
             policy,
             silences: Silences::default(),
             archive: std::sync::OnceLock::new(),
-            archived: Mutex::new(String::new()),
+            archiving: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -174,14 +174,22 @@ impl App {
         };
         let snapshot = serde_json::to_string(&*config.snapshot).expect("a snapshot serialises");
         store.save_config(&config.hash, &snapshot).await?;
-        *self.archived.lock().expect("archived lock") = config.hash.clone();
+        config.archived.store(true, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Whether this configuration was kept in the store by this instance (the last one it
-    /// kept): intake keeps a new one before the first event it matches is stored.
-    pub fn archived(&self, hash: &str) -> bool {
-        *self.archived.lock().expect("archived lock") == hash
+    /// Keeps a configuration in the store unless this instance did already: intake calls it
+    /// before the first event the configuration matches is stored. One caller saves; the
+    /// others wait for it rather than save again.
+    pub async fn ensure_archived(&self, config: &Config) -> Result<(), crate::store::StoreError> {
+        if config.archived.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let _one = self.archiving.lock().await;
+        if config.archived.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        self.archive_config(config).await
     }
 
     /// The last reload's result.

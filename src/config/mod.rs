@@ -120,44 +120,15 @@ pub fn is_rules_file(path: &Path) -> bool {
 /// a device such as `/dev/zero` never ends), and never more than the limit, whatever size the
 /// file reports.
 fn read_rules_file(path: &Path) -> Result<String, Diagnostic> {
-    use std::io::Read;
-    let meta =
-        std::fs::metadata(path).map_err(|e| Diagnostic::file(path, format!("cannot read: {e}")))?;
-    if !meta.is_file() {
-        return Err(Diagnostic::file(
-            path,
-            "not a regular file (a pipe, device or socket); give a rules file or a directory of them",
-        ));
-    }
-    let too_big = || {
-        Diagnostic::file(
-            path,
-            format!(
-                "the file is larger than {MAX_RULES_FILE_BYTES} bytes; split the rules into a \
-                 directory of files"
+    use crate::files::ReadError;
+    crate::files::read_regular(path, MAX_RULES_FILE_BYTES).map_err(|e| {
+        let message = match e {
+            ReadError::NotRegular => "not a regular file (a pipe, device or socket); give a rules file or a directory of them".to_string(),
+            ReadError::TooLarge => format!(
+                "the file is larger than {MAX_RULES_FILE_BYTES} bytes; split the rules into a directory of files"
             ),
-        )
-    };
-    if meta.len() > MAX_RULES_FILE_BYTES {
-        return Err(too_big());
-    }
-    // Opened without blocking: should the path have been swapped for a FIFO since, opening
-    // it returns at once (and reading finds nothing) instead of waiting for a writer.
-    let file = {
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(path)
-    }
-    .map_err(|e| Diagnostic::file(path, format!("cannot read: {e}")))?;
-    let mut bytes = Vec::new();
-    file.take(MAX_RULES_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Diagnostic::file(path, format!("cannot read: {e}")))?;
-    if bytes.len() as u64 > MAX_RULES_FILE_BYTES {
-        return Err(too_big());
-    }
-    String::from_utf8(bytes)
-        .map_err(|e| Diagnostic::file(path, format!("cannot read: not UTF-8 text: {e}")))
+            ReadError::Io(e) => format!("cannot read: {e}"),
+        };
+        Diagnostic::file(path, message)
+    })
 }

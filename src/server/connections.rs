@@ -12,6 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use warp::http::{Response, StatusCode};
 
+/// How long shutdown waits for the connections' requests under way.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
+
 /// The limits of the listener.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -68,8 +71,21 @@ impl Drop for Place {
     }
 }
 
+/// The address a client's share is counted by: an IPv4 address, or an IPv6 /64 (one host
+/// commonly holds a whole /64).
+fn share_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
 /// A place for a new connection from `client`, if the limits leave one.
 fn admit(open: &Arc<Mutex<Open>>, limits: &Limits, client: IpAddr) -> Option<Place> {
+    let client = share_key(client);
     let mut o = open.lock().expect("open connections lock");
     let mine = o.per_client.get(&client).copied().unwrap_or(0);
     if o.total >= limits.max_connections || mine >= limits.max_per_client {
@@ -134,7 +150,10 @@ pub async fn serve<F>(
                 let answer = tower_service::Service::call(&mut service, request);
                 match tokio::time::timeout(deadline, answer).await {
                     Ok(answered) => answered,
-                    Err(_) => Ok::<_, Infallible>(too_slow(deadline)),
+                    Err(_) => {
+                        tracing::warn!(client = %peer.ip(), "A request was not answered within its deadline; answered 503.");
+                        Ok::<_, Infallible>(too_slow(deadline))
+                    }
                 }
             }
         });
@@ -151,7 +170,14 @@ pub async fn serve<F>(
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    // Requests under way finish; a connection still open after this (a client that never
+    // reads its answer) is left to be closed with the process.
+    if tokio::time::timeout(SHUTDOWN_WAIT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("Connections still open after {SHUTDOWN_WAIT:?}; not waiting for them.");
+    }
 }
 
 /// 503 for a request not answered within its deadline.

@@ -158,13 +158,6 @@ where
     // Rules, templates and the store all read this one JSON form of the event.
     let data = Data::from(event.into_value());
     let config = state.app.current();
-    // The configuration is kept in the store before the first event it matches: a delivery
-    // waiting for a retry is sent with it whatever is reloaded or restarted meanwhile.
-    if !state.app.archived(&config.hash)
-        && let Err(e) = state.app.archive_config(&config).await
-    {
-        tracing::warn!(error = %e, "Cannot keep the configuration in the store.");
-    }
     let plan = Plan::new(&config, &data, chrono::Utc::now(), &state.app.silences);
     let through_store = plan.through_store();
     let Plan {
@@ -212,7 +205,23 @@ where
     // recorded as claimed always reach the workers (or go back to pending).
     // The answer waits for the commit at most `answer_deadline` (SmartLead gives up at 30 s):
     // past it the webhook is answered 503 and its retry finds the event stored, or not.
-    let task = tokio::spawn(commit(state.clone(), record, room.map(|room| (room, data))));
+    // A webhook past the limit of commits waiting (a stalled store) is refused at once rather
+    // than queued in memory.
+    let Ok(waiting) = state.intakes.clone().try_acquire_owned() else {
+        metrics.event(label, label_kind, "rejected", "store_unavailable");
+        return unavailable("too many events are waiting for the store; retry later");
+    };
+    let archive = config.clone();
+    let state_for_task = state.clone();
+    let task = tokio::spawn(async move {
+        let _waiting = waiting;
+        // The configuration is kept in the store before the first event it matches: a delivery
+        // waiting for a retry is sent with it whatever is reloaded or restarted meanwhile.
+        if let Err(e) = state_for_task.app.ensure_archived(&archive).await {
+            tracing::warn!(error = %e, "Cannot keep the configuration in the store.");
+        }
+        commit(state_for_task, record, room.map(|room| (room, data))).await
+    });
     let committed = match tokio::time::timeout(state.answer_deadline, task).await {
         Ok(joined) => joined.unwrap_or_else(|e| Err(StoreError::Abandoned(e.to_string()))),
         Err(_) => Err(StoreError::Stalled(state.answer_deadline)),
@@ -277,13 +286,7 @@ where
         Err(e) => {
             metrics.event(label, label_kind, "rejected", "store_unavailable");
             tracing::error!(source, error = %e, "Event refused: it could not be stored.");
-            let mut r = error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the event could not be stored; retry later",
-            );
-            r.headers_mut()
-                .insert("retry-after", warp::http::HeaderValue::from_static("5"));
-            r
+            unavailable("the event could not be stored; retry later")
         }
     }
 }
@@ -366,6 +369,14 @@ fn to_json(value: &Value, body_len: usize) -> String {
     let mut out = Vec::with_capacity(body_len + 1024);
     serde_json::to_writer(&mut out, value).expect("a JSON value serialises");
     String::from_utf8(out).expect("serde_json writes UTF-8")
+}
+
+/// 503 with `Retry-After`.
+fn unavailable(message: &str) -> Response {
+    let mut r = error(StatusCode::SERVICE_UNAVAILABLE, message);
+    r.headers_mut()
+        .insert("retry-after", warp::http::HeaderValue::from_static("5"));
+    r
 }
 
 /// The body as a JSON object, or a message that says what is wrong with it.

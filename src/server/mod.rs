@@ -53,6 +53,8 @@ pub struct State {
     /// How long a webhook's answer waits for its commit (then 503), and how long a write may
     /// be under way before `/readyz` says the store is stalled.
     pub answer_deadline: std::time::Duration,
+    /// Webhooks waiting for their commit at most (past it: 503 at once).
+    pub intakes: Arc<tokio::sync::Semaphore>,
     /// The listener's limits (connections, header and request deadlines).
     pub limits: connections::Limits,
     /// The web console (`None`: `--console off`).

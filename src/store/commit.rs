@@ -8,7 +8,7 @@
 //! each commit, and its wake-ups would otherwise queue behind the requests and sends on the
 //! runtime's workers.
 
-use super::{Claim, Due, Finished, Intake, NewEvent, Store, StoreError, now_ms};
+use super::{Claim, Due, Finished, Intake, NewEvent, Store, StoreError};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -39,12 +39,31 @@ impl<T, R> Clone for Batch<T, R> {
 }
 
 /// How the writes go: what readiness reports.
-#[derive(Default)]
 struct Health {
-    /// The last write's error, until a write succeeds.
-    failing: std::sync::Mutex<Option<String>>,
-    /// When the write under way began (Unix ms; 0 when none is).
-    writing_since: std::sync::atomic::AtomicI64,
+    /// The last write's error and when it came, until a write succeeds.
+    failing: std::sync::Mutex<Option<(std::time::Instant, String)>>,
+    /// When the write under way began, in ms after `base` plus one (0 when none is).
+    writing_since: std::sync::atomic::AtomicU64,
+    /// The monotonic clock's origin for `writing_since`.
+    base: std::time::Instant,
+}
+
+/// How long a failed write keeps readiness down when no write comes after it (the workers'
+/// claims write every second, so a store still failing fails again well within this).
+const FAILURE_SHOWN_FOR: Duration = Duration::from_secs(10);
+
+impl Health {
+    fn new() -> Self {
+        Health {
+            failing: std::sync::Mutex::new(None),
+            writing_since: std::sync::atomic::AtomicU64::new(0),
+            base: std::time::Instant::now(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.base.elapsed().as_millis() as u64 + 1
+    }
 }
 
 impl<T: Send + 'static, R: Send + 'static> Batch<T, R> {
@@ -58,7 +77,7 @@ impl<T: Send + 'static, R: Send + 'static> Batch<T, R> {
         IFut: Future<Output = ()> + Send,
     {
         let (tx, mut rx) = mpsc::channel::<(T, Reply<R>)>(MAX_BATCH * 8);
-        let health = Arc::new(Health::default());
+        let health = Arc::new(Health::new());
         let batch_health = health.clone();
         let serve = async move {
             let health = batch_health;
@@ -79,11 +98,13 @@ impl<T: Send + 'static, R: Send + 'static> Batch<T, R> {
                 }
                 let (items, replies): (Vec<T>, Vec<Reply<R>>) = batch.drain(..).unzip();
                 let n = items.len();
-                health.writing_since.store(now_ms(), Ordering::Relaxed);
+                health.writing_since.store(health.now(), Ordering::Relaxed);
                 let written = write(items).await;
                 health.writing_since.store(0, Ordering::Relaxed);
-                *health.failing.lock().expect("health lock") =
-                    written.as_ref().err().map(ToString::to_string);
+                *health.failing.lock().expect("health lock") = written
+                    .as_ref()
+                    .err()
+                    .map(|e| (std::time::Instant::now(), e.to_string()));
                 match written {
                     Ok(results) => {
                         for (reply, result) in replies.into_iter().zip(results) {
@@ -228,12 +249,14 @@ impl Committer {
     /// when the one under way has taken longer than `stall` (a locked or frozen store).
     pub fn health(&self, stall: Duration) -> Result<(), String> {
         let health = &self.0.health;
-        if let Some(e) = health.failing.lock().expect("health lock").clone() {
+        if let Some((at, e)) = health.failing.lock().expect("health lock").clone()
+            && at.elapsed() < FAILURE_SHOWN_FOR
+        {
             return Err(format!("the last write to the store failed: {e}"));
         }
         let since = health.writing_since.load(Ordering::Relaxed);
-        let waited = now_ms() - since;
-        if since != 0 && waited > stall.as_millis() as i64 {
+        let waited = health.now().saturating_sub(since);
+        if since != 0 && waited > stall.as_millis() as u64 {
             return Err(format!(
                 "a write to the store has been under way for {:.1} s",
                 waited as f64 / 1000.0

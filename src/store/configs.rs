@@ -5,7 +5,7 @@
 
 use super::{Millis, Store, StoreError, now_ms};
 
-/// How long a configuration no longer serving is kept.
+/// How long a configuration no longer serving is kept once no delivery waits on it.
 pub const KEPT_FOR_MS: Millis = 30 * 86_400_000;
 
 impl Store {
@@ -23,7 +23,14 @@ impl Store {
             .bind(now)
             .execute(pool)
             .await?;
-            sqlx::query("DELETE FROM configs WHERE saved_at < $1")
+            // A configuration some delivery still waits on (pending, being sent, or a dead
+            // letter that may be retried) is kept however old.
+            sqlx::query(
+                "DELETE FROM configs WHERE saved_at < $1 AND NOT EXISTS (
+                     SELECT 1 FROM events e JOIN deliveries d ON d.event_id = e.id
+                     WHERE e.config_hash = configs.hash
+                       AND d.status IN ('pending', 'sending', 'dead'))",
+            )
                 .bind(now - KEPT_FOR_MS)
                 .execute(pool)
                 .await?;

@@ -112,6 +112,9 @@ fn registry(escape: Escape) -> Handlebars<'static> {
     hb
 }
 
+/// Largest template file read.
+pub const MAX_TEMPLATE_BYTES: u64 = 1024 * 1024;
+
 impl Templates {
     /// Compiles every `*.hbs` file below `dir`, named by its path relative to `dir`
     /// (`slack/reply.hbs`). Files that do not compile are left out and returned with their
@@ -128,14 +131,23 @@ impl Templates {
                 .unwrap_or(&path)
                 .to_string_lossy()
                 .replace('\\', "/");
-            match std::fs::read_to_string(&path) {
+            // Only regular files, bounded: a pipe or a device named `*.hbs` cannot block a reload.
+            match crate::files::read_regular(&path, MAX_TEMPLATE_BYTES) {
                 Ok(source) => read.push((name, source)),
                 Err(e) => errors.push((
                     path,
                     TemplateError {
                         line: None,
                         column: None,
-                        message: format!("cannot read: {e}"),
+                        message: match e {
+                            crate::files::ReadError::NotRegular => {
+                                "not a regular file (a pipe, device or socket)".into()
+                            }
+                            crate::files::ReadError::TooLarge => {
+                                format!("larger than {MAX_TEMPLATE_BYTES} bytes")
+                            }
+                            crate::files::ReadError::Io(e) => format!("cannot read: {e}"),
+                        },
                     },
                 )),
             }

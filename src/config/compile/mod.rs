@@ -38,6 +38,8 @@ pub struct Config {
     pub files: Vec<PathBuf>,
     /// What it was compiled from, for the store to keep.
     pub snapshot: std::sync::Arc<Snapshot>,
+    /// Whether this instance has kept it in the store.
+    pub archived: std::sync::atomic::AtomicBool,
     /// Problems that do not stop it from serving (unconfigured destinations, …).
     pub warnings: Diagnostics,
     /// Authentication of every mounted webhook source, in mount order (a source the files do
@@ -180,6 +182,7 @@ fn compile_with(
         hash,
         loaded_at: Utc::now(),
         snapshot: std::sync::Arc::new(snapshot),
+        archived: std::sync::atomic::AtomicBool::new(false),
         files: files.into_iter().map(|(p, _, _)| p).collect(),
         warnings,
         sources: auth,

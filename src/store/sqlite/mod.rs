@@ -72,7 +72,15 @@ struct FileIdentity {
     ino: u64,
     /// Said once in the log (loudly), not at every write.
     reported: std::sync::atomic::AtomicBool,
+    /// When the path was last checked (ms after `opened`), and whether it was the file then:
+    /// at most one `stat` per [`FILE_CHECK_EVERY`], not one per group commit.
+    checked: std::sync::atomic::AtomicU64,
+    same_then: std::sync::atomic::AtomicBool,
+    opened: Instant,
 }
+
+/// How often the database file's identity is checked at most.
+const FILE_CHECK_EVERY: Duration = Duration::from_millis(200);
 
 impl FileIdentity {
     fn of(path: &std::path::Path) -> Option<Self> {
@@ -83,13 +91,32 @@ impl FileIdentity {
             dev: meta.dev(),
             ino: meta.ino(),
             reported: std::sync::atomic::AtomicBool::new(false),
+            checked: std::sync::atomic::AtomicU64::new(0),
+            same_then: std::sync::atomic::AtomicBool::new(true),
+            opened: Instant::now(),
         })
     }
 
-    /// Whether the path still names the file that was opened.
+    /// Whether the path still names the file that was opened (checked again at most every
+    /// [`FILE_CHECK_EVERY`]; once it is not, it never is again).
     fn same(&self) -> bool {
         use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(&self.path).is_ok_and(|m| m.dev() == self.dev && m.ino() == self.ino)
+        use std::sync::atomic::Ordering::Relaxed;
+        if !self.same_then.load(Relaxed) {
+            return false;
+        }
+        let now = self.opened.elapsed().as_millis() as u64 + 1;
+        let last = self.checked.load(Relaxed);
+        if last != 0 && now.saturating_sub(last) < FILE_CHECK_EVERY.as_millis() as u64 {
+            return true;
+        }
+        self.checked.store(now, Relaxed);
+        let same =
+            std::fs::metadata(&self.path).is_ok_and(|m| m.dev() == self.dev && m.ino() == self.ino);
+        if !same {
+            self.same_then.store(false, Relaxed);
+        }
+        same
     }
 }
 
