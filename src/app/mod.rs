@@ -58,9 +58,10 @@ pub struct App {
     archiving: tokio::sync::Mutex<()>,
 }
 
-/// How many earlier configurations are kept (besides the serving one) so that pending
-/// deliveries finish under the rules that matched them.
-const KEPT_CONFIGS: usize = 4;
+/// How many earlier configurations are kept in memory besides the serving one (the store keeps
+/// every one that matched an event: see [`App::config_matched`]); each holds its compiled rules,
+/// tens of MiB for 10,000 of them.
+const KEPT_CONFIGS: usize = 1;
 
 impl App {
     /// Loads the configuration for the first time; fails with every problem if it is invalid.
