@@ -25,6 +25,14 @@ impl Drop for Browser {
     fn drop(&mut self) {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
+        // Killing chromedriver leaves its Chromium running (each holding an inotify instance
+        // of the user's 128, which the routers' file watches need too): end every process of
+        // this browser's profile.
+        let _ = Command::new("pkill")
+            .arg("-KILL")
+            .arg("-f")
+            .arg(self._profile.path())
+            .status();
     }
 }
 
