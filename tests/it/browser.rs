@@ -3,7 +3,8 @@
 //! `target/console-screenshots/`. Without chromedriver the tests are skipped with a printed
 //! reason, except where `SWITCHBOARD_BROWSER_TESTS=required` (set by `.ci/run`): there they fail.
 
-use crate::util::{HttpPeer, Router, Start, config_dir, fast_retries, fixture, unique};
+use crate::console::{bounce, reply, rules};
+use crate::util::{HttpPeer, Router, Start, config_dir, fast_retries};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 use std::path::PathBuf;
@@ -146,38 +147,6 @@ impl Browser {
             .await
             .unwrap();
     }
-}
-
-fn rules(slack: &HttpPeer, hook: &HttpPeer) -> String {
-    format!(
-        r#"rules:
-  - name: replies
-    when: {{ event: EMAIL_REPLIED }}
-    actions:
-      - slack: {{ webhook_url: "{}", text: "{{{{lead.name}}}} replied: {{{{reply.text}}}}" }}
-  - name: bounces
-    when: {{ event: EMAIL_BOUNCED }}
-    actions:
-      - http: {{ url: "{}", body: "{{{{lead.email}}}}" }}
-"#,
-        slack.url("/services/T/B/X"),
-        hook.url("/bounce")
-    )
-}
-
-fn reply(lead: &str) -> Value {
-    let mut e = unique(fixture("real_13_email_reply"));
-    e["leadCorrespondence"]["targetLeadEmail"] = json!(lead);
-    e["sl_lead_email"] = json!(lead);
-    e["to_email"] = json!(lead);
-    e
-}
-
-fn bounce(lead: &str) -> Value {
-    let mut e = unique(fixture("real_15_email_bounce"));
-    e["sl_lead_email"] = json!(lead);
-    e["to_email"] = json!(lead);
-    e
 }
 
 /// Waits (at most 15 s) until `n` deliveries are in `status`.

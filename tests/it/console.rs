@@ -19,7 +19,7 @@ fn client() -> reqwest::Client {
         .unwrap()
 }
 
-fn rules(slack: &HttpPeer, hook: &HttpPeer) -> String {
+pub(crate) fn rules(slack: &HttpPeer, hook: &HttpPeer) -> String {
     format!(
         r#"rules:
   - name: replies
@@ -36,7 +36,7 @@ fn rules(slack: &HttpPeer, hook: &HttpPeer) -> String {
     )
 }
 
-fn reply(lead: &str) -> Value {
+pub(crate) fn reply(lead: &str) -> Value {
     let mut e = unique(fixture("real_13_email_reply"));
     e["leadCorrespondence"]["targetLeadEmail"] = json!(lead);
     e["sl_lead_email"] = json!(lead);
@@ -44,7 +44,7 @@ fn reply(lead: &str) -> Value {
     e
 }
 
-fn bounce(lead: &str) -> Value {
+pub(crate) fn bounce(lead: &str) -> Value {
     let mut e = unique(fixture("real_15_email_bounce"));
     e["sl_lead_email"] = json!(lead);
     e["to_email"] = json!(lead);
