@@ -11,7 +11,7 @@ mod http;
 mod log;
 #[cfg(test)]
 mod props;
-mod slack;
+pub mod slack;
 
 pub use context::{Ctx, Unconfigured};
 

@@ -158,25 +158,7 @@ impl Channel for Slack {
     }
 
     fn render(&self, event: &Data, t: &Templates) -> Result<SlackMessage, RenderFailure> {
-        let mut payload = match &self.body {
-            Body::Payload(tpl) => parse_json(&t.render(tpl, event)?, "the Slack payload template")?,
-            Body::Text(tpl) => json!({ "text": t.render(tpl, event)? }),
-            Body::None => json!({}),
-        };
-        if let Some(tpl) = &self.blocks {
-            let blocks = parse_json(&t.render(tpl, event)?, "`blocks`")?;
-            if !blocks.is_array() {
-                return Err(RenderFailure::Invalid(
-                    "`blocks` must render to a JSON array".into(),
-                ));
-            }
-            payload["blocks"] = blocks;
-        }
-        if !payload.is_object() {
-            return Err(RenderFailure::Invalid(
-                "the Slack payload must be a JSON object".into(),
-            ));
-        }
+        let mut payload = self.payload(event, t)?;
         fit_limits(&mut payload);
         let webhook_url = self.webhook_url.clone().unwrap_or_default();
         Ok(SlackMessage {
@@ -184,7 +166,6 @@ impl Channel for Slack {
             payload,
         })
     }
-
     async fn send(m: &SlackMessage, clients: &Clients) -> Result<(), SendError> {
         let response = clients
             .http
@@ -220,6 +201,38 @@ impl Channel for Slack {
             },
             serde_json::to_string_pretty(&m.payload).unwrap_or_default()
         )
+    }
+}
+
+impl Slack {
+    /// The payload as its templates render it, before it is fitted to Slack's limits.
+    fn payload(&self, event: &Data, t: &Templates) -> Result<Value, RenderFailure> {
+        let mut payload = match &self.body {
+            Body::Payload(tpl) => parse_json(&t.render(tpl, event)?, "the Slack payload template")?,
+            Body::Text(tpl) => json!({ "text": t.render(tpl, event)? }),
+            Body::None => json!({}),
+        };
+        if let Some(tpl) = &self.blocks {
+            let blocks = parse_json(&t.render(tpl, event)?, "`blocks`")?;
+            if !blocks.is_array() {
+                return Err(RenderFailure::Invalid(
+                    "`blocks` must render to a JSON array".into(),
+                ));
+            }
+            payload["blocks"] = blocks;
+        }
+        if !payload.is_object() {
+            return Err(RenderFailure::Invalid(
+                "the Slack payload must be a JSON object".into(),
+            ));
+        }
+        Ok(payload)
+    }
+
+    /// How many blocks the message renders for `event` before they are cut to Slack's limit.
+    pub fn blocks_needed(&self, event: &Data, t: &Templates) -> Result<usize, RenderFailure> {
+        let payload = self.payload(event, t)?;
+        Ok(payload["blocks"].as_array().map_or(0, Vec::len))
     }
 }
 

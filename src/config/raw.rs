@@ -5,7 +5,7 @@
 
 use crate::actions::RawAction;
 use crate::diagnostic::Diagnostic;
-use crate::rules::{RawFire, RawOnce, RawThrottle, RawWhen};
+use crate::rules::{RawDigest, RawFire, RawOnce, RawThrottle, RawWhen};
 use crate::syntax::{Pos, Spanned};
 use crate::time_window::RawTimeWindow;
 use serde::Deserialize;
@@ -79,6 +79,9 @@ pub struct RawRule {
     /// For a rule with a `window`: fire when it starts holding, not on every event.
     #[serde(default)]
     pub fire: Option<Spanned<RawFire>>,
+    /// Collect the events it matched per key and send them as one message.
+    #[serde(default)]
+    pub digest: Option<Spanned<RawDigest>>,
 }
 
 fn yes() -> bool {

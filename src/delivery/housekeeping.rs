@@ -1,6 +1,6 @@
 //! Housekeeping beside the sends: the heartbeat (this instance is alive, runs this
-//! configuration, and is still sending these deliveries, whose leases it renews) and the
-//! pruning of old history.
+//! configuration, and is still sending these deliveries, whose leases it renews), the pruning
+//! of old history, and the closer that sends due digests (see `digests`).
 
 use super::dispatch::Dispatcher;
 use super::in_flight::InFlight;
@@ -20,6 +20,7 @@ const KEYS_AT_LEAST: Duration = Duration::from_secs(7 * 24 * 3600);
 pub(super) struct Housekeeping {
     heartbeat: JoinHandle<()>,
     pruner: JoinHandle<()>,
+    closer: JoinHandle<()>,
 }
 
 /// Starts the heartbeat and the pruning for the workers of `d`.
@@ -34,14 +35,16 @@ pub(super) fn start(d: &Dispatcher, store: &Store) -> Housekeeping {
             s.listen.clone(),
         )),
         pruner: tokio::spawn(prune_forever(store.clone(), s.history)),
+        closer: tokio::spawn(super::digests::close_forever(d.app.clone(), store.clone())),
     }
 }
 
 impl Housekeeping {
-    /// Stops both tasks.
+    /// Stops the tasks.
     pub(super) fn stop(self) {
         self.heartbeat.abort();
         self.pruner.abort();
+        self.closer.abort();
     }
 }
 

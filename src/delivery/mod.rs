@@ -11,6 +11,7 @@
 //! - `dispatch`: the loop that claims due deliveries and starts sends;
 //! - `attempt`: one send, its outcome, and its record;
 //! - `housekeeping`: the heartbeat and the pruning of old history;
+//! - [`digests`]: the closer, which turns due digests into deliveries;
 //! - [`runtime`]: the workers' threads, which give way to intake;
 //! - `in_flight` and `backlog`: the in-flight set and the backlog flag, the state the rest
 //!   shares;
@@ -18,6 +19,7 @@
 
 mod attempt;
 mod backlog;
+pub mod digests;
 mod dispatch;
 pub mod handoff;
 mod housekeeping;

@@ -39,6 +39,10 @@ pub struct Event {
     pub noise: Noise,
     /// What a rule's `window` counted (filled for its messages).
     pub window: Window,
+    /// A digest's counts (filled for a digest's messages; see `rules::digest`).
+    pub digest: Value,
+    /// A digest's first events, in arrival order (filled for a digest's messages).
+    pub events: Value,
     /// The payload as sent, secrets removed.
     pub raw: Value,
     /// The router's id for the event, assigned at intake.

@@ -99,6 +99,8 @@ impl Source for SmartLead {
             inbox_url: p.str_at(&["app_url", "ui_master_inbox_link", "inbox_url"]),
             noise: Noise::default(),
             window: Window::default(),
+            digest: Value::Null,
+            events: Value::Null,
             raw: Value::Null,
             event_id: String::new(),
         };

@@ -3,6 +3,7 @@
 //! `throttle`, `outside: hold`. A stop holds back what is still to be sent and consumes nothing
 //! after it. Each stage can say what it decided, for `test --explain` ([`Notes`]).
 
+use super::digest::Closing;
 use super::throttle::{throttle, window_start};
 use super::{Context, EventMemory};
 use crate::store::memory::{Cell, Decision, Verdict, View};
@@ -177,6 +178,23 @@ impl EventMemory {
                         }
                     });
                     stop(&mut decision, "throttled");
+                    if let Some(d) = &rule.throttled {
+                        // Sent as one digest when the window reopens: a fixed window at its
+                        // end, a rolling one at the latest a `per` from now.
+                        let per = t.per.as_millis() as i64;
+                        let reopens = match t.rolling {
+                            true => now.saturating_add(per),
+                            false => window_start(t, before, now).saturating_add(per),
+                        };
+                        d.join(
+                            now,
+                            view,
+                            &mut decision,
+                            || (reopens, "hold_release"),
+                            at,
+                            notes,
+                        );
+                    }
                     continue;
                 };
                 notes.note(at, || {
@@ -195,6 +213,27 @@ impl EventMemory {
                 for i in range.clone() {
                     let context = contexts.entry(i).or_default();
                     context.insert("noise".into(), noise.clone());
+                }
+            }
+            if let Some(d) = &rule.digest {
+                let close = || match &d.close {
+                    Closing::Rule(c) => c.closes_at(now).unwrap_or((now, "schedule")),
+                    // A digest rule's own digest closes as the rule says.
+                    Closing::Reopens => (now, "window"),
+                };
+                let opened = d.join(now, view, &mut decision, close, at, notes);
+                let alone = opened && d.immediate;
+                if alone {
+                    notes.note(at, || {
+                        "digest: first: immediate, also sent on its own".into()
+                    });
+                } else {
+                    // Sent as part of the digest, not on its own (held ones too).
+                    for v in &mut decision.verdicts[range.clone()] {
+                        if matches!(v, Verdict::Send | Verdict::Held(_)) {
+                            *v = Verdict::Suppressed("digest");
+                        }
+                    }
                 }
             }
         }

@@ -27,6 +27,7 @@
 //! keeps a window rule from firing again until its `when` stopped holding.
 
 mod decide;
+mod digest;
 mod plan;
 mod resolve;
 mod throttle;
@@ -37,6 +38,7 @@ use crate::store::memory::{Decider, Decision, Needs, Slot, View};
 use crate::store::{Millis, NewDelivery};
 use crate::template::{Data, Template};
 pub use decide::Notes;
+use digest::{Closing, DigestAsk, EventFacts};
 pub use plan::Plan;
 use resolve::Resolve;
 use serde_json::Value;
@@ -70,6 +72,10 @@ struct RuleAsk {
     unless_seen: Option<(Slot, Duration)>,
     once: Option<OnceAsk>,
     throttle: Option<ThrottleAsk>,
+    /// `digest`: the event joins its key's digest instead of being sent on its own.
+    digest: Option<DigestAsk>,
+    /// `throttle.over_limit: digest`: what the throttle holds back joins this digest.
+    throttled: Option<DigestAsk>,
 }
 
 /// `throttle` for one event: the rule's key and its window.
@@ -122,6 +128,8 @@ impl EventMemory {
                 unless_seen: None,
                 once: None,
                 throttle: None,
+                digest: None,
+                throttled: None,
             };
             let mut missed = |error| {
                 missing.push(MissingKey {
@@ -155,6 +163,20 @@ impl EventMemory {
                 match render_key(config, &t.key, event) {
                     Ok(key) => {
                         let scope = format!("throttle:{}", rule.name);
+                        if t.digest {
+                            ask.throttled = Some(DigestAsk {
+                                slot: Slot {
+                                    scope: format!("digest-throttled:{}", rule.name),
+                                    key: key.clone(),
+                                },
+                                rule: rule.name.clone(),
+                                max_events: crate::rules::digest::DEFAULT_MAX_EVENTS,
+                                list: crate::rules::digest::DEFAULT_LIST,
+                                close: Closing::Reopens,
+                                immediate: false,
+                                event: facts(config, event),
+                            });
+                        }
                         ask.throttle = Some(ThrottleAsk {
                             slot: Slot { scope, key },
                             limit: t.limit,
@@ -165,7 +187,30 @@ impl EventMemory {
                     Err(error) => missed(error),
                 }
             }
-            if ask.unless_seen.is_some() || ask.once.is_some() || ask.throttle.is_some() {
+            if let Some(d) = &rule.digest {
+                match render_key(config, &d.key, event) {
+                    Ok(key) => {
+                        ask.digest = Some(DigestAsk {
+                            slot: Slot {
+                                scope: format!("digest:{}", rule.name),
+                                key,
+                            },
+                            rule: rule.name.clone(),
+                            max_events: d.max_events,
+                            list: d.list,
+                            close: Closing::Rule(d.close.clone()),
+                            immediate: d.immediate,
+                            event: facts(config, event),
+                        });
+                    }
+                    Err(error) => missed(error),
+                }
+            }
+            if ask.unless_seen.is_some()
+                || ask.once.is_some()
+                || ask.throttle.is_some()
+                || ask.digest.is_some()
+            {
                 rules.push(ask);
             }
         }
@@ -194,7 +239,23 @@ impl EventMemory {
     /// to their event (an open's count, `noise.suppressed`): they go through the store rather
     /// than straight to the workers.
     pub fn decides_content(&self) -> bool {
-        self.resolve.is_some() || self.rules.iter().any(|r| r.throttle.is_some())
+        self.resolve.is_some()
+            || self
+                .rules
+                .iter()
+                .any(|r| r.throttle.is_some() || r.digest.is_some())
+    }
+}
+
+/// What a digest item keeps of an event.
+fn facts(config: &Config, event: &Data) -> EventFacts {
+    let v = event.value();
+    let (canonical, _) = event::event_type(v);
+    EventFacts {
+        id: v["event_id"].as_str().unwrap_or_default().to_string(),
+        kind: canonical.to_string(),
+        lead: v["lead"]["email"].as_str().map(str::to_string),
+        config_hash: config.hash.clone(),
     }
 }
 
@@ -236,6 +297,9 @@ impl Decider for EventMemory {
             }
             if let Some(once) = &rule.once {
                 needs.cells.push(once.slot.clone());
+            }
+            for d in rule.digest.iter().chain(&rule.throttled) {
+                needs.cells.push(d.slot.clone());
             }
             if let Some(t) = &rule.throttle {
                 needs.cells.push(t.slot.clone());

@@ -30,6 +30,8 @@ fn once(key: &str, hold: Option<u64>) -> EventMemory {
             deliveries: 0..2,
             throttle: None,
             unless_seen: None,
+            digest: None,
+            throttled: None,
             once: Some(OnceAsk {
                 slot: Slot {
                     scope: "once:r".into(),

@@ -250,6 +250,7 @@ mod tests {
                     throttle: None,
                     windows: vec![],
                     fire: None,
+                    digest: None,
                 };
                 (order.parse().expect("a number"), rule)
             })

@@ -4,14 +4,15 @@
 //! evaluated against rules that could match it: a rule set of thousands costs little per event.
 
 pub mod condition;
+pub mod digest;
 mod index;
 mod raw;
 mod window;
 
 pub use condition::{Condition, Maybe, Verdict};
 pub use raw::{
-    RawCampaign, RawFire, RawOnce, RawRate, RawThreshold, RawThrottle, RawUnlessSeen, RawWhen,
-    RawWindow,
+    RawCampaign, RawDigest, RawFire, RawOnce, RawRate, RawSchedule, RawThreshold, RawThrottle,
+    RawUnlessSeen, RawWhen, RawWindow,
 };
 pub use window::{Bound, FUTURE_SLACK, Fire, Window, WindowTest};
 
@@ -52,6 +53,8 @@ pub struct Rule {
     pub windows: Vec<Window>,
     /// Fire when the `when` starts holding rather than on every event (`fire:`).
     pub fire: Option<Fire>,
+    /// Collect what it matched into one message per key (`digest:`).
+    pub digest: Option<digest::Digest>,
 }
 
 impl Rule {
@@ -87,6 +90,8 @@ pub struct Throttle {
     pub per: Duration,
     /// Whether the window is the last `per` (rolling) or opens at a firing (fixed).
     pub rolling: bool,
+    /// `over_limit: digest`: what it holds back is sent as one digest when the window reopens.
+    pub digest: bool,
 }
 
 /// `unless_seen`: the event types to look for, what "the same" means, and how far back. Rules

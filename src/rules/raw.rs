@@ -153,6 +153,44 @@ pub struct RawThrottle {
     /// `fixed` (the default: a window opens at the first firing) or `rolling` (the last `per`).
     #[serde(default)]
     pub window: Option<Spanned<String>>,
+    /// `suppress` (the default: what is over the limit is not sent) or `digest` (it is sent as
+    /// one digest when the window reopens).
+    #[serde(default)]
+    pub over_limit: Option<Spanned<String>>,
+}
+
+/// `digest:` the rule's events collected per key, sent as one message per action.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDigest {
+    /// A template over the canonical event: what a digest is per.
+    pub key: Spanned<String>,
+    /// Closes this long after its first event (`1h`).
+    #[serde(default)]
+    pub window: Option<Spanned<String>>,
+    /// Or at the times of a cron schedule.
+    #[serde(default)]
+    pub schedule: Option<Spanned<RawSchedule>>,
+    /// Sent early once this many events are in it.
+    #[serde(default)]
+    pub max_events: Option<Spanned<u32>>,
+    /// Events listed in full.
+    #[serde(default)]
+    pub list: Option<Spanned<u32>>,
+    /// `wait` (the default) or `immediate`: the first event also goes on its own.
+    #[serde(default)]
+    pub first: Option<Spanned<String>>,
+}
+
+/// A digest's `schedule`: a cron pattern read in a zone.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSchedule {
+    /// Five fields (minute hour day month weekday), or six with seconds first.
+    pub cron: Spanned<String>,
+    /// An IANA zone name; UTC when left out.
+    #[serde(default)]
+    pub location: Option<Spanned<String>>,
 }
 
 /// `unless_seen:` in a rule's `when`.

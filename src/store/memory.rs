@@ -60,6 +60,92 @@ pub struct Mark {
     pub expires: Millis,
 }
 
+/// An event's item in a digest, with the digest as it stands after it (see `rules::digest`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DigestItem {
+    /// The digest (random, chosen when it opens).
+    pub digest: i64,
+    /// The rule that collects it.
+    pub rule: String,
+    /// The cell that points at the digest while it is open.
+    pub slot: Slot,
+    /// When it opened.
+    pub opened_at: Millis,
+    /// When it closes, and why it will have closed then.
+    pub closes_at: Millis,
+    /// `window`, `schedule`, `max_events`, `hold_release`; empty when the item only joins (the
+    /// digest keeps the reason it opened with).
+    pub reason: &'static str,
+    /// Events listed in full in its message.
+    pub list: u32,
+    /// This item's position, from 1: also the digest's count with it.
+    pub seq: i64,
+    /// The configuration that matched the event.
+    pub config_hash: String,
+    /// The event.
+    pub event_id: String,
+    /// Its canonical type.
+    pub event_type: String,
+    /// Its lead's email.
+    pub lead_email: Option<String>,
+}
+
+/// A digest as a batch's items leave it: one row to write per digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DigestRow {
+    /// The digest.
+    pub id: i64,
+    /// Its rule.
+    pub rule: String,
+    /// Its cell.
+    pub slot: Slot,
+    /// Its configuration: its last item's.
+    pub config_hash: String,
+    /// When it opened.
+    pub opened_at: Millis,
+    /// When it closes.
+    pub closes_at: Millis,
+    /// Why it will have closed.
+    pub reason: &'static str,
+    /// Its items.
+    pub items: i64,
+    /// Events listed in full.
+    pub list: u32,
+}
+
+/// The rows a batch's digest items leave, one per digest in the order first met (a digest with
+/// several items in the batch is written once, as its last item leaves it).
+pub fn digest_rows(items: &[DigestItem]) -> Vec<DigestRow> {
+    let mut rows: Vec<DigestRow> = Vec::new();
+    for i in items {
+        let row = DigestRow {
+            id: i.digest,
+            rule: i.rule.clone(),
+            slot: i.slot.clone(),
+            config_hash: i.config_hash.clone(),
+            opened_at: i.opened_at,
+            closes_at: i.closes_at,
+            reason: i.reason,
+            items: i.seq,
+            list: i.list,
+        };
+        match rows.iter_mut().find(|r| r.id == i.digest) {
+            // The first item met keeps its opening; a later one that only joins keeps the
+            // reason its digest opened with.
+            Some(r) => {
+                let (opened_at, reason) = (r.opened_at, r.reason);
+                *r = row;
+                r.opened_at = opened_at;
+                if r.reason.is_empty() {
+                    r.reason = reason;
+                }
+            }
+            None => rows.push(row),
+        }
+    }
+    rows
+}
+
 /// What a decider reads.
 #[derive(Debug, Clone, Default)]
 pub struct Needs {
@@ -132,6 +218,8 @@ pub struct Decision {
     pub cells: Vec<(Slot, Cell)>,
     /// Marks to record.
     pub marks: Vec<Mark>,
+    /// Items to add to digests.
+    pub digests: Vec<DigestItem>,
     /// The event as stored, when memory changed it (a count the router fills in).
     pub payload: Option<String>,
     /// What memory adds to the event for one delivery's templates, by the delivery's position:
@@ -183,6 +271,7 @@ pub struct Overlay {
     counts: HashMap<Span, u64>,
     written: HashMap<Slot, Cell>,
     marks: Vec<Mark>,
+    digests: Vec<DigestItem>,
 }
 
 impl Overlay {
@@ -202,13 +291,18 @@ impl Overlay {
             self.written.insert(slot.clone(), *cell);
         }
         self.marks.extend(decision.marks.iter().cloned());
+        self.digests.extend(decision.digests.iter().cloned());
     }
 
-    /// What the batch writes: cells and marks.
-    pub(super) fn into_writes(self) -> (Vec<(Slot, Cell)>, Vec<Mark>) {
+    /// What the batch writes: cells, marks and digest items.
+    pub(super) fn into_writes(self) -> Writes {
         let mut cells: Vec<(Slot, Cell)> = self.written.into_iter().collect();
         cells.sort_by(|a, b| a.0.cmp(&b.0));
-        (cells, self.marks)
+        Writes {
+            cells,
+            marks: self.marks,
+            digests: self.digests,
+        }
     }
 }
 
@@ -235,6 +329,14 @@ impl View for Overlay {
             .count() as u64;
         stored + added
     }
+}
+
+/// The memory a batch writes.
+#[derive(Debug, Default)]
+pub(super) struct Writes {
+    pub(super) cells: Vec<(Slot, Cell)>,
+    pub(super) marks: Vec<Mark>,
+    pub(super) digests: Vec<DigestItem>,
 }
 
 /// Every slot and span a batch's deciders need, each once, in (scope, key) order (the order
@@ -311,9 +413,9 @@ mod tests {
         });
         assert_eq!(o.cell(&slot("a")).a, 2);
         assert_eq!(o.count(&span), 4, "the mark at 250 is outside the span");
-        let (cells, marks) = o.into_writes();
-        assert_eq!(cells.len(), 1);
-        assert_eq!(marks.len(), 2);
+        let writes = o.into_writes();
+        assert_eq!(writes.cells.len(), 1);
+        assert_eq!(writes.marks.len(), 2);
     }
 
     #[test]

@@ -271,6 +271,9 @@ pub struct DeliveryView {
     pub created_at: String,
     /// When it last changed, RFC 3339.
     pub updated_at: String,
+    /// For a digest's delivery: the events the digest holds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest_items: Option<u64>,
     /// Every attempt, oldest first (filled for single deliveries and dead letters).
     pub history: Vec<AttemptView>,
 }
@@ -415,6 +418,7 @@ macro_rules! on_pool {
 
 pub mod configs;
 pub mod console;
+pub mod digests;
 // After `dispatch!`, which it uses.
 mod silences;
 pub use silences::SilenceRow;

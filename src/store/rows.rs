@@ -7,7 +7,7 @@ use super::{AttemptView, DeliveryStatus, DeliveryView, Due, InstanceView, StoreE
 pub(super) const DUE_COLUMNS: &str = "d.id, d.event_id, d.rule, d.action_index, d.destination, d.attempts, d.context, e.config_hash, e.payload, e.received_at";
 
 /// The columns every backend selects for a delivery in history.
-pub(super) const VIEW_COLUMNS: &str = "d.id, d.event_id, e.event_type, e.lead_email, d.rule, d.action_kind, d.destination, d.status, d.attempts, d.next_attempt_at, d.last_error, d.reason, d.created_at, d.updated_at";
+pub(super) const VIEW_COLUMNS: &str = "d.id, d.event_id, e.event_type, e.lead_email, d.rule, d.action_kind, d.destination, d.status, d.attempts, d.next_attempt_at, d.last_error, d.reason, d.created_at, d.updated_at, (SELECT g.items FROM digests g WHERE g.id = d.digest_id) AS digest_items";
 
 #[derive(sqlx::FromRow)]
 pub(super) struct DueRow {
@@ -56,6 +56,7 @@ pub(super) struct ViewRow {
     reason: Option<String>,
     created_at: i64,
     updated_at: i64,
+    digest_items: Option<i64>,
 }
 
 impl TryFrom<ViewRow> for DeliveryView {
@@ -82,6 +83,7 @@ impl TryFrom<ViewRow> for DeliveryView {
             reason: r.reason,
             created_at: rfc3339(r.created_at),
             updated_at: rfc3339(r.updated_at),
+            digest_items: r.digest_items.map(|n| n as u64),
             history: vec![],
         })
     }

@@ -6,6 +6,7 @@ mod actions;
 mod browser;
 mod cli;
 mod console;
+mod digests;
 mod durable;
 mod email;
 mod escaping;

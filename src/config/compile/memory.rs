@@ -102,11 +102,23 @@ pub(super) fn compile_throttle(
             false
         }
     };
+    let digest = match t.over_limit.as_ref().map(|o| o.value.trim()) {
+        None | Some("suppress") => false,
+        Some("digest") => true,
+        Some(other) => {
+            let message = format!(
+                "rule {rule:?}: `throttle.over_limit` is `suppress` (not sent) or `digest` (sent as one digest when the window reopens), not {other:?}"
+            );
+            env.errors.at(path, pos(t.over_limit.as_ref()?), message);
+            false
+        }
+    };
     Some(Throttle {
         key: key?,
         limit: t.limit.value.max(1),
         per: per?,
         rolling,
+        digest,
     })
 }
 

@@ -5,6 +5,7 @@
 //! the template `probe`, and rule `memory`).
 
 mod destinations;
+pub mod digest;
 mod memory;
 mod probe;
 mod rules;

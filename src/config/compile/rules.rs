@@ -3,6 +3,7 @@
 //! probed against each source's sample event.
 
 use super::destinations::{self, Declared};
+use super::digest;
 use super::memory;
 use super::probe;
 use crate::actions::{Common, Ctx, RawAction, Unconfigured};
@@ -98,12 +99,17 @@ fn compile_rule(
             format!("rule {name:?} has no actions"),
         );
     }
-    let actions = rule
+    // A digest rule's actions render digests only, unless its first event also goes alone.
+    let digest_only = rule
+        .digest
+        .as_ref()
+        .is_some_and(|d| d.value.first.as_ref().map(|f| f.value.trim()) != Some("immediate"));
+    let actions: Vec<RuleAction> = rule
         .actions
         .value
         .iter()
         .enumerate()
-        .filter_map(|(i, raw)| compile_action(path, &name, i, raw, env, out))
+        .filter_map(|(i, raw)| compile_action(path, &name, i, raw, digest_only, env, out))
         .collect();
     let once = rule
         .once
@@ -118,7 +124,29 @@ fn compile_rule(
         .throttle
         .as_ref()
         .and_then(|t| memory::compile_throttle(path, &name, t, env, out));
+    let digest = rule
+        .digest
+        .as_ref()
+        .and_then(|d| digest::compile_digest(path, &name, d, env, out));
+    if let (Some(raw), Some(d)) = (&rule.digest, &digest) {
+        digest::probe_actions(path, &name, raw, d, &actions, env);
+    }
+    if let (Some(raw), Some(_), Some(t)) = (&rule.digest, &digest, &rule.throttle)
+        && t.value.over_limit.is_some()
+    {
+        let message = format!(
+            "rule {name:?}: a digest rule's `throttle` cannot send what it holds back as a digest of its own; leave out `over_limit`"
+        );
+        env.errors.at(path, pos(raw), message);
+    }
+    if let Some(t) = &throttle
+        && t.digest
+        && let Some(raw) = &rule.throttle
+    {
+        digest::probe_over_limit(path, &name, raw, &actions, env);
+    }
     Rule {
+        digest,
         once,
         unless_seen,
         throttle,
@@ -139,6 +167,7 @@ fn compile_action(
     name: &str,
     i: usize,
     raw: &Spanned<RawAction>,
+    digested: bool,
     env: &mut Env<'_>,
     out: &mut Compiled,
 ) -> Option<RuleAction> {
@@ -178,9 +207,12 @@ fn compile_action(
     let compiled = action.compile(declared.map(|d| &d.settings), &mut cx);
     let active = active(path, name, &raw.value, declared, env);
     let compiled = compiled?;
-    probe::probe(&compiled, env.templates, env.sources, name, |message| {
-        env.errors.at(path, pos(raw), message)
-    });
+    // A digest's rendering is probed with one (see `digest`).
+    if !digested {
+        probe::probe(&compiled, env.templates, env.sources, name, |message| {
+            env.errors.at(path, pos(raw), message)
+        });
+    }
     Some(RuleAction {
         action: compiled,
         active: active.ok()?,

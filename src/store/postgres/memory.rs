@@ -131,7 +131,11 @@ pub(super) async fn decide(
     .map_err(|_| {
         StoreError::Mismatch("a rule's memory could not be decided (a decider panicked)".into())
     })?;
-    let (cells, marks) = overlay.into_writes();
+    let memory::Writes {
+        cells,
+        marks,
+        digests,
+    } = overlay.into_writes();
     if !cells.is_empty() {
         sqlx::query(
             "INSERT INTO memory_cells (scope, key, a, b, c, expires)
@@ -170,5 +174,65 @@ pub(super) async fn decide(
         .execute(&mut *tx)
         .await?;
     }
+    write_digests(tx, &digests).await?;
     Ok((verdicts, changed))
+}
+
+/// The digests the batch's items leave (one row each) and the items.
+async fn write_digests(
+    tx: &mut PgConnection,
+    items: &[memory::DigestItem],
+) -> Result<(), StoreError> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    let rows = memory::digest_rows(items);
+    sqlx::query(
+        "INSERT INTO digests (id, rule, scope, key, config_hash, opened_at, closes_at, reason, items, list)
+         SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::BIGINT[],
+                              $7::BIGINT[], $8::TEXT[], $9::BIGINT[], $10::BIGINT[])
+         ON CONFLICT (id) DO UPDATE
+         SET config_hash = EXCLUDED.config_hash, closes_at = EXCLUDED.closes_at,
+             reason = CASE WHEN EXCLUDED.reason = '' THEN digests.reason ELSE EXCLUDED.reason END,
+             items = EXCLUDED.items",
+    )
+    .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.rule.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.slot.scope.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.slot.key.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.config_hash.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.opened_at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.closes_at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.reason).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.items).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| i64::from(r.list)).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO digest_items (digest_id, seq, event_id, event_type, lead_email)
+         SELECT * FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::TEXT[])",
+    )
+    .bind(items.iter().map(|i| i.digest).collect::<Vec<_>>())
+    .bind(items.iter().map(|i| i.seq).collect::<Vec<_>>())
+    .bind(
+        items
+            .iter()
+            .map(|i| i.event_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        items
+            .iter()
+            .map(|i| i.event_type.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        items
+            .iter()
+            .map(|i| i.lead_email.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }

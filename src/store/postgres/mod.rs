@@ -157,6 +157,17 @@ impl Postgres {
         Ok(n)
     }
 
+    /// Wakes every instance's workers when the transaction commits.
+    pub(in crate::store) async fn notify_in(
+        &self,
+        tx: &mut sqlx::PgConnection,
+    ) -> Result<(), StoreError> {
+        sqlx::query(AssertSqlSafe(format!("NOTIFY {CHANNEL}")))
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+
     /// Wakes every instance's workers: deliveries were made due.
     pub(in crate::store) async fn notify(&self) -> Result<(), StoreError> {
         sqlx::query(AssertSqlSafe(format!("NOTIFY {CHANNEL}")))
@@ -251,7 +262,12 @@ impl Postgres {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        let events = sqlx::query("DELETE FROM events WHERE received_at < $1 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id)")
+        // Closed digests go with the history of their time (their items with them).
+        sqlx::query("DELETE FROM digests WHERE closed_at IS NOT NULL AND closed_at < $1")
+            .bind(before)
+            .execute(&mut *tx)
+            .await?;
+        let events = sqlx::query("DELETE FROM events WHERE received_at < $1 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id) AND NOT EXISTS (SELECT 1 FROM digest_items i JOIN digests g ON g.id = i.digest_id WHERE i.event_id = events.id AND g.closed_at IS NULL)")
             .bind(before)
             .execute(&mut *tx)
             .await?

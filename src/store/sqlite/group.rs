@@ -22,7 +22,7 @@
 
 mod script;
 
-use crate::store::memory::{self, Cell, Changed, Mark, Overlay, Slot, Span, Verdict};
+use crate::store::memory::{self, Cell, Changed, Overlay, Slot, Span, Verdict, Writes};
 use crate::store::rows::DueRow;
 use crate::store::{
     Claim, CommitOutcome, Created, Due, Finished, Intake, Millis, NewEvent, StoreError,
@@ -98,7 +98,13 @@ async fn write(
             .collect();
         let mut s = vec![script::begin()];
         s.extend(script::head(events, now));
-        s.extend(script::body(events, &verdicts, &[], &[], &[], now));
+        s.extend(script::body(
+            events,
+            &verdicts,
+            &[],
+            &Writes::default(),
+            now,
+        ));
         s.extend(script::tail(done, claims, now));
         (run(conn, s).await?, verdicts)
     } else {
@@ -125,8 +131,7 @@ async fn write(
         let Ok(Decided {
             verdicts,
             changed,
-            cells,
-            marks,
+            writes,
         }) = decided
         else {
             rollback(conn).await;
@@ -134,7 +139,7 @@ async fn write(
                 "a rule's memory could not be decided (a decider panicked)".into(),
             ));
         };
-        let mut second = script::body(events, &verdicts, &changed, &cells, &marks, now);
+        let mut second = script::body(events, &verdicts, &changed, &writes, now);
         second.extend(script::tail(done, claims, now));
         rows.extend(run(conn, second).await?);
         (rows, verdicts)
@@ -181,8 +186,7 @@ async fn write(
 struct Decided {
     verdicts: Vec<Vec<Verdict>>,
     changed: Vec<Changed>,
-    cells: Vec<(Slot, Cell)>,
-    marks: Vec<Mark>,
+    writes: Writes,
 }
 
 /// Runs the accepted events' deciders in the batch's order over the memory read; each sees the
@@ -214,12 +218,10 @@ fn decide(
             }
         })
         .collect();
-    let (cells, marks) = overlay.into_writes();
     Decided {
         verdicts,
         changed,
-        cells,
-        marks,
+        writes: overlay.into_writes(),
     }
 }
 

@@ -122,7 +122,7 @@ impl FileIdentity {
 
 impl Sqlite {
     /// Fails once the database file was deleted or replaced under the router.
-    fn check_file(&self) -> Result<(), StoreError> {
+    pub(in crate::store) fn check_file(&self) -> Result<(), StoreError> {
         let Some(file) = &self.file else {
             return Ok(());
         };
@@ -424,7 +424,12 @@ impl Sqlite {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        let events = sqlx::query("DELETE FROM events WHERE received_at < ? AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id)")
+        // Closed digests go with the history of their time (their items with them).
+        sqlx::query("DELETE FROM digests WHERE closed_at IS NOT NULL AND closed_at < ?")
+            .bind(before)
+            .execute(&mut *tx)
+            .await?;
+        let events = sqlx::query("DELETE FROM events WHERE received_at < ? AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id) AND NOT EXISTS (SELECT 1 FROM digest_items i JOIN digests g ON g.id = i.digest_id WHERE i.event_id = events.id AND g.closed_at IS NULL)")
             .bind(before)
             .execute(&mut *tx)
             .await?

@@ -1,7 +1,7 @@
 //! The statements of the SQLite group commit, each with its own values.
 
 use super::{Statement, Yields};
-use crate::store::memory::{Cell, Changed, Mark, Needs, Slot, Verdict};
+use crate::store::memory::{Changed, Needs, Verdict, Writes, digest_rows};
 use crate::store::rows::after;
 use crate::store::sqlite::PENDING_DESTINATIONS;
 use crate::store::{Claim, DeliveryStatus, Finished, Millis, NewEvent};
@@ -87,10 +87,10 @@ pub(super) fn body(
     events: &[NewEvent],
     verdicts: &[Vec<Verdict>],
     changed: &[Changed],
-    cells: &[(Slot, Cell)],
-    marks: &[Mark],
+    writes: &Writes,
     now: Millis,
 ) -> Vec<Statement> {
+    let (cells, marks) = (&writes.cells, &writes.marks);
     let mut payloads = Vec::with_capacity(events.iter().map(|e| e.payload.len()).sum());
     let rows = json(events.iter().enumerate().map(|(i, e)| {
         // The event as its memory changed it (a count filled in), or as intake made it.
@@ -189,6 +189,53 @@ pub(super) fn body(
             SELECT j.value->>0, j.value->>1, j.value->>2, j.value->>3 FROM jsonb_each(?) AS j;",
             )
             .text(marks),
+        );
+    }
+    if !writes.digests.is_empty() {
+        let rows = json(digest_rows(&writes.digests).into_iter().map(|d| {
+            let (scope, key) = (d.slot.scope, d.slot.key);
+            (
+                d.id,
+                d.rule,
+                scope,
+                key,
+                d.config_hash,
+                d.opened_at,
+                d.closes_at,
+                d.reason,
+                d.items,
+                d.list,
+            )
+        }));
+        let items = json(
+            writes
+                .digests
+                .iter()
+                .map(|i| (i.digest, i.seq, &i.event_id, &i.event_type, &i.lead_email)),
+        );
+        body.push(
+            Statement::new(
+                "
+        INSERT INTO digests (id, rule, scope, key, config_hash, opened_at, closes_at, reason,
+                             items, list)
+            SELECT j.value->>0, j.value->>1, j.value->>2, j.value->>3, j.value->>4, j.value->>5,
+                   j.value->>6, j.value->>7, j.value->>8, j.value->>9
+            FROM jsonb_each(?) AS j
+            WHERE true ON CONFLICT (id) DO UPDATE
+            SET config_hash = excluded.config_hash, closes_at = excluded.closes_at,
+                reason = CASE WHEN excluded.reason = '' THEN digests.reason ELSE excluded.reason END,
+                items = excluded.items;",
+            )
+            .text(rows),
+        );
+        body.push(
+            Statement::new(
+                "
+        INSERT INTO digest_items (digest_id, seq, event_id, event_type, lead_email)
+            SELECT j.value->>0, j.value->>1, j.value->>2, j.value->>3, j.value->>4
+            FROM jsonb_each(?) AS j;",
+            )
+            .text(items),
         );
     }
     body.push(

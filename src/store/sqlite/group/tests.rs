@@ -1,7 +1,7 @@
 //! The group commit's script: batches cut by payload size, statements and their values.
 
 use super::*;
-use crate::store::memory::{Changed, Needs, Verdict};
+use crate::store::memory::{Cell, Changed, Mark, Needs, Verdict, Writes};
 use crate::store::{Attempt, NewDelivery, Next};
 
 fn event(bytes: usize) -> NewEvent {
@@ -47,7 +47,13 @@ fn plain(events: &[NewEvent], done: &[Finished], claims: &[Claim], now: Millis) 
         .collect();
     let mut s = vec![script::begin()];
     s.extend(script::head(events, now));
-    s.extend(script::body(events, &verdicts, &[], &[], &[], now));
+    s.extend(script::body(
+        events,
+        &verdicts,
+        &[],
+        &Writes::default(),
+        now,
+    ));
     s.extend(script::tail(done, claims, now));
     s
 }
@@ -109,8 +115,11 @@ fn every_statement_binds_as_many_values_as_it_has_parameters() {
         &events,
         &[vec![Verdict::Suppressed("once")]],
         &[Changed::default()],
-        &[(slot, Cell::default())],
-        &[mark],
+        &Writes {
+            cells: vec![(slot, Cell::default())],
+            marks: vec![mark],
+            digests: vec![],
+        },
         0,
     );
     assert_eq!(writes.len(), 4, "events, cells, marks, deliveries");
