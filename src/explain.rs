@@ -180,6 +180,11 @@ pub async fn run(
             if let Some(context) = context.and_then(|(_, c)| serde_json::from_str(c).ok()) {
                 crate::event::merge(&mut for_delivery, context);
             }
+            // Folded into a digest: shown as the digest of this event alone would be.
+            if verdicts[at] == Verdict::Suppressed("digest") {
+                let digest = alone_in_digest(&rule.name, &event);
+                crate::event::merge(&mut for_delivery, digest);
+            }
             let (message, error) = match action.render(&for_delivery, &config.templates) {
                 Ok(m) => (Some(m.describe().trim_end().to_string()), None),
                 Err(e) => (None, Some(e.to_string())),
@@ -202,9 +207,36 @@ pub async fn run(
     })
 }
 
+/// What a digest's templates would see were `event` alone in it.
+fn alone_in_digest(rule: &str, event: &serde_json::Value) -> serde_json::Value {
+    let now = crate::store::now_ms();
+    let (kind, _) = crate::event::event_type(event);
+    let contents = crate::store::digests::DigestContents {
+        id: 0,
+        rule: rule.to_string(),
+        scope: String::new(),
+        key: String::new(),
+        opened_at: now,
+        closed_at: now,
+        reason: "window".into(),
+        list: 1,
+        items: vec![crate::store::digests::DigestItemRow {
+            seq: 1,
+            event_id: event["event_id"].as_str().unwrap_or_default().to_string(),
+            event_type: kind.to_string(),
+            lead_email: event["lead"]["email"].as_str().map(str::to_string),
+            payload: Some(event.to_string()),
+        }],
+    };
+    crate::delivery::digests::context(&contents)
+}
+
 /// A delivery's verdict, for people.
 pub fn outcome(verdict: Verdict) -> String {
     match verdict {
+        Verdict::Suppressed("digest") => {
+            "would join its digest, sent when the digest closes (shown as a digest of this event alone)".into()
+        }
         Verdict::Send => "would be sent".into(),
         Verdict::Suppressed(reason) => format!("would be kept suppressed ({reason})"),
         Verdict::Held(at) => format!(

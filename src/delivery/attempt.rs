@@ -225,7 +225,7 @@ async fn attempt(
         let window = &active.window.name;
         match active.timing(now) {
             Timing::Now => {}
-            Timing::Hold(at) => {
+            Timing::Hold(at) | Timing::Digest(at) => {
                 let opens = chrono::DateTime::from_timestamp_millis(at).unwrap_or(now);
                 let error = format!("outside time window {window:?}, held until {opens}");
                 return fail(Next::Hold(at), error, "outside", kind);

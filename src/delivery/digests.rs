@@ -56,7 +56,20 @@ fn still_collects(config: &Config, rule: &str, scope: &str) -> bool {
     if scope.starts_with("digest-throttled:") {
         return r.throttle.as_ref().is_some_and(|t| t.digest);
     }
+    if let Some(n) = outside_action(scope) {
+        return r
+            .actions
+            .get(n)
+            .and_then(|a| a.active.as_ref())
+            .is_some_and(|a| a.digest);
+    }
     r.digest.is_some()
+}
+
+/// The action (from 0) whose `outside: digest` a digest of this scope collects for.
+fn outside_action(scope: &str) -> Option<usize> {
+    let (_, n) = scope.strip_prefix("digest-outside:")?.rsplit_once('#')?;
+    n.parse::<usize>().ok()?.checked_sub(1)
 }
 
 /// Closes at once the open digests whose rule `config` no longer has (or no longer collects).
@@ -110,9 +123,12 @@ fn deliveries(config: &Config, contents: &DigestContents) -> Vec<DigestDelivery>
         return Vec::new();
     };
     let context = context(contents).to_string();
+    // An `outside: digest` digest is its one action's; the others are every action's.
+    let only = outside_action(&contents.scope);
     rule.actions
         .iter()
         .enumerate()
+        .filter(|(i, _)| only.is_none_or(|n| n == *i))
         .map(|(i, step)| DigestDelivery {
             action_index: i as u32,
             action_kind: step.action.kind().to_string(),

@@ -237,6 +237,26 @@ impl EventMemory {
                 }
             }
         }
+        // Outside its time window with `outside: digest`: into the action's digest, sent when
+        // the window opens.
+        for o in &self.outside {
+            if decision.verdicts[o.delivery] == Verdict::Send && !deliveries[o.delivery].silenced {
+                let opens = o.opens;
+                let (at, n) = (o.rule, o.delivery);
+                o.digest.join(
+                    now,
+                    view,
+                    &mut decision,
+                    || (opens, "hold_release"),
+                    at,
+                    notes,
+                );
+                notes.note(at, || {
+                    format!("outside: delivery {} waits in its action's digest", n + 1)
+                });
+                decision.verdicts[o.delivery] = Verdict::Suppressed("outside");
+            }
+        }
         // Last, what intake decided of what is still sent (for rules without memory): silenced,
         // or as its time window says.
         for (v, d) in decision.verdicts.iter_mut().zip(deliveries) {

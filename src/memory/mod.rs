@@ -35,7 +35,7 @@ mod throttle;
 use crate::config::Config;
 use crate::event;
 use crate::store::memory::{Decider, Decision, Needs, Slot, View};
-use crate::store::{Millis, NewDelivery};
+use crate::store::{Millis, NewDelivery, Timing};
 use crate::template::{Data, Template};
 pub use decide::Notes;
 use digest::{Closing, DigestAsk, EventFacts};
@@ -61,6 +61,19 @@ pub struct EventMemory {
     /// What this event records for `unless_seen` clauses: the key last seen now (the time is
     /// the commit's).
     seen: Vec<(Slot, Duration)>,
+    /// Deliveries outside their action's time window with `outside: digest`: each (by
+    /// position, with its rule's position) joins its action's digest, sent when the window
+    /// opens at the time given.
+    outside: Vec<OutsideAsk>,
+}
+
+/// A delivery that joins its action's digest while outside its time window.
+#[derive(Debug)]
+struct OutsideAsk {
+    delivery: usize,
+    rule: usize,
+    opens: Millis,
+    digest: DigestAsk,
 }
 
 /// One matched rule's part: its deliveries among the event's, and what it remembers.
@@ -111,16 +124,40 @@ impl EventMemory {
     pub fn for_event(
         config: &Arc<Config>,
         matched: &[usize],
+        planned: &[NewDelivery],
         event: &Data,
         missing: &mut Vec<MissingKey>,
     ) -> Option<EventMemory> {
         let mut rules = Vec::new();
         let mut ranges = Vec::new();
+        let mut outside = Vec::new();
         let mut at = 0;
         for &i in matched {
             let rule = config.rules.get(i);
             let deliveries = at..at + rule.actions.len();
             at = deliveries.end;
+            for d in deliveries.clone() {
+                if let Some(Timing::Digest(opens)) = planned.get(d).map(|p| p.timing) {
+                    let n = d - deliveries.start + 1;
+                    outside.push(OutsideAsk {
+                        delivery: d,
+                        rule: i,
+                        opens,
+                        digest: DigestAsk {
+                            slot: Slot {
+                                scope: format!("digest-outside:{}#{n}", rule.name),
+                                key: planned[d].destination.clone(),
+                            },
+                            rule: rule.name.clone(),
+                            max_events: crate::rules::digest::DEFAULT_MAX_EVENTS,
+                            list: crate::rules::digest::DEFAULT_LIST,
+                            close: Closing::Reopens,
+                            immediate: false,
+                            event: facts(config, event),
+                        },
+                    });
+                }
+            }
             ranges.push((i, deliveries.clone()));
             let mut ask = RuleAsk {
                 rule: i,
@@ -227,11 +264,13 @@ impl EventMemory {
             })
             .collect();
         let resolve = Resolve::for_event(config, ranges, event, missing);
-        let wanted = resolve.is_some() || !rules.is_empty() || !seen.is_empty();
+        let wanted =
+            resolve.is_some() || !rules.is_empty() || !seen.is_empty() || !outside.is_empty();
         wanted.then_some(EventMemory {
             resolve,
             rules,
             seen,
+            outside,
         })
     }
 
@@ -244,6 +283,7 @@ impl EventMemory {
                 .rules
                 .iter()
                 .any(|r| r.throttle.is_some() || r.digest.is_some())
+            || !self.outside.is_empty()
     }
 }
 
@@ -308,6 +348,9 @@ impl Decider for EventMemory {
                 }
             }
         }
+        needs
+            .cells
+            .extend(self.outside.iter().map(|o| o.digest.slot.clone()));
         // The slots this event records itself in are locked too (on PostgreSQL).
         needs
             .cells

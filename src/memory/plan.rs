@@ -54,9 +54,9 @@ impl Plan {
                         silenced,
                     })
             })
-            .collect();
+            .collect::<Vec<NewDelivery>>();
         let mut missing = Vec::new();
-        let memory = EventMemory::for_event(config, &matched, event, &mut missing);
+        let memory = EventMemory::for_event(config, &matched, &deliveries, event, &mut missing);
         Plan {
             matched,
             deliveries,

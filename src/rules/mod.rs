@@ -144,6 +144,8 @@ pub struct Active {
     pub window: Arc<TimeWindow>,
     /// `outside: drop`: not sent at all.
     pub drop: bool,
+    /// `outside: digest`: what comes outside it is sent as one digest when it opens.
+    pub digest: bool,
 }
 
 impl Active {
@@ -154,6 +156,7 @@ impl Active {
             return Timing::Now;
         }
         match self.window.next_open(now) {
+            Some(at) if self.digest => Timing::Digest(at.timestamp_millis()),
             Some(at) if !self.drop => Timing::Hold(at.timestamp_millis()),
             _ => Timing::Drop,
         }

@@ -184,7 +184,8 @@ impl Verdict {
             _ if d.silenced => Verdict::Suppressed("silenced"),
             Timing::Now => Verdict::Send,
             Timing::Drop => Verdict::Suppressed("outside"),
-            Timing::Hold(at) => Verdict::Held(at),
+            // Folded into a digest by rule memory; held on its own should nothing decide it.
+            Timing::Hold(at) | Timing::Digest(at) => Verdict::Held(at),
         }
     }
 

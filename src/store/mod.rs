@@ -127,6 +127,9 @@ pub enum Timing {
     Drop,
     /// Outside its window: held until it opens, at this time.
     Hold(Millis),
+    /// Outside its window, with `outside: digest`: folded into the action's digest, sent when
+    /// it opens at this time.
+    Digest(Millis),
 }
 
 /// What happened to an event handed to the store.

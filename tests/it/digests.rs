@@ -203,33 +203,40 @@ async fn first_immediate_sends_the_first_event_alone_too() {
 
 #[tokio::test]
 async fn a_digest_open_at_a_sigkill_is_sent_once_whole_after_a_restart() {
-    let peer = HttpPeer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let rules = digest_rules(&peer, r#"{ key: "{{campaign.id}}", window: 2s }"#);
-    std::fs::write(dir.path().join("rules.yaml"), rules).unwrap();
-    let client = reqwest::Client::new();
-    let router = Binary::start(dir.path(), &[]).await;
-    for i in 0..10 {
-        let r = client
-            .post(format!("{}/webhooks/smartlead", router.url))
-            .body(open(&format!("l{i}@lead.example"), "L", 3).to_string())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+    // The schema is dropped with its guard: kept to the end.
+    let postgres = fresh_store().await;
+    let mut stores = vec![None];
+    stores.extend(postgres.as_ref().map(|(url, _)| Some(url.clone())));
+    for store in stores {
+        let peer = HttpPeer::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let rules = digest_rules(&peer, r#"{ key: "{{campaign.id}}", window: 2s }"#);
+        std::fs::write(dir.path().join("rules.yaml"), rules).unwrap();
+        let client = reqwest::Client::new();
+        let store = store.as_deref();
+        let router = Binary::start_on(dir.path(), store, &[], &[]).await;
+        for i in 0..10 {
+            let r = client
+                .post(format!("{}/webhooks/smartlead", router.url))
+                .body(open(&format!("l{i}@lead.example"), "L", 3).to_string())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }
+        router.signal("-KILL");
+        drop(router);
+        // Down past the digest's window.
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        assert!(peer.received().is_empty());
+        let _router = Binary::start_on(dir.path(), store, &[], &[]).await;
+        let got = peer.wait_for(1).await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert_eq!(peer.received().len(), 1, "{store:?}: {got:#?}");
+        let d = got[0].json();
+        assert_eq!(d["digest"]["count"], 10, "{store:?}");
+        assert_eq!(d["leads"].as_array().unwrap().len(), 10, "{store:?}");
     }
-    router.signal("-KILL");
-    drop(router);
-    // Down past the digest's window.
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
-    assert!(peer.received().is_empty());
-    let _router = Binary::start(dir.path(), &[]).await;
-    let got = peer.wait_for(1).await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(peer.received().len(), 1, "{got:#?}");
-    let d = got[0].json();
-    assert_eq!(d["digest"]["count"], 10);
-    assert_eq!(d["leads"].as_array().unwrap().len(), 10);
 }
 
 #[tokio::test]

@@ -58,6 +58,10 @@ async fn explain_reads_a_stores_memory_without_changing_it() {
         "{dry}"
     );
     assert!(dry.contains("✗ hot-lead"), "{dry}");
+    assert!(
+        dry.contains("digest: opens a digest for 9181, which closes at"),
+        "{dry}"
+    );
     // With it, this would be ana's third open: hot-lead, once free, not seen replying.
     let third = explain(true);
     assert!(
@@ -74,6 +78,16 @@ async fn explain_reads_a_stores_memory_without_changing_it() {
         "{third}"
     );
     assert!(third.contains("(slack): would be sent"), "{third}");
+    // The shipped engagement digest holds the first two opens: this one would be its third.
+    assert!(
+        third.contains("digest: joins the digest of 9181 as event 3, which closes at"),
+        "{third}"
+    );
+    assert!(
+        third.contains("would join its digest, sent when the digest closes"),
+        "{third}"
+    );
+    assert!(third.contains("1 events by 1 leads"), "{third}");
     assert_eq!(explain(true), third, "reading the store changed it");
     // The router takes the third open; a fourth would find the key taken.
     post(open("ana@lead.example")).await;

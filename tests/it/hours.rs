@@ -151,6 +151,45 @@ async fn a_held_delivery_follows_a_reload_when_it_comes_due() {
     );
 }
 
+#[tokio::test]
+async fn outside_digest_sends_what_came_outside_as_one_digest_when_the_window_opens() {
+    each_store(async |start: Start| {
+        let peer = HttpPeer::start().await;
+        let (opens, at) = whole_second(Duration::from_secs(2));
+        let rules = rules(&peer, opens, "digest").replace(
+            r#"body: "{{lead.email}}""#,
+            r#"body: "{{#if digest}}{{digest.count}} {{digest.reason}}{{else}}{{lead.email}}{{/if}}""#,
+        );
+        let dir = crate::util::config_dir(&rules, &[]);
+        let router = Router::start_as(dir, fast_retries(), start).await;
+        for _ in 0..3 {
+            router.post(&reply()).await;
+        }
+        // The actions without a window go at once; the others wait in one digest.
+        peer.wait_for(3).await;
+        let list = all(&router).await;
+        let folded = list
+            .iter()
+            .filter(|d| d.destination == "reply#1")
+            .filter(|d| d.reason.as_deref() == Some("outside"))
+            .count();
+        assert_eq!(folded, 3, "{list:#?}");
+        let got = peer.wait_for(4).await;
+        let digest: Vec<_> = got.iter().filter(|r| r.path == "/windowed").collect();
+        assert_eq!(digest.len(), 1);
+        assert_eq!(digest[0].body, "3 hold_release");
+        assert!(digest[0].at + Duration::from_millis(20) >= at, "early");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(windowed(&peer).len(), 1);
+        // Its action renders the digest and the single event alike: `check` holds it to that.
+        let (code, out) = check_file(&rules.replace("{{digest.count}}", "{{digest.cuont}}"));
+        assert_eq!(code, Some(1), "{out}");
+        assert!(out.contains("`outside: digest` sends it a digest"), "{out}");
+        assert!(out.contains("digest.cuont"), "{out}");
+    })
+    .await;
+}
+
 #[test]
 fn check_refuses_an_unknown_window_and_bad_outside() {
     let file = |window: &str, action: &str| {
@@ -166,7 +205,7 @@ fn check_refuses_an_unknown_window_and_bad_outside() {
         ),
         (
             file(hours, "active: office, outside: later"),
-            "`outside` is `hold` or `drop`, not \"later\"",
+            "`outside` is `hold`, `drop` or `digest`, not \"later\"",
         ),
         (file(hours, "outside: drop"), "`outside` needs `active`"),
         (

@@ -147,6 +147,37 @@ pub fn sample_context(sample: &Value, n: u32, key: &str) -> Value {
     })
 }
 
+/// Renders `action` against a digest listing `list` of each source's sample event: how many
+/// Slack blocks it needs at most (0 for other channels), or the first failure (a field under
+/// `raw` is the tool's own, as for the plain probe).
+fn render_digest(
+    action: &Action,
+    list: u32,
+    templates: &crate::template::Templates,
+    sources: &crate::event::Sources,
+) -> Result<usize, crate::actions::RenderFailure> {
+    let mut most = 0;
+    for source in sources.iter() {
+        let mut sample = source.sample().into_value();
+        let context = sample_context(&sample, list, "sample");
+        crate::event::merge(&mut sample, context);
+        let data = Data::from(sample);
+        let rendered = match action {
+            Action::Slack(s) => s.blocks_needed(&data, templates),
+            other => other.render_data(&data, templates).map(|_| 0),
+        };
+        match rendered {
+            Err(crate::actions::RenderFailure::Template(e))
+                if e.missing.as_deref().is_some_and(|p| {
+                    p == "raw" || p.starts_with("raw.") || p.contains(".raw.")
+                }) => {}
+            Err(e) => return Err(e),
+            Ok(blocks) => most = most.max(blocks),
+        }
+    }
+    Ok(most)
+}
+
 /// Renders a digest rule's actions against a digest of `list` sample events: a template error
 /// is reported as the plain probe does, and a Slack message that needs more than Slack's 50
 /// blocks is refused at the `list` it comes from.
@@ -158,80 +189,46 @@ pub(super) fn probe_actions(
     actions: &[RuleAction],
     env: &mut Env<'_>,
 ) {
-    let (templates, sources, errors) = (&*env.templates, env.sources, &mut *env.errors);
     let at = raw.value.list.as_ref().map_or(pos(raw), pos);
+    let max = crate::actions::slack::MAX_BLOCKS;
     for (i, a) in actions.iter().enumerate() {
-        for source in sources.iter() {
-            let mut sample = source.sample().into_value();
-            let context = sample_context(&sample, digest.list, "sample");
-            crate::event::merge(&mut sample, context);
-            let data = Data::from(sample);
-            let rendered = match &a.action {
-                Action::Slack(s) => s.blocks_needed(&data, templates),
-                other => other.render_data(&data, templates).map(|_| 0),
-            };
-            match rendered {
-                Err(crate::actions::RenderFailure::Template(e))
-                    if e.missing.as_deref().is_some_and(|p| {
-                        p == "raw" || p.contains(".raw.") || p.starts_with("raw.")
-                    }) => {}
-                Err(e) => {
-                    let message = format!(
-                        "rule {rule:?} action {}: does not render a digest: {e}",
-                        i + 1
-                    );
-                    errors.at(path, pos(raw), message);
-                    break;
-                }
-                Ok(blocks) if blocks > crate::actions::slack::MAX_BLOCKS => {
-                    let message = format!(
-                        "rule {rule:?} action {}: a digest listing {} events renders {blocks} Slack blocks, past Slack's limit of {}; lower `digest.list` or list fewer blocks per event",
-                        i + 1,
-                        digest.list,
-                        crate::actions::slack::MAX_BLOCKS
-                    );
-                    errors.at(path, at, message);
-                    break;
-                }
-                Ok(_) => {}
+        match render_digest(&a.action, digest.list, env.templates, env.sources) {
+            Err(e) => {
+                let message = format!(
+                    "rule {rule:?} action {}: does not render a digest: {e}",
+                    i + 1
+                );
+                env.errors.at(path, pos(raw), message);
             }
+            Ok(blocks) if blocks > max => {
+                let message = format!(
+                    "rule {rule:?} action {}: a digest listing {} events renders {blocks} Slack blocks, past Slack's limit of {max}; lower `digest.list` or list fewer blocks per event",
+                    i + 1,
+                    digest.list,
+                );
+                env.errors.at(path, at, message);
+            }
+            Ok(_) => {}
         }
     }
 }
 
-/// Renders the actions of a rule whose throttle sends what it held back as a digest, against
-/// a digest of sample events too: their templates serve both messages (`{{#if digest}}`).
-pub(super) fn probe_over_limit(
+/// Renders an action that is also sent a digest (`over_limit: digest`, `outside: digest`)
+/// against one of sample events: its templates serve both messages (`{{#if digest}}`). `what`
+/// names the setting, written at `at`.
+pub(super) fn probe_also_digest(
     path: &Path,
+    at: crate::syntax::Pos,
     rule: &str,
-    raw: &Spanned<crate::rules::RawThrottle>,
-    actions: &[RuleAction],
+    what: &str,
+    (i, action): (usize, &Action),
     env: &mut Env<'_>,
 ) {
-    let (templates, sources, errors) = (&*env.templates, env.sources, &mut *env.errors);
-    let Some(at) = raw.value.over_limit.as_ref() else {
-        return;
-    };
-    for (i, a) in actions.iter().enumerate() {
-        for source in sources.iter() {
-            let mut sample = source.sample().into_value();
-            let context = sample_context(&sample, DEFAULT_LIST, "sample");
-            crate::event::merge(&mut sample, context);
-            match a.action.render_data(&Data::from(sample), templates) {
-                Err(crate::actions::RenderFailure::Template(e))
-                    if e.missing.as_deref().is_some_and(|p| {
-                        p == "raw" || p.starts_with("raw.") || p.contains(".raw.")
-                    }) => {}
-                Err(e) => {
-                    let message = format!(
-                        "rule {rule:?} action {}: `over_limit: digest` sends it a digest, which it does not render: {e}",
-                        i + 1
-                    );
-                    errors.at(path, pos(at), message);
-                    break;
-                }
-                Ok(_) => {}
-            }
-        }
+    if let Err(e) = render_digest(action, DEFAULT_LIST, env.templates, env.sources) {
+        let message = format!(
+            "rule {rule:?} action {}: `{what}` sends it a digest, which it does not render: {e}",
+            i + 1
+        );
+        env.errors.at(path, at, message);
     }
 }

@@ -141,9 +141,15 @@ fn compile_rule(
     }
     if let Some(t) = &throttle
         && t.digest
-        && let Some(raw) = &rule.throttle
+        && let Some(at) = rule
+            .throttle
+            .as_ref()
+            .and_then(|t| t.value.over_limit.as_ref())
     {
-        digest::probe_over_limit(path, &name, raw, &actions, env);
+        for (i, a) in actions.iter().enumerate() {
+            let what = "over_limit: digest";
+            digest::probe_also_digest(path, pos(at), &name, what, (i, &a.action), env);
+        }
     }
     Rule {
         digest,
@@ -207,6 +213,12 @@ fn compile_action(
     let compiled = action.compile(declared.map(|d| &d.settings), &mut cx);
     let active = active(path, name, &raw.value, declared, env);
     let compiled = compiled?;
+    if let Ok(Some(a)) = &active
+        && a.digest
+    {
+        let what = "outside: digest";
+        digest::probe_also_digest(path, pos(raw), name, what, (i, &compiled), env);
+    }
     // A digest's rendering is probed with one (see `digest`).
     if !digested {
         probe::probe(&compiled, env.templates, env.sources, name, |message| {
@@ -240,13 +252,14 @@ fn active(
     let outside = own.outside.map(|v| (path, v)).or_else(|| {
         inherited.and_then(|(file, c): (&Path, Common<'_>)| c.outside.map(|v| (file, v)))
     });
-    let drop = match outside {
-        None => false,
-        Some((_, o)) if o.value.trim() == "hold" => false,
-        Some((_, o)) if o.value.trim() == "drop" => true,
+    let (drop, digest) = match outside {
+        None => (false, false),
+        Some((_, o)) if o.value.trim() == "hold" => (false, false),
+        Some((_, o)) if o.value.trim() == "drop" => (true, false),
+        Some((_, o)) if o.value.trim() == "digest" => (false, true),
         Some((file, o)) => {
             let message = format!(
-                "rule {rule:?}: `outside` is `hold` or `drop`, not {:?}",
+                "rule {rule:?}: `outside` is `hold`, `drop` or `digest`, not {:?}",
                 o.value
             );
             env.errors.at(file, pos(o), message);
@@ -267,6 +280,7 @@ fn active(
         Some(window) => Ok(Some(Active {
             window: window.clone(),
             drop,
+            digest,
         })),
         None => {
             let mut known: Vec<&str> = env.time_windows.keys().map(String::as_str).collect();
