@@ -153,14 +153,19 @@ fn print_deliveries(list: &[DeliveryView], history: bool) {
         "ID", "STATUS", "ACTION", "RULE", "EVENT", "LEAD", "TRY"
     );
     for d in list {
+        // A digest's delivery stands for its events: it shows how many instead of its last.
+        let (event, lead) = match d.digest_items {
+            Some(n) => (format!("digest of {n}"), "-"),
+            None => (d.event_type.clone(), d.lead_email.as_deref().unwrap_or("-")),
+        };
         println!(
             "{:<6} {:<10} {:<9} {:<24} {:<18} {:<28} {:>3}  {}",
             d.id,
             d.status,
             d.action,
             d.rule,
-            d.event_type,
-            d.lead_email.as_deref().unwrap_or("-"),
+            event,
+            lead,
             d.attempts,
             d.last_error
                 .as_deref()

@@ -41,6 +41,7 @@ fn once(key: &str, hold: Option<u64>) -> EventMemory {
             }),
         }],
         seen: vec![],
+        outside: vec![],
     }
 }
 
