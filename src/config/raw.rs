@@ -99,15 +99,72 @@ pub fn parse(text: &str) -> Result<RawFile, Diagnostic> {
             rules: Vec::new(),
         });
     }
-    serde_saphyr::from_str::<RawFile>(text).map_err(|e| {
+    let budget = budget_for(text);
+    let mut options = serde_saphyr::options::Options::default();
+    options.budget = Some(budget.clone());
+    serde_saphyr::from_str_with_options::<RawFile>(text, options).map_err(|e| {
         let (line, column) = e
             .location()
             .map(|l| (l.line() as u32, l.column() as u32))
             .unwrap_or((0, 0));
-        let message = e.without_snippet().to_string();
-        let message = explain(&strip_position(&message), text, line, column);
+        let message = match e.without_snippet() {
+            serde_saphyr::Error::Budget { breach, .. } => over_budget(breach, &budget),
+            _ => {
+                let message = e.without_snippet().to_string();
+                explain(&strip_position(&message), text, line, column)
+            }
+        };
         Diagnostic::at(Path::new(""), Pos { line, column }, message)
     })
+}
+
+/// The parser's budget for a file: what an honest file of its size needs, and no more. A node
+/// takes at least a byte or two of text, so counts that grow with the file (nodes, events)
+/// allow one per byte (at least the parser's defaults); what only aliases multiply (aliases,
+/// anchors, their copies) keeps the parser's fixed limits, which stop alias bombs (a few lines
+/// that expand to billions of nodes) whatever the file's size.
+fn budget_for(text: &str) -> serde_saphyr::Budget {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_nodes = budget.max_nodes.max(text.len());
+    budget.max_events = budget.max_events.max(2 * text.len());
+    budget
+}
+
+/// A budget refusal in the user's terms: which limit, its value, and what to do.
+fn over_budget(
+    breach: &serde_saphyr::budget::BudgetBreach,
+    budget: &serde_saphyr::Budget,
+) -> String {
+    use serde_saphyr::budget::BudgetBreach as B;
+    let (what, limit) = match breach {
+        B::Aliases { .. } => ("aliases (`*name`)", budget.max_aliases),
+        B::Anchors { .. } => ("anchors (`&name`)", budget.max_anchors),
+        B::AliasAnchorRatio { .. } => (
+            "aliases per anchor (aliases that expand into many copies)",
+            budget.alias_anchor_ratio_multiplier,
+        ),
+        B::RecordedAnchorEvents { .. } => (
+            "values copied by aliases",
+            budget.max_recorded_anchor_events,
+        ),
+        B::RecordedAnchorBytes { .. } => {
+            ("bytes copied by aliases", budget.max_recorded_anchor_bytes)
+        }
+        B::MergeKeys { .. } => ("merge keys (`<<`)", budget.max_merge_keys),
+        B::Depth { .. } => ("levels of nesting", budget.max_depth),
+        B::Documents { .. } => ("YAML documents (`---`)", budget.max_documents),
+        B::Nodes { .. } => ("values (nodes) for a file of this size", budget.max_nodes),
+        B::Events { .. } => ("parser events for a file of this size", budget.max_events),
+        B::ScalarBytes { .. } => ("bytes of text in values", budget.max_total_scalar_bytes),
+        _ => {
+            return format!(
+                "the YAML is over the parser's limits ({breach:?}); split the rules into several files in a rules directory"
+            );
+        }
+    };
+    format!(
+        "the YAML goes past the parser's limit of {limit} {what}, which guards against files that expand without end (alias bombs); write values out rather than repeat them through aliases, or split the rules into several files in a rules directory (--rules DIR)"
+    )
 }
 
 /// The parser's "expected mapping start" / "expected sequence start" in the user's terms: which

@@ -754,6 +754,48 @@ fn an_alias_bomb_in_the_rules_file_is_refused_quickly() {
     assert!(start.elapsed() < Duration::from_secs(10));
 }
 
+#[path = "../../benches/support/rulegen.rs"]
+#[allow(dead_code)]
+mod rulegen;
+
+#[test]
+fn a_large_honest_rules_file_passes_and_an_alias_bomb_is_told_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    // 10,000 rules of the benchmark suite's mix in one file (about 3 MB, 250,000 values).
+    let big = rulegen::rules_yaml(10_000, "http://127.0.0.1:9");
+    assert!(big.len() > 2_500_000, "{}", big.len());
+    std::fs::write(dir.path().join("big.yaml"), &big).unwrap();
+    let templates = crate::util::repo_path("templates");
+    let check = |file: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(["check", "--rules", file, "--templates"])
+            .arg(&templates)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let (code, out) = check("big.yaml");
+    assert!(!out.contains("limit"), "{out}");
+    assert!(out.contains("10000 rule(s)"), "{code:?}: {out}");
+    // Aliases that multiply what is written (here one value repeated 150 times) are refused,
+    // saying which limit, its value, and what to do.
+    let repeats = vec!["{ log: { message: *m } }"; 150].join(", ");
+    let bomb =
+        format!("rules:\n  - name: r\n    description: &m \"hello\"\n    actions: [{repeats}]\n");
+    std::fs::write(dir.path().join("bomb.yaml"), bomb).unwrap();
+    let (code, out) = check("bomb.yaml");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("the YAML goes past the parser's limit of"),
+        "{out}"
+    );
+    assert!(out.contains("rules directory"), "{out}");
+}
+
 #[test]
 fn source_settings_take_variables_and_an_empty_one_switches_its_check_off() {
     let dir = tempfile::tempdir().unwrap();
