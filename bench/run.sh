@@ -15,13 +15,17 @@
 #       benches/match_render.rs);
 #   (4) reload time of 10,000 generated rules via POST /-/reload under load, and the requests
 #       that failed meanwhile;
-#   (5) the router's peak RSS (VmHWM from /proc).
+#   (5) the router's peak RSS (VmHWM from /proc);
+#   (6) CPU instructions per event, counted by valgrind's callgrind (repeatable whatever the
+#       machine's noise): the reference per request, the router's intake per event, and the
+#       router per event delivered; each the difference between a run of BENCH_CG_LARGE and
+#       one of BENCH_CG_SMALL requests (1200 and 200), so that starting and stopping cancel out.
 # Uses wrk for (1) as well when it is installed (its figures are then the ones judged); the
 # loadgen alone is enough. Exit 0 when every target is met, 1 otherwise.
 #
 # Settings (environment): BENCH_SECONDS (10, per run), BENCH_CONNECTIONS (50), BENCH_RATE
 # (1000 events/s), BENCH_RULES (10000), BENCH_LOG_LEVEL (info, the router's default),
-# BENCH_MICRO=0 to skip criterion, BENCH_KEEP=1 to keep the temporary directory (logs, store),
+# BENCH_MICRO=0 to skip criterion, BENCH_CALLGRIND=0 to skip (6), BENCH_KEEP=1 to keep the temporary directory (logs, store),
 # BENCH_BODY=payload.json (absolute or from the repository's root) for another SmartLead payload
 # than the default, the documentation's EMAIL_REPLIED sample of about 600 bytes (the size the
 # targets were set with; `tests/fixtures/smartlead/` has real payloads of up to 2.8 KB).
@@ -199,7 +203,7 @@ for f in real_10_email_sent real_10_email_sent real_11_email_open real_11_email_
 done
 mkdir -p "$tmp/stateless-rules" "$tmp/stateful-rules"
 cp rules/rules.yaml "$tmp/stateful-rules/rules.yaml"
-grep -Ev '^ +(once|fire|window):|^ +unless_seen:|^ +same: "\{\{lead.email\}\}"|^ +within: 30d|^ +event: \[EMAIL_REPLIED, EMAIL_BOUNCED, EMAIL_UNSUBSCRIBED\]' \
+grep -Ev '^ +(once|fire|window|digest|max_events|list):|^ +key: "\{\{default campaign.id|^ +unless_seen:|^ +same: "\{\{lead.email\}\}"|^ +within: 30d|^ +event: \[EMAIL_REPLIED, EMAIL_BOUNCED, EMAIL_UNSUBSCRIBED\]' \
     rules/rules.yaml >"$tmp/stateless-rules/rules.yaml"
 "$switchboard" check --rules "$tmp/stateless-rules/rules.yaml" --templates "$root/templates" >/dev/null
 for round in 1 2; do
@@ -261,6 +265,67 @@ mv "$tmp/bulk.yaml.part" "$tmp/rules/10-bulk.yaml"
     --reload-url "http://127.0.0.1:$router_port/-/reload" --reload-times 3 --reload-after 5 |
     tee -a "$results"
 record_rss reload "$router_pid"
+
+# (6) Instructions per event under callgrind: the server is run twice, with a small and a
+# large fixed number of requests; the difference of the totals over the difference of the
+# counts is the cost of one more event, start and stop cancelled out.
+cg_small="${BENCH_CG_SMALL:-200}"
+cg_large="${BENCH_CG_LARGE:-1200}"
+# Totals the instructions (Ir) of a server run under callgrind for N requests. Arguments: label,
+# N, port, the readiness path, the loadgen's extra arguments (one word, may be empty), then the
+# server's command line.
+callgrind_total() { # label n port ready extra cmd…
+    local label="$1" n="$2" port="$3" ready="$4" extra="$5"
+    shift 5
+    local out="$tmp/callgrind-$label-$n.out"
+    (cd "$tmp" && exec valgrind --tool=callgrind --callgrind-out-file="$out" "$@") \
+        >"$tmp/callgrind-$label-$n.log" 2>&1 &
+    local pid=$!
+    pids+=("$pid")
+    "$loadgen" wait --url "http://127.0.0.1:$port$ready" --timeout 180 >/dev/null
+    # shellcheck disable=SC2086 # $extra is one optional argument pair or nothing
+    "$loadgen" count --label "cg-$label" --url "http://127.0.0.1:$port/webhooks/smartlead" \
+        --requests "$n" --connections 8 $extra "${body_args[@]}" >"$tmp/callgrind-$label-$n.json"
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    forget "$pid"
+    awk '/^(summary|totals):/ {print $2; exit}' "$out"
+}
+if [ "${BENCH_CALLGRIND:-1}" != "0" ] && command -v valgrind >/dev/null 2>&1; then
+    echo "== (6) instructions per event (callgrind, $cg_small and $cg_large requests)"
+    read -r cg_port cg_sink_port < <("$loadgen" free-ports --count 2 | tr '\n' ' '; echo)
+    mkdir -p "$tmp/cg-deliver-rules"
+    sed "s/$sink_port/$cg_sink_port/" "$tmp/rules/00-sink.yaml" >"$tmp/cg-deliver-rules/00-sink.yaml"
+    for what in reference intake deliver; do
+        totals=()
+        for n in "$cg_small" "$cg_large"; do
+            rm -f "$tmp/cg-$what.db"*
+            case "$what" in
+            reference)
+                totals+=("$(callgrind_total "$what" "$n" "$cg_port" /healthz "" \
+                    "$bare_warp" "127.0.0.1:$cg_port" --sqlite "$tmp/cg-$what.db")") ;;
+            intake)
+                totals+=("$(callgrind_total "$what" "$n" "$cg_port" /readyz "" \
+                    "$switchboard" serve --listen "127.0.0.1:$cg_port" --rules "$tmp/intake-rules" \
+                    --templates "$root/templates" --store "sqlite://$tmp/cg-$what.db" \
+                    --log-level "$log_level")") ;;
+            deliver)
+                totals+=("$(callgrind_total "$what" "$n" "$cg_port" /readyz \
+                    "--sink=127.0.0.1:$cg_sink_port" \
+                    "$switchboard" serve --listen "127.0.0.1:$cg_port" --rules "$tmp/cg-deliver-rules" \
+                    --templates "$root/templates" --store "sqlite://$tmp/cg-$what.db" \
+                    --log-level "$log_level" --concurrency 64 --per-destination 64)") ;;
+            esac
+        done
+        if [ -n "${totals[0]}" ] && [ -n "${totals[1]}" ]; then
+            per=$(( (totals[1] - totals[0]) / (cg_large - cg_small) ))
+            echo "{\"kind\":\"instructions\",\"label\":\"$what\",\"per_event\":$per,\"small\":${totals[0]},\"large\":${totals[1]},\"requests\":[$cg_small,$cg_large]}" |
+                tee -a "$results"
+        else
+            echo "callgrind ($what) gave no total: see $tmp/callgrind-$what-*.log"
+        fi
+    done
+fi
 
 echo
 echo "== results ($connections connections, $secs s per run; the load generator shares the machine)"

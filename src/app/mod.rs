@@ -122,19 +122,26 @@ impl App {
     /// (then kept in memory); the current one when neither has it (a configuration older than
     /// the store keeps, see `store::configs`).
     pub async fn config_matched(&self, hash: &str) -> Arc<Config> {
+        match self.config_kept(hash).await {
+            Some(config) => config,
+            None => self.current(),
+        }
+    }
+
+    /// The configuration with this hash, in memory or compiled again from the store's copy;
+    /// `None` when neither has it, or the store cannot be read.
+    pub async fn config_kept(&self, hash: &str) -> Option<Arc<Config>> {
         let found = self.config_for(hash);
         if found.hash == hash {
-            return found;
+            return Some(found);
         }
-        let Some(store) = self.archive.get() else {
-            return found;
-        };
+        let store = self.archive.get()?;
         let snapshot = match store.load_config(hash).await {
             Ok(Some(text)) => text,
-            Ok(None) => return found,
+            Ok(None) => return None,
             Err(e) => {
-                tracing::warn!(error = %e, "Cannot read a kept configuration; using the current one.");
-                return found;
+                tracing::warn!(error = %e, "Cannot read a kept configuration.");
+                return None;
             }
         };
         let sources = self.sources.clone();
@@ -151,14 +158,14 @@ impl App {
                 recent.push(config.clone());
                 let excess = recent.len().saturating_sub(KEPT_CONFIGS);
                 recent.drain(..excess);
-                config
+                Some(config)
             }
             Ok(Ok(_)) | Ok(Err(_)) | Err(_) => {
                 tracing::warn!(
                     hash = %short_hash(hash),
-                    "A kept configuration does not compile as it did (its templates or variables changed); using the current one."
+                    "A kept configuration does not compile as it did (its templates or variables changed)."
                 );
-                found
+                None
             }
         }
     }

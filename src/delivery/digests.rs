@@ -12,9 +12,9 @@ use crate::config::Config;
 use crate::store::digests::{DigestContents, DigestDelivery, OpenDigest};
 use crate::store::{Store, now_ms, rfc3339};
 use serde_json::{Map, Value, json};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How often due digests are looked for.
 const LOOK_EVERY: Duration = Duration::from_millis(250);
@@ -22,14 +22,27 @@ const LOOK_EVERY: Duration = Duration::from_millis(250);
 /// Digests closed per look at most (the next look takes the rest).
 const PER_LOOK: u32 = 100;
 
+/// How often open digests are checked against the serving rules besides at each change of
+/// configuration: a digest opened by an event in flight during a reload, or by another
+/// instance still on the earlier rules, is sent then.
+const REMOVED_EVERY: Duration = Duration::from_secs(10);
+
+/// How long a digest that could not be closed waits before it is tried again.
+const RETRY_AFTER: Duration = Duration::from_secs(30);
+
 /// Closes due digests until the task is stopped.
 pub(super) async fn close_forever(app: Arc<App>, store: Store) {
-    let mut checked: Option<String> = None;
+    let mut checked: Option<(String, Instant)> = None;
+    // Digests that could not be closed, and when to try again (not at every look).
+    let mut failed: HashMap<i64, Instant> = HashMap::new();
     loop {
         let current = app.current();
-        if checked.as_deref() != Some(current.hash.as_str()) {
-            match close_removed(&app, &store, &current).await {
-                Ok(()) => checked = Some(current.hash.clone()),
+        let stale = checked
+            .as_ref()
+            .is_none_or(|(hash, at)| *hash != current.hash || at.elapsed() >= REMOVED_EVERY);
+        if stale {
+            match close_removed(&app, &store, &current, &mut failed).await {
+                Ok(()) => checked = Some((current.hash.clone(), Instant::now())),
                 Err(e) => {
                     tracing::warn!(error = %e, "Cannot look for the digests of removed rules.")
                 }
@@ -38,11 +51,18 @@ pub(super) async fn close_forever(app: Arc<App>, store: Store) {
         match store.due_digests(now_ms(), PER_LOOK).await {
             Ok(due) => {
                 for digest in due {
-                    close(&app, &store, &digest, None).await;
+                    if failed
+                        .get(&digest.id)
+                        .is_some_and(|at| at.elapsed() < RETRY_AFTER)
+                    {
+                        continue;
+                    }
+                    close(&app, &store, &digest, None, &mut failed).await;
                 }
             }
             Err(e) => tracing::warn!(error = %e, "Cannot look for due digests."),
         }
+        failed.retain(|_, at| at.elapsed() < RETRY_AFTER);
         tokio::time::sleep(LOOK_EVERY).await;
     }
 }
@@ -77,29 +97,52 @@ async fn close_removed(
     app: &App,
     store: &Store,
     config: &Config,
+    failed: &mut HashMap<i64, Instant>,
 ) -> Result<(), crate::store::StoreError> {
     for digest in store.open_digests().await? {
+        if failed
+            .get(&digest.id)
+            .is_some_and(|at| at.elapsed() < RETRY_AFTER)
+        {
+            continue;
+        }
         if !still_collects(config, &digest.rule, &digest.scope) {
-            close(app, store, &digest, Some("rule_removed")).await;
+            close(app, store, &digest, Some("rule_removed"), failed).await;
         }
     }
     Ok(())
 }
 
-/// Closes one digest with the configuration of its last item, and wakes the workers.
-async fn close(app: &App, store: &Store, digest: &OpenDigest, reason: Option<&'static str>) {
-    let config = app.config_matched(&digest.config_hash).await;
+/// Closes one digest with the configuration of its last item (or, should the store no longer
+/// keep that one, the serving configuration when it still has the rule), and wakes the
+/// workers. A digest with nothing to send it with stays open, to be tried again.
+async fn close(
+    app: &App,
+    store: &Store,
+    digest: &OpenDigest,
+    reason: Option<&'static str>,
+    failed: &mut HashMap<i64, Instant>,
+) {
+    let config = match app.config_kept(&digest.config_hash).await {
+        Some(config) => config,
+        None => app.current(),
+    };
+    if config.rules.by_name(&digest.rule).is_none() {
+        failed.insert(digest.id, Instant::now());
+        tracing::error!(
+            rule = digest.rule,
+            digest = digest.id,
+            config = digest.config_hash,
+            "A digest is due but no configuration at hand has its rule (the store could not give the one that matched its last event); it stays open and is tried again."
+        );
+        return;
+    }
     let closed = store
         .close_digest(digest.id, reason, |contents| deliveries(&config, contents))
         .await;
     match closed {
-        Ok(Some(c)) if c.deliveries == 0 => tracing::error!(
-            rule = digest.rule,
-            digest = digest.id,
-            items = c.items,
-            "A digest closed with nothing to send: its rule is in no configuration the store keeps, or its last event is gone."
-        ),
         Ok(Some(c)) => {
+            failed.remove(&digest.id);
             tracing::info!(
                 rule = digest.rule,
                 digest = digest.id,
@@ -112,7 +155,8 @@ async fn close(app: &App, store: &Store, digest: &OpenDigest, reason: Option<&'s
         }
         Ok(None) => {}
         Err(e) => {
-            tracing::warn!(rule = digest.rule, digest = digest.id, error = %e, "Cannot close a digest; trying again shortly.");
+            failed.insert(digest.id, Instant::now());
+            tracing::warn!(rule = digest.rule, digest = digest.id, error = %e, "Cannot close a digest; it stays open and is tried again.");
         }
     }
 }

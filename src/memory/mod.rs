@@ -225,23 +225,24 @@ impl EventMemory {
                 }
             }
             if let Some(d) = &rule.digest {
-                match render_key(config, &d.key, event) {
-                    Ok(key) => {
-                        ask.digest = Some(DigestAsk {
-                            slot: Slot {
-                                scope: format!("digest:{}", rule.name),
-                                key,
-                            },
-                            rule: rule.name.clone(),
-                            max_events: d.max_events,
-                            list: d.list,
-                            close: Closing::Rule(d.close.clone()),
-                            immediate: d.immediate,
-                            event: facts(config, event),
-                        });
-                    }
-                    Err(error) => missed(error),
-                }
+                // An event whose key renders empty joins the digest of no key: sent alone, it
+                // would meet templates written for digests.
+                let key = render_key(config, &d.key, event).unwrap_or_else(|error| {
+                    missed(error);
+                    NO_KEY.to_string()
+                });
+                ask.digest = Some(DigestAsk {
+                    slot: Slot {
+                        scope: format!("digest:{}", rule.name),
+                        key,
+                    },
+                    rule: rule.name.clone(),
+                    max_events: d.max_events,
+                    list: d.list,
+                    close: Closing::Rule(d.close.clone()),
+                    immediate: d.immediate,
+                    event: facts(config, event),
+                });
             }
             if ask.unless_seen.is_some()
                 || ask.once.is_some()
@@ -286,6 +287,9 @@ impl EventMemory {
             || !self.outside.is_empty()
     }
 }
+
+/// The key of the digest that collects the events whose key renders empty.
+const NO_KEY: &str = "(none)";
 
 /// What a digest item keeps of an event.
 fn facts(config: &Config, event: &Data) -> EventFacts {

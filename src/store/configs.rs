@@ -24,12 +24,16 @@ impl Store {
             .execute(pool)
             .await?;
             // A configuration some delivery still waits on (pending, being sent, or a dead
-            // letter that may be retried) is kept however old.
+            // letter that may be retried), or an open digest will be sent with, is kept
+            // however old.
             sqlx::query(
                 "DELETE FROM configs WHERE saved_at < $1 AND NOT EXISTS (
                      SELECT 1 FROM events e JOIN deliveries d ON d.event_id = e.id
                      WHERE e.config_hash = configs.hash
-                       AND d.status IN ('pending', 'sending', 'dead'))",
+                       AND d.status IN ('pending', 'sending', 'dead'))
+                   AND NOT EXISTS (
+                     SELECT 1 FROM digests g
+                     WHERE g.config_hash = configs.hash AND g.closed_at IS NULL)",
             )
                 .bind(now - KEPT_FOR_MS)
                 .execute(pool)

@@ -99,7 +99,7 @@ macro_rules! close_in {
         .bind(id)
         .fetch_optional(&mut *$tx)
         .await?;
-        let Some((rule, scope, key, opened_at, reason, list)) = head else {
+        let Some((rule, scope, key, opened_at, _, list)) = head else {
             return Ok(None);
         };
         // The key's cell, as intake locks it before adding to a digest: created if it is gone.
@@ -112,23 +112,28 @@ macro_rules! close_in {
         .bind(now)
         .execute(&mut *$tx)
         .await?;
-        let points: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        // Another instance closing it (or an intake adding to it) holds the cell: this one
+        // leaves it to them, and finds it closed, or due again, at its next look.
+        let points: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT a FROM memory_cells WHERE scope = $1 AND key = $2{}",
             $lock
         )))
         .bind(&scope)
         .bind(&key)
-        .fetch_one(&mut *$tx)
+        .fetch_optional(&mut *$tx)
         .await?;
-        // Read again under the lock: another instance may have closed it meanwhile.
-        let still: Option<i64> =
-            sqlx::query_scalar("SELECT id FROM digests WHERE id = $1 AND closed_at IS NULL")
+        let Some(points) = points else {
+            return Ok(None);
+        };
+        // Read again under the lock: closed meanwhile, or made due by `max_events`.
+        let still: Option<String> =
+            sqlx::query_scalar("SELECT reason FROM digests WHERE id = $1 AND closed_at IS NULL")
                 .bind(id)
                 .fetch_optional(&mut *$tx)
                 .await?;
-        if still.is_none() {
+        let Some(reason) = still else {
             return Ok(None);
-        }
+        };
         let items: Vec<DigestItemRow> = sqlx::query_as(
             "SELECT i.seq, i.event_id, i.event_type, i.lead_email,
                     CASE WHEN i.seq <= $2 THEN e.payload END AS payload
@@ -152,6 +157,13 @@ macro_rules! close_in {
             items,
         };
         let deliveries: Vec<DigestDelivery> = $build(&contents);
+        if deliveries.is_empty() {
+            // Nothing to send it with: rolled back, the digest stays open.
+            return Err(StoreError::Mismatch(format!(
+                "digest {id} of rule {:?} has no action to send it with",
+                contents.rule
+            )));
+        }
         if points == id {
             sqlx::query(
                 "UPDATE memory_cells SET a = 0, b = 0, c = 0, expires = $3
@@ -182,7 +194,12 @@ macro_rules! close_in {
             .fetch_optional(&mut *$tx)
             .await?;
         let mut created = 0;
-        if exists.is_some() {
+        if exists.is_none() {
+            return Err(StoreError::Mismatch(format!(
+                "digest {id}: its last event {event} is no longer stored"
+            )));
+        }
+        {
             for d in &deliveries {
                 sqlx::query(
                     "INSERT INTO deliveries (event_id, rule, action_index, action_kind, destination,
@@ -266,7 +283,14 @@ impl Store {
             Store::Postgres(p) => {
                 let mut tx = p.pool.begin().await?;
                 let closed = async {
-                    Ok::<_, StoreError>(close_in!(tx, " FOR UPDATE", id, now, reason, build))
+                    Ok::<_, StoreError>(close_in!(
+                        tx,
+                        " FOR UPDATE SKIP LOCKED",
+                        id,
+                        now,
+                        reason,
+                        build
+                    ))
                 }
                 .await?;
                 if closed.as_ref().is_some_and(|c| c.deliveries > 0) {

@@ -578,3 +578,26 @@ async fn check_refuses_bad_digests_where_they_are_written() {
     assert!(out.contains("rules.yaml:8:21"), "{out}");
     assert!(out.contains("51 Slack blocks"), "{out}");
 }
+
+#[tokio::test]
+async fn events_whose_key_renders_empty_share_the_digest_of_no_key() {
+    let peer = HttpPeer::start().await;
+    let rules = digest_rules(&peer, r#"{ key: "{{campaign.id}}", window: 1s }"#);
+    let router = Router::start(&rules, &[]).await;
+    for i in 0..2 {
+        let mut e = open(&format!("l{i}@lead.example"), "L", 1);
+        e.as_object_mut().unwrap().remove("campaign_id");
+        router.post(&e).await;
+    }
+    let got = peer.wait_for(1).await;
+    let d = got[0].json();
+    assert_eq!(d["digest"]["key"], "(none)");
+    assert_eq!(d["digest"]["count"], 2);
+    router
+        .wait_metric(
+            "switchboard_noise_key_missing_total",
+            &[("rule", "engagement")],
+            2.0,
+        )
+        .await;
+}

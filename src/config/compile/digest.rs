@@ -224,11 +224,22 @@ pub(super) fn probe_also_digest(
     (i, action): (usize, &Action),
     env: &mut Env<'_>,
 ) {
-    if let Err(e) = render_digest(action, DEFAULT_LIST, env.templates, env.sources) {
-        let message = format!(
-            "rule {rule:?} action {}: `{what}` sends it a digest, which it does not render: {e}",
-            i + 1
-        );
-        env.errors.at(path, at, message);
+    let max = crate::actions::slack::MAX_BLOCKS;
+    match render_digest(action, DEFAULT_LIST, env.templates, env.sources) {
+        Err(e) => {
+            let message = format!(
+                "rule {rule:?} action {}: `{what}` sends it a digest, which it does not render: {e}",
+                i + 1
+            );
+            env.errors.at(path, at, message);
+        }
+        Ok(blocks) if blocks > max => {
+            let message = format!(
+                "rule {rule:?} action {}: `{what}` sends it a digest listing {DEFAULT_LIST} events, which renders {blocks} Slack blocks, past Slack's limit of {max}; list fewer blocks per event",
+                i + 1
+            );
+            env.errors.at(path, at, message);
+        }
+        Ok(_) => {}
     }
 }
