@@ -204,7 +204,10 @@ done
 mkdir -p "$tmp/stateless-rules" "$tmp/stateful-rules"
 cp rules/rules.yaml "$tmp/stateful-rules/rules.yaml"
 grep -Ev '^ +(once|fire|window|digest|max_events|list):|^ +key: "\{\{default campaign.id|^ +unless_seen:|^ +same: "\{\{lead.email\}\}"|^ +within: 30d|^ +event: \[EMAIL_REPLIED, EMAIL_BOUNCED, EMAIL_UNSUBSCRIBED\]' \
-    rules/rules.yaml >"$tmp/stateless-rules/rules.yaml"
+    rules/rules.yaml |
+    # Without `digest:` the digest rule sends each event alone: a plain message for it.
+    sed 's|template: slack/engagement-digest.json.hbs|text: "{{lead.email}}"|' \
+        >"$tmp/stateless-rules/rules.yaml"
 "$switchboard" check --rules "$tmp/stateless-rules/rules.yaml" --templates "$root/templates" >/dev/null
 for round in 1 2; do
     for variant in stateless stateful; do
