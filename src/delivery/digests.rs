@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 /// How often due digests are looked for.
 const LOOK_EVERY: Duration = Duration::from_millis(250);
 
+/// Distinct lead emails a digest's context lists at most (`digest.lead_emails`, sorted).
+const LEAD_EMAILS: usize = 500;
+
 /// Digests closed per look at most (the next look takes the rest).
 const PER_LOOK: u32 = 100;
 
@@ -213,6 +216,7 @@ pub fn context(contents: &DigestContents) -> Value {
             "truncated": count.saturating_sub(events.len()),
             "by_event": by_event,
             "leads": leads.len(),
+            "lead_emails": leads.iter().take(LEAD_EMAILS).collect::<Vec<_>>(),
             "key": contents.key,
             "rule": contents.rule,
             "opened_at": rfc3339(contents.opened_at),

@@ -112,6 +112,8 @@ async fn fifty_opens_over_two_campaigns_make_two_digests_at_window_end() {
         assert_eq!(two["campaign"], 2);
         assert_eq!(two["digest"]["count"], 20);
         assert_eq!(two["digest"]["leads"], 20);
+        assert_eq!(one["digest"]["lead_emails"].as_array().unwrap().len(), 6);
+        assert_eq!(one["digest"]["lead_emails"][0], "a0@lead.example");
         assert_eq!(two["leads"][0], "b1@lead.example");
         drop(got);
         // Each event is kept as not sent on its own, and each digest as one delivery.

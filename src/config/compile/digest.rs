@@ -138,6 +138,7 @@ pub fn sample_context(sample: &Value, n: u32, key: &str) -> Value {
             "listed": n,
             "by_event": by_event,
             "leads": 1,
+            "lead_emails": [sample["lead"]["email"].clone()],
             "key": key,
             "rule": "",
             "opened_at": "2026-01-01T09:00:00Z",
