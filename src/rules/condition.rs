@@ -5,9 +5,8 @@ mod compile;
 
 pub use compile::{compile, compile_plain};
 
+use super::pattern::Pattern;
 use crate::event;
-use globset::GlobMatcher;
-use regex::Regex;
 use serde_json::Value;
 
 /// A compiled condition.
@@ -24,7 +23,7 @@ pub enum Condition {
     /// The campaign id is one of these.
     CampaignId(Vec<i64>),
     /// The campaign name matches one of these globs.
-    CampaignName(Vec<(String, GlobMatcher)>),
+    CampaignName(Vec<Pattern>),
     /// The value at a path of the canonical event passes a test.
     Field {
         /// The path as written (`lead.email`).
@@ -60,7 +59,7 @@ pub enum FieldTest {
     /// Text ends with this.
     EndsWith(String),
     /// Text matches this regular expression.
-    Matches(Regex),
+    Matches(Pattern),
     /// Numeric comparison.
     Compare(Cmp, f64),
     /// The inner test does not hold.
@@ -189,7 +188,7 @@ impl Condition {
                 event::campaign_id(event).is_some_and(|id| ids.contains(&id))
             }
             Condition::CampaignName(globs) => {
-                campaign_name(event).is_some_and(|name| globs.iter().any(|(_, g)| g.is_match(name)))
+                campaign_name(event).is_some_and(|name| globs.iter().any(|g| g.is_match(name)))
             }
             Condition::Field { segments, test, .. } => test.holds(event::lookup(event, segments)),
             Condition::Window(_) => false,
@@ -233,7 +232,7 @@ impl Condition {
                 "campaign.name matches {} (got {})",
                 globs
                     .iter()
-                    .map(|(g, _)| format!("{g:?}"))
+                    .map(|g| format!("{:?}", g.as_str()))
                     .collect::<Vec<_>>()
                     .join(" or "),
                 campaign_name(event).map_or("nothing".into(), |n| format!("{n:?}"))

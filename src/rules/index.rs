@@ -191,7 +191,7 @@ fn narrow(cond: &Condition) -> Narrow {
     for part in &parts {
         if let Condition::CampaignName(globs) = part {
             let compiled: Option<Vec<Glob>> =
-                globs.iter().map(|(g, _)| Glob::new(g).ok()).collect();
+                globs.iter().map(|g| Glob::new(g.as_str()).ok()).collect();
             if let Some(compiled) = compiled {
                 return Narrow::Globs(compiled);
             }

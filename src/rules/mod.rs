@@ -6,6 +6,7 @@
 pub mod condition;
 pub mod digest;
 mod index;
+pub mod pattern;
 mod raw;
 mod window;
 

@@ -2,10 +2,9 @@
 //! position.
 
 use super::{Cmp, Condition, FieldTest, OPERATORS, as_number};
+use crate::rules::pattern::Pattern;
 use crate::rules::{RawWhen, RawWindow};
 use crate::syntax::{OneOrMany, Pos, Spanned, pos};
-use globset::Glob;
-use regex::Regex;
 use serde_json::Value;
 
 /// Compiles a rule's `when` block, reporting every problem (with its position) through
@@ -74,8 +73,8 @@ fn compile_part<'a>(
                 .clone()
                 .into_vec()
                 .into_iter()
-                .filter_map(|g| match Glob::new(&g) {
-                    Ok(glob) => Some((g, glob.compile_matcher())),
+                .filter_map(|g| match Pattern::glob(&g) {
+                    Ok(glob) => Some(glob),
                     Err(e) => {
                         error(pos(campaign), format!("bad campaign name glob {g:?}: {e}"));
                         None
@@ -202,7 +201,7 @@ fn operator(op: &str, arg: &Value, error: &mut dyn FnMut(String)) -> Option<Fiel
         "contains" => FieldTest::Contains(text(error)?),
         "starts_with" => FieldTest::StartsWith(text(error)?),
         "ends_with" => FieldTest::EndsWith(text(error)?),
-        "matches" => match Regex::new(&text(error)?) {
+        "matches" => match Pattern::regex(&text(error)?) {
             Ok(re) => FieldTest::Matches(re),
             Err(e) => {
                 let detail = e.to_string();
