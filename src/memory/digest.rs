@@ -45,6 +45,20 @@ pub(super) struct EventFacts {
 }
 
 impl DigestAsk {
+    /// The digest of what a throttle or a time window holds back: the defaults of `list` and
+    /// `max_events`, closed when the window reopens.
+    pub(super) fn held_back(slot: Slot, rule: &str, event: EventFacts) -> DigestAsk {
+        DigestAsk {
+            slot,
+            rule: rule.to_string(),
+            max_events: crate::rules::digest::DEFAULT_MAX_EVENTS,
+            list: crate::rules::digest::DEFAULT_LIST,
+            close: Closing::Reopens,
+            immediate: false,
+            event,
+        }
+    }
+
     /// Adds the event to the open digest of its key, or opens one that closes as `close` says
     /// (when, and the reason it will give), asked only when one opens. Whether it opened one.
     pub(super) fn join(

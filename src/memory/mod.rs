@@ -143,18 +143,14 @@ impl EventMemory {
                         delivery: d,
                         rule: i,
                         opens,
-                        digest: DigestAsk {
-                            slot: Slot {
+                        digest: DigestAsk::held_back(
+                            Slot {
                                 scope: format!("digest-outside:{}#{n}", rule.name),
                                 key: planned[d].destination.clone(),
                             },
-                            rule: rule.name.clone(),
-                            max_events: crate::rules::digest::DEFAULT_MAX_EVENTS,
-                            list: crate::rules::digest::DEFAULT_LIST,
-                            close: Closing::Reopens,
-                            immediate: false,
-                            event: facts(config, event),
-                        },
+                            &rule.name,
+                            facts(config, event),
+                        ),
                     });
                 }
             }
@@ -201,18 +197,14 @@ impl EventMemory {
                     Ok(key) => {
                         let scope = format!("throttle:{}", rule.name);
                         if t.digest {
-                            ask.throttled = Some(DigestAsk {
-                                slot: Slot {
+                            ask.throttled = Some(DigestAsk::held_back(
+                                Slot {
                                     scope: format!("digest-throttled:{}", rule.name),
                                     key: key.clone(),
                                 },
-                                rule: rule.name.clone(),
-                                max_events: crate::rules::digest::DEFAULT_MAX_EVENTS,
-                                list: crate::rules::digest::DEFAULT_LIST,
-                                close: Closing::Reopens,
-                                immediate: false,
-                                event: facts(config, event),
-                            });
+                                &rule.name,
+                                facts(config, event),
+                            ));
                         }
                         ask.throttle = Some(ThrottleAsk {
                             slot: Slot { scope, key },

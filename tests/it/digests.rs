@@ -6,27 +6,17 @@
 use crate::memory::{all, each_store, shipped};
 use crate::postgres::fresh_store;
 use crate::util::{
-    Binary, HttpPeer, Router, SmtpPeer, Start, check_file, config_dir, fast_retries, fixture,
-    repo_path, unique,
+    Binary, HttpPeer, Router, SmtpPeer, Start, check_file, check_in, config_dir, fast_retries,
+    fixture, repo_path, two_instances, unique,
 };
-
-/// `switchboard check` of `rules` beside the shipped templates.
-fn check_shipped(rules: &str) -> (Option<i32>, String) {
-    let dir = shipped();
-    std::fs::write(dir.path().join("rules.yaml"), rules).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args(["check", "--rules", "rules.yaml", "--templates", "templates"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
 use serde_json::Value;
 use std::time::{Duration, Instant};
 use switchboard::store::DeliveryStatus;
+
+/// `switchboard check` of `rules` beside the shipped templates.
+fn check_shipped(rules: &str) -> (Option<i32>, String) {
+    check_in(shipped().path(), rules)
+}
 
 /// An open of `lead` (a real-shape EMAIL_OPEN payload) in campaign `campaign`.
 fn open(lead: &str, name: &str, campaign: i64) -> Value {
@@ -312,17 +302,7 @@ async fn two_postgresql_instances_send_one_digest() {
     };
     let peer = HttpPeer::start().await;
     let rules = digest_rules(&peer, r#"{ key: "{{campaign.id}}", window: 2s }"#);
-    let dirs: Vec<tempfile::TempDir> = (0..2)
-        .map(|_| {
-            let dir = tempfile::tempdir().unwrap();
-            std::fs::write(dir.path().join("rules.yaml"), &rules).unwrap();
-            dir
-        })
-        .collect();
-    let (a, b) = tokio::join!(
-        Binary::start_on(dirs[0].path(), Some(&url), &[], &[]),
-        Binary::start_on(dirs[1].path(), Some(&url), &[], &[])
-    );
+    let ([a, b], _dirs) = two_instances(&url, &rules).await;
     let client = reqwest::Client::new();
     let posts = (0..20).map(|i| {
         let target = if i % 2 == 0 { &a.url } else { &b.url };

@@ -150,17 +150,7 @@ async fn two_instances_on_one_postgresql_fire_once_between_them() {
     };
     let peer = HttpPeer::start().await;
     let text = rules(&peer, "1h").replace("for: 1h", "forever: true");
-    let dirs: Vec<tempfile::TempDir> = (0..2)
-        .map(|_| {
-            let dir = tempfile::tempdir().unwrap();
-            std::fs::write(dir.path().join("rules.yaml"), &text).unwrap();
-            dir
-        })
-        .collect();
-    let (a, b) = tokio::join!(
-        Binary::start_on(dirs[0].path(), Some(&url), &[], &[]),
-        Binary::start_on(dirs[1].path(), Some(&url), &[], &[])
-    );
+    let ([a, b], _dirs) = crate::util::two_instances(&url, &text).await;
     let client = reqwest::Client::new();
     // The same lead's opens, to both instances alternately and at once.
     let posts = (0..20).map(|i| {

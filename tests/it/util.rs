@@ -33,11 +33,15 @@ pub fn check_rule(part: &str) -> (Option<i32>, String) {
 
 /// `switchboard check` of a rules file: the exit code and what it printed.
 pub fn check_file(rules: &str) -> (Option<i32>, String) {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("rules.yaml"), rules).unwrap();
+    check_in(tempfile::tempdir().unwrap().path(), rules)
+}
+
+/// `switchboard check` of `rules` written to `dir/rules.yaml`, with `dir/templates`.
+pub fn check_in(dir: &Path, rules: &str) -> (Option<i32>, String) {
+    std::fs::write(dir.join("rules.yaml"), rules).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
         .args(["check", "--rules", "rules.yaml", "--templates", "templates"])
-        .current_dir(dir.path())
+        .current_dir(dir)
         .output()
         .unwrap();
     (
@@ -713,6 +717,21 @@ impl Binary {
             .unwrap();
         assert!(ok.success());
     }
+}
+
+/// Two instances of the binary on one store, each serving `rules` from a directory of its
+/// own (kept with them).
+pub async fn two_instances(store: &str, rules: &str) -> ([Binary; 2], [tempfile::TempDir; 2]) {
+    let dirs = [(); 2].map(|_| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("rules.yaml"), rules).unwrap();
+        dir
+    });
+    let (a, b) = tokio::join!(
+        Binary::start_on(dirs[0].path(), Some(store), &[], &[]),
+        Binary::start_on(dirs[1].path(), Some(store), &[], &[])
+    );
+    ([a, b], dirs)
 }
 
 impl Drop for Binary {
