@@ -212,7 +212,6 @@ fn alone_in_digest(rule: &str, event: &serde_json::Value) -> serde_json::Value {
     let now = crate::store::now_ms();
     let (kind, _) = crate::event::event_type(event);
     let contents = crate::store::digests::DigestContents {
-        id: 0,
         rule: rule.to_string(),
         scope: String::new(),
         key: String::new(),

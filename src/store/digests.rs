@@ -19,15 +19,11 @@ pub struct OpenDigest {
     pub scope: String,
     /// The configuration of its last item.
     pub config_hash: String,
-    /// When it closes.
-    pub closes_at: Millis,
 }
 
 /// A digest as closing reads it.
 #[derive(Debug, Clone)]
 pub struct DigestContents {
-    /// Its id.
-    pub id: i64,
     /// Its rule.
     pub rule: String,
     /// The cell scope: which kind of digest (`digest:`, `digest-throttled:` and the rule).
@@ -146,7 +142,6 @@ macro_rules! close_in {
         .await?;
         let reason = $reason.map(str::to_string).unwrap_or(reason);
         let contents = DigestContents {
-            id,
             rule,
             scope,
             key,
@@ -238,7 +233,7 @@ impl Store {
     ) -> Result<Vec<OpenDigest>, StoreError> {
         Ok(on_pool!(self, pool => {
             sqlx::query_as(
-                "SELECT id, rule, scope, config_hash, closes_at FROM digests
+                "SELECT id, rule, scope, config_hash FROM digests
                  WHERE closed_at IS NULL AND closes_at <= $1
                  ORDER BY closes_at LIMIT CAST($2 AS INTEGER)",
             )
@@ -253,7 +248,7 @@ impl Store {
     pub async fn open_digests(&self) -> Result<Vec<OpenDigest>, StoreError> {
         Ok(on_pool!(self, pool => {
             sqlx::query_as(
-                "SELECT id, rule, scope, config_hash, closes_at FROM digests
+                "SELECT id, rule, scope, config_hash FROM digests
                  WHERE closed_at IS NULL ORDER BY closes_at",
             )
             .fetch_all(pool)
