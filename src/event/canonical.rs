@@ -1,7 +1,8 @@
 //! The canonical event: the one schema that rules match on and templates render, whatever the
-//! source. Each [`super::Source`] fills an [`Event`]; it is turned into JSON once, at intake
-//! ([`Event::into_value`]), and that JSON is what rules, templates and the store see. A field
-//! the source does not know is `null`, never missing, so a template can name any field here.
+//! source. Each [`super::Source`] fills an [`Event`]; its JSON form ([`Event::into_value`]) is
+//! what rules and templates read, built once when one first does (`template::Data`), and the
+//! store keeps the same JSON as text. A field the source does not know is `null`, never
+//! missing, so a template can name any field here.
 
 use serde::Serialize;
 use serde_json::Value;

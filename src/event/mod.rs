@@ -161,6 +161,32 @@ pub fn lookup<'a>(value: &'a Value, path: &[String]) -> Option<&'a Value> {
         })
 }
 
+/// What intake reads of an event before it knows whether any rule wants the rest: its types and
+/// campaign, without the JSON form (which an event no rule takes a closer look at never needs),
+/// and the JSON form itself when a rule does.
+pub trait EventView {
+    /// The canonical event type and the one the source sent (see [`event_type`]).
+    fn kinds(&self) -> (&str, &str);
+    /// The campaign's id, when it has one.
+    fn campaign_id(&self) -> Option<i64>;
+    /// The event as JSON.
+    fn value(&self) -> &Value;
+}
+
+impl EventView for Value {
+    fn kinds(&self) -> (&str, &str) {
+        event_type(self)
+    }
+
+    fn campaign_id(&self) -> Option<i64> {
+        campaign_id(self)
+    }
+
+    fn value(&self) -> &Value {
+        self
+    }
+}
+
 /// The canonical event type of the router and, when it differs, the one the source sent.
 pub fn event_type(event: &Value) -> (&str, &str) {
     let canonical = event.get("event").and_then(Value::as_str).unwrap_or("");

@@ -69,7 +69,7 @@ impl Source for SmartLead {
     }
 
     fn normalise(&self, payload: Map<String, Value>) -> Event {
-        let p = Payload(&payload);
+        let p = Payload::new(&payload);
         let sent_type = p.str_at(&["event_type", "event", "type"]);
         let canonical = sent_type.as_deref().map(canonical_type);
         let is_reply = canonical == Some("EMAIL_REPLIED");
@@ -123,7 +123,7 @@ impl Source for SmartLead {
     }
 
     fn sent_at(&self, payload: &Map<String, Value>) -> Option<DateTime<Utc>> {
-        let p = Payload(payload);
+        let p = Payload::new(payload);
         let sent = p.str_at(EVENT_TIME)?;
         DateTime::parse_from_rfc3339(&rfc3339(&sent))
             .ok()
@@ -151,7 +151,7 @@ impl Source for SmartLead {
 impl SmartLead {
     /// A hash of what identifies the event (see [`Source::dedup_key`]).
     fn identity(&self, payload: &Map<String, Value>, body: &[u8]) -> String {
-        let p = Payload(payload);
+        let p = Payload::new(payload);
         let identifying = [
             p.str_at(&["stats_id"]),
             p.str_at(&[
@@ -200,19 +200,56 @@ fn canonical_type(sent: &str) -> &str {
 }
 
 /// Read access to a payload by dotted paths, tolerant of nulls, numbers-as-strings and blanks.
-struct Payload<'a>(&'a Map<String, Value>);
+/// Normalising reads about a hundred paths, most of them absent, and hashing each name into the
+/// payload's maps (SipHash) was most of intake's CPU outside the store: the top-level names are
+/// looked up in a sorted list made once, and the few names of a nested object one by one.
+struct Payload<'a> {
+    top: Vec<(&'a str, &'a Value)>,
+}
 
-impl Payload<'_> {
-    fn at(&self, path: &str) -> Option<&Value> {
-        let mut parts = path.split('.');
-        let first = self.0.get(parts.next()?)?;
-        parts
-            .try_fold(first, |v, seg| match v {
-                Value::Object(m) => m.get(seg),
+/// Names ordered by length first: most names differ in length, and telling them apart then
+/// takes no comparison of their bytes.
+fn by_length(a: &str, b: &str) -> std::cmp::Ordering {
+    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+}
+
+/// An object's value under `name`: small objects (the usual nested ones) are read in order,
+/// which is cheaper than hashing the name.
+fn field<'a>(map: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    if map.len() <= 16 {
+        map.iter().find(|(k, _)| k.as_str() == name).map(|(_, v)| v)
+    } else {
+        map.get(name)
+    }
+}
+
+impl<'a> Payload<'a> {
+    fn new(map: &'a Map<String, Value>) -> Self {
+        let mut top: Vec<(&str, &Value)> = map.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        top.sort_unstable_by(|(a, _), (b, _)| by_length(a, b));
+        Payload { top }
+    }
+
+    /// The value at `path`, `None` when absent or null.
+    fn at(&self, path: &str) -> Option<&'a Value> {
+        let (name, rest) = match path.find('.') {
+            Some(dot) => (&path[..dot], Some(&path[dot + 1..])),
+            None => (path, None),
+        };
+        let at = self
+            .top
+            .binary_search_by(|(k, _)| by_length(k, name))
+            .ok()?;
+        let first = self.top[at].1;
+        let found = match rest {
+            None => Some(first),
+            Some(rest) => rest.split('.').try_fold(first, |v, seg| match v {
+                Value::Object(m) => field(m, seg),
                 Value::Array(a) => seg.parse::<usize>().ok().and_then(|i| a.get(i)),
                 _ => None,
-            })
-            .filter(|v| !v.is_null())
+            }),
+        };
+        found.filter(|v| !v.is_null())
     }
 
     /// The first non-blank string (numbers are written out) among `paths`.

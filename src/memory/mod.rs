@@ -33,7 +33,7 @@ mod resolve;
 mod throttle;
 
 use crate::config::Config;
-use crate::event;
+use crate::event::{self, EventView};
 use crate::store::memory::{Decider, Decision, Needs, Slot, View};
 use crate::store::{Millis, NewDelivery, Timing};
 use crate::template::{Data, Template};
@@ -244,7 +244,7 @@ impl EventMemory {
                 rules.push(ask);
             }
         }
-        let (canonical, sent) = event::event_type(event.value());
+        let (canonical, sent) = event.kinds();
         let seen: Vec<(Slot, Duration)> = config
             .rules
             .seen()
@@ -297,12 +297,16 @@ fn facts(config: &Config, event: &Data) -> EventFacts {
 
 /// The slot of the opens to count for an event, when it is an open that carries no count: the
 /// lead's opens in the campaign (both must be known).
-pub fn open_to_count(event: &Value) -> Option<Slot> {
-    let (canonical, _) = event::event_type(event);
-    if canonical != "EMAIL_OPENED" || !event["open"]["count"].is_null() {
+pub fn open_to_count(event: &(impl event::EventView + ?Sized)) -> Option<Slot> {
+    let (canonical, _) = event.kinds();
+    if canonical != "EMAIL_OPENED" {
         return None;
     }
-    let campaign = event::campaign_id(event)?;
+    let campaign = event.campaign_id()?;
+    let event = event.value();
+    if !event["open"]["count"].is_null() {
+        return None;
+    }
     let lead = event["lead"]["email"].as_str()?.trim().to_ascii_lowercase();
     (!lead.is_empty()).then(|| Slot {
         scope: "opens".into(),

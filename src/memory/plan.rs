@@ -34,8 +34,8 @@ impl Plan {
         // An open without a count gets the router's own count of the lead's opens in the
         // transaction that stores it, and windows are counted there: until then, rules that
         // read `open.count` or a window may match or not.
-        let counts_opens = open_to_count(event.value()).is_some();
-        let matched = config.rules.matching_at_intake(event.value(), counts_opens);
+        let counts_opens = open_to_count(event).is_some();
+        let matched = config.rules.matching_at_intake(event, counts_opens);
         let silencing = silences.any();
         let deliveries = matched
             .iter()

@@ -150,7 +150,7 @@ impl Resolve {
         event: &Data,
         missing: &mut Vec<MissingKey>,
     ) -> Option<Resolve> {
-        let count = open_to_count(event.value());
+        let count = open_to_count(event);
         let mut rules = Vec::new();
         for (i, deliveries) in matched {
             let rule = config.rules.get(i);

@@ -5,7 +5,7 @@
 
 use super::condition::FieldTest;
 use super::{Condition, Rule};
-use crate::event;
+use crate::event::{self, EventView};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -88,9 +88,9 @@ impl Index {
     }
 
     /// Positions of the rules that may match `event`, ascending, without repeats.
-    pub(super) fn candidates(&self, event: &Value) -> Vec<usize> {
-        let (canonical, sent) = event::event_type(event);
-        let campaign = event::campaign_id(event);
+    pub(super) fn candidates(&self, event: &(impl EventView + ?Sized)) -> Vec<usize> {
+        let (canonical, sent) = event.kinds();
+        let campaign = event.campaign_id();
         let mut found = Vec::new();
         let mut visit = |t: Option<&str>| {
             let t = t.map(str::to_string);
@@ -131,8 +131,12 @@ impl Bucket {
         }
     }
 
-    fn candidates(&self, event: &Value, out: &mut Vec<usize>) {
+    fn candidates(&self, event: &(impl EventView + ?Sized), out: &mut Vec<usize>) {
         out.extend_from_slice(&self.always);
+        if self.glob_set.is_none() && self.values.is_empty() && self.domains.is_empty() {
+            return;
+        }
+        let event = event.value();
         if let Some((set, rules)) = &self.glob_set
             && let Some(name) = event
                 .get("campaign")

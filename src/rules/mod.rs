@@ -18,6 +18,7 @@ pub use raw::{
 pub use window::{Bound, FUTURE_SLACK, Fire, Window, WindowTest};
 
 use crate::actions::Action;
+use crate::event::EventView;
 use crate::store::Timing;
 use crate::template::Template;
 use crate::time_window::TimeWindow;
@@ -239,11 +240,15 @@ impl RuleSet {
     /// [`Condition::at_intake`]): a superset of those that match once it is. A rule that
     /// matches for certain and has `stop` ends the list, as in matching; one that may match
     /// does not.
-    pub fn matching_at_intake(&self, event: &Value, counting: bool) -> Vec<usize> {
+    pub fn matching_at_intake(
+        &self,
+        event: &(impl EventView + ?Sized),
+        counting: bool,
+    ) -> Vec<usize> {
         let mut matched = Vec::new();
         for i in self.index.candidates(event) {
             let rule = &self.rules[i];
-            match rule.at_intake(event, counting) {
+            match rule.at_intake(event.value(), counting) {
                 Maybe::Yes => {
                     matched.push(i);
                     if rule.stop {

@@ -10,6 +10,7 @@ mod helpers;
 
 pub use escape::Escape;
 
+use crate::event::Event;
 use handlebars::Handlebars;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -48,25 +49,108 @@ pub struct RenderError {
 }
 
 /// An event made ready for rendering, once per message: every template of the message renders
-/// from it without copying the event again.
-pub struct Data(handlebars::Context);
+/// from it without copying the event again. One made at intake from the canonical [`Event`]
+/// builds its JSON form only when something reads it (a rule's condition, a template): most
+/// events match no rule, and they are stored as JSON text written straight from the event.
+pub struct Data {
+    /// The canonical and sent types, and the campaign.
+    facts: (String, String, Option<i64>),
+    /// The event not yet turned into JSON.
+    event: std::sync::Mutex<Option<Event>>,
+    /// The JSON form, once built.
+    context: std::sync::OnceLock<handlebars::Context>,
+}
 
 impl From<Value> for Data {
     /// Prepares an event for rendering, taking it over (no copy).
     fn from(event: Value) -> Data {
-        Data(handlebars::Context::from(event))
+        let (canonical, sent) = crate::event::event_type(&event);
+        let facts = (
+            canonical.to_string(),
+            sent.to_string(),
+            crate::event::campaign_id(&event),
+        );
+        Data {
+            facts,
+            event: std::sync::Mutex::new(None),
+            context: handlebars::Context::from(event).into(),
+        }
+    }
+}
+
+impl From<Event> for Data {
+    /// Prepares a canonical event; its JSON form is built when it is first read.
+    fn from(event: Event) -> Data {
+        let facts = (
+            event.event.clone(),
+            event.source_event.clone(),
+            event.campaign.id,
+        );
+        Data {
+            facts,
+            event: std::sync::Mutex::new(Some(event)),
+            context: std::sync::OnceLock::new(),
+        }
     }
 }
 
 impl Data {
     /// The event itself.
     pub fn value(&self) -> &Value {
-        self.0.data()
+        self.context().data()
     }
 
     /// Prepares an event for rendering (a copy of it).
     pub fn new(event: &Value) -> Data {
-        Data(handlebars::Context::wraps(event).unwrap_or_else(|_| handlebars::Context::null()))
+        Data::from(event.clone())
+    }
+
+    /// The event as JSON text (what the store keeps): written from the canonical event when its
+    /// JSON form was not needed, without building it. `capacity` is a guess of its length.
+    pub fn to_json(&self, capacity: usize) -> String {
+        let mut out = Vec::with_capacity(capacity);
+        let written = match self.context.get() {
+            Some(context) => serde_json::to_writer(&mut out, context.data()),
+            None => {
+                let event = self.event.lock().unwrap_or_else(|e| e.into_inner());
+                match event.as_ref() {
+                    Some(event) => serde_json::to_writer(&mut out, event),
+                    // Taken meanwhile by a reader building the JSON form.
+                    None => {
+                        drop(event);
+                        serde_json::to_writer(&mut out, self.value())
+                    }
+                }
+            }
+        };
+        written.expect("an event serialises");
+        String::from_utf8(out).expect("serde_json writes UTF-8")
+    }
+
+    fn context(&self) -> &handlebars::Context {
+        self.context.get_or_init(|| {
+            let event = self
+                .event
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .unwrap_or_default();
+            handlebars::Context::from(event.into_value())
+        })
+    }
+}
+
+impl crate::event::EventView for Data {
+    fn kinds(&self) -> (&str, &str) {
+        (&self.facts.0, &self.facts.1)
+    }
+
+    fn campaign_id(&self) -> Option<i64> {
+        self.facts.2
+    }
+
+    fn value(&self) -> &Value {
+        Data::value(self)
     }
 }
 
@@ -231,7 +315,7 @@ impl Templates {
     /// Renders a template against an event.
     pub fn render(&self, template: &Template, data: &Data) -> Result<String, RenderError> {
         self.registries[template.escape.index()]
-            .render_with_context(&template.name, &data.0)
+            .render_with_context(&template.name, data.context())
             .map_err(|e| {
                 let missing = match e.reason() {
                     handlebars::RenderErrorReason::MissingVariable(path) => path.clone(),

@@ -134,3 +134,43 @@ fn url_helper_passes_only_http_links_escaped_for_json_not_for_slack() {
     assert_eq!(v["url"], "https://app.example/inbox?lead=1&b=\"2\"");
     assert_eq!(v["bad"], "");
 }
+
+#[test]
+fn an_event_is_stored_and_rendered_alike_whether_its_json_form_was_built_or_not() {
+    use crate::event::{EventView, SmartLead, Source};
+    let payload: Value = serde_json::from_str(include_str!(
+        "../../tests/fixtures/smartlead/real_13_email_reply.json"
+    ))
+    .unwrap();
+    let mut event = SmartLead.normalise(payload.as_object().unwrap().clone());
+    event.event_id = "e-1".into();
+    let expected = serde_json::to_string(&event.clone().into_value()).unwrap();
+
+    let untouched = Data::from(event.clone());
+    assert_eq!(untouched.kinds(), ("EMAIL_REPLIED", "EMAIL_REPLY"));
+    assert_eq!(untouched.campaign_id(), event.campaign.id);
+    assert_eq!(
+        untouched.to_json(0),
+        expected,
+        "written from the typed event"
+    );
+
+    let read = Data::from(event);
+    let mut t = Templates::default();
+    let tpl = t
+        .inline(
+            "t",
+            "{{event}} {{lead.email}} {{raw.event_type}}",
+            Escape::Plain,
+        )
+        .unwrap();
+    let rendered = t.render(&tpl, &read).unwrap();
+    assert!(rendered.starts_with("EMAIL_REPLIED "), "{rendered}");
+    assert!(rendered.ends_with(" EMAIL_REPLY"), "{rendered}");
+    assert_eq!(
+        read.to_json(0),
+        expected,
+        "written from the JSON form once built"
+    );
+    assert_eq!(read.value()["event_id"], "e-1");
+}

@@ -257,3 +257,48 @@ fn the_url_token_smartlead_repeats_in_webhook_url_is_not_kept() {
         assert!(!event.raw.to_string().contains("s3cret"));
     }
 }
+
+#[test]
+fn paths_reach_top_level_nested_and_listed_values_and_skip_nulls() {
+    let mut big = Map::new();
+    for i in 0..40 {
+        big.insert(format!("k{i}"), json!(i));
+    }
+    let payload = json!({
+        "zeta": 1,
+        "lead": {"email": "a@b.example", "empty": null},
+        "lead_email": "top@b.example",
+        "link_details": ["https://x.example/1", "https://x.example/2"],
+        "a.b": "a key with a dot is not a path",
+        "big": big,
+        "": "empty name",
+    });
+    let map = payload.as_object().unwrap();
+    let p = Payload::new(map);
+    assert_eq!(p.at("lead.email"), Some(&json!("a@b.example")));
+    assert_eq!(p.at("lead_email"), Some(&json!("top@b.example")));
+    assert_eq!(p.at("link_details.1"), Some(&json!("https://x.example/2")));
+    assert_eq!(
+        p.at("big.k39"),
+        Some(&json!(39)),
+        "a large object is hashed into"
+    );
+    assert_eq!(p.at("zeta"), Some(&json!(1)));
+    assert_eq!(p.at("lead.empty"), None, "null counts as absent");
+    for absent in [
+        "lead.name",
+        "lea",
+        "leads",
+        "lead.email.x",
+        "link_details.2",
+        "a.b",
+        "nope",
+    ] {
+        assert_eq!(p.at(absent), None, "{absent}");
+    }
+    for (name, _) in map {
+        if !name.contains('.') && !name.is_empty() {
+            assert_eq!(p.at(name), map.get(name), "{name}");
+        }
+    }
+}
