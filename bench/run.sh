@@ -16,6 +16,11 @@
 #   (4) reload time of 10,000 generated rules via POST /-/reload under load, and the requests
 #       that failed meanwhile;
 #   (5) the router's peak RSS (VmHWM from /proc);
+#   (2b) the sustained capacity: the highest open-loop rate (bisected up to the reference's
+#       rate) at which every event is delivered with POST-to-arrival p99 within 100 ms over
+#       BENCH_CAPACITY_SECONDS (30); and, at saturation, the share delivered while the load ran;
+#   with BENCH_POSTGRES_URL (a scratch database), the router's intake alone on PostgreSQL beside
+#       the same on SQLite;
 #   (6) CPU instructions per event, counted by valgrind's callgrind (repeatable whatever the
 #       machine's noise): the reference per request, the router's intake per event, and the
 #       router per event delivered; each the difference between a run of BENCH_CG_LARGE and
@@ -25,7 +30,8 @@
 #
 # Settings (environment): BENCH_SECONDS (10, per run), BENCH_CONNECTIONS (50), BENCH_RATE
 # (1000 events/s), BENCH_RULES (10000), BENCH_LOG_LEVEL (info, the router's default),
-# BENCH_MICRO=0 to skip criterion, BENCH_CALLGRIND=0 to skip (6), BENCH_KEEP=1 to keep the temporary directory (logs, store),
+# BENCH_CAPACITY_SECONDS (30) and BENCH_CAPACITY_STEPS (5, rates tried; 0 skips the search),
+# BENCH_POSTGRES_URL (unset: no PostgreSQL rows), BENCH_MICRO=0 to skip criterion, BENCH_CALLGRIND=0 to skip (6), BENCH_KEEP=1 to keep the temporary directory (logs, store),
 # BENCH_BODY=payload.json (absolute or from the repository's root) for another SmartLead payload
 # than the default, the documentation's EMAIL_REPLIED sample of about 600 bytes (the size the
 # targets were set with; `tests/fixtures/smartlead/` has real payloads of up to 2.8 KB).
@@ -190,6 +196,15 @@ intake_pid=$started_pid
     tee -a "$results"
 stop "$intake_pid"
 
+if [ -n "${BENCH_POSTGRES_URL:-}" ]; then
+    echo "== (1) router, intake alone, on 127.0.0.1:$intake_port, store PostgreSQL"
+    start_router intake-postgres "$intake_port" "$tmp/intake-rules" "$BENCH_POSTGRES_URL"
+    "$loadgen" closed --label intake-postgres --url "http://127.0.0.1:$intake_port/webhooks/smartlead" \
+        --connections "$connections" --duration "$secs" --server-pid "$started_pid" "${body_args[@]}" |
+        tee -a "$results"
+    stop "$started_pid"
+fi
+
 # Rule memory (judged): the shipped rules (hot-lead counts opens and keeps `once` and
 # `unless_seen`, bounce-spike counts a window) against the same rules with their memory keys
 # taken out, on a mix of real payloads (sends, opens, a click, a reply, a bounce); two rounds,
@@ -260,6 +275,16 @@ echo "== (2) open loop, $rate events/s"
     --rate "$rate" --duration "$secs" "${body_args[@]}" | tee -a "$results"
 record_rss load "$router_pid"
 
+capacity_secs="${BENCH_CAPACITY_SECONDS:-30}"
+capacity_steps="${BENCH_CAPACITY_STEPS:-5}"
+reference_rps="$(sed -n 's/.*"label":"bare-commit".*"rps":\([0-9.]*\).*/\1/p' "$results" | tail -1)"
+if [ "$capacity_steps" != "0" ] && [ -n "$reference_rps" ]; then
+    echo "== (2) sustained capacity: open loops of $capacity_secs s, bisected up to $reference_rps events/s"
+    "$loadgen" capacity --label capacity --url "$webhook" --sink "$sink" \
+        --duration "$capacity_secs" --max-rate "$reference_rps" --steps "$capacity_steps" \
+        --drain-timeout 120 "${body_args[@]}" | tee -a "$results"
+fi
+
 echo "== (4) reload of $rule_count generated rules under load"
 "$loadgen" rules --count "$rule_count" --sink "http://$sink" >"$tmp/bulk.yaml.part"
 mv "$tmp/bulk.yaml.part" "$tmp/rules/10-bulk.yaml"
@@ -288,7 +313,7 @@ callgrind_total() { # label n port ready extra cmd…
     "$loadgen" wait --url "http://127.0.0.1:$port$ready" --timeout 180 >/dev/null
     # shellcheck disable=SC2086 # $extra is one optional argument pair or nothing
     "$loadgen" count --label "cg-$label" --url "http://127.0.0.1:$port/webhooks/smartlead" \
-        --requests "$n" --connections 8 $extra "${body_args[@]}" >"$tmp/callgrind-$label-$n.json"
+        --requests "$n" --connections "$connections" $extra "${body_args[@]}" >"$tmp/callgrind-$label-$n.json"
     kill -TERM "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
     forget "$pid"

@@ -64,6 +64,10 @@ enum Command {
     Closed(Closed),
     /// Open loop: R requests per second for D seconds.
     Open(Open),
+    /// The sustained capacity: open loops at rates found by bisection, each for `--duration`
+    /// seconds; the highest rate at which every event is delivered and POST to arrival p99
+    /// stays within `--p99-ms`.
+    Capacity(Capacity),
     /// A fixed number of requests over N connections, each sent once (delivered to the sink,
     /// with `--sink`): for instruction counts under callgrind, where time means nothing.
     Count(Count),
@@ -198,6 +202,21 @@ struct Open {
 }
 
 #[derive(Args)]
+struct Capacity {
+    #[command(flatten)]
+    open: Open,
+    /// The highest rate tried (the bisection's upper end; the lower end is 0).
+    #[arg(long)]
+    max_rate: f64,
+    /// How many rates are tried.
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    /// POST to arrival p99 a rate must stay within, in ms.
+    #[arg(long, default_value_t = 100.0)]
+    p99_ms: f64,
+}
+
+#[derive(Args)]
 struct Count {
     #[command(flatten)]
     target: Target,
@@ -215,6 +234,7 @@ async fn main() -> ExitCode {
         Command::Closed(args) => closed(args).await,
         Command::Count(args) => count(args).await,
         Command::Open(args) => open(args).await,
+        Command::Capacity(args) => capacity(args).await,
         Command::Sink {
             sink,
             label,
@@ -734,31 +754,92 @@ async fn reload_loop(url: &str, times: usize, after: u64) -> Vec<Value> {
 // Open loop
 
 async fn open(args: Open) -> ExitCode {
-    let target = args.target.clone();
-    let Some(sink_addr) = target.sink else {
-        eprintln!("loadgen open: --sink is required");
+    let Some((sink, bodies)) = open_setup(&args, "open").await else {
         return ExitCode::from(2);
+    };
+    println!("{}", open_loop(&args, args.rate, &sink, &bodies, 0).await);
+    ExitCode::SUCCESS
+}
+
+/// The sink and the bodies of an open loop, or `None` (with why on stderr).
+async fn open_setup(args: &Open, what: &str) -> Option<(Sink, Mix)> {
+    let target = &args.target;
+    let Some(sink_addr) = target.sink else {
+        eprintln!("loadgen {what}: --sink is required");
+        return None;
     };
     if !(args.rate > 0.0 && args.rate <= 100_000.0) {
-        eprintln!("loadgen open: --rate must be in (0, 100000]");
-        return ExitCode::from(2);
+        eprintln!("loadgen {what}: --rate must be in (0, 100000]");
+        return None;
     }
-    let bodies = match Mix::new(&target) {
+    let bodies = match Mix::new(target) {
         Ok(bodies) => bodies,
         Err(e) => {
-            eprintln!("loadgen open: {e}");
-            return ExitCode::from(2);
+            eprintln!("loadgen {what}: {e}");
+            return None;
         }
     };
-    let sink = Sink::start(sink_addr).await;
+    Some((Sink::start(sink_addr).await, bodies))
+}
+
+/// Bisects the open-loop rate between 0 and `--max-rate`: a rate passes when every request
+/// is answered 2xx, none is dropped, every event arrives at the sink and POST to arrival p99
+/// is within `--p99-ms`. Each run waits for its deliveries before the next starts.
+async fn capacity(args: Capacity) -> ExitCode {
+    let Some((sink, bodies)) = open_setup(&args.open, "capacity").await else {
+        return ExitCode::from(2);
+    };
+    let (mut passed, mut failed) = (0.0_f64, args.max_rate);
+    let mut runs = Vec::new();
+    for pass in 0..args.steps.max(1) {
+        let rate = ((passed + failed) / 2.0).round().max(1.0);
+        let run = open_loop(&args.open, rate, &sink, &bodies, pass).await;
+        let clean = run["dropped"] == 0
+            && run["undelivered"] == 0
+            && run["non_2xx"] == 0
+            && run["errors"] == 0;
+        let ok = clean && run["e2e_p99_ms"].as_f64().is_some_and(|p| p <= args.p99_ms);
+        eprintln!(
+            "capacity: {rate:.0} events/s {} (POST to sink p99 {} ms, undelivered {})",
+            if ok { "passes" } else { "fails" },
+            run["e2e_p99_ms"],
+            run["undelivered"]
+        );
+        runs.push(
+            json!({"rate": rate, "passed": ok, "e2e_p99_ms": run["e2e_p99_ms"],
+            "undelivered": run["undelivered"], "dropped": run["dropped"]}),
+        );
+        if ok {
+            passed = rate;
+        } else {
+            failed = rate;
+        }
+    }
+    let out = json!({
+        "kind": "capacity",
+        "label": args.open.target.label,
+        "seconds": args.open.duration,
+        "p99_limit_ms": args.p99_ms,
+        "max_rate": args.max_rate,
+        "rate": passed,
+        "runs": runs,
+    });
+    println!("{out}");
+    ExitCode::SUCCESS
+}
+
+/// One open loop at `rate`: its figures, deliveries included. `pass` tells the bodies of
+/// successive loops apart (each request is a distinct event).
+async fn open_loop(args: &Open, rate: f64, sink: &Sink, bodies: &Mix, pass: usize) -> Value {
+    let target = args.target.clone();
     let client = client(args.max_in_flight);
     let slots = Arc::new(tokio::sync::Semaphore::new(args.max_in_flight));
-    let total = (args.rate * args.duration as f64).round() as usize;
+    let total = (rate * args.duration as f64).round() as usize;
     let start = Instant::now() + Duration::from_millis(100);
     let mut tally = Tally::default();
     let mut in_flight = tokio::task::JoinSet::new();
     for i in 0..total {
-        let due = start + Duration::from_secs_f64(i as f64 / args.rate);
+        let due = start + Duration::from_secs_f64(i as f64 / rate);
         tokio::time::sleep_until(due.into()).await;
         while let Some(done) = in_flight.try_join_next() {
             let (due, outcome) = done.expect("a request task does not panic");
@@ -768,7 +849,7 @@ async fn open(args: Open) -> ExitCode {
             tally.dropped += 1;
             continue;
         };
-        let (client, url, body) = (client.clone(), target.url.clone(), bodies.body(0, i));
+        let (client, url, body) = (client.clone(), target.url.clone(), bodies.body(pass, i));
         in_flight.spawn(async move {
             let _slot = slot;
             (due, post(&client, &url, body, due).await)
@@ -786,7 +867,7 @@ async fn open(args: Open) -> ExitCode {
         "kind": "open",
         "label": target.label,
         "url": target.url,
-        "rate": args.rate,
+        "rate": rate,
         "seconds": round(seconds),
         "scheduled": total,
         "ok": acks.len(),
@@ -798,9 +879,8 @@ async fn open(args: Open) -> ExitCode {
         "p99_ms": ms(pct(&acks, 0.99)),
         "max_ms": ms(acks.last().copied().unwrap_or_default()),
     });
-    delivered(&mut out, &sink, &tally.samples, start, load_end, &target).await;
-    println!("{out}");
-    ExitCode::SUCCESS
+    delivered(&mut out, sink, &tally.samples, start, load_end, &target).await;
+    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -825,11 +905,15 @@ async fn delivered(
         .await;
     let mut e2e = Vec::with_capacity(ids.len());
     let mut last = None::<Instant>;
+    let mut during = 0;
     for s in samples {
         let Some(at) = s.event_id.as_deref().and_then(|id| sink.arrival(id)) else {
             continue;
         };
         e2e.push(at.saturating_duration_since(s.sent));
+        // Arrivals by the time the load ended: a router that acknowledges far faster than
+        // it delivers shows here, whatever it delivers after.
+        during += usize::from(at <= load_end);
         last = Some(last.map_or(at, |l| l.max(at)));
     }
     e2e.sort_unstable();
@@ -845,6 +929,7 @@ async fn delivered(
     out["drain_s"] = json!(round(last.map_or(0.0, |l| {
         l.saturating_duration_since(load_end).as_secs_f64()
     })));
+    out["delivered_during_load"] = json!(during);
     out["e2e_p50_ms"] = json!(ms(pct(&e2e, 0.50)));
     out["e2e_p99_ms"] = json!(ms(pct(&e2e, 0.99)));
     out["sink_received"] = json!(sink.received.load(Ordering::Relaxed));
@@ -1227,6 +1312,52 @@ fn report(results: &Path, criterion: Option<&Path>) -> ExitCode {
             ),
         ));
     }
+    if let Some(r) = router
+        && let (Some(during), Some(accepted)) =
+            (r["delivered_during_load"].as_f64(), r["accepted"].as_f64())
+        && accepted > 0.0
+    {
+        lines.push(Line::info(
+            "saturation run: delivered while the load ran",
+            format!("{:.0} %", during / accepted * 100.0),
+        ));
+    }
+    lines.push(Line::check(
+        "saturation run: POST to sink p99",
+        num(router, "e2e_p99_ms").map(|p| (format!("{:.0} ms", p), p <= 1000.0)),
+        "<= 1 s",
+    ));
+    let capacity = find("capacity", "capacity");
+    if let Some(c) = capacity {
+        let tried: Vec<String> = c["runs"]
+            .as_array()
+            .map(|runs| {
+                runs.iter()
+                    .map(|r| {
+                        let verdict = if r["passed"] == true { "ok" } else { "no" };
+                        format!("{} {verdict}", r["rate"])
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        lines.push(Line::info(
+            "sustained capacity: rates tried",
+            tried.join(", "),
+        ));
+    }
+    lines.push(Line::check(
+        "sustained capacity (all delivered, p99 <= 100 ms) / reference",
+        num(capacity, "rate")
+            .zip(num(reference, "rps"))
+            .filter(|(_, r)| *r > 0.0)
+            .map(|(c, r)| {
+                (
+                    format!("{c:.0} events/s = {:.0} %", c / r * 100.0),
+                    c / r >= 0.40,
+                )
+            }),
+        ">= 40 %",
+    ));
     lines.push(Line::check(
         "delivered at saturation (first POST to last arrival)",
         num(router, "delivered_per_s").map(|x| (format!("{x:.0} events/s"), x >= 5000.0)),
@@ -1261,6 +1392,32 @@ fn report(results: &Path, criterion: Option<&Path>) -> ExitCode {
         "<= 25 ms at 1,000/s",
     ));
     sections.push(("(2) End to end: POST to arrival at the sink".into(), lines));
+
+    // PostgreSQL, when the suite was given one: the same intake as the SQLite row above.
+    let postgres = find("closed", "intake-postgres");
+    if let Some(pg) = postgres {
+        let lines = vec![
+            Line::info(
+                "router, intake alone, PostgreSQL",
+                format!(
+                    "{:>8.0} req/s  p50 {:.2} ms  p99 {:.2} ms  failed {}",
+                    pg["rps"].as_f64().unwrap_or(0.0),
+                    pg["p50_ms"].as_f64().unwrap_or(0.0),
+                    pg["p99_ms"].as_f64().unwrap_or(0.0),
+                    pg["non_2xx"].as_u64().unwrap_or(0) + pg["errors"].as_u64().unwrap_or(0),
+                ),
+            ),
+            Line::check(
+                "PostgreSQL intake / SQLite intake",
+                num(Some(pg), "rps")
+                    .zip(num(intake, "rps"))
+                    .filter(|(_, s)| *s > 0.0)
+                    .map(|(p, s)| (format!("{:.0} %", p / s * 100.0), p / s >= 0.60)),
+                ">= 60 %",
+            ),
+        ];
+        sections.push(("PostgreSQL (BENCH_POSTGRES_URL)".into(), lines));
+    }
 
     // (3) Matching and rendering.
     let mut lines = Vec::new();
