@@ -249,8 +249,11 @@ rules:
           allow_private: true
           body: '{"event_id": "{{event_id}}"}'
 EOF
+# The load generator stands in for SmartLead's many senders from one address: the open loops
+# open a connection per request in flight, past the per-client limit (100) that guards against
+# one misbehaving client.
 start_router router "$router_port" "$tmp/rules" "sqlite://$tmp/bench.db" \
-    --concurrency 64 --per-destination 64
+    --concurrency 64 --per-destination 64 --max-connections 4000 --max-connections-per-client 4000
 router_pid=$started_pid
 webhook="http://127.0.0.1:$router_port/webhooks/smartlead"
 

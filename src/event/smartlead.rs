@@ -37,8 +37,46 @@ fn redact_webhook_url(url: &str) -> String {
     format!("{path}{query}")
 }
 
+/// A dotted path into a payload, split at its first `.` when the program is compiled (paths are
+/// read for every request).
+#[derive(Debug, Clone, Copy)]
+struct Path {
+    /// The top-level name.
+    first: &'static str,
+    /// The rest, without its leading `.` (empty for a top-level name).
+    rest: &'static str,
+}
+
+impl Path {
+    const fn new(path: &'static str) -> Path {
+        let bytes = path.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() && bytes[i] != b'.' {
+            i += 1;
+        }
+        if i == bytes.len() {
+            return Path {
+                first: path,
+                rest: "",
+            };
+        }
+        let (first, rest) = path.split_at(i);
+        Path {
+            first,
+            rest: rest.split_at(1).1,
+        }
+    }
+}
+
+/// A constant list of [`Path`]s.
+macro_rules! paths {
+    ($($path:literal),* $(,)?) => {
+        const { &[$(Path::new($path)),*] as &[Path] }
+    };
+}
+
 /// Where SmartLead puts the moment an event happened, in order of preference.
-const EVENT_TIME: &[&str] = &[
+const EVENT_TIME: &[Path] = paths![
     "event_timestamp",
     "timestamp",
     "time_replied",
@@ -70,7 +108,7 @@ impl Source for SmartLead {
 
     fn normalise(&self, payload: Map<String, Value>) -> Event {
         let p = Payload::new(&payload);
-        let sent_type = p.str_at(&["event_type", "event", "type"]);
+        let sent_type = p.str_at(paths!["event_type", "event", "type"]);
         let canonical = sent_type.as_deref().map(canonical_type);
         let is_reply = canonical == Some("EMAIL_REPLIED");
         let mut event = Event {
@@ -79,24 +117,24 @@ impl Source for SmartLead {
             source_event: sent_type.clone().unwrap_or_else(|| "UNKNOWN".into()),
             timestamp: p.timestamp(),
             campaign: Campaign {
-                id: p.int_at(&["campaign_id", "campaign.id"]),
-                name: p.str_at(&["campaign_name", "campaign.name"]),
+                id: p.int_at(paths!["campaign_id", "campaign.id"]),
+                name: p.str_at(paths!["campaign_name", "campaign.name"]),
             },
             lead: p.lead(is_reply),
-            sequence_number: p.int_at(&["sequence_number", "current_sequence"]),
-            email_account_id: p.int_at(&["email_account_id"]),
+            sequence_number: p.int_at(paths!["sequence_number", "current_sequence"]),
+            email_account_id: p.int_at(paths!["email_account_id"]),
             reply: p.reply(is_reply),
             link: Link {
-                url: p.str_at(&["link.url", "link_details.0", "link_clicked.0"]),
-                clicked_at: p.time_at(&["link.clicked_at", "time_clicked"]),
+                url: p.str_at(paths!["link.url", "link_details.0", "link_clicked.0"]),
+                clicked_at: p.time_at(paths!["link.clicked_at", "time_clicked"]),
             },
             bounce: p.bounce(canonical == Some("EMAIL_BOUNCED")),
             open: Open {
-                count: p.int_at(&["opened_count", "open_count"]),
-                first_at: p.time_at(&["first_opened_at"]),
-                last_at: p.time_at(&["last_opened_at", "time_opened"]),
+                count: p.int_at(paths!["opened_count", "open_count"]),
+                first_at: p.time_at(paths!["first_opened_at"]),
+                last_at: p.time_at(paths!["last_opened_at", "time_opened"]),
             },
-            inbox_url: p.str_at(&["app_url", "ui_master_inbox_link", "inbox_url"]),
+            inbox_url: p.str_at(paths!["app_url", "ui_master_inbox_link", "inbox_url"]),
             noise: Noise::default(),
             window: Window::default(),
             digest: Value::Null,
@@ -153,8 +191,8 @@ impl SmartLead {
     fn identity(&self, payload: &Map<String, Value>, body: &[u8]) -> String {
         let p = Payload::new(payload);
         let identifying = [
-            p.str_at(&["stats_id"]),
-            p.str_at(&[
+            p.str_at(paths!["stats_id"]),
+            p.str_at(paths![
                 "reply_message.message_id",
                 "reply.message_id",
                 "bounce_message.message_id",
@@ -166,16 +204,16 @@ impl SmartLead {
             return format!("body:{}", sha256_hex(body));
         }
         let context = [
-            p.str_at(&["event_type", "event", "type"]),
-            p.str_at(&[
+            p.str_at(paths!["event_type", "event", "type"]),
+            p.str_at(paths![
                 "leadCorrespondence.targetLeadEmail",
                 "sl_lead_email",
                 "lead.email",
                 "lead_email",
                 "to_email",
             ]),
-            p.str_at(&["lead_id", "sl_email_lead_id", "lead.id"]),
-            p.str_at(&["campaign_id", "campaign.id"]),
+            p.str_at(paths!["lead_id", "sl_email_lead_id", "lead.id"]),
+            p.str_at(paths!["campaign_id", "campaign.id"]),
         ];
         let joined: Vec<String> = context
             .into_iter()
@@ -231,19 +269,15 @@ impl<'a> Payload<'a> {
     }
 
     /// The value at `path`, `None` when absent or null.
-    fn at(&self, path: &str) -> Option<&'a Value> {
-        let (name, rest) = match path.find('.') {
-            Some(dot) => (&path[..dot], Some(&path[dot + 1..])),
-            None => (path, None),
-        };
+    fn at(&self, path: &Path) -> Option<&'a Value> {
         let at = self
             .top
-            .binary_search_by(|(k, _)| by_length(k, name))
+            .binary_search_by(|(k, _)| by_length(k, path.first))
             .ok()?;
         let first = self.top[at].1;
-        let found = match rest {
-            None => Some(first),
-            Some(rest) => rest.split('.').try_fold(first, |v, seg| match v {
+        let found = match path.rest {
+            "" => Some(first),
+            rest => rest.split('.').try_fold(first, |v, seg| match v {
                 Value::Object(m) => field(m, seg),
                 Value::Array(a) => seg.parse::<usize>().ok().and_then(|i| a.get(i)),
                 _ => None,
@@ -253,7 +287,7 @@ impl<'a> Payload<'a> {
     }
 
     /// The first non-blank string (numbers are written out) among `paths`.
-    fn str_at(&self, paths: &[&str]) -> Option<String> {
+    fn str_at(&self, paths: &[Path]) -> Option<String> {
         paths.iter().find_map(|p| match self.at(p)? {
             Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
             Value::Number(n) => Some(n.to_string()),
@@ -262,7 +296,7 @@ impl<'a> Payload<'a> {
     }
 
     /// The first integer among `paths`; numeric strings count.
-    fn int_at(&self, paths: &[&str]) -> Option<i64> {
+    fn int_at(&self, paths: &[Path]) -> Option<i64> {
         paths.iter().find_map(|p| match self.at(p)? {
             Value::Number(n) => n.as_i64(),
             Value::String(s) => s.trim().parse().ok(),
@@ -271,7 +305,7 @@ impl<'a> Payload<'a> {
     }
 
     /// An id that is an integer when it looks like one, else the string as sent.
-    fn id_at(&self, paths: &[&str]) -> Option<Id> {
+    fn id_at(&self, paths: &[Path]) -> Option<Id> {
         match (self.int_at(paths), self.str_at(paths)) {
             (Some(n), _) => Some(Id::Number(n)),
             (None, Some(s)) => Some(Id::Text(s)),
@@ -280,7 +314,7 @@ impl<'a> Payload<'a> {
     }
 
     /// The first time among `paths`, as RFC 3339 in UTC when it parses, else as sent.
-    fn time_at(&self, paths: &[&str]) -> Option<String> {
+    fn time_at(&self, paths: &[Path]) -> Option<String> {
         self.str_at(paths).map(|s| rfc3339(&s))
     }
 
@@ -292,31 +326,38 @@ impl<'a> Payload<'a> {
     /// The targeted lead. For replies the mailbox fields are ambiguous, so only fields that name
     /// the lead are read (`leadCorrespondence.targetLeadEmail`, then `sl_lead_email`).
     fn lead(&self, is_reply: bool) -> Lead {
-        let mut email_paths = vec![
-            "leadCorrespondence.targetLeadEmail",
-            "sl_lead_email",
-            "lead.email",
-            "lead_email",
-            "lead_data.email",
-        ];
-        if !is_reply {
-            email_paths.push("to_email");
-        }
-        let email = self.str_at(&email_paths);
+        let email_paths = match is_reply {
+            true => paths![
+                "leadCorrespondence.targetLeadEmail",
+                "sl_lead_email",
+                "lead.email",
+                "lead_email",
+                "lead_data.email",
+            ],
+            false => paths![
+                "leadCorrespondence.targetLeadEmail",
+                "sl_lead_email",
+                "lead.email",
+                "lead_email",
+                "lead_data.email",
+                "to_email",
+            ],
+        };
+        let email = self.str_at(email_paths);
         // For replies `to_name` may be the mailbox's owner: trust it only when `to_email` is the lead.
-        let to_is_lead = !is_reply || (email.is_some() && self.str_at(&["to_email"]) == email);
-        let name_paths: &[&str] = if to_is_lead {
-            &["lead.name", "lead_name", "to_name"]
+        let to_is_lead = !is_reply || (email.is_some() && self.str_at(paths!["to_email"]) == email);
+        let name_paths = if to_is_lead {
+            paths!["lead.name", "lead_name", "to_name"]
         } else {
-            &["lead.name", "lead_name"]
+            paths!["lead.name", "lead_name"]
         };
         let full_name = self.str_at(name_paths);
         let (split_first, split_last) = split_name(full_name.as_deref());
         let first = self
-            .str_at(&["lead.first_name", "lead_data.first_name"])
+            .str_at(paths!["lead.first_name", "lead_data.first_name"])
             .or(split_first);
         let last = self
-            .str_at(&["lead.last_name", "lead_data.last_name"])
+            .str_at(paths!["lead.last_name", "lead_data.last_name"])
             .or(split_last);
         let name = match (&first, &last) {
             (Some(f), Some(l)) => Some(format!("{f} {l}")),
@@ -325,12 +366,12 @@ impl<'a> Payload<'a> {
             (None, None) => full_name,
         };
         Lead {
-            id: self.id_at(&["lead_id", "lead.id", "sl_email_lead_id"]),
+            id: self.id_at(paths!["lead_id", "lead.id", "sl_email_lead_id"]),
             email,
             first_name: first,
             last_name: last,
             name,
-            company_name: self.str_at(&[
+            company_name: self.str_at(paths![
                 "lead.company_name",
                 "lead_data.company_name",
                 "company_name",
@@ -340,52 +381,60 @@ impl<'a> Payload<'a> {
 
     fn reply(&self, is_reply: bool) -> Reply {
         let html = self
-            .str_at(&["reply_message.html", "reply_body", "reply.html"])
+            .str_at(paths!["reply_message.html", "reply_body", "reply.html"])
             .or_else(|| {
-                self.str_at(&["reply.body"])
+                self.str_at(paths!["reply.body"])
                     .filter(|body| looks_like_html(body))
             });
         let text = self
-            .str_at(&["reply_message.text", "reply.text"])
+            .str_at(paths!["reply_message.text", "reply.text"])
             .or_else(|| {
-                self.str_at(&["reply.body"])
+                self.str_at(paths!["reply.body"])
                     .filter(|body| !looks_like_html(body))
             })
             .or_else(|| html.as_deref().map(html_to_text))
-            .or_else(|| self.str_at(&["preview_text"]));
-        let from = self.str_at(&[
+            .or_else(|| self.str_at(paths!["preview_text"]));
+        let from = self.str_at(paths![
             "reply.from",
             "leadCorrespondence.replyReceivedFrom",
             "sl_lead_email",
         ]);
         let subject = self
-            .str_at(&["reply.subject"])
-            .or_else(|| is_reply.then(|| self.str_at(&["subject"])).flatten());
+            .str_at(paths!["reply.subject"])
+            .or_else(|| is_reply.then(|| self.str_at(paths!["subject"])).flatten());
         let message_id = self
-            .str_at(&["reply.message_id", "reply_message.message_id"])
-            .or_else(|| is_reply.then(|| self.str_at(&["message_id"])).flatten());
+            .str_at(paths!["reply.message_id", "reply_message.message_id"])
+            .or_else(|| {
+                is_reply
+                    .then(|| self.str_at(paths!["message_id"]))
+                    .flatten()
+            });
         Reply {
             subject,
             text,
             html,
             from,
-            received_at: self.time_at(&["reply.received_at", "reply_message.time", "time_replied"]),
+            received_at: self.time_at(paths![
+                "reply.received_at",
+                "reply_message.time",
+                "time_replied"
+            ]),
             message_id,
         }
     }
 
     fn bounce(&self, is_bounce: bool) -> Bounce {
-        let reason = self.str_at(&[
+        let reason = self.str_at(paths![
             "bounce_reason",
             "bounce.reason",
             "bounce_message.text",
             "bounce_reply_email_preview",
         ]);
         let reason = reason.or_else(|| {
-            self.str_at(&["bounce_message.html", "bounce_reply_email"])
+            self.str_at(paths!["bounce_message.html", "bounce_reply_email"])
                 .map(|h| html_to_text(&h))
         });
-        let declared = self.str_at(&["bounce_type", "bounce.type"]);
+        let declared = self.str_at(paths!["bounce_type", "bounce.type"]);
         let kind = match declared.as_deref().map(str::to_ascii_lowercase).as_deref() {
             Some("hard" | "permanent") => Some("hard"),
             Some("soft" | "transient" | "temporary") => Some("soft"),

@@ -4,7 +4,7 @@
 //!
 //! Each statement of the script is a [`Statement`] that carries its own values, in the order
 //! of its own `?`; the script binds them statement after statement, so the order of the values
-//! can only be wrong inside one statement, next to its SQL. The rows travel as JSON arrays, so
+//! can only be wrong inside one statement, next to its SQL. The rows travel as JSONB arrays, so
 //! a script's text depends only on how many claims it makes and SQLite prepares it once
 //! (parsing a statement of a few hundred values took a fifth of the writer's time).
 //! Statements that depend on an earlier one's outcome say so in SQL (an event is written when
@@ -20,6 +20,7 @@
 //! in [`run`] alone: should a release drop it, every group commit fails at once (the tests
 //! too), and [`run`] goes to one call per statement inside one transaction.
 
+mod jsonb;
 mod script;
 
 use crate::store::memory::{self, Cell, Changed, Overlay, Slot, Span, Verdict, Writes};

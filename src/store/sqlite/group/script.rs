@@ -13,9 +13,15 @@ const DUE_RETURNING: &str = "id, event_id, rule, action_index, destination, atte
     (SELECT e.payload FROM events e WHERE e.id = deliveries.event_id) AS payload,
     (SELECT e.received_at FROM events e WHERE e.id = deliveries.event_id) AS received_at";
 
-/// Rows as one JSON array of arrays (or of values), the way the statements read them
+/// Rows as one JSONB array of arrays (or of values), the way the statements read them
 /// (`jsonb_each` reads each array once; `->>` picks a field).
-fn json<T: serde::Serialize>(rows: impl Iterator<Item = T>) -> String {
+fn json<T: serde::Serialize>(rows: impl Iterator<Item = T>) -> Vec<u8> {
+    let rows: Vec<T> = rows.collect();
+    super::jsonb::to_vec(&rows).expect("rows of strings, numbers and nulls serialise")
+}
+
+/// The same as JSON text (for `json_each`).
+fn json_text<T: serde::Serialize>(rows: impl Iterator<Item = T>) -> String {
     let rows: Vec<T> = rows.collect();
     serde_json::to_string(&rows).expect("rows serialise")
 }
@@ -32,13 +38,13 @@ pub(super) fn head(events: &[NewEvent], now: Millis) -> [Statement; 2] {
             WHERE true ON CONFLICT (key) DO NOTHING;",
         )
         .int(now)
-        .text(keys.clone()),
+        .blob(keys.clone()),
         Statement::new(
             "
         SELECT key, event_id FROM intake_keys
             WHERE key IN (SELECT value->>0 FROM jsonb_each(?));",
         )
-        .text(keys)
+        .blob(keys)
         .yields(Yields::Keys),
     ]
 }
@@ -60,7 +66,7 @@ pub(super) fn reads(needs: &Needs) -> [Statement; 2] {
             FROM (SELECT j.value->>0 AS scope, j.value->>1 AS key FROM jsonb_each(?) AS j) AS n
             JOIN memory_cells AS c ON c.scope = n.scope AND c.key = n.key;",
         )
-        .text(cells)
+        .blob(cells)
         .yields(Yields::Cells),
         Statement::new(
             "
@@ -70,7 +76,7 @@ pub(super) fn reads(needs: &Needs) -> [Statement; 2] {
                   AND m.at BETWEEN j.value->>2 AND j.value->>3)
             FROM jsonb_each(?) AS j;",
         )
-        .text(spans)
+        .blob(spans)
         .yields(Yields::Counts),
     ]
 }
@@ -156,7 +162,7 @@ pub(super) fn body(
         )
         .int(now)
         .blob(payloads)
-        .text(rows),
+        .blob(rows),
     ];
     if !cells.is_empty() {
         let cells = json(
@@ -173,7 +179,7 @@ pub(super) fn body(
             WHERE true ON CONFLICT (scope, key) DO UPDATE
             SET a = excluded.a, b = excluded.b, c = excluded.c, expires = excluded.expires;",
             )
-            .text(cells),
+            .blob(cells),
         );
     }
     if !marks.is_empty() {
@@ -188,7 +194,7 @@ pub(super) fn body(
         INSERT INTO memory_marks (scope, key, at, expires)
             SELECT j.value->>0, j.value->>1, j.value->>2, j.value->>3 FROM jsonb_each(?) AS j;",
             )
-            .text(marks),
+            .blob(marks),
         );
     }
     if !writes.digests.is_empty() {
@@ -226,7 +232,7 @@ pub(super) fn body(
                 reason = CASE WHEN excluded.reason = '' THEN digests.reason ELSE excluded.reason END,
                 items = excluded.items;",
             )
-            .text(rows),
+            .blob(rows),
         );
         body.push(
             Statement::new(
@@ -235,7 +241,7 @@ pub(super) fn body(
             SELECT j.value->>0, j.value->>1, j.value->>2, j.value->>3, j.value->>4
             FROM jsonb_each(?) AS j;",
             )
-            .text(items),
+            .blob(items),
         );
     }
     body.push(
@@ -251,7 +257,7 @@ pub(super) fn body(
         )
         .int(now)
         .int(now)
-        .text(deliveries)
+        .blob(deliveries)
         .yields(Yields::Created),
     );
     body
@@ -298,7 +304,7 @@ fn records(done: &[Finished], now: Millis) -> [Statement; 2] {
                    j.value->0->>4, j.value->0->>5
             FROM jsonb_each(?) AS j;",
         )
-        .text(records.clone()),
+        .blob(records.clone()),
         Statement::new(
             "
         UPDATE deliveries SET status = v.status, attempts = attempts + v.tried,
@@ -311,7 +317,7 @@ fn records(done: &[Finished], now: Millis) -> [Statement; 2] {
             WHERE deliveries.id = v.id;",
         )
         .int(now)
-        .text(records),
+        .blob(records),
     ]
 }
 
@@ -348,9 +354,9 @@ fn claim(c: &Claim, now: Millis) -> Statement {
     ))
     .int(now)
     .int(per_destination)
-    .text(json(c.in_use.iter()))
+    .text(json_text(c.in_use.iter()))
     .int(now)
-    .text(json(c.in_flight.iter()))
+    .text(json_text(c.in_flight.iter()))
     .int(per_destination)
     .int(i64::from(c.limit))
 }
