@@ -169,8 +169,7 @@ impl Sqlite {
             // The one connection never idles long; a ping before each use would only add a
             // round trip to every group commit.
             .test_before_acquire(false)
-            // Opened once, here: a connection's SQLite thread inherits the nice value of the
-            // thread that opens it, and the workers' threads run at a lower priority.
+            // Opened once, here, and kept.
             .max_lifetime(None)
             .idle_timeout(None)
             // A group commit's rows (keys, new ids, claimed deliveries) come back in one go
