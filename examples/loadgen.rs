@@ -1141,6 +1141,17 @@ impl Line {
     }
 }
 
+/// A closed-loop run's line: throughput, latency, failures.
+fn closed_row(r: &Value) -> String {
+    format!(
+        "{:>8.0} req/s  p50 {:.2} ms  p99 {:.2} ms  failed {}",
+        r["rps"].as_f64().unwrap_or(0.0),
+        r["p50_ms"].as_f64().unwrap_or(0.0),
+        r["p99_ms"].as_f64().unwrap_or(0.0),
+        r["non_2xx"].as_u64().unwrap_or(0) + r["errors"].as_u64().unwrap_or(0),
+    )
+}
+
 fn report(results: &Path, criterion: Option<&Path>) -> ExitCode {
     let text = std::fs::read_to_string(results).unwrap_or_default();
     let records: Vec<Value> = text
@@ -1178,16 +1189,7 @@ fn report(results: &Path, criterion: Option<&Path>) -> ExitCode {
         ("router (SQLite, durable), wrk", wrk_router),
     ] {
         if let Some(r) = r {
-            lines.push(Line::info(
-                name,
-                format!(
-                    "{:>8.0} req/s  p50 {:.2} ms  p99 {:.2} ms  failed {}",
-                    r["rps"].as_f64().unwrap_or(0.0),
-                    r["p50_ms"].as_f64().unwrap_or(0.0),
-                    r["p99_ms"].as_f64().unwrap_or(0.0),
-                    r["non_2xx"].as_u64().unwrap_or(0) + r["errors"].as_u64().unwrap_or(0),
-                ),
-            ));
+            lines.push(Line::info(name, closed_row(r)));
         }
     }
     // Where the cores went: per request, the server and the load generator (whose sink also
@@ -1397,16 +1399,7 @@ fn report(results: &Path, criterion: Option<&Path>) -> ExitCode {
     let postgres = find("closed", "intake-postgres");
     if let Some(pg) = postgres {
         let lines = vec![
-            Line::info(
-                "router, intake alone, PostgreSQL",
-                format!(
-                    "{:>8.0} req/s  p50 {:.2} ms  p99 {:.2} ms  failed {}",
-                    pg["rps"].as_f64().unwrap_or(0.0),
-                    pg["p50_ms"].as_f64().unwrap_or(0.0),
-                    pg["p99_ms"].as_f64().unwrap_or(0.0),
-                    pg["non_2xx"].as_u64().unwrap_or(0) + pg["errors"].as_u64().unwrap_or(0),
-                ),
-            ),
+            Line::info("router, intake alone, PostgreSQL", closed_row(pg)),
             Line::check(
                 "PostgreSQL intake / SQLite intake",
                 num(Some(pg), "rps")
