@@ -12,7 +12,7 @@
 //! - `attempt`: one send, its outcome, and its record;
 //! - `housekeeping`: the heartbeat and the pruning of old history;
 //! - [`digests`]: the closer, which turns due digests into deliveries;
-//! - [`runtime`]: the workers' threads, which give way to intake;
+//! - [`runtime`]: the workers' threads, beside intake's at the same priority;
 //! - `in_flight` and `backlog`: the in-flight set and the backlog flag, the state the rest
 //!   shares;
 //! - [`retry`]: when to try again.

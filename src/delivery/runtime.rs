@@ -1,9 +1,8 @@
 //! The workers' runtime: threads of their own, so that a burst of webhooks and the sends share
-//! the CPU through the kernel's scheduler rather than one runtime's queue. They run at the same
-//! priority as intake: at nice 10 the router acknowledged first and delivered with what was
-//! left, and at saturation a third of the events were delivered only after the load, seconds
-//! behind their acknowledgement; at equal priority deliveries keep pace far better (POST to
-//! arrival p99 at saturation about halved, with about as many acknowledgements).
+//! the CPU through the kernel's scheduler rather than one runtime's queue. They run at intake's
+//! priority: were intake to come first when the CPU is short, a burst would be acknowledged
+//! seconds ahead of its deliveries, a backlog that alerts arrive behind (bench/RESULTS.md has
+//! the runs that compare the two).
 
 /// A runtime for the workers, with a thread per available core (sends mostly wait on the
 /// network; rendering and recording are what take CPU).
