@@ -573,16 +573,8 @@ impl Tally {
 
 async fn closed(args: Closed) -> ExitCode {
     let target = args.target.clone();
-    let bodies = match Mix::new(&target) {
-        Ok(bodies) => bodies,
-        Err(e) => {
-            eprintln!("loadgen closed: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let sink = match target.sink {
-        Some(addr) => Some(Sink::start(addr).await),
-        None => None,
+    let Some((bodies, sink)) = bodies_and_sink(&target, "closed").await else {
+        return ExitCode::from(2);
     };
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
@@ -671,16 +663,8 @@ async fn closed(args: Closed) -> ExitCode {
 /// a sink, and prints how many were answered 2xx and delivered.
 async fn count(args: Count) -> ExitCode {
     let target = args.target.clone();
-    let bodies = match Mix::new(&target) {
-        Ok(bodies) => bodies,
-        Err(e) => {
-            eprintln!("loadgen count: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let sink = match target.sink {
-        Some(addr) => Some(Sink::start(addr).await),
-        None => None,
+    let Some((bodies, sink)) = bodies_and_sink(&target, "count").await else {
+        return ExitCode::from(2);
     };
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
@@ -763,15 +747,21 @@ async fn open(args: Open) -> ExitCode {
 
 /// The sink and the bodies of an open loop, or `None` (with why on stderr).
 async fn open_setup(args: &Open, what: &str) -> Option<(Sink, Mix)> {
-    let target = &args.target;
-    let Some(sink_addr) = target.sink else {
+    if args.target.sink.is_none() {
         eprintln!("loadgen {what}: --sink is required");
         return None;
-    };
+    }
     if !(args.rate > 0.0 && args.rate <= 100_000.0) {
         eprintln!("loadgen {what}: --rate must be in (0, 100000]");
         return None;
     }
+    let (bodies, sink) = bodies_and_sink(&args.target, what).await?;
+    Some((sink?, bodies))
+}
+
+/// A run's bodies, and its sink when `--sink` is given; `None` (with why on stderr) when the
+/// bodies cannot be read.
+async fn bodies_and_sink(target: &Target, what: &str) -> Option<(Mix, Option<Sink>)> {
     let bodies = match Mix::new(target) {
         Ok(bodies) => bodies,
         Err(e) => {
@@ -779,7 +769,11 @@ async fn open_setup(args: &Open, what: &str) -> Option<(Sink, Mix)> {
             return None;
         }
     };
-    Some((Sink::start(sink_addr).await, bodies))
+    let sink = match target.sink {
+        Some(addr) => Some(Sink::start(addr).await),
+        None => None,
+    };
+    Some((bodies, sink))
 }
 
 /// Bisects the open-loop rate between 0 and `--max-rate`: a rate passes when every request
