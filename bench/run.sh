@@ -20,7 +20,8 @@
 #       rate) at which every event is delivered with POST-to-arrival p99 within 100 ms over
 #       BENCH_CAPACITY_SECONDS (30); and, at saturation, the share delivered while the load ran;
 #   with BENCH_POSTGRES_URL (a scratch database), the router's intake alone on PostgreSQL beside
-#       the same on SQLite;
+#       the same on SQLite, and the sustained capacity of one router on it against two sharing
+#       it (the load spread over both);
 #   (6) CPU instructions per event, counted by valgrind's callgrind (repeatable whatever the
 #       machine's noise): the reference per request, the router's intake per event, and the
 #       router per event delivered; each the difference between a run of BENCH_CG_LARGE and
@@ -286,6 +287,28 @@ if [ "$capacity_steps" != "0" ] && [ -n "$reference_rps" ]; then
     "$loadgen" capacity --label capacity --url "$webhook" --sink "$sink" \
         --duration "$capacity_secs" --max-rate "$reference_rps" --steps "$capacity_steps" \
         --drain-timeout 120 "${body_args[@]}" | tee -a "$results"
+fi
+
+# Scaling out (judged): one router on PostgreSQL, then two on the same database with the load
+# spread over both; the same search as above for each.
+if [ -n "${BENCH_POSTGRES_URL:-}" ] && [ "$capacity_steps" != "0" ] && [ -n "$reference_rps" ]; then
+    read -r pg_one_port pg_two_port < <("$loadgen" free-ports --count 2 | tr '\n' ' '; echo)
+    pg_args=(--concurrency 64 --per-destination 64 --max-connections 4000 --max-connections-per-client 4000)
+    pg_search=(--sink "$sink" --duration "$capacity_secs" --max-rate "$reference_rps"
+        --steps "$capacity_steps" --drain-timeout 120 "${body_args[@]}")
+    echo "== (2) sustained capacity on PostgreSQL, one router"
+    start_router capacity-postgres-1 "$pg_one_port" "$tmp/rules" "$BENCH_POSTGRES_URL" "${pg_args[@]}"
+    pg_one_pid=$started_pid
+    "$loadgen" capacity --label capacity-postgres-1 \
+        --url "http://127.0.0.1:$pg_one_port/webhooks/smartlead" "${pg_search[@]}" | tee -a "$results"
+    echo "== (2) sustained capacity on PostgreSQL, two routers on one database"
+    start_router capacity-postgres-2 "$pg_two_port" "$tmp/rules" "$BENCH_POSTGRES_URL" "${pg_args[@]}"
+    pg_two_pid=$started_pid
+    "$loadgen" capacity --label capacity-postgres-2 \
+        --url "http://127.0.0.1:$pg_one_port/webhooks/smartlead" \
+        --url "http://127.0.0.1:$pg_two_port/webhooks/smartlead" "${pg_search[@]}" | tee -a "$results"
+    stop "$pg_two_pid"
+    stop "$pg_one_pid"
 fi
 
 echo "== (4) reload of $rule_count generated rules under load"

@@ -135,9 +135,11 @@ enum Command {
 
 #[derive(Args, Clone)]
 struct Target {
-    /// The URL posted to (`http://127.0.0.1:PORT/webhooks/smartlead`).
-    #[arg(long)]
-    url: String,
+    /// The URL posted to (`http://127.0.0.1:PORT/webhooks/smartlead`). Repeat the flag to
+    /// spread the load over several routers: connections (closed loops) or requests (open
+    /// loops) take the URLs in turn.
+    #[arg(long = "url", required = true)]
+    urls: Vec<String>,
     /// Name of the run in the output.
     #[arg(long)]
     label: String,
@@ -155,6 +157,13 @@ struct Target {
     /// twice as often).
     #[arg(long = "mix", conflicts_with = "body")]
     mix: Vec<PathBuf>,
+}
+
+impl Target {
+    /// The URL of connection or request `n`.
+    fn url(&self, n: usize) -> String {
+        self.urls[n % self.urls.len()].clone()
+    }
 }
 
 #[derive(Args)]
@@ -582,8 +591,7 @@ async fn closed(args: Closed) -> ExitCode {
     let mut tasks = Vec::new();
     for c in 0..args.connections {
         // One client per connection: exactly N connections, each kept alive.
-        let (client, url, bodies, stop) =
-            (client(1), target.url.clone(), bodies.clone(), stop.clone());
+        let (client, url, bodies, stop) = (client(1), target.url(c), bodies.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             let mut tally = Tally::default();
             let mut n = 0;
@@ -635,7 +643,7 @@ async fn closed(args: Closed) -> ExitCode {
     let mut out = json!({
         "kind": "closed",
         "label": target.label,
-        "url": target.url,
+        "url": target.urls,
         "connections": args.connections,
         "seconds": round(seconds),
         "ok": acks.len(),
@@ -670,8 +678,7 @@ async fn count(args: Count) -> ExitCode {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..args.connections.max(1) {
-        let (client, url, bodies, next) =
-            (client(1), target.url.clone(), bodies.clone(), next.clone());
+        let (client, url, bodies, next) = (client(1), target.url(c), bodies.clone(), next.clone());
         let requests = args.requests;
         tasks.push(tokio::spawn(async move {
             let mut tally = Tally::default();
@@ -843,7 +850,7 @@ async fn open_loop(args: &Open, rate: f64, sink: &Sink, bodies: &Mix, pass: usiz
             tally.dropped += 1;
             continue;
         };
-        let (client, url, body) = (client.clone(), target.url.clone(), bodies.body(pass, i));
+        let (client, url, body) = (client.clone(), target.url(i), bodies.body(pass, i));
         in_flight.spawn(async move {
             let _slot = slot;
             (due, post(&client, &url, body, due).await)
@@ -860,7 +867,7 @@ async fn open_loop(args: &Open, rate: f64, sink: &Sink, bodies: &Mix, pass: usiz
     let mut out = json!({
         "kind": "open",
         "label": target.label,
-        "url": target.url,
+        "url": target.urls,
         "rate": rate,
         "seconds": round(seconds),
         "scheduled": total,
@@ -1135,6 +1142,22 @@ impl Line {
     }
 }
 
+/// The rates a capacity search tried, in order, each with how it went: `12000 no, 6000 ok, …`.
+fn rates_tried(c: &Value) -> String {
+    let tried: Vec<String> = c["runs"]
+        .as_array()
+        .map(|runs| {
+            runs.iter()
+                .map(|r| {
+                    let verdict = if r["passed"] == true { "ok" } else { "no" };
+                    format!("{} {verdict}", r["rate"])
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    tried.join(", ")
+}
+
 /// A closed-loop run's line: throughput, latency, failures.
 fn closed_row(r: &Value) -> String {
     format!(
@@ -1325,20 +1348,9 @@ fn report(results: &Path, criterion: Option<&Path>) -> ExitCode {
     ));
     let capacity = find("capacity", "capacity");
     if let Some(c) = capacity {
-        let tried: Vec<String> = c["runs"]
-            .as_array()
-            .map(|runs| {
-                runs.iter()
-                    .map(|r| {
-                        let verdict = if r["passed"] == true { "ok" } else { "no" };
-                        format!("{} {verdict}", r["rate"])
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
         lines.push(Line::info(
             "sustained capacity: rates tried",
-            tried.join(", "),
+            rates_tried(c),
         ));
     }
     lines.push(Line::check(
@@ -1389,20 +1401,45 @@ fn report(results: &Path, criterion: Option<&Path>) -> ExitCode {
     ));
     sections.push(("(2) End to end: POST to arrival at the sink".into(), lines));
 
-    // PostgreSQL, when the suite was given one: the same intake as the SQLite row above.
+    // PostgreSQL, when the suite was given one: the same intake as the SQLite row above, and
+    // the sustained capacity of one router against two sharing the database.
     let postgres = find("closed", "intake-postgres");
+    let mut lines = Vec::new();
     if let Some(pg) = postgres {
-        let lines = vec![
-            Line::info("router, intake alone, PostgreSQL", closed_row(pg)),
-            Line::check(
-                "PostgreSQL intake / SQLite intake",
-                num(Some(pg), "rps")
-                    .zip(num(intake, "rps"))
-                    .filter(|(_, s)| *s > 0.0)
-                    .map(|(p, s)| (format!("{:.0} %", p / s * 100.0), p / s >= 0.60)),
-                ">= 60 %",
-            ),
-        ];
+        lines.push(Line::info(
+            "router, intake alone, PostgreSQL",
+            closed_row(pg),
+        ));
+        lines.push(Line::check(
+            "PostgreSQL intake / SQLite intake",
+            num(Some(pg), "rps")
+                .zip(num(intake, "rps"))
+                .filter(|(_, s)| *s > 0.0)
+                .map(|(p, s)| (format!("{:.0} %", p / s * 100.0), p / s >= 0.60)),
+            ">= 60 %",
+        ));
+    }
+    let one = find("capacity", "capacity-postgres-1");
+    let two = find("capacity", "capacity-postgres-2");
+    for (name, c) in [("one router", one), ("two routers", two)] {
+        if let Some(c) = c {
+            lines.push(Line::info(
+                format!("sustained capacity, {name} (rates tried)"),
+                format!("{} events/s ({})", c["rate"], rates_tried(c)),
+            ));
+        }
+    }
+    if one.is_some() || two.is_some() {
+        lines.push(Line::check(
+            "sustained capacity: two routers / one, one database",
+            num(two, "rate")
+                .zip(num(one, "rate"))
+                .filter(|(_, o)| *o > 0.0)
+                .map(|(t, o)| (format!("{:.2} x", t / o), t / o >= 1.6)),
+            ">= 1.6 x",
+        ));
+    }
+    if !lines.is_empty() {
         sections.push(("PostgreSQL (BENCH_POSTGRES_URL)".into(), lines));
     }
 
