@@ -35,7 +35,9 @@ pub fn read_regular(path: &Path, max: u64) -> Result<String, ReadError> {
             .open(path)
     }
     .map_err(|e| ReadError::Io(e.to_string()))?;
-    let mut bytes = Vec::new();
+    // Sized from the metadata (plus one byte to see the end), so that a configuration keeping
+    // the text keeps no room that read_to_end's doubling left.
+    let mut bytes = Vec::with_capacity(meta.len().min(max) as usize + 1);
     file.take(max + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| ReadError::Io(e.to_string()))?;

@@ -35,6 +35,7 @@ pub mod env;
 pub mod event;
 pub mod explain;
 pub mod files;
+pub mod intern;
 pub mod memory;
 pub mod metrics;
 pub mod router;

@@ -244,13 +244,14 @@ pub trait Channel: Sized {
 macro_rules! channels {
     ($($variant:ident($module:ident)),+ $(,)?) => {
         /// An action or destination as written: one key naming the channel.
+        /// Boxed: the channels' settings differ in size by hundreds of bytes, and a file of
+        /// 10,000 rules holds an action per rule while it compiles.
         #[derive(Debug, Clone, serde::Deserialize)]
-        #[allow(clippy::large_enum_variant)] // parsed once per load; boxing buys nothing
         #[serde(rename_all = "lowercase")]
         pub enum RawAction {
             $(
                 #[doc = concat!("`", stringify!($module), ":` settings.")]
-                $variant(<$module::$variant as Channel>::Settings),
+                $variant(Box<<$module::$variant as Channel>::Settings>),
             )+
         }
 
@@ -295,9 +296,9 @@ macro_rules! channels {
                 match (self, destination) {
                     $(
                         (RawAction::$variant(s), Some(RawAction::$variant(d))) =>
-                            $module::$variant::compile($module::$variant::merge(s, d), cx).map(Action::$variant),
+                            $module::$variant::compile($module::$variant::merge(*s, d), cx).map(Action::$variant),
                         (RawAction::$variant(s), None) =>
-                            $module::$variant::compile(s, cx).map(Action::$variant),
+                            $module::$variant::compile(*s, cx).map(Action::$variant),
                     )+
                     (action, Some(d)) => {
                         let at = cx.at;

@@ -218,9 +218,15 @@ impl App {
             Ok(new) => {
                 let new = Arc::new(new);
                 let old = self.config.swap(new.clone());
+                // The configuration replaced is kept for the deliveries it matched, unless the
+                // new one is the same (a reload of unchanged files), which serves its hash; no
+                // configuration is kept twice.
                 {
                     let mut recent = self.recent.lock().expect("recent lock");
-                    recent.push(old.clone());
+                    recent.retain(|c| c.hash != new.hash && c.hash != old.hash);
+                    if old.hash != new.hash {
+                        recent.push(old.clone());
+                    }
                     let excess = recent.len().saturating_sub(KEPT_CONFIGS);
                     recent.drain(..excess);
                 }

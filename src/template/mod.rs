@@ -1,8 +1,9 @@
 //! Templates: Handlebars in strict mode, with values escaped automatically for where the
 //! rendered text lands (Slack mrkdwn, Slack JSON, HTML, JSON strings, URLs, plain text).
 //!
-//! Every template is compiled once per configuration load into one registry per [`Escape`]
-//! mode; rendering is then a lookup and a render. Templates cannot read files or the
+//! Every template file is compiled once per configuration load into one registry per
+//! [`Escape`] mode; an inline template is compiled once for every rule and configuration
+//! that writes its text. Rendering is then a lookup and a render. Templates cannot read files or the
 //! environment: only the event is in scope, and only the helpers in `helpers` exist.
 
 pub mod escape;
@@ -11,18 +12,31 @@ mod helpers;
 pub use escape::Escape;
 
 use crate::event::Event;
-use handlebars::Handlebars;
+use crate::intern::Interner;
+use handlebars::{Handlebars, Renderable};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::Arc;
 
-/// A compiled template: its registered name and the escaping it renders with.
+/// A compiled template: its name and the escaping it renders with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template {
     name: String,
     escape: Escape,
+    /// An inline template's compiled form, shared by every inline template of the same text
+    /// (see [`INLINE`]); a file's is in the registries, by name.
+    inline: Option<Arc<handlebars::Template>>,
 }
+
+/// Inline templates by text. 10,000 rules hold thousands of inline texts, and each compiled
+/// is about a kilobyte and a half: a reload shares those the serving configuration compiled
+/// (and rules with the same text share one) instead of compiling them again. Compiled outside
+/// a registry (Handlebars' standalone compiler takes no options), an inline template indents
+/// a partial (`{{> file}}`) written on its own line, as Handlebars does by default; the
+/// registries' `prevent_indent` applies to files.
+static INLINE: Interner<String, handlebars::Template> = Interner::new();
 
 /// A template that does not compile, with its position inside the template text.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -293,6 +307,7 @@ impl Templates {
         self.has_file(name).then(|| Template {
             name: name.to_string(),
             escape,
+            inline: None,
         })
     }
 
@@ -306,37 +321,52 @@ impl Templates {
     ) -> Result<Template, TemplateError> {
         self.inline_count += 1;
         let name = format!("{hint} (inline #{})", self.inline_count);
-        self.registries[escape.index()]
-            .register_template_string(&name, source)
+        let compiled = INLINE
+            .get_or_compile(source.to_string(), || handlebars::Template::compile(source))
             .map_err(template_error)?;
-        Ok(Template { name, escape })
+        Ok(Template {
+            name,
+            escape,
+            inline: Some(compiled),
+        })
     }
 
     /// Renders a template against an event.
     pub fn render(&self, template: &Template, data: &Data) -> Result<String, RenderError> {
-        self.registries[template.escape.index()]
-            .render_with_context(&template.name, data.context())
-            .map_err(|e| {
-                let missing = match e.reason() {
-                    handlebars::RenderErrorReason::MissingVariable(path) => path.clone(),
-                    _ => None,
-                };
-                let message = match &missing {
-                    Some(path) => format!(
-                        "variable `{path}` does not exist (guard optional values with {{{{#if}}}})"
-                    ),
-                    None => e.reason().to_string(),
-                };
-                let at = match (e.line_no, e.column_no) {
-                    (Some(l), Some(c)) => format!(" at line {l}, column {c}"),
-                    _ => String::new(),
-                };
-                RenderError {
-                    template: template.name.clone(),
-                    message: format!("{message}{at}"),
-                    missing,
-                }
-            })
+        let registry = &self.registries[template.escape.index()];
+        let rendered = match &template.inline {
+            // What the registry does for a template of its own, with the registry's helpers,
+            // escaping and strictness.
+            Some(compiled) => {
+                let mut context = handlebars::RenderContext::new(None);
+                let mut out = handlebars::StringOutput::new();
+                compiled
+                    .render(registry, data.context(), &mut context, &mut out)
+                    .and_then(|()| out.into_string().map_err(handlebars::RenderError::from))
+            }
+            None => registry.render_with_context(&template.name, data.context()),
+        };
+        rendered.map_err(|e| {
+            let missing = match e.reason() {
+                handlebars::RenderErrorReason::MissingVariable(path) => path.clone(),
+                _ => None,
+            };
+            let message = match &missing {
+                Some(path) => format!(
+                    "variable `{path}` does not exist (guard optional values with {{{{#if}}}})"
+                ),
+                None => e.reason().to_string(),
+            };
+            let at = match (e.line_no, e.column_no) {
+                (Some(l), Some(c)) => format!(" at line {l}, column {c}"),
+                _ => String::new(),
+            };
+            RenderError {
+                template: template.name.clone(),
+                message: format!("{message}{at}"),
+                missing,
+            }
+        })
     }
 
     fn register(&mut self, name: &str, source: &str) -> Result<(), TemplateError> {

@@ -174,3 +174,37 @@ fn an_event_is_stored_and_rendered_alike_whether_its_json_form_was_built_or_not(
     );
     assert_eq!(read.value()["event_id"], "e-1");
 }
+
+#[test]
+fn an_inline_text_is_compiled_once_and_renders_with_each_uses_escaping() {
+    // Two configurations (a reload) and two escapings share one compiled text; each renders
+    // with its own escaping and names its own rule in errors.
+    let text = "{{upper event}} from {{lead.name}} (shared)";
+    let (mut old, mut new) = (Templates::default(), Templates::default());
+    let a = old
+        .inline("rule \"a\" action 1 text", text, Escape::Slack)
+        .unwrap();
+    let b = new
+        .inline("rule \"b\" action 1 body", text, Escape::Json)
+        .unwrap();
+    let (Some(ca), Some(cb)) = (&a.inline, &b.inline) else {
+        panic!("inline templates keep their compiled form");
+    };
+    assert!(Arc::ptr_eq(ca, cb));
+    let data = Data::new(&json!({"event": "reply", "lead": {"name": "<A & \"B\">"}}));
+    assert_eq!(
+        old.render(&a, &data).unwrap(),
+        "REPLY from &lt;A &amp; \"B\"&gt; (shared)"
+    );
+    assert_eq!(
+        new.render(&b, &data).unwrap(),
+        "REPLY from <A & \\\"B\\\"> (shared)"
+    );
+    let missing = Data::new(&json!({"event": "reply"}));
+    let err = new.render(&b, &missing).unwrap_err();
+    assert!(
+        err.template.starts_with("rule \"b\" action 1 body"),
+        "{err}"
+    );
+    assert_eq!(err.missing.as_deref(), Some("lead.name"), "{err}");
+}

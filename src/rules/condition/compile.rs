@@ -138,6 +138,8 @@ fn compile_part<'a>(
     if parts.len() == 1 {
         parts.pop().expect("one part")
     } else {
+        // Kept as long as the configuration serves: no room for parts that never come.
+        parts.shrink_to_fit();
         Condition::All(parts)
     }
 }
