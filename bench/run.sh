@@ -147,7 +147,7 @@ if [ "${BENCH_MICRO:-1}" != "0" ]; then
     cargo bench --locked --bench match_render -- --output-format bencher | tee "$tmp/criterion.txt"
 fi
 
-read -r bare_port router_port sink_port intake_port < <("$loadgen" free-ports --count 4 | tr '\n' ' '; echo)
+read -r bare_port router_port sink_port intake_port pg_one_port pg_two_port < <("$loadgen" free-ports --count 6 | tr '\n' ' '; echo)
 sink="127.0.0.1:$sink_port"
 
 echo "== (1) bare warp baseline on 127.0.0.1:$bare_port"
@@ -290,21 +290,23 @@ if [ "$capacity_steps" != "0" ] && [ -n "$reference_rps" ]; then
 fi
 
 # Scaling out (judged): one router on PostgreSQL, then two on the same database with the load
-# spread over both; the same search as above for each.
+# spread over both. One router's search spans 0 to the reference's rate; two routers' spans 0
+# to 2.5 times one's, so that a ratio of 1.6 can be reached and is resolved as finely.
 if [ -n "${BENCH_POSTGRES_URL:-}" ] && [ "$capacity_steps" != "0" ] && [ -n "$reference_rps" ]; then
-    read -r pg_one_port pg_two_port < <("$loadgen" free-ports --count 2 | tr '\n' ' '; echo)
     pg_args=(--concurrency 64 --per-destination 64 --max-connections 4000 --max-connections-per-client 4000)
-    pg_search=(--sink "$sink" --duration "$capacity_secs" --max-rate "$reference_rps"
-        --steps "$capacity_steps" --drain-timeout 120 "${body_args[@]}")
+    pg_search=(--sink "$sink" --duration "$capacity_secs" --steps "$capacity_steps"
+        --drain-timeout 120 "${body_args[@]}")
     echo "== (2) sustained capacity on PostgreSQL, one router"
     start_router capacity-postgres-1 "$pg_one_port" "$tmp/rules" "$BENCH_POSTGRES_URL" "${pg_args[@]}"
     pg_one_pid=$started_pid
-    "$loadgen" capacity --label capacity-postgres-1 \
+    "$loadgen" capacity --label capacity-postgres-1 --max-rate "$reference_rps" \
         --url "http://127.0.0.1:$pg_one_port/webhooks/smartlead" "${pg_search[@]}" | tee -a "$results"
-    echo "== (2) sustained capacity on PostgreSQL, two routers on one database"
+    one_rate="$(sed -n 's/.*"label":"capacity-postgres-1".*"rate":\([0-9.]*\),"runs".*/\1/p' "$results" | tail -1)"
+    two_max="$(awk -v one="${one_rate:-0}" -v ref="$reference_rps" 'BEGIN { m = 2.5 * one; print (m > 0 ? m : ref) }')"
+    echo "== (2) sustained capacity on PostgreSQL, two routers on one database, up to $two_max events/s"
     start_router capacity-postgres-2 "$pg_two_port" "$tmp/rules" "$BENCH_POSTGRES_URL" "${pg_args[@]}"
     pg_two_pid=$started_pid
-    "$loadgen" capacity --label capacity-postgres-2 \
+    "$loadgen" capacity --label capacity-postgres-2 --max-rate "$two_max" \
         --url "http://127.0.0.1:$pg_one_port/webhooks/smartlead" \
         --url "http://127.0.0.1:$pg_two_port/webhooks/smartlead" "${pg_search[@]}" | tee -a "$results"
     stop "$pg_two_pid"

@@ -1150,7 +1150,7 @@ fn rates_tried(c: &Value) -> String {
             runs.iter()
                 .map(|r| {
                     let verdict = if r["passed"] == true { "ok" } else { "no" };
-                    format!("{} {verdict}", r["rate"])
+                    format!("{:.0} {verdict}", r["rate"].as_f64().unwrap_or(0.0))
                 })
                 .collect()
         })
@@ -1425,7 +1425,11 @@ fn report(results: &Path, criterion: Option<&Path>) -> ExitCode {
         if let Some(c) = c {
             lines.push(Line::info(
                 format!("sustained capacity, {name} (rates tried)"),
-                format!("{} events/s ({})", c["rate"], rates_tried(c)),
+                format!(
+                    "{:.0} events/s ({})",
+                    c["rate"].as_f64().unwrap_or(0.0),
+                    rates_tried(c)
+                ),
             ));
         }
     }

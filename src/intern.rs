@@ -1,8 +1,9 @@
 //! Compiled forms shared by what they were compiled from. Rules files repeat patterns and
 //! template texts (the same keyword regex, campaign glob or message in many rules), and a
 //! reload compiles mostly what the serving configuration already holds: both share one
-//! compiled form instead of building another. The table holds weak references, so a form no
-//! configuration uses any more is freed, and its entry swept as the table grows.
+//! compiled form instead of building another. The table holds weak references: a form no
+//! configuration uses any more is dropped with the last of them, and its entry (the key and
+//! a small allocation) is swept as the table grows.
 
 use std::collections::HashMap;
 use std::hash::Hash;

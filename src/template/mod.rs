@@ -2,8 +2,8 @@
 //! rendered text lands (Slack mrkdwn, Slack JSON, HTML, JSON strings, URLs, plain text).
 //!
 //! Every template file is compiled once per configuration load into one registry per
-//! [`Escape`] mode; an inline template is compiled once for every rule and configuration
-//! that writes its text. Rendering is then a lookup and a render. Templates cannot read files or the
+//! [`Escape`] mode; an inline template's compiled form is shared by every rule and every
+//! configuration in memory that writes the same text. Rendering is then a lookup and a render. Templates cannot read files or the
 //! environment: only the event is in scope, and only the helpers in `helpers` exist.
 
 pub mod escape;
@@ -21,7 +21,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// A compiled template: its name and the escaping it renders with.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Template {
     name: String,
     escape: Escape,
@@ -30,13 +30,42 @@ pub struct Template {
     inline: Option<Arc<handlebars::Template>>,
 }
 
+// By hand: the compiled form is a syntax tree, not for logs.
+impl std::fmt::Debug for Template {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Template")
+            .field("name", &self.name)
+            .field("escape", &self.escape)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Inline templates by text. 10,000 rules hold thousands of inline texts, and each compiled
 /// is about a kilobyte and a half: a reload shares those the serving configuration compiled
-/// (and rules with the same text share one) instead of compiling them again. Compiled outside
-/// a registry (Handlebars' standalone compiler takes no options), an inline template indents
-/// a partial (`{{> file}}`) written on its own line, as Handlebars does by default; the
-/// registries' `prevent_indent` applies to files.
+/// (and rules with the same text share one) instead of compiling them again.
 static INLINE: Interner<String, handlebars::Template> = Interner::new();
+
+thread_local! {
+    /// Where inline templates are compiled: a registry with the settings of the ones they
+    /// render with (`prevent_indent`), which Handlebars' standalone compiler cannot take.
+    static COMPILER: std::cell::RefCell<Handlebars<'static>> = std::cell::RefCell::new({
+        let mut hb = Handlebars::new();
+        hb.set_prevent_indent(true);
+        hb
+    });
+}
+
+/// An inline template compiled as the registries compile their files.
+fn compile_inline(source: &str) -> Result<handlebars::Template, handlebars::TemplateError> {
+    const NAME: &str = "inline";
+    COMPILER.with_borrow_mut(|hb| {
+        hb.register_template_string(NAME, source)?;
+        let mut compiled = hb.get_template(NAME).cloned().expect("just registered");
+        hb.unregister_template(NAME);
+        compiled.name = None;
+        Ok(compiled)
+    })
+}
 
 /// A template that does not compile, with its position inside the template text.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -322,7 +351,7 @@ impl Templates {
         self.inline_count += 1;
         let name = format!("{hint} (inline #{})", self.inline_count);
         let compiled = INLINE
-            .get_or_compile(source.to_string(), || handlebars::Template::compile(source))
+            .get_or_compile(source.to_string(), || compile_inline(source))
             .map_err(template_error)?;
         Ok(Template {
             name,

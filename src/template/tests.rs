@@ -208,3 +208,28 @@ fn an_inline_text_is_compiled_once_and_renders_with_each_uses_escaping() {
     );
     assert_eq!(err.missing.as_deref(), Some("lead.name"), "{err}");
 }
+
+#[test]
+fn an_inline_template_includes_a_file_as_the_files_do() {
+    // A partial on its own line is not indented, in an inline template as in a file.
+    let files = vec![
+        ("part.hbs".to_string(), "a\nb\n".to_string()),
+        (
+            "whole.hbs".to_string(),
+            "Hi\n  {{> part.hbs}}\nbye".to_string(),
+        ),
+    ];
+    let (mut t, errors) = Templates::from_sources(files);
+    assert!(errors.is_empty());
+    let data = Data::new(&json!({}));
+    let file = t.file("whole.hbs", Escape::Plain).unwrap();
+    let inline = t
+        .inline("test", "Hi\n  {{> part.hbs}}\nbye", Escape::Plain)
+        .unwrap();
+    let (from_file, from_inline) = (
+        t.render(&file, &data).unwrap(),
+        t.render(&inline, &data).unwrap(),
+    );
+    assert_eq!(from_file, "Hi\n  a\nb\nbye");
+    assert_eq!(from_inline, from_file);
+}
