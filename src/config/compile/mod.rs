@@ -137,6 +137,7 @@ fn compile_with(
     let destinations = destinations::declare(&files, &mut errors);
     let auth = sources::compile(&files, sources, &mut errors);
     let time_windows = time_windows::compile(&files, &mut errors);
+    let samples = probe::samples(sources);
     let compiled = rules::compile(
         &files,
         &mut rules::Env {
@@ -144,6 +145,7 @@ fn compile_with(
             time_windows: &time_windows,
             templates: &mut templates,
             sources,
+            samples: &samples,
             errors: &mut errors,
         },
     );

@@ -36,6 +36,8 @@ pub(super) struct Env<'a> {
     pub(super) time_windows: &'a HashMap<String, Arc<TimeWindow>>,
     pub(super) templates: &'a mut Templates,
     pub(super) sources: &'a Sources,
+    /// The sources' sample events, which every action is rendered against ([`probe`]).
+    pub(super) samples: &'a [crate::template::Data],
     pub(super) errors: &'a mut Diagnostics,
 }
 
@@ -224,7 +226,7 @@ fn compile_action(
     }
     // A digest's rendering is probed with one (see `digest`).
     if !digested {
-        probe::probe(&compiled, env.templates, env.sources, name, |message| {
+        probe::probe(&compiled, env.templates, env.samples, name, |message| {
             env.errors.at(path, pos(raw), message)
         });
     }
