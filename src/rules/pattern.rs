@@ -42,15 +42,7 @@ impl Pattern {
     /// A regular expression, with the `regex` crate's syntax and limits.
     pub fn regex(text: &str) -> Result<Pattern, String> {
         interned(Kind::Regex, text, || {
-            let config = meta::Config::new()
-                .dfa(false)
-                .nfa_size_limit(Some(10 * (1 << 20)))
-                .hybrid_cache_capacity(2 * (1 << 20));
-            Regex::builder()
-                .configure(config)
-                .build(text)
-                .map(Matcher::Regex)
-                .map_err(|e| e.to_string())
+            build(&mut Regex::builder(), text, engine())
         })
     }
 
@@ -64,17 +56,8 @@ impl Pattern {
             let glob = globset::Glob::new(text).map_err(|e| e.to_string())?;
             // The settings `globset` compiles a glob's regex with.
             let syntax = syntax::Config::new().utf8(false).dot_matches_new_line(true);
-            let config = meta::Config::new()
-                .dfa(false)
-                .utf8_empty(false)
-                .nfa_size_limit(Some(10 * (1 << 20)))
-                .hybrid_cache_capacity(2 * (1 << 20));
-            Regex::builder()
-                .syntax(syntax)
-                .configure(config)
-                .build(glob.regex())
-                .map(Matcher::Regex)
-                .map_err(|e| e.to_string())
+            let config = engine().utf8_empty(false);
+            build(Regex::builder().syntax(syntax), glob.regex(), config)
         })
     }
 
@@ -90,6 +73,23 @@ impl Pattern {
     pub fn as_str(&self) -> &str {
         &self.0.text
     }
+}
+
+/// The engine's settings for every pattern: no full DFA (see the module's documentation),
+/// the `regex` crate's size limits.
+fn engine() -> meta::Config {
+    meta::Config::new()
+        .dfa(false)
+        .nfa_size_limit(Some(10 * (1 << 20)))
+        .hybrid_cache_capacity(2 * (1 << 20))
+}
+
+fn build(builder: &mut meta::Builder, text: &str, config: meta::Config) -> Result<Matcher, String> {
+    builder
+        .configure(config)
+        .build(text)
+        .map(Matcher::Regex)
+        .map_err(|e| e.to_string())
 }
 
 /// The pattern of this kind and text, shared with the rules already using it.
