@@ -435,6 +435,50 @@ async fn more_events_than_workers_are_each_delivered_once() {
     assert!(done.iter().all(|d| d.attempts == 1), "{done:?}");
 }
 
+/// Events of two actions each, one worker: nearly all wait in the store, and each of an
+/// event's two deliveries is sent once with that event's own content, whichever is claimed
+/// first.
+#[tokio::test]
+async fn each_waiting_delivery_of_an_event_is_sent_with_that_event() {
+    let slack = HttpPeer::start().await;
+    slack.set_delay(Duration::from_millis(20));
+    let url = slack.url("/services/T0/B0/X");
+    let rules = format!(
+        "rules:\n  - name: reply-to-sales\n    when: {{ event: EMAIL_REPLIED }}\n    actions:\n      - slack: {{ webhook_url: \"{url}\", text: \"first {{{{event_id}}}} {{{{raw.sl_lead_email}}}}\" }}\n      - slack: {{ webhook_url: \"{url}\", text: \"second {{{{event_id}}}} {{{{raw.sl_lead_email}}}}\" }}\n"
+    );
+    let dir = crate::util::config_dir(&rules, &[]);
+    let mut settings = crate::util::fast_retries();
+    settings.concurrency = 1;
+    settings.per_destination = 1;
+    settings.poll = Duration::from_secs(60);
+    let router = crate::util::Router::start_with(dir, settings).await;
+    let events: Vec<Value> = (0..8)
+        .map(|i| {
+            let mut e = unique(fixture("real_13_email_reply"));
+            e["sl_lead_email"] = Value::from(format!("lead{i}@example.com"));
+            e
+        })
+        .collect();
+    let ids = futures_util::future::join_all(events.iter().map(|e| router.post(e))).await;
+    slack.wait_for(2 * ids.len()).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut texts: Vec<String> = slack
+        .received()
+        .iter()
+        .map(|r| r.json()["text"].as_str().unwrap().to_string())
+        .collect();
+    texts.sort();
+    let mut expected: Vec<String> = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        for which in ["first", "second"] {
+            expected.push(format!("{which} {id} lead{i}@example.com"));
+        }
+    }
+    expected.sort();
+    assert_eq!(texts, expected);
+    wait_for_status(&router, "delivered", 2 * ids.len()).await;
+}
+
 /// A new event for the committer with no deliveries: its id (and duplicate key) is `tag`
 /// after a fresh UUID, so that every call is a different webhook.
 fn new_event(tag: &str, payload: String) -> switchboard::store::NewEvent {
