@@ -11,7 +11,6 @@ use super::backlog::Backlog;
 use super::handoff::{Handed, Receiver};
 use super::housekeeping;
 use super::in_flight::{DestinationSlot, InFlight, Tracked};
-use super::parked::Parked;
 use crate::actions::Clients;
 use crate::app::App;
 use crate::store::{Claim, Committer, Due, Store, now_ms};
@@ -33,8 +32,6 @@ pub(super) struct Dispatcher {
     pub(super) settings: Settings,
     pub(super) in_flight: InFlight,
     pub(super) backlog: Arc<Backlog>,
-    /// Events of deliveries intake stored pending, so that claims need not parse them again.
-    pub(super) parked: Arc<Parked>,
     /// One per send under way: at most `concurrency`.
     pub(super) permits: Arc<Semaphore>,
     /// Every send started, so that shutdown can wait for them.
@@ -79,12 +76,7 @@ impl Dispatcher {
         let Some(slot) = self.in_flight.slot(&due.destination) else {
             return Some(due);
         };
-        // A delivery with context from rule memory has its event as the store changed it.
-        let event = match due.context {
-            None => self.parked.take(&due.event_id),
-            Some(_) => None,
-        };
-        self.spawn(due, tracked, event, permit, slot);
+        self.spawn(due, tracked, None, permit, slot);
         None
     }
 

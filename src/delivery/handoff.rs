@@ -6,7 +6,6 @@
 
 use super::backlog::Backlog;
 use super::in_flight::{DestinationSlot, InFlight, Tracked};
-use super::parked::Parked;
 use crate::store::Due;
 use crate::template::Data;
 use std::sync::Arc;
@@ -21,7 +20,6 @@ pub struct Handoff {
     /// Whether the workers take handed deliveries (after recovery at start, until shutdown).
     open: Arc<AtomicBool>,
     backlog: Arc<Backlog>,
-    parked: Arc<Parked>,
     tx: mpsc::UnboundedSender<Handed>,
 }
 
@@ -51,7 +49,6 @@ pub(super) fn channel(
     permits: Arc<Semaphore>,
     in_flight: InFlight,
     backlog: Arc<Backlog>,
-    parked: Arc<Parked>,
 ) -> (Handoff, Receiver) {
     let (tx, handed) = mpsc::unbounded_channel();
     let open = Arc::new(AtomicBool::new(false));
@@ -60,7 +57,6 @@ pub(super) fn channel(
         in_flight,
         open: open.clone(),
         backlog,
-        parked,
         tx,
     };
     (handoff, Receiver { handed, open })
@@ -111,14 +107,8 @@ impl Handoff {
     }
 
     /// Tells the workers that deliveries were stored pending for want of room: they look in
-    /// the store again as sends finish. `parked` is their event as stored, with the number of
-    /// deliveries to send and its JSON's length, kept so that their claim need not read it
-    /// again (`None` when what was stored differs from it: rule memory changed it).
-    pub fn stored_pending(&self, event_id: &str, parked: Option<(Arc<Data>, usize, usize)>) {
-        if let Some((event, deliveries, bytes)) = parked {
-            // Before the flag: the look the flag wakes finds the event parked.
-            self.parked.park(event_id, event, deliveries, bytes);
-        }
+    /// the store again as sends finish.
+    pub fn stored_pending(&self) {
         self.backlog.stored_pending();
     }
 

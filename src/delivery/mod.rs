@@ -13,8 +13,8 @@
 //! - `housekeeping`: the heartbeat and the pruning of old history;
 //! - [`digests`]: the closer, which turns due digests into deliveries;
 //! - [`runtime`]: the workers' threads, beside intake's at the same priority;
-//! - `in_flight`, `backlog` and `parked`: the in-flight set, the backlog flag and the events
-//!   of deliveries stored pending, the state the rest shares;
+//! - `in_flight` and `backlog`: the in-flight set and the backlog flag, the state the rest
+//!   shares;
 //! - [`retry`]: when to try again.
 
 mod attempt;
@@ -24,7 +24,6 @@ mod dispatch;
 pub mod handoff;
 mod housekeeping;
 mod in_flight;
-mod parked;
 pub mod retry;
 mod runtime;
 
@@ -38,7 +37,6 @@ use crate::store::{Committer, Store};
 use backlog::Backlog;
 use dispatch::Dispatcher;
 use in_flight::InFlight;
-use parked::Parked;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
@@ -102,13 +100,7 @@ pub fn start(app: Arc<App>, store: Store, clients: Clients, mut settings: Settin
     let permits = Arc::new(Semaphore::new(settings.concurrency));
     let in_flight = InFlight::new(settings.per_destination);
     let backlog = Arc::new(Backlog::default());
-    let parked = Arc::new(Parked::new(parked::BUDGET, parked::TTL));
-    let (handoff, receiver) = handoff::channel(
-        permits.clone(),
-        in_flight.clone(),
-        backlog.clone(),
-        parked.clone(),
-    );
+    let (handoff, receiver) = handoff::channel(permits.clone(), in_flight.clone(), backlog.clone());
     let runtime = settings.runtime.clone();
     let dispatcher = Arc::new(Dispatcher {
         app,
@@ -117,7 +109,6 @@ pub fn start(app: Arc<App>, store: Store, clients: Clients, mut settings: Settin
         settings,
         in_flight,
         backlog,
-        parked,
         permits,
         sends: TaskTracker::new(),
     });

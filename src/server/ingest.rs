@@ -222,7 +222,7 @@ where
         if let Err(e) = state_for_task.app.ensure_archived(&archive).await {
             tracing::warn!(error = %e, "Cannot keep the configuration in the store.");
         }
-        commit(state_for_task, record, room, data).await
+        commit(state_for_task, record, room.map(|room| (room, data))).await
     });
     let committed = match tokio::time::timeout(state.answer_deadline, task).await {
         Ok(joined) => joined.unwrap_or_else(|e| Err(StoreError::Abandoned(e.to_string()))),
@@ -293,24 +293,22 @@ where
     }
 }
 
+/// What intake hands over after the commit: the room reserved and the event.
+type Handover = (Reservation, Data);
+
 /// Commits the event; if room was reserved, gives its deliveries (recorded as claimed) to the
 /// workers, or back to the store as pending when the workers have stopped. Otherwise wakes the
-/// workers for the pending deliveries, and parks the event with them for their claim.
+/// workers for the pending deliveries.
 async fn commit(
     state: Arc<State>,
     record: NewEvent,
-    room: Option<Reservation>,
-    event: Data,
+    handover: Option<Handover>,
 ) -> Result<Intake, StoreError> {
     let event_id = record.id.clone();
-    let pending = room.is_none() && !record.deliveries.is_empty();
-    // Rule memory may change the event as stored (a count filled in) and give its deliveries
-    // context: those are read back from the store.
-    let parkable = record.memory.is_none();
-    let stored_bytes = record.payload.len();
+    let pending = handover.is_none() && !record.deliveries.is_empty();
     let received_at = crate::store::now_ms();
     // What the workers get, but for the ids the store assigns.
-    let due: Vec<Due> = match room {
+    let due: Vec<Due> = match handover {
         Some(_) => record
             .deliveries
             .iter()
@@ -334,16 +332,10 @@ async fn commit(
         return Ok(intake);
     };
     if pending {
-        let to_send = ids
-            .iter()
-            .filter(|c| matches!(c, Some(c) if c.verdict == Verdict::Send))
-            .count();
-        let parked = parkable.then(|| (Arc::new(event), to_send, stored_bytes));
-        state.handoff.stored_pending(&event_id, parked);
+        state.handoff.stored_pending();
         state.app.wake.notify_one();
-        return Ok(intake);
     }
-    if let Some(room) = room {
+    if let Some((room, event)) = handover {
         // Only deliveries to send are handed over: suppressed ones are final as recorded, and
         // some may not exist (their rule did not match once memory was read). Their room is
         // given back with the reservation.
