@@ -344,3 +344,11 @@ async fn payloads_come_back_as_written_with_postgres() {
     };
     crate::durable::payloads_come_back_as_written(&url).await;
 }
+
+#[tokio::test]
+async fn the_heartbeat_skips_deliveries_a_commit_holds_with_postgres() {
+    let Some((url, _schema)) = fresh_store().await else {
+        return;
+    };
+    crate::durable::the_heartbeat_skips_deliveries_a_commit_holds(&url).await;
+}

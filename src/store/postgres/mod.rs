@@ -341,8 +341,15 @@ impl Postgres {
         .bind(now)
         .execute(&self.pool)
         .await?;
+        // Rows another transaction holds are skipped, not waited for: the group commit locks
+        // the deliveries it finishes in its own order, and waiting here deadlocked with it
+        // under load (PostgreSQL then failed one of the two, sometimes the commit). A delivery
+        // being finished needs no longer lease; one whose finish rolls back is renewed next time.
         sqlx::query(
-            "UPDATE deliveries SET lease_until = $1 WHERE status = 'sending' AND claimed_by = $2 AND id = ANY($3)",
+            "UPDATE deliveries SET lease_until = $1
+             WHERE id IN (SELECT id FROM deliveries
+                          WHERE status = 'sending' AND claimed_by = $2 AND id = ANY($3)
+                          FOR UPDATE SKIP LOCKED)",
         )
         .bind(now + self.lease_ms())
         .bind(&self.instance)
