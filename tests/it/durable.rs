@@ -492,7 +492,12 @@ fn new_event(tag: &str, payload: String) -> switchboard::store::NewEvent {
 
 /// An event with one delivery, pending, to `destination` (rule "replies"), written straight to
 /// the store: its duplicate key is `smartlead:{key}`.
-fn event_to(destination: &str, id: &str, key: &str, payload: &str) -> switchboard::store::NewEvent {
+pub(crate) fn event_to(
+    destination: &str,
+    id: &str,
+    key: &str,
+    payload: &str,
+) -> switchboard::store::NewEvent {
     switchboard::store::NewEvent {
         id: id.into(),
         source: "smartlead".into(),
@@ -862,67 +867,6 @@ pub(crate) async fn a_claim_takes_each_destination_within_its_room(url: &str) {
         .await
         .unwrap();
     assert!(taken(&third.claimed).is_empty(), "{:?}", third.claimed);
-}
-
-/// The heartbeat renews the leases of the deliveries this instance is sending without waiting
-/// for one a transaction holds (a group commit finishing it): waiting deadlocked with the
-/// commit under load. Row locks are PostgreSQL's (see `postgres.rs`).
-pub(crate) async fn the_heartbeat_skips_deliveries_a_commit_holds(url: &str) {
-    use switchboard::store::{Claim, Store};
-
-    let store = Store::open(url).await.unwrap();
-    let events = [
-        event_to("crm", "held", "held", "{}"),
-        event_to("crm", "free", "free", "{}"),
-    ];
-    store.write(&events, &[], &[]).await.unwrap();
-    let claim = Claim {
-        limit: 32,
-        per_destination: 4,
-        in_use: vec![],
-        in_flight: vec![],
-    };
-    let claimed = store.write(&[], &[], &[claim]).await.unwrap().claimed;
-    let id = |event: &str| claimed[0].iter().find(|d| d.event_id == event).unwrap().id;
-    let (held, free) = (id("held"), id("free"));
-
-    let pool = sqlx::PgPool::connect(url).await.unwrap();
-    let lease = |id: i64| {
-        let pool = pool.clone();
-        async move {
-            sqlx::query_scalar::<_, i64>("SELECT lease_until FROM deliveries WHERE id = $1")
-                .bind(id)
-                .fetch_one(&pool)
-                .await
-                .unwrap()
-        }
-    };
-    let (held_before, free_before) = (lease(held).await, lease(free).await);
-    let mut commit = pool.begin().await.unwrap();
-    sqlx::query("SELECT id FROM deliveries WHERE id = $1 FOR UPDATE")
-        .bind(held)
-        .execute(&mut *commit)
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(5)).await;
-    // Waiting for the lock would wait for as long as the transaction stays open.
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        store.heartbeat("127.0.0.1:8080", "hash", &[held, free]),
-    )
-    .await
-    .expect("the heartbeat does not wait for a held delivery")
-    .unwrap();
-    assert!(lease(free).await > free_before, "the free one is renewed");
-    commit.rollback().await.unwrap();
-    assert_eq!(lease(held).await, held_before, "the held one is left alone");
-    // Once the lock is gone, the next heartbeat renews it.
-    store
-        .heartbeat("127.0.0.1:8080", "hash", &[held, free])
-        .await
-        .unwrap();
-    assert!(lease(held).await > held_before);
-    pool.close().await;
 }
 
 #[tokio::test]
