@@ -223,6 +223,11 @@ struct Capacity {
     /// POST to arrival p99 a rate must stay within, in ms.
     #[arg(long, default_value_t = 100.0)]
     p99_ms: f64,
+    /// A PostgreSQL database the routers share: `VACUUM ANALYZE` runs on it before each rate,
+    /// as autovacuum would between them, so that a rate is not judged on the dead rows of the
+    /// ones before it (a server with autovacuum off keeps them all).
+    #[arg(long)]
+    vacuum: Option<String>,
 }
 
 #[derive(Args)]
@@ -794,6 +799,9 @@ async fn capacity(args: Capacity) -> ExitCode {
     let mut runs = Vec::new();
     for pass in 0..args.steps.max(1) {
         let rate = ((passed + failed) / 2.0).round().max(1.0);
+        if let Some(url) = &args.vacuum {
+            vacuum(url).await;
+        }
         let run = open_loop(&args.open, rate, &sink, &bodies, pass).await;
         let clean = run["dropped"] == 0
             && run["undelivered"] == 0
@@ -827,6 +835,26 @@ async fn capacity(args: Capacity) -> ExitCode {
     });
     println!("{out}");
     ExitCode::SUCCESS
+}
+
+/// `VACUUM ANALYZE` on the database at `url`, asynchronously, so that the sink (on this
+/// runtime) keeps answering the routers meanwhile. A failure is reported, not fatal: the rate
+/// is then measured on the database as it is.
+async fn vacuum(url: &str) {
+    use sqlx::Connection as _;
+    let started = Instant::now();
+    let done = async {
+        let mut conn = sqlx::PgConnection::connect(url).await?;
+        sqlx::raw_sql("VACUUM ANALYZE").execute(&mut conn).await?;
+        conn.close().await
+    };
+    match done.await {
+        Ok(()) => eprintln!(
+            "capacity: VACUUM ANALYZE took {:.1} s",
+            started.elapsed().as_secs_f64()
+        ),
+        Err(e) => eprintln!("capacity: VACUUM ANALYZE on {url} failed: {e}"),
+    }
 }
 
 /// One open loop at `rate`: its figures, deliveries included. `pass` tells the bodies of
