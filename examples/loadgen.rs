@@ -853,7 +853,7 @@ async fn vacuum(url: &str) {
             "capacity: VACUUM ANALYZE took {:.1} s",
             started.elapsed().as_secs_f64()
         ),
-        Err(e) => eprintln!("capacity: VACUUM ANALYZE on {url} failed: {e}"),
+        Err(e) => eprintln!("capacity: VACUUM ANALYZE failed: {e}"),
     }
 }
 
