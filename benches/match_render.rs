@@ -2,8 +2,8 @@
 //! `cargo bench --bench match_render`.
 //!
 //! Builds rule sets of 10, 100, 1,000 and 10,000 rules from generated YAML text (the mix is
-//! documented in `support/rulegen.rs`) through the same path as the router, `config::raw::parse`
-//! then `config::compile::compile` with the repository's `templates/`, and times, per event:
+//! documented in `support/rulegen.rs`) through the same path as the router, `config::compile::compile`
+//! with the repository's `templates/`, and times, per event:
 //!
 //! - `matching/N`: `RuleSet::matching` alone;
 //! - `match_render/N`: matching, then `Action::render` for every action of every matching rule
@@ -20,7 +20,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use switchboard::config::Config;
 use switchboard::config::compile::compile;
-use switchboard::config::raw::parse;
 use switchboard::event::{SmartLead, Source, Sources};
 
 #[path = "support/rulegen.rs"]
@@ -54,10 +53,9 @@ fn events() -> Vec<Value> {
 /// Compiles a generated rules file of `count` rules as the router would load it.
 fn config(count: usize) -> Config {
     let text = rulegen::rules_yaml(count, "http://127.0.0.1:9");
-    let raw = parse(&text).unwrap_or_else(|e| panic!("generated rules do not parse: {e}"));
     let templates = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
     compile(
-        vec![(PathBuf::from("generated.yaml"), text, raw)],
+        vec![(PathBuf::from("generated.yaml"), text)],
         &templates,
         &Sources::default(),
     )

@@ -30,18 +30,15 @@ pub const MAX_RULES_FILE_BYTES: u64 = 8 * 1024 * 1024;
 /// mounts. On failure returns every problem found, each with its file, line and column.
 pub fn load(paths: &ConfigPaths, sources: &Sources) -> Result<Config, Diagnostics> {
     let files = rules_files(&paths.rules)?;
-    let mut parsed = Vec::new();
+    let mut texts = Vec::new();
     let mut errors = Diagnostics::default();
     for path in files {
         match read_rules_file(&path) {
-            Ok(text) => match raw::parse(&text) {
-                Ok(file) => parsed.push((path, text, file)),
-                Err(diagnostic) => errors.push(diagnostic.in_file(&path)),
-            },
+            Ok(text) => texts.push((path, text)),
             Err(diagnostic) => errors.push(diagnostic),
         }
     }
-    let compiled = compile::compile(parsed, &paths.templates, sources);
+    let compiled = compile::compile(texts, &paths.templates, sources);
     match compiled {
         Ok(config) if errors.is_empty() => Ok(config),
         Ok(_) => Err(errors),
@@ -66,14 +63,11 @@ pub fn load_text(
             format!("the rules are larger than {MAX_RULES_FILE_BYTES} bytes"),
         )));
     }
-    match raw::parse(text) {
-        Ok(file) => compile::compile(
-            vec![(name.to_path_buf(), text.to_string(), file)],
-            templates,
-            sources,
-        ),
-        Err(diagnostic) => Err(Diagnostics::one(diagnostic.in_file(name))),
-    }
+    compile::compile(
+        vec![(name.to_path_buf(), text.to_string())],
+        templates,
+        sources,
+    )
 }
 
 /// The rules files named by `path`: the file itself, or every YAML file in the directory.

@@ -12,21 +12,17 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// One rules file.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// One rules file, parsed whole ([`parse`]); the loader takes it part by part instead
+/// ([`parse_parts`]).
+#[derive(Debug, Default)]
 pub struct RawFile {
     /// How each webhook source authenticates.
-    #[serde(default)]
     pub sources: BTreeMap<String, Spanned<RawSource>>,
     /// Named, reusable delivery targets.
-    #[serde(default)]
     pub destinations: BTreeMap<String, Spanned<RawAction>>,
     /// Named sets of hours that actions may be limited to (`active:`).
-    #[serde(default)]
     pub time_windows: BTreeMap<String, Spanned<RawTimeWindow>>,
     /// The rules, in evaluation order.
-    #[serde(default)]
     pub rules: Vec<Spanned<RawRule>>,
 }
 
@@ -89,21 +85,50 @@ fn yes() -> bool {
     true
 }
 
-/// Parses one rules file. A syntax or shape error is returned with its position; the caller
-/// adds the file name.
+/// A part of a rules file, handed over as soon as the parser has read it, in the order the
+/// file writes them, so that each rule can be compiled and dropped before the next is read: a
+/// file of 10,000 rules parsed whole is many times the size of its compiled form.
+#[derive(Debug)]
+pub enum Part {
+    /// `sources:`.
+    Sources(BTreeMap<String, Spanned<RawSource>>),
+    /// `destinations:`.
+    Destinations(BTreeMap<String, Spanned<RawAction>>),
+    /// `time_windows:`.
+    TimeWindows(BTreeMap<String, Spanned<RawTimeWindow>>),
+    /// One item of `rules:`.
+    Rule(Box<Spanned<RawRule>>),
+}
+
+/// The keys a rules file may have at its top.
+const FILE_KEYS: &[&str] = &["sources", "destinations", "time_windows", "rules"];
+
+/// Parses one rules file whole. A syntax or shape error is returned with its position; the
+/// caller adds the file name.
 pub fn parse(text: &str) -> Result<RawFile, Diagnostic> {
+    let mut file = RawFile::default();
+    parse_parts(text, &mut |part| match part {
+        Part::Sources(s) => file.sources = s,
+        Part::Destinations(d) => file.destinations = d,
+        Part::TimeWindows(t) => file.time_windows = t,
+        Part::Rule(r) => file.rules.push(*r),
+    })?;
+    Ok(file)
+}
+
+/// Parses one rules file, handing each part to `sink` as soon as it is read (see [`Part`]).
+/// On an error, what was handed over before it is incomplete: the caller discards it.
+pub fn parse_parts(text: &str, sink: &mut dyn FnMut(Part)) -> Result<(), Diagnostic> {
     if text.trim().is_empty() {
-        return Ok(RawFile {
-            sources: BTreeMap::new(),
-            destinations: BTreeMap::new(),
-            time_windows: BTreeMap::new(),
-            rules: Vec::new(),
-        });
+        return Ok(());
     }
     let budget = budget_for(text);
     let mut options = serde_saphyr::options::Options::default();
     options.budget = Some(budget.clone());
-    serde_saphyr::from_str_with_options::<RawFile>(text, options).map_err(|e| {
+    serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
+        serde::de::DeserializeSeed::deserialize(FileSeed(sink), de)
+    })
+    .map_err(|e| {
         let (line, column) = e
             .location()
             .map(|l| (l.line() as u32, l.column() as u32))
@@ -117,6 +142,75 @@ pub fn parse(text: &str) -> Result<RawFile, Diagnostic> {
         };
         Diagnostic::at(Path::new(""), Pos { line, column }, message)
     })
+}
+
+/// The top of a rules file, read key by key into [`Part`]s.
+struct FileSeed<'s>(&'s mut dyn FnMut(Part));
+
+impl<'de> serde::de::DeserializeSeed<'de> for FileSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
+        de.deserialize_struct("RawFile", FILE_KEYS, self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for FileSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a rules file (keys `sources`, `destinations`, `time_windows`, `rules`)")
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        use serde::de::Error;
+        let mut seen = [false; 4];
+        while let Some(key) = map.next_key::<String>()? {
+            let Some(i) = FILE_KEYS.iter().position(|k| *k == key) else {
+                return Err(A::Error::unknown_field(&key, FILE_KEYS));
+            };
+            if std::mem::replace(&mut seen[i], true) {
+                return Err(A::Error::duplicate_field(FILE_KEYS[i]));
+            }
+            match i {
+                0 => (self.0)(Part::Sources(map.next_value()?)),
+                1 => (self.0)(Part::Destinations(map.next_value()?)),
+                2 => (self.0)(Part::TimeWindows(map.next_value()?)),
+                _ => map.next_value_seed(RulesSeed(&mut *self.0))?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `rules:`, handed over one rule at a time.
+struct RulesSeed<'s>(&'s mut dyn FnMut(Part));
+
+impl<'de> serde::de::DeserializeSeed<'de> for RulesSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
+        de.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for RulesSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a list of rules")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(rule) = seq.next_element::<Box<Spanned<RawRule>>>()? {
+            (self.0)(Part::Rule(rule));
+        }
+        Ok(())
+    }
 }
 
 /// The parser's budget for a file: what an honest file of its size needs, and no more. A node

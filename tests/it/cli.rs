@@ -166,6 +166,122 @@ async fn test_shows_the_rendered_output_and_sends_nothing() {
     assert!(peer.received().is_empty(), "test sent something");
 }
 
+/// Each rule is compiled as soon as it is read; one that names a destination or a time window
+/// declared further down, or in a later file of the rules directory, waits for it, gets its
+/// settings all the same and keeps its place in the order the rules are written in.
+#[tokio::test]
+async fn rules_may_name_destinations_and_time_windows_declared_after_them() {
+    let peer = HttpPeer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("rules")).unwrap();
+    std::fs::create_dir_all(dir.path().join("templates")).unwrap();
+    let rules = r#"rules:
+  - name: first-names-one-below
+    when: { event: EMAIL_REPLIED }
+    actions:
+      - http: { destination: crm, body: '{"n": 1}' }
+  - name: second-names-none
+    when: { event: EMAIL_REPLIED }
+    actions:
+      - http: { url: "URL/inline", allow_private: true, body: '{"n": 2}' }
+  - name: third-names-the-next-file
+    when: { event: EMAIL_REPLIED }
+    actions:
+      - http: { destination: ops, body: '{"n": 3}', active: office }
+destinations:
+  crm:
+    http: { url: "URL/below", allow_private: true }
+"#;
+    let more = r#"destinations:
+  ops:
+    http: { url: "URL/next-file", allow_private: true }
+time_windows:
+  office:
+    intervals: [{ times: [{ start_time: '00:00', end_time: '23:59' }] }]
+"#;
+    let url = peer.url("");
+    let url = url.trim_end_matches('/');
+    std::fs::write(
+        dir.path().join("rules/10-rules.yaml"),
+        rules.replace("URL", url),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("rules/20-more.yaml"),
+        more.replace("URL", url),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("event.json"),
+        include_str!("../fixtures/smartlead/real_13_email_reply.json"),
+    )
+    .unwrap();
+    let out = switchboard(&["check", "--rules", "rules"], dir.path());
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("ok: 3 rule(s) in 2 file(s)"), "{text}");
+    let out = switchboard(
+        &["test", "--event", "event.json", "--rules", "rules"],
+        dir.path(),
+    );
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("Matched 3 rule(s)"), "{text}");
+    let at = |what: &str| {
+        text.find(what)
+            .unwrap_or_else(|| panic!("no {what} in:\n{text}"))
+    };
+    assert!(
+        at("== rule first-names-one-below ==") < at("/below"),
+        "{text}"
+    );
+    assert!(at("/below") < at("== rule second-names-none =="), "{text}");
+    assert!(at("== rule second-names-none ==") < at("/inline"), "{text}");
+    assert!(
+        at("/inline") < at("== rule third-names-the-next-file =="),
+        "{text}"
+    );
+    assert!(
+        at("== rule third-names-the-next-file ==") < at("/next-file"),
+        "{text}"
+    );
+    assert!(peer.received().is_empty(), "test sent something");
+}
+
+/// A rules file that does not parse counts for nothing but its syntax error: what the parser
+/// read of it before the error (rules, names, destinations) neither compiles nor clashes with
+/// the other files.
+#[test]
+fn a_file_that_does_not_parse_reports_its_syntax_error_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("rules")).unwrap();
+    std::fs::create_dir_all(dir.path().join("templates")).unwrap();
+    let broken = r#"rules:
+  - name: shared-name
+    actions:
+      - slack: { destination: declared-below, text: hi }
+  - name: bad-regex
+    when: { fields: { reply.text: { matches: "(unclosed" } } }
+    actions:
+      - log: { message: hi }
+destinations:
+  declared-below: [unclosed
+"#;
+    let good = r#"rules:
+  - name: shared-name
+    actions:
+      - log: { message: hi }
+"#;
+    std::fs::write(dir.path().join("rules/10-broken.yaml"), broken).unwrap();
+    std::fs::write(dir.path().join("rules/20-good.yaml"), good).unwrap();
+    let out = switchboard(&["check", "--rules", "rules"], dir.path());
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("1 problem(s) found"), "{text}");
+    let problem = text.lines().next().unwrap_or_default();
+    assert!(problem.starts_with("rules/10-broken.yaml:1"), "{text}");
+}
+
 #[test]
 fn test_rejects_bad_input_with_exit_1() {
     let dir = tempfile::tempdir().unwrap();

@@ -2,11 +2,10 @@
 //! actions by name.
 
 use crate::actions::RawAction;
-use crate::config::raw::RawFile;
 use crate::diagnostic::{Diagnostic, Diagnostics};
-use crate::syntax::{Pos, pos};
-use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use crate::syntax::{Pos, Spanned, pos};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
 
 /// A destination as declared: which file, where, and its settings.
 pub(super) struct Declared {
@@ -15,45 +14,43 @@ pub(super) struct Declared {
     pub(super) settings: RawAction,
 }
 
-/// Every destination of every file, by name; a name declared twice, or a destination that
-/// names another, is an error.
+/// Declares the destinations of one file beside those of the files before it; a name declared
+/// twice, or a destination that names another, is an error.
 pub(super) fn declare(
-    files: &[(PathBuf, String, RawFile)],
+    path: &Path,
+    section: &BTreeMap<String, Spanned<RawAction>>,
+    destinations: &mut HashMap<String, Declared>,
     errors: &mut Diagnostics,
-) -> HashMap<String, Declared> {
-    let mut destinations: HashMap<String, Declared> = HashMap::new();
-    for (path, _, file) in files {
-        for (name, settings) in &file.destinations {
-            if let Some(first) = destinations.get(name) {
-                errors.at(
-                    path,
-                    pos(settings),
-                    format!(
-                        "destination {name:?} is already defined at {}:{}",
-                        first.file.display(),
-                        first.at.line
-                    ),
-                );
-                continue;
-            }
-            if let Some(d) = settings.value.destination() {
-                errors.at(
-                    path,
-                    pos(d),
-                    "a destination cannot name another destination",
-                );
-            }
-            destinations.insert(
-                name.clone(),
-                Declared {
-                    file: path.clone(),
-                    at: pos(settings),
-                    settings: settings.value.clone(),
-                },
+) {
+    for (name, settings) in section {
+        if let Some(first) = destinations.get(name) {
+            errors.at(
+                path,
+                pos(settings),
+                format!(
+                    "destination {name:?} is already defined at {}:{}",
+                    first.file.display(),
+                    first.at.line
+                ),
+            );
+            continue;
+        }
+        if let Some(d) = settings.value.destination() {
+            errors.at(
+                path,
+                pos(d),
+                "a destination cannot name another destination",
             );
         }
+        destinations.insert(
+            name.clone(),
+            Declared {
+                file: path.to_path_buf(),
+                at: pos(settings),
+                settings: settings.value.clone(),
+            },
+        );
     }
-    destinations
 }
 
 /// The list of declared names for an error message: `a, b, c`, or `none`.

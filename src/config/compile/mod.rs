@@ -12,7 +12,7 @@ mod rules;
 mod sources;
 mod time_windows;
 
-use crate::config::raw::RawFile;
+use crate::config::raw::{self, Part};
 use crate::credentials::{SourceAuth, open_source_warning};
 use crate::diagnostic::{Diagnostic, Diagnostics};
 use crate::event::Sources;
@@ -21,6 +21,7 @@ use crate::syntax::Pos;
 use crate::template::Templates;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// A loaded configuration: the rule set with its compiled templates. Immutable; a reload builds
@@ -69,10 +70,10 @@ impl Config {
     }
 }
 
-/// Compiles parsed rules files (path, text, parsed) and the templates directory, for the
-/// webhook `sources` the router mounts.
+/// Compiles rules files (path and text) and the templates directory, for the webhook
+/// `sources` the router mounts.
 pub fn compile(
-    files: Vec<(PathBuf, String, RawFile)>,
+    files: Vec<(PathBuf, String)>,
     templates_dir: &Path,
     sources: &Sources,
 ) -> Result<Config, Diagnostics> {
@@ -87,23 +88,17 @@ pub fn compile(
 /// Compiles a configuration kept in the store ([`Snapshot`]): the one that matched a delivery
 /// still waiting, after a restart or several reloads since.
 pub fn compile_snapshot(snapshot: &Snapshot, sources: &Sources) -> Result<Config, Diagnostics> {
-    let mut files = Vec::new();
-    let mut errors = Diagnostics::default();
-    for (path, text) in &snapshot.files {
-        match crate::config::raw::parse(text) {
-            Ok(raw) => files.push((path.clone(), text.clone(), raw)),
-            Err(d) => errors.push(d.in_file(path)),
-        }
-    }
-    if !errors.is_empty() {
-        return Err(errors);
-    }
     let (templates, broken) = Templates::from_sources(snapshot.templates.clone());
     let broken = broken
         .into_iter()
         .map(|(name, e)| (snapshot.templates_dir.join(name), e))
         .collect();
-    compile_with(files, (templates, broken), &snapshot.templates_dir, sources)
+    compile_with(
+        snapshot.files.clone(),
+        (templates, broken),
+        &snapshot.templates_dir,
+        sources,
+    )
 }
 
 /// What a configuration was compiled from: every rules file's text and every template's, so
@@ -119,7 +114,7 @@ pub struct Snapshot {
 }
 
 fn compile_with(
-    files: Vec<(PathBuf, String, RawFile)>,
+    files: Vec<(PathBuf, String)>,
     (mut templates, broken): (Templates, Vec<(PathBuf, crate::template::TemplateError)>),
     templates_dir: &Path,
     sources: &Sources,
@@ -134,23 +129,57 @@ fn compile_with(
         errors.at(&path, at, message);
     }
     let hash = hash(&files, &templates);
-    let destinations = destinations::declare(&files, &mut errors);
-    let auth = sources::compile(&files, sources, &mut errors);
-    let time_windows = time_windows::compile(&files, &mut errors);
     let samples = probe::samples(sources);
-    let compiled = rules::compile(
-        &files,
-        &mut rules::Env {
-            destinations: &destinations,
-            time_windows: &time_windows,
-            templates: &mut templates,
-            sources,
-            samples: &samples,
-            errors: &mut errors,
-        },
-    );
+    let mut destinations = HashMap::new();
+    let mut time_windows = time_windows::Windows::default();
+    let mut source_sections = Vec::new();
+    let mut rules = rules::Rules::new();
+    // Each file is compiled as it is parsed, rule by rule: the parsed form of a large file is
+    // many times the size of its compiled rules, and a reload builds while others serve.
+    for (path, text) in &files {
+        let mark = (rules.mark(), errors.0.len(), source_sections.len());
+        let parsed = raw::parse_parts(text, &mut |part| match part {
+            Part::Sources(section) => source_sections.push((path.clone(), section)),
+            Part::Destinations(section) => {
+                destinations::declare(path, &section, &mut destinations, &mut errors)
+            }
+            Part::TimeWindows(section) => time_windows.declare(path, &section, &mut errors),
+            Part::Rule(rule) => rules.add(
+                path,
+                rule,
+                &mut rules::Env {
+                    destinations: &destinations,
+                    time_windows: &time_windows.compiled,
+                    templates: &mut templates,
+                    sources,
+                    samples: &samples,
+                    errors: &mut errors,
+                },
+            ),
+        });
+        // A file that does not parse counts for nothing but its syntax error, as if the
+        // parser had stopped at its start.
+        if let Err(d) = parsed {
+            let (rules_mark, errors_mark, sources_mark) = mark;
+            rules.forget(rules_mark, path);
+            errors.0.truncate(errors_mark);
+            source_sections.truncate(sources_mark);
+            destinations.retain(|_, d: &mut destinations::Declared| d.file != *path);
+            time_windows.forget(path);
+            errors.push(d.in_file(path));
+        }
+    }
+    let auth = sources::compile(&source_sections, sources, &mut errors);
+    let compiled = rules.finish(&mut rules::Env {
+        destinations: &destinations,
+        time_windows: &time_windows.compiled,
+        templates: &mut templates,
+        sources,
+        samples: &samples,
+        errors: &mut errors,
+    });
     let mut warnings = Diagnostics::default();
-    let first_file = files.first().map(|(p, _, _)| p.clone()).unwrap_or_default();
+    let first_file = files.first().map(|(p, _)| p.clone()).unwrap_or_default();
     for (name, a) in &auth {
         if a.is_open() {
             warnings.push(Diagnostic::file(&first_file, open_source_warning(name)));
@@ -171,11 +200,9 @@ fn compile_with(
             .sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
         return Err(errors);
     }
-    // The parsed files go before the rule index is built: for 10,000 rules they are larger
-    // than the compiled configuration, and a reload builds while two configurations serve.
-    let paths: Vec<PathBuf> = files.iter().map(|(p, _, _)| p.clone()).collect();
+    let paths: Vec<PathBuf> = files.iter().map(|(p, _)| p.clone()).collect();
     let snapshot = Snapshot {
-        files: files.into_iter().map(|(p, t, _)| (p, t)).collect(),
+        files,
         templates_dir: templates_dir.to_path_buf(),
         templates: templates.sources().to_vec(),
     };
@@ -193,10 +220,10 @@ fn compile_with(
 }
 
 /// SHA-256 of the templates and of every rules file (its name and text), hex.
-fn hash(files: &[(PathBuf, String, RawFile)], templates: &Templates) -> String {
+fn hash(files: &[(PathBuf, String)], templates: &Templates) -> String {
     let mut hasher = Sha256::new();
     hasher.update(templates.digest());
-    for (path, text, _) in files {
+    for (path, text) in files {
         let name = path.file_name().map(|n| n.to_string_lossy());
         hasher.update(name.unwrap_or_default().as_bytes());
         hasher.update(text.as_bytes());

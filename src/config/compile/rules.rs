@@ -7,7 +7,7 @@ use super::digest;
 use super::memory;
 use super::probe;
 use crate::actions::{Common, Ctx, RawAction, Unconfigured};
-use crate::config::raw::{RawFile, RawRule};
+use crate::config::raw::RawRule;
 use crate::diagnostic::Diagnostics;
 use crate::event::Sources;
 use crate::rules::{Active, Condition, Rule, RuleAction, condition};
@@ -41,35 +41,131 @@ pub(super) struct Env<'a> {
     pub(super) errors: &'a mut Diagnostics,
 }
 
-/// Compiles every rule of every file; a rule name used twice is an error.
-pub(super) fn compile(files: &[(PathBuf, String, RawFile)], env: &mut Env<'_>) -> Compiled {
-    let mut out = Compiled {
-        rules: Vec::with_capacity(files.iter().map(|(_, _, f)| f.rules.len()).sum()),
-        used: HashSet::new(),
-        unconfigured: Unconfigured::new(),
-        warnings: Diagnostics::default(),
-    };
-    let mut names: HashMap<String, (PathBuf, u32)> = HashMap::new();
-    for (path, _, file) in files {
-        for raw in &file.rules {
-            let rule = &raw.value;
-            let name = rule.name.value.trim().to_string();
-            let at = pos(&rule.name);
-            if name.is_empty() {
-                env.errors.at(path, at, "rule name is empty");
-            } else if let Some((f, line)) = names.get(&name) {
-                let first = f.display();
-                let message =
-                    format!("duplicate rule name {name:?} (first defined at {first}:{line})");
-                env.errors.at(path, at, message);
-            } else {
-                names.insert(name.clone(), (path.clone(), at.line));
-            }
-            let rule = compile_rule(path, name, rule, env, &mut out);
-            out.rules.push(rule);
+/// The rules compiled so far, in order, as the parser hands them over one by one. A rule that
+/// names a destination or time window not declared yet (further down, or in a later file)
+/// waits, raw, for the end; the others are compiled at once and their raw form dropped.
+pub(super) struct Rules {
+    out: Compiled,
+    names: HashMap<String, (PathBuf, u32)>,
+    waiting: Vec<Waiting>,
+    /// Rules taken so far, compiled or waiting: the next one's place in evaluation order.
+    taken: usize,
+}
+
+/// A rule compiled once every file is read, and its place among the others.
+struct Waiting {
+    place: usize,
+    path: PathBuf,
+    name: String,
+    raw: Box<Spanned<RawRule>>,
+}
+
+/// How far [`Rules`] had got, to go back to when a file turns out not to parse.
+pub(super) struct Mark {
+    compiled: usize,
+    waiting: usize,
+    taken: usize,
+}
+
+impl Rules {
+    pub(super) fn new() -> Self {
+        Rules {
+            out: Compiled {
+                rules: Vec::new(),
+                used: HashSet::new(),
+                unconfigured: Unconfigured::new(),
+                warnings: Diagnostics::default(),
+            },
+            names: HashMap::new(),
+            waiting: Vec::new(),
+            taken: 0,
         }
     }
-    out
+
+    /// Takes the next rule of `path`; a rule name used twice is an error.
+    pub(super) fn add(&mut self, path: &Path, raw: Box<Spanned<RawRule>>, env: &mut Env<'_>) {
+        let rule = &raw.value;
+        let name = rule.name.value.trim().to_string();
+        let at = pos(&rule.name);
+        if name.is_empty() {
+            env.errors.at(path, at, "rule name is empty");
+        } else if let Some((f, line)) = self.names.get(&name) {
+            let first = f.display();
+            let message = format!("duplicate rule name {name:?} (first defined at {first}:{line})");
+            env.errors.at(path, at, message);
+        } else {
+            self.names
+                .insert(name.clone(), (path.to_path_buf(), at.line));
+        }
+        let place = self.taken;
+        self.taken += 1;
+        if declared(rule, env) {
+            let compiled = compile_rule(path, name, rule, env, &mut self.out);
+            self.out.rules.push(compiled);
+        } else {
+            self.waiting.push(Waiting {
+                place,
+                path: path.to_path_buf(),
+                name,
+                raw,
+            });
+        }
+    }
+
+    /// Where the rules stand now.
+    pub(super) fn mark(&self) -> Mark {
+        Mark {
+            compiled: self.out.rules.len(),
+            waiting: self.waiting.len(),
+            taken: self.taken,
+        }
+    }
+
+    /// Forgets the rules of `path` taken since `mark` (a file that turned out not to parse).
+    pub(super) fn forget(&mut self, mark: Mark, path: &Path) {
+        self.out.rules.truncate(mark.compiled);
+        self.waiting.truncate(mark.waiting);
+        self.taken = mark.taken;
+        self.names.retain(|_, (file, _)| file != path);
+    }
+
+    /// Compiles the rules that waited, now that every file is read, and returns them all in
+    /// evaluation order.
+    pub(super) fn finish(mut self, env: &mut Env<'_>) -> Compiled {
+        let waited = !self.waiting.is_empty();
+        for w in std::mem::take(&mut self.waiting) {
+            let rule = compile_rule(&w.path, w.name, &w.raw.value, env, &mut self.out);
+            self.out.rules.insert(w.place, rule);
+        }
+        // Compiled as they came, the waiting rules' warnings came last: back in file order.
+        if waited {
+            self.out
+                .warnings
+                .0
+                .sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+        }
+        self.out.rules.shrink_to_fit();
+        self.out
+    }
+}
+
+/// Whether every destination and time window the rule's actions name is declared already.
+fn declared(rule: &RawRule, env: &Env<'_>) -> bool {
+    rule.actions.value.iter().all(|action| {
+        let destination = match action.value.destination() {
+            Some(d) => match env.destinations.get(&d.value) {
+                Some(declared) => Some(declared),
+                None => return false,
+            },
+            None => None,
+        };
+        let window = action
+            .value
+            .common()
+            .active
+            .or_else(|| destination.and_then(|d| d.settings.common().active));
+        window.is_none_or(|w| env.time_windows.contains_key(w.value.trim()))
+    })
 }
 
 fn compile_rule(

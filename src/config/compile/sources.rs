@@ -1,25 +1,29 @@
 //! `sources:`: how each webhook source authenticates (secrets from the environment, networks,
 //! durations), compiled into [`SourceAuth`].
 
-use crate::config::raw::{RawFile, RawSource};
+use crate::config::raw::RawSource;
 use crate::credentials::{Secret, SourceAuth};
 use crate::diagnostic::Diagnostics;
 use crate::env;
 use crate::event::{Source, Sources};
 use crate::syntax::{Pos, Spanned, pos};
 use ipnet::IpNet;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+/// The `sources:` sections of the files, in order, each with its file.
+pub(super) type Sections = Vec<(PathBuf, BTreeMap<String, Spanned<RawSource>>)>;
 
 /// The credentials of every mounted source, in the order the sources are mounted; a source
 /// the files do not configure asks for none.
 pub(super) fn compile(
-    files: &[(PathBuf, String, RawFile)],
+    sections: &Sections,
     sources: &Sources,
     errors: &mut Diagnostics,
 ) -> Vec<(&'static str, SourceAuth)> {
     let mut configured: Vec<(&'static str, SourceAuth)> = Vec::new();
-    for (path, _, file) in files {
-        for (name, raw) in &file.sources {
+    for (path, section) in sections {
+        for (name, raw) in section {
             let Some(source) = sources.get(name) else {
                 let known = sources.names().join(", ");
                 let message = format!("unknown source {name:?}; known: {known}");
