@@ -58,6 +58,7 @@ fn config(count: usize) -> Config {
         vec![(PathBuf::from("generated.yaml"), text)],
         &templates,
         &Sources::default(),
+        None,
     )
     .unwrap_or_else(|e| panic!("generated rules do not compile:\n{e}"))
 }

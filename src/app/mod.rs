@@ -210,8 +210,9 @@ impl App {
     /// Blocking (it reads files and compiles): call it from a blocking context.
     pub fn reload(&self, trigger: &str) -> Result<Arc<Config>, Diagnostics> {
         let _one_at_a_time = self.reload_lock.lock().expect("reload lock");
-        let result =
-            config::load(&self.paths, &self.sources).and_then(|new| admit(&self.policy, new));
+        let serving = self.config.load_full();
+        let result = config::load_beside(&self.paths, &self.sources, Some(&serving))
+            .and_then(|new| admit(&self.policy, new));
         let now = Utc::now();
         let mut status = self.status.lock().expect("status lock");
         match result {

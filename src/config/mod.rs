@@ -29,6 +29,16 @@ pub const MAX_RULES_FILE_BYTES: u64 = 8 * 1024 * 1024;
 /// Loads, validates and compiles the whole configuration for the webhook `sources` the router
 /// mounts. On failure returns every problem found, each with its file, line and column.
 pub fn load(paths: &ConfigPaths, sources: &Sources) -> Result<Config, Diagnostics> {
+    load_beside(paths, sources, None)
+}
+
+/// [`load`] for a reload: the rules written as the `serving` configuration's are shared with
+/// it instead of kept twice.
+pub fn load_beside(
+    paths: &ConfigPaths,
+    sources: &Sources,
+    serving: Option<&Config>,
+) -> Result<Config, Diagnostics> {
     let files = rules_files(&paths.rules)?;
     let mut texts = Vec::new();
     let mut errors = Diagnostics::default();
@@ -38,7 +48,7 @@ pub fn load(paths: &ConfigPaths, sources: &Sources) -> Result<Config, Diagnostic
             Err(diagnostic) => errors.push(diagnostic),
         }
     }
-    let compiled = compile::compile(texts, &paths.templates, sources);
+    let compiled = compile::compile(texts, &paths.templates, sources, serving);
     match compiled {
         Ok(config) if errors.is_empty() => Ok(config),
         Ok(_) => Err(errors),
@@ -67,6 +77,7 @@ pub fn load_text(
         vec![(name.to_path_buf(), text.to_string())],
         templates,
         sources,
+        None,
     )
 }
 

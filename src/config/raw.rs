@@ -98,6 +98,8 @@ pub enum Part {
     TimeWindows(BTreeMap<String, Spanned<RawTimeWindow>>),
     /// One item of `rules:`.
     Rule(Box<Spanned<RawRule>>),
+    /// A top-level key starts at this byte of the text: the section before it ends there.
+    Boundary(usize),
 }
 
 /// The keys a rules file may have at its top.
@@ -112,6 +114,7 @@ pub fn parse(text: &str) -> Result<RawFile, Diagnostic> {
         Part::Destinations(d) => file.destinations = d,
         Part::TimeWindows(t) => file.time_windows = t,
         Part::Rule(r) => file.rules.push(*r),
+        Part::Boundary(_) => {}
     })?;
     Ok(file)
 }
@@ -169,10 +172,13 @@ impl<'de> serde::de::Visitor<'de> for FileSeed<'_> {
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         use serde::de::Error;
         let mut seen = [false; 4];
-        while let Some(key) = map.next_key::<String>()? {
-            let Some(i) = FILE_KEYS.iter().position(|k| *k == key) else {
-                return Err(A::Error::unknown_field(&key, FILE_KEYS));
+        while let Some(key) = map.next_key::<Spanned<String>>()? {
+            let Some(i) = FILE_KEYS.iter().position(|k| *k == key.value) else {
+                return Err(A::Error::unknown_field(&key.value, FILE_KEYS));
             };
+            if let Some(at) = key.referenced.span().byte_offset() {
+                (self.0)(Part::Boundary(at as usize));
+            }
             if std::mem::replace(&mut seen[i], true) {
                 return Err(A::Error::duplicate_field(FILE_KEYS[i]));
             }
@@ -211,6 +217,25 @@ impl<'de> serde::de::Visitor<'de> for RulesSeed<'_> {
         }
         Ok(())
     }
+}
+
+/// Whether the text may define a YAML anchor (`&name`): an `&` that starts a word. What an
+/// alias repeats is written elsewhere, so a reload does not recognise a rule by its own text
+/// in a file that has anchors. Quoted text is not told apart: an `&` starting a word there
+/// only costs that sharing.
+pub fn has_anchors(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.iter().enumerate().any(|(i, &b)| {
+        b == b'&'
+            && (i == 0
+                || matches!(
+                    bytes[i - 1],
+                    b' ' | b'\t' | b'\n' | b'\r' | b'[' | b'{' | b','
+                ))
+            && bytes.get(i + 1).is_some_and(|c| {
+                !c.is_ascii_whitespace() && !matches!(c, b'&' | b',' | b']' | b'}')
+            })
+    })
 }
 
 /// The parser's budget for a file: what an honest file of its size needs, and no more. A node

@@ -9,6 +9,7 @@ use crate::event::{self, EventView};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde_json::Value;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 type Key = (Option<String>, Option<i64>);
 
@@ -23,8 +24,9 @@ pub(super) struct Index {
 struct Bucket {
     /// Rules evaluated for every event of the key.
     always: Vec<usize>,
-    /// Rules that require a campaign-name glob: the set, and the rule of each glob.
+    /// Rules that require a campaign-name glob, until the set is built from them.
     globs: Vec<(Glob, usize)>,
+    /// The set of those globs, and the rule of each.
     glob_set: Option<(GlobSet, Vec<usize>)>,
     /// Rules that require a field to equal a string: path → value → rules.
     values: HashMap<Vec<String>, HashMap<String, Vec<usize>>>,
@@ -41,7 +43,7 @@ enum Narrow {
 }
 
 impl Index {
-    pub(super) fn build(rules: &[Rule]) -> Self {
+    pub(super) fn build(rules: &[Arc<Rule>]) -> Self {
         let mut buckets: HashMap<Key, Bucket> = HashMap::new();
         for (i, rule) in rules.iter().enumerate().filter(|(_, r)| r.enabled) {
             let events: Vec<Option<String>> = requirement(&rule.when, &|c| match c {
@@ -119,15 +121,19 @@ impl Bucket {
         if self.globs.is_empty() {
             return;
         }
+        // The globs are compiled into the set and not kept: they are a tenth of a large index.
+        let globs = std::mem::take(&mut self.globs);
         let mut builder = GlobSetBuilder::new();
-        for (glob, _) in &self.globs {
-            builder.add(glob.clone());
+        let mut rules = Vec::with_capacity(globs.len());
+        for (glob, i) in globs {
+            builder.add(glob);
+            rules.push(i);
         }
         if let Ok(set) = builder.build() {
-            self.glob_set = Some((set, self.globs.iter().map(|(_, i)| *i).collect()));
+            self.glob_set = Some((set, rules));
         } else {
             // Cannot happen (every glob compiled on its own); evaluate them all rather than none.
-            self.always.extend(self.globs.iter().map(|(_, i)| *i));
+            self.always.extend(rules);
         }
     }
 
@@ -260,7 +266,7 @@ mod tests {
             })
             .collect();
         rules.sort_by_key(|(order, _)| *order);
-        RuleSet::new(rules.into_iter().map(|(_, r)| r).collect())
+        RuleSet::new(rules.into_iter().map(|(_, r)| Arc::new(r)).collect())
     }
 
     const RULES: &str = r#"

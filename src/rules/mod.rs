@@ -169,7 +169,8 @@ impl Active {
 /// cannot match.
 #[derive(Debug, Default)]
 pub struct RuleSet {
-    rules: Vec<Rule>,
+    /// Shared with the configuration a reload replaced, for every rule written the same.
+    rules: Vec<Arc<Rule>>,
     index: Index,
     by_name: HashMap<String, usize>,
     seen: Vec<Arc<SeenClause>>,
@@ -177,7 +178,7 @@ pub struct RuleSet {
 
 impl RuleSet {
     /// Builds the set (and its index) from rules in evaluation order.
-    pub fn new(rules: Vec<Rule>) -> Self {
+    pub fn new(rules: Vec<Arc<Rule>>) -> Self {
         let index = Index::build(&rules);
         let by_name = rules
             .iter()
@@ -207,17 +208,27 @@ impl RuleSet {
     }
 
     /// All rules in evaluation order, enabled or not.
-    pub fn rules(&self) -> &[Rule] {
+    pub fn rules(&self) -> &[Arc<Rule>] {
         &self.rules
     }
 
     /// A rule by its name.
-    pub fn by_name(&self, name: &str) -> Option<&Rule> {
+    pub fn by_name(&self, name: &str) -> Option<&Arc<Rule>> {
         self.by_name.get(name).map(|&i| &self.rules[i])
+    }
+
+    /// A rule's position by its name.
+    pub fn position(&self, name: &str) -> Option<usize> {
+        self.by_name.get(name).copied()
     }
 
     /// A rule by its position.
     pub fn get(&self, i: usize) -> &Rule {
+        &self.rules[i]
+    }
+
+    /// A rule by its position, to share with another set.
+    pub fn get_shared(&self, i: usize) -> &Arc<Rule> {
         &self.rules[i]
     }
 

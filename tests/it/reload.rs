@@ -127,3 +127,45 @@ async fn a_broken_edit_keeps_the_old_rules_and_reports_every_error() {
     let got = peer.wait_for(2).await;
     assert_eq!(got[1].path, "/fixed");
 }
+
+/// A reload keeps the serving rules it finds written the same (it shares them rather than
+/// holding two copies), yet what they name changes under them: an edited destination takes
+/// effect for the unchanged rule that names it, and an edited rule for itself alone.
+#[tokio::test]
+async fn an_edit_reaches_the_unchanged_rules_that_name_what_changed() {
+    let peer = HttpPeer::start().await;
+    let text = |destination: &str, inline: &str| {
+        format!(
+            "destinations:\n  crm:\n    http: {{ url: \"{}\", body: '{{}}' }}\nrules:\n  - name: by-destination\n    when: {{ event: EMAIL_REPLIED }}\n    actions:\n      - http: {{ destination: crm }}\n  - name: inline\n    when: {{ event: EMAIL_REPLIED }}\n    actions:\n      - http: {{ url: \"{}\", body: '{{}}' }}\n",
+            peer.url(destination),
+            peer.url(inline)
+        )
+    };
+    let router = Router::start(&text("/crm-1", "/inline-1"), &[]).await;
+    let mut expected = vec!["/crm-1", "/inline-1"];
+    for (step, (destination, inline)) in [("/crm-2", "/inline-1"), ("/crm-2", "/inline-3")]
+        .into_iter()
+        .enumerate()
+    {
+        router
+            .post(&crate::util::unique(fixture("real_13_email_reply")))
+            .await;
+        let got = peer.wait_for(2 * (step + 1)).await;
+        let mut paths: Vec<&str> = got[2 * step..].iter().map(|r| r.path.as_str()).collect();
+        paths.sort_unstable();
+        assert_eq!(paths, expected, "before edit {}", step + 1);
+        let hash = router.config_hash().await;
+        save(&router.rules_path(), &text(destination, inline));
+        router
+            .wait_status("the reload", |s| s["config_hash"] != hash.as_str())
+            .await;
+        expected = vec![destination, inline];
+    }
+    router
+        .post(&crate::util::unique(fixture("real_13_email_reply")))
+        .await;
+    let got = peer.wait_for(6).await;
+    let mut paths: Vec<&str> = got[4..].iter().map(|r| r.path.as_str()).collect();
+    paths.sort_unstable();
+    assert_eq!(paths, expected, "after the last edit");
+}

@@ -28,12 +28,18 @@ use std::path::{Path, PathBuf};
 /// a new one and swaps it in whole.
 #[derive(Debug)]
 pub struct Config {
-    /// The rules, compiled and indexed.
-    pub rules: RuleSet,
+    /// The rules, compiled and indexed; the serving configuration's own after a reload that
+    /// changed none of them.
+    pub rules: std::sync::Arc<RuleSet>,
+    /// Where each rule is written: its bytes of its file (from its start to the next rule's),
+    /// by which a reload recognises a rule it compiled before.
+    pub spans: Vec<(u32, u32)>,
     /// The compiled templates the rules' actions render with.
     pub templates: Templates,
     /// SHA-256 of every rules file and template file that went in, hex.
     pub hash: String,
+    /// What the rules are compiled against besides their own text.
+    pub context: Context,
     /// When this configuration was compiled.
     pub loaded_at: DateTime<Utc>,
     /// The rules files it was compiled from.
@@ -71,33 +77,40 @@ impl Config {
 }
 
 /// Compiles rules files (path and text) and the templates directory, for the webhook
-/// `sources` the router mounts.
+/// `sources` the router mounts. With the `serving` configuration (a reload), every rule
+/// written as one of its rules is shared with it rather than kept twice.
 pub fn compile(
     files: Vec<(PathBuf, String)>,
     templates_dir: &Path,
     sources: &Sources,
+    serving: Option<&Config>,
 ) -> Result<Config, Diagnostics> {
     compile_with(
         files,
-        Templates::load_dir(templates_dir),
+        &|| Templates::load_dir(templates_dir),
         templates_dir,
         sources,
+        serving,
     )
 }
 
 /// Compiles a configuration kept in the store ([`Snapshot`]): the one that matched a delivery
 /// still waiting, after a restart or several reloads since.
 pub fn compile_snapshot(snapshot: &Snapshot, sources: &Sources) -> Result<Config, Diagnostics> {
-    let (templates, broken) = Templates::from_sources(snapshot.templates.clone());
-    let broken = broken
-        .into_iter()
-        .map(|(name, e)| (snapshot.templates_dir.join(name), e))
-        .collect();
+    let templates = || {
+        let (templates, broken) = Templates::from_sources(snapshot.templates.clone());
+        let broken = broken
+            .into_iter()
+            .map(|(name, e)| (snapshot.templates_dir.join(name), e))
+            .collect();
+        (templates, broken)
+    };
     compile_with(
         snapshot.files.clone(),
-        (templates, broken),
+        &templates,
         &snapshot.templates_dir,
         sources,
+        None,
     )
 }
 
@@ -113,12 +126,19 @@ pub struct Snapshot {
     pub templates: Vec<(String, String)>,
 }
 
+/// The templates a configuration compiles with, and those that did not compile (a function:
+/// a compilation that shared rules it should not have starts again from the same).
+type LoadTemplates<'a> =
+    &'a dyn Fn() -> (Templates, Vec<(PathBuf, crate::template::TemplateError)>);
+
 fn compile_with(
     files: Vec<(PathBuf, String)>,
-    (mut templates, broken): (Templates, Vec<(PathBuf, crate::template::TemplateError)>),
+    load_templates: LoadTemplates<'_>,
     templates_dir: &Path,
     sources: &Sources,
+    serving: Option<&Config>,
 ) -> Result<Config, Diagnostics> {
+    let (mut templates, broken) = load_templates();
     let mut errors = Diagnostics::default();
     for (path, e) in broken {
         let at = Pos {
@@ -133,7 +153,12 @@ fn compile_with(
     let mut destinations = HashMap::new();
     let mut time_windows = time_windows::Windows::default();
     let mut source_sections = Vec::new();
-    let mut rules = rules::Rules::new();
+    let mut context = Context::default();
+    // An alias could bring into a rule what is written outside it; without anchors there is none.
+    let share = serving
+        .filter(|_| !files.iter().any(|(_, text)| raw::has_anchors(text)))
+        .map(rules::Share::new);
+    let mut rules = rules::Rules::new(share);
     // Each file is compiled as it is parsed, rule by rule: the parsed form of a large file is
     // many times the size of its compiled rules, and a reload builds while others serve.
     for (path, text) in &files {
@@ -141,11 +166,17 @@ fn compile_with(
         let parsed = raw::parse_parts(text, &mut |part| match part {
             Part::Sources(section) => source_sections.push((path.clone(), section)),
             Part::Destinations(section) => {
+                Context::declare(&mut context.destinations, path, &section);
                 destinations::declare(path, &section, &mut destinations, &mut errors)
             }
-            Part::TimeWindows(section) => time_windows.declare(path, &section, &mut errors),
+            Part::TimeWindows(section) => {
+                Context::declare(&mut context.time_windows, path, &section);
+                time_windows.declare(path, &section, &mut errors)
+            }
+            Part::Boundary(at) => rules.end(at, text),
             Part::Rule(rule) => rules.add(
                 path,
+                text,
                 rule,
                 &mut rules::Env {
                     destinations: &destinations,
@@ -159,25 +190,38 @@ fn compile_with(
         });
         // A file that does not parse counts for nothing but its syntax error, as if the
         // parser had stopped at its start.
-        if let Err(d) = parsed {
-            let (rules_mark, errors_mark, sources_mark) = mark;
-            rules.forget(rules_mark, path);
-            errors.0.truncate(errors_mark);
-            source_sections.truncate(sources_mark);
-            destinations.retain(|_, d: &mut destinations::Declared| d.file != *path);
-            time_windows.forget(path);
-            errors.push(d.in_file(path));
+        match parsed {
+            Ok(()) => rules.end(text.len(), text),
+            Err(d) => {
+                let (rules_mark, errors_mark, sources_mark) = mark;
+                rules.forget(rules_mark, path);
+                errors.0.truncate(errors_mark);
+                source_sections.truncate(sources_mark);
+                destinations.retain(|_, d: &mut destinations::Declared| d.file != *path);
+                time_windows.forget(path);
+                errors.push(d.in_file(path));
+            }
         }
     }
     let auth = sources::compile(&source_sections, sources, &mut errors);
-    let compiled = rules.finish(&mut rules::Env {
-        destinations: &destinations,
-        time_windows: &time_windows.compiled,
-        templates: &mut templates,
-        sources,
-        samples: &samples,
-        errors: &mut errors,
-    });
+    let compiled = rules.finish(
+        &files,
+        &mut rules::Env {
+            destinations: &destinations,
+            time_windows: &time_windows.compiled,
+            templates: &mut templates,
+            sources,
+            samples: &samples,
+            errors: &mut errors,
+        },
+    );
+    if compiled.shared > 0
+        && serving.is_some_and(|s| !context.same_for(&s.context, &compiled.names))
+    {
+        // Rules were shared on their text, and a destination or time window they name changed.
+        drop(compiled);
+        return compile_with(files, load_templates, templates_dir, sources, None);
+    }
     let mut warnings = Diagnostics::default();
     let first_file = files.first().map(|(p, _)| p.clone()).unwrap_or_default();
     for (name, a) in &auth {
@@ -207,9 +251,11 @@ fn compile_with(
         templates: templates.sources().to_vec(),
     };
     Ok(Config {
-        rules: RuleSet::new(compiled.rules),
+        rules: rule_set(compiled.rules, serving),
+        spans: compiled.spans,
         templates,
         hash,
+        context,
         loaded_at: Utc::now(),
         snapshot: std::sync::Arc::new(snapshot),
         archived: std::sync::atomic::AtomicBool::new(false),
@@ -217,6 +263,70 @@ fn compile_with(
         warnings,
         sources: auth,
     })
+}
+
+/// The rule set of `rules`: the `serving` configuration's when they are all its own, in its
+/// order (its index then serves as it is), else a new one.
+fn rule_set(
+    rules: Vec<std::sync::Arc<crate::rules::Rule>>,
+    serving: Option<&Config>,
+) -> std::sync::Arc<RuleSet> {
+    if let Some(serving) = serving
+        && serving.rules.rules().len() == rules.len()
+        && serving
+            .rules
+            .rules()
+            .iter()
+            .zip(&rules)
+            .all(|(a, b)| std::sync::Arc::ptr_eq(a, b))
+    {
+        return serving.rules.clone();
+    }
+    std::sync::Arc::new(RuleSet::new(rules))
+}
+
+/// What the rules of a configuration are compiled against besides their own text: each
+/// destination and time window as written (a digest of its file and settings, by name). A
+/// rule a reload shares must find those it names unchanged.
+#[derive(Debug, Default)]
+pub struct Context {
+    destinations: HashMap<String, [u8; 32]>,
+    time_windows: HashMap<String, [u8; 32]>,
+}
+
+impl Context {
+    fn declare<T: std::fmt::Debug>(
+        into: &mut HashMap<String, [u8; 32]>,
+        path: &Path,
+        section: &std::collections::BTreeMap<String, T>,
+    ) {
+        for (name, settings) in section {
+            // The first declaration is the one that counts; a second is an error.
+            into.entry(name.clone()).or_insert_with(|| {
+                let mut hasher = Sha256::new();
+                hasher.update(path.as_os_str().as_encoded_bytes());
+                hasher.update([0]);
+                // The raw settings' Debug is derived: every field and where it is written.
+                hasher.update(format!("{settings:?}").as_bytes());
+                hasher.finalize().into()
+            });
+        }
+    }
+
+    /// Whether the destinations and time windows named are declared the same in both.
+    fn same_for(&self, other: &Context, names: &rules::Names) -> bool {
+        let same = |a: &HashMap<String, [u8; 32]>, b: &HashMap<String, [u8; 32]>, n: &String| {
+            a.get(n) == b.get(n)
+        };
+        names
+            .destinations
+            .iter()
+            .all(|n| same(&self.destinations, &other.destinations, n))
+            && names
+                .time_windows
+                .iter()
+                .all(|n| same(&self.time_windows, &other.time_windows, n))
+    }
 }
 
 /// SHA-256 of the templates and of every rules file (its name and text), hex.
@@ -229,4 +339,141 @@ fn hash(files: &[(PathBuf, String)], templates: &Templates) -> String {
         hasher.update(text.as_bytes());
     }
     hex::encode(hasher.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"destinations:
+  crm:
+    http: { url: "http://127.0.0.1:9/first", allow_private: true }
+rules:
+  - name: one
+    when: { event: EMAIL_REPLIED }
+    actions:
+      - http: { destination: crm, body: '{"n": 1}' }
+  - name: two
+    when: { event: EMAIL_BOUNCED }
+    actions:
+      - log: { message: two }
+  - name: three
+    actions:
+      - log: { message: three }
+"#;
+
+    fn load(text: &str, serving: Option<&Config>) -> Config {
+        load_files(&[("rules.yaml", text)], serving)
+    }
+
+    fn load_files(files: &[(&str, &str)], serving: Option<&Config>) -> Config {
+        let templates = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
+        let files = files
+            .iter()
+            .map(|(p, t)| (PathBuf::from(p), t.to_string()))
+            .collect();
+        compile(files, &templates, &Sources::default(), serving).expect("the rules compile")
+    }
+
+    /// What the first action of rule `name` renders for an empty event: its JSON, and the
+    /// URL of an HTTP request (which the JSON leaves out, as a secret).
+    fn rendered(config: &Config, name: &str) -> String {
+        let rule = config.rules.by_name(name).expect("the rule is there");
+        let message = rule.actions[0]
+            .action
+            .render(&serde_json::json!({}), &config.templates)
+            .expect("it renders");
+        let url = match &message {
+            crate::actions::Message::Http(m) => m.url.clone(),
+            _ => String::new(),
+        };
+        format!("{} {url}", serde_json::to_string(&message).unwrap())
+    }
+
+    /// For each rule of `new`, whether it is `old`'s own.
+    fn shared(old: &Config, new: &Config) -> Vec<bool> {
+        let rules = new.rules.rules().iter();
+        rules
+            .map(|r| {
+                let theirs = old.rules.by_name(&r.name);
+                theirs.is_some_and(|o| std::sync::Arc::ptr_eq(o, r))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_reload_shares_the_rules_written_the_same_and_compiles_the_others() {
+        let first = load(FILE, None);
+        let again = load(FILE, Some(&first));
+        assert_eq!(shared(&first, &again), [true; 3]);
+        // None changed: the rule set and its index too.
+        assert!(std::sync::Arc::ptr_eq(&first.rules, &again.rules));
+        let edited = load(&FILE.replace("message: two", "message: 2"), Some(&first));
+        assert_eq!(shared(&first, &edited), [true, false, true]);
+        assert!(!std::sync::Arc::ptr_eq(&first.rules, &edited.rules));
+        assert!(
+            rendered(&edited, "two").contains("\"2\""),
+            "{}",
+            rendered(&edited, "two")
+        );
+        // The last rule's text ends at the file's end, then at the next rule's `- `.
+        let appended =
+            format!("{FILE}  - name: four\n    actions:\n      - log: {{ message: four }}\n");
+        assert_eq!(
+            shared(&first, &load(&appended, Some(&first))),
+            [true, true, true, false]
+        );
+        // Below a line added, the rules are on other lines: compiled again, with those lines.
+        let moved = FILE.replace("  - name: two\n", "  - name: two\n    description: moved\n");
+        let moved = load(&moved, Some(&first));
+        assert_eq!(shared(&first, &moved), [true, false, false]);
+        assert_eq!(moved.rules.by_name("three").unwrap().origin.1, 14);
+        // A destination no shared rule names may come and go.
+        let more = "destinations:\n  other:\n    log: {}\n";
+        let more = load_files(&[("rules.yaml", FILE), ("more.yaml", more)], Some(&first));
+        assert_eq!(shared(&first, &more), [true; 3]);
+    }
+
+    #[test]
+    fn nothing_is_shared_when_what_the_rules_are_compiled_against_changed() {
+        let first = load(FILE, None);
+        assert!(
+            rendered(&first, "one").contains("/first"),
+            "{}",
+            rendered(&first, "one")
+        );
+        let moved = load(&FILE.replace("/first", "/second"), Some(&first));
+        assert_eq!(shared(&first, &moved), [false; 3]);
+        assert!(
+            rendered(&moved, "one").contains("/second"),
+            "{}",
+            rendered(&moved, "one")
+        );
+        // A time window named by a rule changed: its new hours are the ones it keeps.
+        let windowed = |hours: &str| {
+            FILE.replace("message: three }", "message: three, active: office }")
+                + &format!(
+                    "time_windows:\n  office:\n    intervals: [{{ times: [{{ start_time: '{hours}', end_time: '23:00' }}] }}]\n"
+                )
+        };
+        let first = load(&windowed("08:00"), None);
+        let later = load(&windowed("09:00"), Some(&first));
+        assert_eq!(shared(&first, &later), [false; 3]);
+        let window = |c: &Config| {
+            let a = c.rules.by_name("three").unwrap().actions[0].active.as_ref();
+            format!("{:?}", a.expect("the action has hours").window)
+        };
+        assert!(window(&later).contains("(32400, "), "{}", window(&later));
+        assert_eq!(
+            shared(&later, &load(&windowed("09:00"), Some(&later))),
+            [true; 3]
+        );
+        // An alias brings in text written outside the rule: no sharing in a file with anchors.
+        let anchored = FILE
+            .replace("message: two", "message: &said two")
+            .replace("message: three", "message: *said");
+        let anchored_first = load(&anchored, None);
+        let again = load(&anchored, Some(&anchored_first));
+        assert_eq!(shared(&anchored_first, &again), [false; 3]);
+    }
 }

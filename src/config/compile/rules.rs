@@ -21,13 +21,26 @@ use std::sync::Arc;
 /// The rules of every file, in order, and what compiling them found out.
 pub(super) struct Compiled {
     /// The rules, in evaluation order.
-    pub(super) rules: Vec<Rule>,
+    pub(super) rules: Vec<Arc<Rule>>,
     /// The destinations some action uses.
     pub(super) used: HashSet<String>,
     /// The destinations and actions whose address came out empty.
     pub(super) unconfigured: Unconfigured,
     /// Problems that do not stop the rules from serving (a key that may render empty, …).
     pub(super) warnings: Diagnostics,
+    /// Where each rule is written ([`super::Config::spans`]).
+    pub(super) spans: Vec<(u32, u32)>,
+    /// How many rules are the serving configuration's own (see [`Share`]).
+    pub(super) shared: usize,
+    /// The destinations and time windows those name.
+    pub(super) names: Names,
+}
+
+/// Destinations and time windows by name.
+#[derive(Default)]
+pub(super) struct Names {
+    pub(super) destinations: HashSet<String>,
+    pub(super) time_windows: HashSet<String>,
 }
 
 /// What every rule is compiled against.
@@ -41,15 +54,75 @@ pub(super) struct Env<'a> {
     pub(super) errors: &'a mut Diagnostics,
 }
 
+/// The configuration serving while a reload compiles: a rule written exactly as one of its
+/// rules (same file, same line, same text) compiles to the same rule, so the new configuration
+/// takes the serving one's instead of keeping a copy of every rule. The new rule is still
+/// compiled, for the problems it reports; it is dropped at once. Whether the destinations and
+/// time windows it names are the same too is known only once every file is read:
+/// [`super::compile_with`] compiles again, sharing nothing, when one is not.
+pub(super) struct Share<'a> {
+    serving: &'a super::Config,
+    texts: HashMap<&'a Path, &'a str>,
+}
+
+impl<'a> Share<'a> {
+    pub(super) fn new(serving: &'a super::Config) -> Self {
+        let texts = serving
+            .snapshot
+            .files
+            .iter()
+            .map(|(p, t)| (p.as_path(), t.as_str()))
+            .collect();
+        Share { serving, texts }
+    }
+
+    /// The serving configuration's rule that `rule` (written at `span` of `text`) is the same
+    /// as.
+    fn find(&self, rule: &Rule, text: &str, span: (u32, u32)) -> Option<Arc<Rule>> {
+        if span.0 >= span.1 {
+            return None;
+        }
+        let at = self.serving.rules.position(&rule.name)?;
+        let old = self.serving.rules.get_shared(at);
+        let old_text = self.texts.get(old.origin.0.as_path())?;
+        let old_span = *self.serving.spans.get(at)?;
+        let same =
+            old.origin == rule.origin && own_text(old_text, old_span)? == own_text(text, span)?;
+        same.then(|| old.clone())
+    }
+}
+
+/// A rule's text: its bytes of the file without the next item's `- `, which the last rule
+/// of a list does not have.
+fn own_text(text: &str, (start, end): (u32, u32)) -> Option<&str> {
+    let slice = text.get(start as usize..end as usize)?;
+    if let Some(rest) = slice.trim_end_matches(' ').strip_suffix('-') {
+        let line = rest.rfind('\n').map_or(0, |i| i + 1);
+        if rest[line..].bytes().all(|b| b == b' ') {
+            return Some(&slice[..line]);
+        }
+    }
+    Some(slice)
+}
+
 /// The rules compiled so far, in order, as the parser hands them over one by one. A rule that
 /// names a destination or time window not declared yet (further down, or in a later file)
-/// waits, raw, for the end; the others are compiled at once and their raw form dropped.
-pub(super) struct Rules {
+/// waits, raw, for the end; the others are compiled at once and their raw form dropped. The
+/// last rule taken is held until the next part of the file starts, where its text ends.
+pub(super) struct Rules<'a> {
     out: Compiled,
     names: HashMap<String, (PathBuf, u32)>,
     waiting: Vec<Waiting>,
+    held: Option<Held>,
     /// Rules taken so far, compiled or waiting: the next one's place in evaluation order.
     taken: usize,
+    share: Option<Share<'a>>,
+}
+
+/// A rule whose text's end is not known yet.
+enum Held {
+    Compiled(Box<Rule>, u32),
+    Waiting(Waiting),
 }
 
 /// A rule compiled once every file is read, and its place among the others.
@@ -58,6 +131,7 @@ struct Waiting {
     path: PathBuf,
     name: String,
     raw: Box<Spanned<RawRule>>,
+    span: (u32, u32),
 }
 
 /// How far [`Rules`] had got, to go back to when a file turns out not to parse.
@@ -65,25 +139,44 @@ pub(super) struct Mark {
     compiled: usize,
     waiting: usize,
     taken: usize,
+    shared: usize,
 }
 
-impl Rules {
-    pub(super) fn new() -> Self {
+impl<'a> Rules<'a> {
+    pub(super) fn new(share: Option<Share<'a>>) -> Self {
         Rules {
             out: Compiled {
                 rules: Vec::new(),
                 used: HashSet::new(),
                 unconfigured: Unconfigured::new(),
                 warnings: Diagnostics::default(),
+                spans: Vec::new(),
+                shared: 0,
+                names: Names::default(),
             },
             names: HashMap::new(),
             waiting: Vec::new(),
+            held: None,
             taken: 0,
+            share,
         }
     }
 
-    /// Takes the next rule of `path`; a rule name used twice is an error.
-    pub(super) fn add(&mut self, path: &Path, raw: Box<Spanned<RawRule>>, env: &mut Env<'_>) {
+    /// Takes the next rule of `path` (whose text is `text`); a rule name used twice is an
+    /// error.
+    pub(super) fn add(
+        &mut self,
+        path: &Path,
+        text: &str,
+        raw: Box<Spanned<RawRule>>,
+        env: &mut Env<'_>,
+    ) {
+        let start = raw
+            .referenced
+            .span()
+            .byte_offset()
+            .map_or(text.len(), |b| b as usize);
+        self.end(start, text);
         let rule = &raw.value;
         let name = rule.name.value.trim().to_string();
         let at = pos(&rule.name);
@@ -99,16 +192,53 @@ impl Rules {
         }
         let place = self.taken;
         self.taken += 1;
-        if declared(rule, env) {
+        self.held = Some(if declared(rule, env) {
             let compiled = compile_rule(path, name, rule, env, &mut self.out);
-            self.out.rules.push(compiled);
+            Held::Compiled(Box::new(compiled), start as u32)
         } else {
-            self.waiting.push(Waiting {
+            Held::Waiting(Waiting {
                 place,
                 path: path.to_path_buf(),
                 name,
                 raw,
-            });
+                span: (start as u32, start as u32),
+            })
+        });
+    }
+
+    /// The rule held, if any, ends at byte `at` of `text` (the next rule or top-level key, or
+    /// the file's end).
+    pub(super) fn end(&mut self, at: usize, text: &str) {
+        match self.held.take() {
+            None => {}
+            Some(Held::Compiled(rule, start)) => {
+                let span = (start, at as u32);
+                let rule = self.shared(*rule, text, span);
+                self.out.rules.push(rule);
+                self.out.spans.push(span);
+            }
+            Some(Held::Waiting(mut w)) => {
+                w.span.1 = at as u32;
+                self.waiting.push(w);
+            }
+        }
+    }
+
+    /// `rule`, or the serving configuration's same rule.
+    fn shared(&mut self, rule: Rule, text: &str, span: (u32, u32)) -> Arc<Rule> {
+        match self.share.as_ref().and_then(|s| s.find(&rule, text, span)) {
+            Some(old) => {
+                self.out.shared += 1;
+                for a in &old.actions {
+                    let names = &mut self.out.names;
+                    names.destinations.insert(a.destination.clone());
+                    if let Some(active) = &a.active {
+                        names.time_windows.insert(active.window.name.clone());
+                    }
+                }
+                old
+            }
+            None => Arc::new(rule),
         }
     }
 
@@ -118,24 +248,34 @@ impl Rules {
             compiled: self.out.rules.len(),
             waiting: self.waiting.len(),
             taken: self.taken,
+            shared: self.out.shared,
         }
     }
 
     /// Forgets the rules of `path` taken since `mark` (a file that turned out not to parse).
     pub(super) fn forget(&mut self, mark: Mark, path: &Path) {
+        self.held = None;
         self.out.rules.truncate(mark.compiled);
+        self.out.spans.truncate(mark.compiled);
         self.waiting.truncate(mark.waiting);
         self.taken = mark.taken;
+        self.out.shared = mark.shared;
         self.names.retain(|_, (file, _)| file != path);
     }
 
-    /// Compiles the rules that waited, now that every file is read, and returns them all in
-    /// evaluation order.
-    pub(super) fn finish(mut self, env: &mut Env<'_>) -> Compiled {
+    /// Compiles the rules that waited, now that every file (path and text) is read, and
+    /// returns them all in evaluation order.
+    pub(super) fn finish(mut self, files: &[(PathBuf, String)], env: &mut Env<'_>) -> Compiled {
         let waited = !self.waiting.is_empty();
         for w in std::mem::take(&mut self.waiting) {
             let rule = compile_rule(&w.path, w.name, &w.raw.value, env, &mut self.out);
+            let text = files
+                .iter()
+                .find(|(p, _)| *p == w.path)
+                .map_or("", |(_, t)| t.as_str());
+            let rule = self.shared(rule, text, w.span);
             self.out.rules.insert(w.place, rule);
+            self.out.spans.insert(w.place, w.span);
         }
         // Compiled as they came, the waiting rules' warnings came last: back in file order.
         if waited {
@@ -145,6 +285,7 @@ impl Rules {
                 .sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
         }
         self.out.rules.shrink_to_fit();
+        self.out.spans.shrink_to_fit();
         self.out
     }
 }
