@@ -13,8 +13,8 @@
 #       sink (loadgen's Slack stand-in) at a fixed open-loop rate;
 #   (3) rule matching and rendering per event for 10 to 10,000 rules (criterion,
 #       benches/match_render.rs);
-#   (4) reload time of 10,000 generated rules via POST /-/reload under load, and the requests
-#       that failed meanwhile;
+#   (4) reload time of 10,000 generated rules via POST /-/reload under load, each after an edit
+#       of one rule (as a user saving a change), and the requests that failed meanwhile;
 #   (5) the router's peak RSS (VmHWM from /proc);
 #   (2b) the sustained capacity: the highest open-loop rate (bisected up to the reference's
 #       rate) at which every event is delivered with POST-to-arrival p99 within 100 ms over
@@ -324,7 +324,8 @@ echo "== (4) reload of $rule_count generated rules under load"
 mv "$tmp/bulk.yaml.part" "$tmp/rules/10-bulk.yaml"
 "$loadgen" closed --label reload --url "$webhook" --sink "$sink" \
     --connections 10 --duration "$secs" --drain-timeout 30 "${body_args[@]}" \
-    --reload-url "http://127.0.0.1:$router_port/-/reload" --reload-times 3 --reload-after 5 |
+    --reload-url "http://127.0.0.1:$router_port/-/reload" --reload-times 3 --reload-after 5 \
+    --reload-edit "$tmp/rules/10-bulk.yaml" |
     tee -a "$results"
 record_rss reload "$router_pid"
 

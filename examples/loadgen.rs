@@ -188,6 +188,10 @@ struct Closed {
     /// Seconds of load before the first reload.
     #[arg(long, default_value_t = 5)]
     reload_after: u64,
+    /// Before each reload, edit one rule of this generated rules file (the middle one gets
+    /// another name), as a user saving a change would: the reload compiles a file that differs.
+    #[arg(long)]
+    reload_edit: Option<std::path::PathBuf>,
     /// The server's process id: its CPU time over the measured window is reported per
     /// acknowledged request (from /proc), with the load generator's own and how busy the
     /// machine was. Work still queued when the window closes (a delivery backlog) is not in it.
@@ -616,7 +620,8 @@ async fn closed(args: Closed) -> ExitCode {
     }
     let reloads = args.reload_url.clone().map(|url| {
         let (times, after) = (args.reload_times, args.reload_after);
-        tokio::spawn(async move { reload_loop(&url, times, after).await })
+        let edit = args.reload_edit.clone();
+        tokio::spawn(async move { reload_loop(&url, times, after, edit).await })
     });
     tokio::time::sleep_until(measure_from.into()).await;
     let cpu_from = Cpu::now(args.server_pid);
@@ -720,8 +725,9 @@ async fn count(args: Count) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Posts `times` reloads, one after the other, after `after` seconds; one JSON value each.
-async fn reload_loop(url: &str, times: usize, after: u64) -> Vec<Value> {
+/// Posts `times` reloads, one after the other, after `after` seconds, each after an edit of
+/// `edit` if given; one JSON value each.
+async fn reload_loop(url: &str, times: usize, after: u64, edit: Option<PathBuf>) -> Vec<Value> {
     tokio::time::sleep(Duration::from_secs(after)).await;
     let client = reqwest::Client::builder()
         .no_proxy()
@@ -729,7 +735,11 @@ async fn reload_loop(url: &str, times: usize, after: u64) -> Vec<Value> {
         .build()
         .expect("the HTTP client builds");
     let mut results = Vec::new();
-    for _ in 0..times {
+    for i in 0..times {
+        if let Some(path) = &edit {
+            edit_one_rule(path, i)
+                .unwrap_or_else(|e| panic!("cannot edit {}: {e}", path.display()));
+        }
         let started = Instant::now();
         let result = client.post(url).send().await;
         let took = started.elapsed();
@@ -744,6 +754,23 @@ async fn reload_loop(url: &str, times: usize, after: u64) -> Vec<Value> {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     results
+}
+
+/// Gives the middle rule of a generated rules file the name `edited-N`, keeping every line
+/// where it is, and saves the file as an editor does (a new file renamed over it).
+fn edit_one_rule(path: &Path, n: usize) -> std::io::Result<()> {
+    let text = std::fs::read_to_string(path)?;
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let rules: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].starts_with("  - name: "))
+        .collect();
+    let Some(&middle) = rules.get(rules.len() / 2) else {
+        return Err(std::io::Error::other("no rule to edit"));
+    };
+    lines[middle] = format!("  - name: edited-{n}");
+    let tmp = path.with_extension("yaml.edit");
+    std::fs::write(&tmp, lines.join("\n") + "\n")?;
+    std::fs::rename(&tmp, path)
 }
 
 // ---------------------------------------------------------------------------------------------
