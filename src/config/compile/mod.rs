@@ -34,6 +34,8 @@ pub struct Config {
     /// Where each rule is written: its bytes of its file (from its start to the next rule's),
     /// by which a reload recognises a rule it compiled before.
     pub spans: Vec<(u32, u32)>,
+    /// What compiling each rule reported besides errors, given again by a reload that shares it.
+    pub(crate) notes: Vec<Option<Box<rules::Notes>>>,
     /// The compiled templates the rules' actions render with.
     pub templates: Templates,
     /// SHA-256 of every rules file and template file that went in, hex.
@@ -153,12 +155,28 @@ fn compile_with(
     let mut destinations = HashMap::new();
     let mut time_windows = time_windows::Windows::default();
     let mut source_sections = Vec::new();
-    let mut context = Context::default();
+    let mut context = Context {
+        templates: templates.digest(),
+        ..Context::default()
+    };
     // An alias could bring into a rule what is written outside it; without anchors there is none.
     let share = serving
         .filter(|_| !files.iter().any(|(_, text)| raw::has_anchors(text)))
         .map(rules::Share::new);
     let mut rules = rules::Rules::new(share);
+    // What every rule is compiled against, as declared so far.
+    macro_rules! env {
+        () => {
+            &mut rules::Env {
+                destinations: &destinations,
+                time_windows: &time_windows.compiled,
+                templates: &mut templates,
+                sources,
+                samples: &samples,
+                errors: &mut errors,
+            }
+        };
+    }
     // Each file is compiled as it is parsed, rule by rule: the parsed form of a large file is
     // many times the size of its compiled rules, and a reload builds while others serve.
     for (path, text) in &files {
@@ -173,25 +191,13 @@ fn compile_with(
                 Context::declare(&mut context.time_windows, path, &section);
                 time_windows.declare(path, &section, &mut errors)
             }
-            Part::Boundary(at) => rules.end(at, text),
-            Part::Rule(rule) => rules.add(
-                path,
-                text,
-                rule,
-                &mut rules::Env {
-                    destinations: &destinations,
-                    time_windows: &time_windows.compiled,
-                    templates: &mut templates,
-                    sources,
-                    samples: &samples,
-                    errors: &mut errors,
-                },
-            ),
+            Part::Boundary(at) => rules.end(at, text, env!()),
+            Part::Rule(rule) => rules.add(path, text, rule, env!()),
         });
         // A file that does not parse counts for nothing but its syntax error, as if the
         // parser had stopped at its start.
         match parsed {
-            Ok(()) => rules.end(text.len(), text),
+            Ok(()) => rules.end(text.len(), text, env!()),
             Err(d) => {
                 let (rules_mark, errors_mark, sources_mark) = mark;
                 rules.forget(rules_mark, path);
@@ -204,21 +210,11 @@ fn compile_with(
         }
     }
     let auth = sources::compile(&source_sections, sources, &mut errors);
-    let compiled = rules.finish(
-        &files,
-        &mut rules::Env {
-            destinations: &destinations,
-            time_windows: &time_windows.compiled,
-            templates: &mut templates,
-            sources,
-            samples: &samples,
-            errors: &mut errors,
-        },
-    );
+    let compiled = rules.finish(&files, env!());
     if compiled.shared > 0
         && serving.is_some_and(|s| !context.same_for(&s.context, &compiled.names))
     {
-        // Rules were shared on their text, and a destination or time window they name changed.
+        // Rules were shared on their text, and a destination, time window or template changed.
         drop(compiled);
         return compile_with(files, load_templates, templates_dir, sources, None);
     }
@@ -253,6 +249,7 @@ fn compile_with(
     Ok(Config {
         rules: rule_set(compiled.rules, serving),
         spans: compiled.spans,
+        notes: compiled.notes,
         templates,
         hash,
         context,
@@ -286,12 +283,16 @@ fn rule_set(
 }
 
 /// What the rules of a configuration are compiled against besides their own text: each
-/// destination and time window as written (a digest of its file and settings, by name). A
-/// rule a reload shares must find those it names unchanged.
+/// destination and time window as written (a digest of its file and settings, by name), and
+/// the template files. A rule a reload shares must find those it names, and the templates,
+/// unchanged.
 #[derive(Debug, Default)]
 pub struct Context {
     destinations: HashMap<String, [u8; 32]>,
     time_windows: HashMap<String, [u8; 32]>,
+    /// The template files' digest: a shared rule is not compiled again, so a template file
+    /// it names must be checked as it was.
+    templates: Vec<u8>,
 }
 
 impl Context {
@@ -313,15 +314,17 @@ impl Context {
         }
     }
 
-    /// Whether the destinations and time windows named are declared the same in both.
+    /// Whether the template files are the same in both, and the destinations and time windows
+    /// named are declared the same.
     fn same_for(&self, other: &Context, names: &rules::Names) -> bool {
         let same = |a: &HashMap<String, [u8; 32]>, b: &HashMap<String, [u8; 32]>, n: &String| {
             a.get(n) == b.get(n)
         };
-        names
-            .destinations
-            .iter()
-            .all(|n| same(&self.destinations, &other.destinations, n))
+        self.templates == other.templates
+            && names
+                .destinations
+                .iter()
+                .all(|n| same(&self.destinations, &other.destinations, n))
             && names
                 .time_windows
                 .iter()
@@ -432,6 +435,39 @@ rules:
         let more = "destinations:\n  other:\n    log: {}\n";
         let more = load_files(&[("rules.yaml", FILE), ("more.yaml", more)], Some(&first));
         assert_eq!(shared(&first, &more), [true; 3]);
+    }
+
+    #[test]
+    fn a_shared_rule_reports_its_warnings_again() {
+        let text = "rules:\n  - name: unset\n    actions:\n      - slack: { webhook_url: \"${SWITCHBOARD_TEST_NEVER_SET:-}\", text: hi }\n  - name: keyed\n    once: { key: \"{{#if lead.nothing}}{{lead.nothing}}{{/if}}\", for: 1h }\n    actions:\n      - log: { message: hi }\n";
+        let first = load(text, None);
+        let again = load(text, Some(&first));
+        assert_eq!(shared(&first, &again), [true; 2]);
+        let warnings = |c: &Config| c.warnings.iter().map(|d| d.to_string()).collect::<Vec<_>>();
+        let said = warnings(&again);
+        assert_eq!(warnings(&first), said);
+        assert!(
+            said.iter().any(|w| w.contains("is not configured")),
+            "{said:?}"
+        );
+        assert!(
+            said.iter()
+                .any(|w| w.contains("fields it names are missing")),
+            "{said:?}"
+        );
+    }
+
+    #[test]
+    fn a_template_file_gone_is_reported_even_for_a_rule_written_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("mine.hbs"), "Reply from {{lead.email}}").unwrap();
+        let text = "rules:\n  - name: a\n    actions:\n      - slack: { webhook_url: 'https://hooks.slack.com/services/T/B/x', template: mine.hbs }\n";
+        let files = || vec![(PathBuf::from("rules.yaml"), text.to_string())];
+        let sources = Sources::default();
+        let first = compile(files(), dir.path(), &sources, None).expect("it compiles");
+        std::fs::remove_file(dir.path().join("mine.hbs")).unwrap();
+        let errors = compile(files(), dir.path(), &sources, Some(&first)).expect_err("gone");
+        assert!(errors.to_string().contains("mine.hbs"), "{errors}");
     }
 
     #[test]

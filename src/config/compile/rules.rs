@@ -34,6 +34,10 @@ pub(super) struct Compiled {
     pub(super) shared: usize,
     /// The destinations and time windows those name.
     pub(super) names: Names,
+    /// What each rule reported besides errors ([`Notes`]), for the next reload.
+    pub(super) notes: Vec<Option<Box<Notes>>>,
+    /// The labels of what the rule being compiled may leave unconfigured.
+    labels: Vec<String>,
 }
 
 /// Destinations and time windows by name.
@@ -56,10 +60,10 @@ pub(super) struct Env<'a> {
 
 /// The configuration serving while a reload compiles: a rule written exactly as one of its
 /// rules (same file, same line, same text) compiles to the same rule, so the new configuration
-/// takes the serving one's instead of keeping a copy of every rule. The new rule is still
-/// compiled, for the problems it reports; it is dropped at once. Whether the destinations and
-/// time windows it names are the same too is known only once every file is read:
-/// [`super::compile_with`] compiles again, sharing nothing, when one is not.
+/// takes the serving one's instead of compiling it again and keeping a copy of every rule; the
+/// warnings it gave are kept with it ([`Notes`]) and given again. Whether the destinations,
+/// time windows and templates it was compiled against are the same too is known only once
+/// every file is read: [`super::compile_with`] compiles again, sharing nothing, when one is not.
 pub(super) struct Share<'a> {
     serving: &'a super::Config,
     texts: HashMap<&'a Path, &'a str>,
@@ -76,20 +80,39 @@ impl<'a> Share<'a> {
         Share { serving, texts }
     }
 
-    /// The serving configuration's rule that `rule` (written at `span` of `text`) is the same
-    /// as.
-    fn find(&self, rule: &Rule, text: &str, span: (u32, u32)) -> Option<Arc<Rule>> {
+    /// The serving configuration's rule named `name` if it is written at `line` of `path` as
+    /// at `span` of `text`, and its notes.
+    fn find(
+        &self,
+        (path, line): (&Path, u32),
+        name: &str,
+        text: &str,
+        span: (u32, u32),
+    ) -> Option<(Arc<Rule>, Option<Box<Notes>>)> {
         if span.0 >= span.1 {
             return None;
         }
-        let at = self.serving.rules.position(&rule.name)?;
+        let at = self.serving.rules.position(name)?;
         let old = self.serving.rules.get_shared(at);
-        let old_text = self.texts.get(old.origin.0.as_path())?;
+        if old.origin.0 != path || old.origin.1 != line {
+            return None;
+        }
+        let old_text = self.texts.get(path)?;
         let old_span = *self.serving.spans.get(at)?;
-        let same =
-            old.origin == rule.origin && own_text(old_text, old_span)? == own_text(text, span)?;
-        same.then(|| old.clone())
+        if own_text(old_text, old_span)? != own_text(text, span)? {
+            return None;
+        }
+        let notes = self.serving.notes.get(at).cloned().flatten();
+        Some((old.clone(), notes))
     }
+}
+
+/// What compiling a rule reported besides errors, kept with the rule so that a reload that
+/// shares it reports it again.
+#[derive(Debug, Clone, Default)]
+pub struct Notes {
+    warnings: Vec<crate::diagnostic::Diagnostic>,
+    unconfigured: Vec<(String, (PathBuf, crate::syntax::Pos, String))>,
 }
 
 /// A rule's text: its bytes of the file without the next item's `- `, which the last rule
@@ -105,27 +128,22 @@ fn own_text(text: &str, (start, end): (u32, u32)) -> Option<&str> {
     Some(slice)
 }
 
-/// The rules compiled so far, in order, as the parser hands them over one by one. A rule that
-/// names a destination or time window not declared yet (further down, or in a later file)
-/// waits, raw, for the end; the others are compiled at once and their raw form dropped. The
-/// last rule taken is held until the next part of the file starts, where its text ends.
+/// The rules compiled so far, in order, as the parser hands them over one by one. The last
+/// rule taken is held, parsed, until the next part of the file starts, where its text ends;
+/// then it is shared with the serving configuration, or compiled and its parsed form dropped,
+/// or, if it names a destination or time window not declared yet (further down, or in a later
+/// file), it waits, parsed, for the end.
 pub(super) struct Rules<'a> {
     out: Compiled,
     names: HashMap<String, (PathBuf, u32)>,
     waiting: Vec<Waiting>,
-    held: Option<Held>,
+    held: Option<Waiting>,
     /// Rules taken so far, compiled or waiting: the next one's place in evaluation order.
     taken: usize,
     share: Option<Share<'a>>,
 }
 
-/// A rule whose text's end is not known yet.
-enum Held {
-    Compiled(Box<Rule>, u32),
-    Waiting(Waiting),
-}
-
-/// A rule compiled once every file is read, and its place among the others.
+/// A rule not compiled yet, and its place among the others.
 struct Waiting {
     place: usize,
     path: PathBuf,
@@ -151,8 +169,10 @@ impl<'a> Rules<'a> {
                 unconfigured: Unconfigured::new(),
                 warnings: Diagnostics::default(),
                 spans: Vec::new(),
+                notes: Vec::new(),
                 shared: 0,
                 names: Names::default(),
+                labels: Vec::new(),
             },
             names: HashMap::new(),
             waiting: Vec::new(),
@@ -176,7 +196,7 @@ impl<'a> Rules<'a> {
             .span()
             .byte_offset()
             .map_or(text.len(), |b| b as usize);
-        self.end(start, text);
+        self.end(start, text, env);
         let rule = &raw.value;
         let name = rule.name.value.trim().to_string();
         let at = pos(&rule.name);
@@ -192,54 +212,88 @@ impl<'a> Rules<'a> {
         }
         let place = self.taken;
         self.taken += 1;
-        self.held = Some(if declared(rule, env) {
-            let compiled = compile_rule(path, name, rule, env, &mut self.out);
-            Held::Compiled(Box::new(compiled), start as u32)
-        } else {
-            Held::Waiting(Waiting {
-                place,
-                path: path.to_path_buf(),
-                name,
-                raw,
-                span: (start as u32, start as u32),
-            })
+        self.held = Some(Waiting {
+            place,
+            path: path.to_path_buf(),
+            name,
+            raw,
+            span: (start as u32, start as u32),
         });
     }
 
     /// The rule held, if any, ends at byte `at` of `text` (the next rule or top-level key, or
-    /// the file's end).
-    pub(super) fn end(&mut self, at: usize, text: &str) {
-        match self.held.take() {
-            None => {}
-            Some(Held::Compiled(rule, start)) => {
-                let span = (start, at as u32);
-                let rule = self.shared(*rule, text, span);
-                self.out.rules.push(rule);
-                self.out.spans.push(span);
-            }
-            Some(Held::Waiting(mut w)) => {
-                w.span.1 = at as u32;
-                self.waiting.push(w);
-            }
+    /// the file's end): shared, compiled, or left waiting.
+    pub(super) fn end(&mut self, at: usize, text: &str, env: &mut Env<'_>) {
+        let Some(mut held) = self.held.take() else {
+            return;
+        };
+        held.span.1 = at as u32;
+        if !declared(&held.raw.value, env) && self.share_or_wait(&held, text).is_none() {
+            self.waiting.push(held);
+            return;
         }
+        let (rule, notes) = self.take(held, text, env);
+        self.out.rules.push(rule.0);
+        self.out.spans.push(rule.1);
+        self.out.notes.push(notes);
     }
 
-    /// `rule`, or the serving configuration's same rule.
-    fn shared(&mut self, rule: Rule, text: &str, span: (u32, u32)) -> Arc<Rule> {
-        match self.share.as_ref().and_then(|s| s.find(&rule, text, span)) {
-            Some(old) => {
-                self.out.shared += 1;
-                for a in &old.actions {
-                    let names = &mut self.out.names;
-                    names.destinations.insert(a.destination.clone());
-                    if let Some(active) = &a.active {
-                        names.time_windows.insert(active.window.name.clone());
-                    }
+    /// Whether `held` is the serving configuration's (then it need not wait).
+    fn share_or_wait(&self, held: &Waiting, text: &str) -> Option<()> {
+        let share = self.share.as_ref()?;
+        let line = pos(&held.raw.value.name).line;
+        share
+            .find((&held.path, line), &held.name, text, held.span)
+            .map(|_| ())
+    }
+
+    /// The rule of `w` (written in `text`): the serving configuration's, with its notes given
+    /// again, or compiled now.
+    #[allow(clippy::type_complexity)]
+    fn take(
+        &mut self,
+        w: Waiting,
+        text: &str,
+        env: &mut Env<'_>,
+    ) -> ((Arc<Rule>, (u32, u32)), Option<Box<Notes>>) {
+        let line = pos(&w.raw.value.name).line;
+        let found = self
+            .share
+            .as_ref()
+            .and_then(|s| s.find((&w.path, line), &w.name, text, w.span));
+        if let Some((old, notes)) = found {
+            self.out.shared += 1;
+            for a in &old.actions {
+                let names = &mut self.out.names;
+                names.destinations.insert(a.destination.clone());
+                if let Some(active) = &a.active {
+                    names.time_windows.insert(active.window.name.clone());
                 }
-                old
+                self.out.used.insert(a.destination.clone());
             }
-            None => Arc::new(rule),
+            if let Some(n) = &notes {
+                self.out.warnings.0.extend(n.warnings.iter().cloned());
+                for (label, at) in &n.unconfigured {
+                    self.out
+                        .unconfigured
+                        .entry(label.clone())
+                        .or_insert_with(|| at.clone());
+                }
+            }
+            return ((old, w.span), notes);
         }
+        let warned = self.out.warnings.0.len();
+        self.out.labels.clear();
+        let rule = compile_rule(&w.path, w.name, &w.raw.value, env, &mut self.out);
+        let notes = Notes {
+            warnings: self.out.warnings.0[warned..].to_vec(),
+            unconfigured: (self.out.labels.iter())
+                .filter_map(|l| Some((l.clone(), self.out.unconfigured.get(l)?.clone())))
+                .collect(),
+        };
+        let notes =
+            (!notes.warnings.is_empty() || !notes.unconfigured.is_empty()).then(|| Box::new(notes));
+        ((Arc::new(rule), w.span), notes)
     }
 
     /// Where the rules stand now.
@@ -257,6 +311,7 @@ impl<'a> Rules<'a> {
         self.held = None;
         self.out.rules.truncate(mark.compiled);
         self.out.spans.truncate(mark.compiled);
+        self.out.notes.truncate(mark.compiled);
         self.waiting.truncate(mark.waiting);
         self.taken = mark.taken;
         self.out.shared = mark.shared;
@@ -268,14 +323,15 @@ impl<'a> Rules<'a> {
     pub(super) fn finish(mut self, files: &[(PathBuf, String)], env: &mut Env<'_>) -> Compiled {
         let waited = !self.waiting.is_empty();
         for w in std::mem::take(&mut self.waiting) {
-            let rule = compile_rule(&w.path, w.name, &w.raw.value, env, &mut self.out);
             let text = files
                 .iter()
                 .find(|(p, _)| *p == w.path)
                 .map_or("", |(_, t)| t.as_str());
-            let rule = self.shared(rule, text, w.span);
-            self.out.rules.insert(w.place, rule);
-            self.out.spans.insert(w.place, w.span);
+            let place = w.place;
+            let ((rule, span), notes) = self.take(w, text, env);
+            self.out.rules.insert(place, rule);
+            self.out.spans.insert(place, span);
+            self.out.notes.insert(place, notes);
         }
         // Compiled as they came, the waiting rules' warnings came last: back in file order.
         if waited {
@@ -286,6 +342,7 @@ impl<'a> Rules<'a> {
         }
         self.out.rules.shrink_to_fit();
         self.out.spans.shrink_to_fit();
+        self.out.notes.shrink_to_fit();
         self.out
     }
 }
@@ -443,6 +500,7 @@ fn compile_action(
         Some(d) => format!("destination {:?}", d.value),
         None => format!("rule {name:?} action {} ({})", i + 1, action.kind()),
     };
+    out.labels.push(label.clone());
     let mut cx = Ctx::new(
         path,
         pos(raw),
