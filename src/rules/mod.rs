@@ -227,11 +227,6 @@ impl RuleSet {
         &self.rules[i]
     }
 
-    /// A rule by its position, to share with another set.
-    pub fn get_shared(&self, i: usize) -> &Arc<Rule> {
-        &self.rules[i]
-    }
-
     /// The positions of the rules that match `event`, in file order, honouring `stop`.
     pub fn matching(&self, event: &Value) -> Vec<usize> {
         let mut matched = Vec::new();

@@ -212,7 +212,7 @@ fn compile_with(
     let auth = sources::compile(&source_sections, sources, &mut errors);
     let compiled = rules.finish(&files, env!());
     if compiled.shared > 0
-        && serving.is_some_and(|s| !context.same_for(&s.context, &compiled.names))
+        && serving.is_some_and(|s| !context.same_for(&s.context, &compiled.named_by_shared))
     {
         // Rules were shared on their text, and a destination, time window or template changed.
         drop(compiled);

@@ -33,7 +33,7 @@ pub(super) struct Compiled {
     /// How many rules are the serving configuration's own (see [`Share`]).
     pub(super) shared: usize,
     /// The destinations and time windows those name.
-    pub(super) names: Names,
+    pub(super) named_by_shared: Names,
     /// What each rule reported besides errors ([`Notes`]), for the next reload.
     pub(super) notes: Vec<Option<Box<Notes>>>,
     /// The labels of what the rule being compiled may leave unconfigured.
@@ -93,7 +93,7 @@ impl<'a> Share<'a> {
             return None;
         }
         let at = self.serving.rules.position(name)?;
-        let old = self.serving.rules.get_shared(at);
+        let old = &self.serving.rules.rules()[at];
         if old.origin.0 != path || old.origin.1 != line {
             return None;
         }
@@ -171,7 +171,7 @@ impl<'a> Rules<'a> {
                 spans: Vec::new(),
                 notes: Vec::new(),
                 shared: 0,
-                names: Names::default(),
+                named_by_shared: Names::default(),
                 labels: Vec::new(),
             },
             names: HashMap::new(),
@@ -228,43 +228,38 @@ impl<'a> Rules<'a> {
             return;
         };
         held.span.1 = at as u32;
-        if !declared(&held.raw.value, env) && self.share_or_wait(&held, text).is_none() {
+        let shared = self.shared(&held, text);
+        if shared.is_none() && !declared(&held.raw.value, env) {
             self.waiting.push(held);
             return;
         }
-        let (rule, notes) = self.take(held, text, env);
-        self.out.rules.push(rule.0);
-        self.out.spans.push(rule.1);
+        let span = held.span;
+        let (rule, notes) = self.take(held, shared, env);
+        self.out.rules.push(rule);
+        self.out.spans.push(span);
         self.out.notes.push(notes);
     }
 
-    /// Whether `held` is the serving configuration's (then it need not wait).
-    fn share_or_wait(&self, held: &Waiting, text: &str) -> Option<()> {
-        let share = self.share.as_ref()?;
-        let line = pos(&held.raw.value.name).line;
-        share
-            .find((&held.path, line), &held.name, text, held.span)
-            .map(|_| ())
+    /// The serving configuration's rule that `w` (written in `text`) is, and its notes.
+    fn shared(&self, w: &Waiting, text: &str) -> Option<(Arc<Rule>, Option<Box<Notes>>)> {
+        let line = pos(&w.raw.value.name).line;
+        self.share
+            .as_ref()?
+            .find((&w.path, line), &w.name, text, w.span)
     }
 
-    /// The rule of `w` (written in `text`): the serving configuration's, with its notes given
-    /// again, or compiled now.
-    #[allow(clippy::type_complexity)]
+    /// The rule of `w`: the serving configuration's (`shared`), its notes given again, or
+    /// compiled now.
     fn take(
         &mut self,
         w: Waiting,
-        text: &str,
+        shared: Option<(Arc<Rule>, Option<Box<Notes>>)>,
         env: &mut Env<'_>,
-    ) -> ((Arc<Rule>, (u32, u32)), Option<Box<Notes>>) {
-        let line = pos(&w.raw.value.name).line;
-        let found = self
-            .share
-            .as_ref()
-            .and_then(|s| s.find((&w.path, line), &w.name, text, w.span));
-        if let Some((old, notes)) = found {
+    ) -> (Arc<Rule>, Option<Box<Notes>>) {
+        if let Some((old, notes)) = shared {
             self.out.shared += 1;
             for a in &old.actions {
-                let names = &mut self.out.names;
+                let names = &mut self.out.named_by_shared;
                 names.destinations.insert(a.destination.clone());
                 if let Some(active) = &a.active {
                     names.time_windows.insert(active.window.name.clone());
@@ -280,7 +275,7 @@ impl<'a> Rules<'a> {
                         .or_insert_with(|| at.clone());
                 }
             }
-            return ((old, w.span), notes);
+            return (old, notes);
         }
         let warned = self.out.warnings.0.len();
         self.out.labels.clear();
@@ -293,7 +288,7 @@ impl<'a> Rules<'a> {
         };
         let notes =
             (!notes.warnings.is_empty() || !notes.unconfigured.is_empty()).then(|| Box::new(notes));
-        ((Arc::new(rule), w.span), notes)
+        (Arc::new(rule), notes)
     }
 
     /// Where the rules stand now.
@@ -327,8 +322,9 @@ impl<'a> Rules<'a> {
                 .iter()
                 .find(|(p, _)| *p == w.path)
                 .map_or("", |(_, t)| t.as_str());
-            let place = w.place;
-            let ((rule, span), notes) = self.take(w, text, env);
+            let (place, span) = (w.place, w.span);
+            let shared = self.shared(&w, text);
+            let (rule, notes) = self.take(w, shared, env);
             self.out.rules.insert(place, rule);
             self.out.spans.insert(place, span);
             self.out.notes.insert(place, notes);
