@@ -153,6 +153,9 @@ impl App {
         .await;
         match compiled {
             Ok(Ok(config)) if config.hash == hash => {
+                // Compiled from the store's copy, it needs no text of its own.
+                config.archived.store(true, Ordering::Release);
+                config.release_snapshot();
                 let config = Arc::new(config);
                 let mut recent = self.recent.lock().expect("recent lock");
                 recent.push(config.clone());
@@ -180,9 +183,13 @@ impl App {
         let Some(store) = self.archive.get() else {
             return Ok(());
         };
-        let snapshot = serde_json::to_string(&*config.snapshot).expect("a snapshot serialises");
+        // Only a configuration kept already lets go of its text.
+        let Some(snapshot) = config.snapshot.load_full() else {
+            return Ok(());
+        };
+        let snapshot = serde_json::to_string(&*snapshot).expect("a snapshot serialises");
         store.save_config(&config.hash, &snapshot).await?;
-        config.archived.store(true, Ordering::Relaxed);
+        config.archived.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -210,6 +217,12 @@ impl App {
     /// Blocking (it reads files and compiles): call it from a blocking context.
     pub fn reload(&self, trigger: &str) -> Result<Arc<Config>, Diagnostics> {
         let _one_at_a_time = self.reload_lock.lock().expect("reload lock");
+        let result = self.swap_in(trigger);
+        memory_freed();
+        result
+    }
+
+    fn swap_in(&self, trigger: &str) -> Result<Arc<Config>, Diagnostics> {
         let serving = self.config.load_full();
         let result = config::load_beside(&self.paths, &self.sources, Some(&serving))
             .and_then(|new| admit(&self.policy, new));
@@ -226,7 +239,11 @@ impl App {
                     let mut recent = self.recent.lock().expect("recent lock");
                     recent.retain(|c| c.hash != new.hash && c.hash != old.hash);
                     if old.hash != new.hash {
+                        old.release_snapshot();
                         recent.push(old.clone());
+                    } else if old.archived.load(Ordering::Acquire) {
+                        // The same files: kept in the store already.
+                        new.archived.store(true, Ordering::Release);
                     }
                     let excess = recent.len().saturating_sub(KEPT_CONFIGS);
                     recent.drain(..excess);
@@ -267,6 +284,22 @@ impl App {
                 Err(errors)
             }
         }
+    }
+}
+
+/// What the binary gives back the allocator's unused pages with (see [`on_memory_freed`]).
+static MEMORY_FREED: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Sets what is called once much memory was freed (after a reload, the configuration replaced
+/// and what compiling the new one left): the binary returns its allocator's unused pages to the
+/// system, so that the next reload starts from what is in use.
+pub fn on_memory_freed(release: fn()) {
+    let _ = MEMORY_FREED.set(release);
+}
+
+fn memory_freed() {
+    if let Some(release) = MEMORY_FREED.get() {
+        release();
     }
 }
 

@@ -11,27 +11,44 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-type Key = (Option<String>, Option<i64>);
+/// An event type's number in [`Index::events`] ([`ANY`]: rules that name none), and a
+/// campaign id (`None`: any).
+type Key = (u32, Option<i64>);
 
-/// Rule positions filed by (event type, campaign id); `None` means "any".
+/// The key's event number of rules that name no event type.
+const ANY: u32 = u32::MAX;
+
+/// Rule positions filed by (event type, campaign id). Kept small: a reload builds a new index
+/// while the serving one (and the one before, for its pending deliveries) are in memory, and
+/// 10,000 rules make thousands of keys.
 #[derive(Debug, Default)]
 pub(super) struct Index {
+    /// The event types rules name, by their number in keys.
+    events: Vec<String>,
     buckets: HashMap<Key, Bucket>,
 }
 
-/// The rules of one (event type, campaign id) key.
+/// The rules of one key, as positions (`u32`: half the size of `usize`, and a rule set has
+/// far fewer rules).
 #[derive(Debug, Default)]
 struct Bucket {
     /// Rules evaluated for every event of the key.
-    always: Vec<usize>,
+    always: Vec<u32>,
+    /// Rules narrowed further, in the few buckets that have any.
+    narrowed: Option<Box<Narrowed>>,
+}
+
+/// Rules of a bucket that require more than its key.
+#[derive(Debug, Default)]
+struct Narrowed {
     /// Rules that require a campaign-name glob, until the set is built from them.
-    globs: Vec<(Glob, usize)>,
+    globs: Vec<(Glob, u32)>,
     /// The set of those globs, and the rule of each.
-    glob_set: Option<(GlobSet, Vec<usize>)>,
+    glob_set: Option<(GlobSet, Vec<u32>)>,
     /// Rules that require a field to equal a string: path → value → rules.
-    values: HashMap<Vec<String>, HashMap<String, Vec<usize>>>,
+    values: HashMap<Vec<String>, HashMap<String, Vec<u32>>>,
     /// Rules that require an email field to end with `@domain`: path → `@domain` → rules.
-    domains: HashMap<Vec<String>, HashMap<String, Vec<usize>>>,
+    domains: HashMap<Vec<String>, HashMap<String, Vec<u32>>>,
 }
 
 /// What narrows a rule within its bucket.
@@ -44,41 +61,61 @@ enum Narrow {
 
 impl Index {
     pub(super) fn build(rules: &[Arc<Rule>]) -> Self {
+        let mut events: Vec<String> = Vec::new();
         let mut buckets: HashMap<Key, Bucket> = HashMap::new();
         for (i, rule) in rules.iter().enumerate().filter(|(_, r)| r.enabled) {
-            let events: Vec<Option<String>> = requirement(&rule.when, &|c| match c {
+            // A rule set is far from 4 billion rules (each is hundreds of bytes).
+            let i = i as u32;
+            let named: Option<Vec<String>> = requirement(&rule.when, &|c| match c {
                 Condition::Event(names) => Some(names.clone()),
                 _ => None,
-            })
-            .map_or(vec![None], |v| v.into_iter().map(Some).collect());
+            });
+            let keys: Vec<u32> = match named {
+                None => vec![ANY],
+                Some(names) => names
+                    .into_iter()
+                    .map(|name| match events.iter().position(|e| *e == name) {
+                        Some(at) => at as u32,
+                        None => {
+                            events.push(name);
+                            events.len() as u32 - 1
+                        }
+                    })
+                    .collect(),
+            };
             let campaigns: Vec<Option<i64>> = requirement(&rule.when, &|c| match c {
                 Condition::CampaignId(ids) => Some(ids.clone()),
                 _ => None,
             })
             .map_or(vec![None], |v| v.into_iter().map(Some).collect());
             let narrow = narrow(&rule.when);
-            for e in &events {
+            for &e in &keys {
                 for c in &campaigns {
-                    let bucket = buckets.entry((e.clone(), *c)).or_default();
+                    let bucket = buckets.entry((e, *c)).or_default();
+                    if let Narrow::Nothing = narrow {
+                        bucket.always.push(i);
+                        continue;
+                    }
+                    let more = bucket.narrowed.get_or_insert_with(Box::default);
                     match &narrow {
                         Narrow::Globs(globs) => {
-                            bucket.globs.extend(globs.iter().map(|g| (g.clone(), i)))
+                            more.globs.extend(globs.iter().map(|g| (g.clone(), i)))
                         }
-                        Narrow::Value(path, v) => bucket
+                        Narrow::Value(path, v) => more
                             .values
                             .entry(path.clone())
                             .or_default()
                             .entry(v.clone())
                             .or_default()
                             .push(i),
-                        Narrow::Domain(path, d) => bucket
+                        Narrow::Domain(path, d) => more
                             .domains
                             .entry(path.clone())
                             .or_default()
                             .entry(d.clone())
                             .or_default()
                             .push(i),
-                        Narrow::Nothing => bucket.always.push(i),
+                        Narrow::Nothing => {}
                     }
                 }
             }
@@ -86,7 +123,8 @@ impl Index {
         for bucket in buckets.values_mut() {
             bucket.seal();
         }
-        Index { buckets }
+        buckets.shrink_to_fit();
+        Index { events, buckets }
     }
 
     /// Positions of the rules that may match `event`, ascending, without repeats.
@@ -94,21 +132,26 @@ impl Index {
         let (canonical, sent) = event.kinds();
         let campaign = event.campaign_id();
         let mut found = Vec::new();
-        let mut visit = |t: Option<&str>| {
-            let t = t.map(str::to_string);
+        let mut visit = |e: u32| {
             if campaign.is_some()
-                && let Some(b) = self.buckets.get(&(t.clone(), campaign))
+                && let Some(b) = self.buckets.get(&(e, campaign))
             {
                 b.candidates(event, &mut found);
             }
-            if let Some(b) = self.buckets.get(&(t, None)) {
+            if let Some(b) = self.buckets.get(&(e, None)) {
                 b.candidates(event, &mut found);
             }
         };
-        visit(Some(canonical));
-        visit(None);
-        if sent != canonical {
-            visit(Some(sent));
+        // An event type no rule names has no bucket.
+        let number = |t: &str| self.events.iter().position(|e| e == t).map(|at| at as u32);
+        if let Some(e) = number(canonical) {
+            visit(e);
+        }
+        visit(ANY);
+        if sent != canonical
+            && let Some(e) = number(sent)
+        {
+            visit(e);
         }
         found.sort_unstable();
         found.dedup();
@@ -118,11 +161,15 @@ impl Index {
 
 impl Bucket {
     fn seal(&mut self) {
-        if self.globs.is_empty() {
+        self.always.shrink_to_fit();
+        let Some(more) = &mut self.narrowed else {
+            return;
+        };
+        if more.globs.is_empty() {
             return;
         }
         // The globs are compiled into the set and not kept: they are a tenth of a large index.
-        let globs = std::mem::take(&mut self.globs);
+        let globs = std::mem::take(&mut more.globs);
         let mut builder = GlobSetBuilder::new();
         let mut rules = Vec::with_capacity(globs.len());
         for (glob, i) in globs {
@@ -130,7 +177,7 @@ impl Bucket {
             rules.push(i);
         }
         if let Ok(set) = builder.build() {
-            self.glob_set = Some((set, rules));
+            more.glob_set = Some((set, rules));
         } else {
             // Cannot happen (every glob compiled on its own); evaluate them all rather than none.
             self.always.extend(rules);
@@ -138,32 +185,33 @@ impl Bucket {
     }
 
     fn candidates(&self, event: &(impl EventView + ?Sized), out: &mut Vec<usize>) {
-        out.extend_from_slice(&self.always);
-        if self.glob_set.is_none() && self.values.is_empty() && self.domains.is_empty() {
+        let position = |&i: &u32| i as usize;
+        out.extend(self.always.iter().map(position));
+        let Some(more) = &self.narrowed else {
             return;
-        }
+        };
         let event = event.value();
-        if let Some((set, rules)) = &self.glob_set
+        if let Some((set, rules)) = &more.glob_set
             && let Some(name) = event
                 .get("campaign")
                 .and_then(|c| c.get("name"))
                 .and_then(Value::as_str)
         {
-            out.extend(set.matches(name).into_iter().map(|g| rules[g]));
+            out.extend(set.matches(name).into_iter().map(|g| rules[g] as usize));
         }
-        for (path, by_value) in &self.values {
+        for (path, by_value) in &more.values {
             if let Some(v) = event::lookup(event, path).and_then(Value::as_str)
                 && let Some(rules) = by_value.get(v)
             {
-                out.extend_from_slice(rules);
+                out.extend(rules.iter().map(position));
             }
         }
-        for (path, by_domain) in &self.domains {
+        for (path, by_domain) in &more.domains {
             if let Some(v) = event::lookup(event, path).and_then(Value::as_str)
                 && let Some(at) = v.rfind('@')
                 && let Some(rules) = by_domain.get(&v[at..])
             {
-                out.extend_from_slice(rules);
+                out.extend(rules.iter().map(position));
             }
         }
     }
@@ -254,7 +302,7 @@ mod tests {
                     stop: false,
                     when,
                     actions: vec![],
-                    origin: Default::default(),
+                    origin: (Arc::from(std::path::Path::new("")), 0),
                     once: None,
                     unless_seen: None,
                     throttle: None,

@@ -25,8 +25,7 @@ use crate::time_window::TimeWindow;
 use chrono::{DateTime, Utc};
 use index::Index;
 use serde_json::Value;
-use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,19 +43,19 @@ pub struct Rule {
     /// What to do, in order.
     pub actions: Vec<RuleAction>,
     /// Where the rule is written: file and line.
-    pub origin: (PathBuf, u32),
+    pub origin: (Arc<Path>, u32),
     /// Fire once per key (`once:`).
-    pub once: Option<Once>,
+    pub once: Option<Box<Once>>,
     /// Do not fire when an event of some types with the same key was seen lately.
     pub unless_seen: Option<Arc<SeenClause>>,
     /// At most so many firings per key per window (`throttle:`).
-    pub throttle: Option<Throttle>,
+    pub throttle: Option<Box<Throttle>>,
     /// The windows its `when` reads ([`Condition::Window`] gives the position).
     pub windows: Vec<Window>,
     /// Fire when the `when` starts holding rather than on every event (`fire:`).
     pub fire: Option<Fire>,
     /// Collect what it matched into one message per key (`digest:`).
-    pub digest: Option<digest::Digest>,
+    pub digest: Option<Box<digest::Digest>>,
 }
 
 impl Rule {
@@ -172,7 +171,9 @@ pub struct RuleSet {
     /// Shared with the configuration a reload replaced, for every rule written the same.
     rules: Vec<Arc<Rule>>,
     index: Index,
-    by_name: HashMap<String, usize>,
+    /// Rule positions in name order (names are unique), to find a rule by name without a
+    /// second copy of every name.
+    by_name: Vec<u32>,
     seen: Vec<Arc<SeenClause>>,
 }
 
@@ -180,11 +181,9 @@ impl RuleSet {
     /// Builds the set (and its index) from rules in evaluation order.
     pub fn new(rules: Vec<Arc<Rule>>) -> Self {
         let index = Index::build(&rules);
-        let by_name = rules
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (r.name.clone(), i))
-            .collect();
+        // As many rules as positions fit in `u32` (see `Index`).
+        let mut by_name: Vec<u32> = (0..rules.len() as u32).collect();
+        by_name.sort_by(|&a, &b| rules[a as usize].name.cmp(&rules[b as usize].name));
         // One record per scope, kept as long as the longest `within` that reads it.
         let mut seen: Vec<Arc<SeenClause>> = Vec::new();
         for clause in rules.iter().filter_map(|r| r.unless_seen.as_ref()) {
@@ -214,12 +213,15 @@ impl RuleSet {
 
     /// A rule by its name.
     pub fn by_name(&self, name: &str) -> Option<&Arc<Rule>> {
-        self.by_name.get(name).map(|&i| &self.rules[i])
+        self.position(name).map(|i| &self.rules[i])
     }
 
     /// A rule's position by its name.
     pub fn position(&self, name: &str) -> Option<usize> {
-        self.by_name.get(name).copied()
+        self.by_name
+            .binary_search_by(|&i| self.rules[i as usize].name.as_str().cmp(name))
+            .ok()
+            .map(|at| self.by_name[at] as usize)
     }
 
     /// A rule by its position.

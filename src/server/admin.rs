@@ -120,7 +120,7 @@ fn status_json(app: &App) -> Value {
         "rules": rules.iter().map(|r| json!({
             "name": r.name,
             "enabled": r.enabled,
-            "file": r.origin.0,
+            "file": &*r.origin.0,
             "line": r.origin.1,
             "actions": r.actions.iter().map(|a| a.action.kind()).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),

@@ -2,9 +2,11 @@
 //! rendered text lands (Slack mrkdwn, Slack JSON, HTML, JSON strings, URLs, plain text).
 //!
 //! Every template file is compiled once per configuration load into one registry per
-//! [`Escape`] mode; an inline template's compiled form is shared by every rule and every
-//! configuration in memory that writes the same text. Rendering is then a lookup and a render. Templates cannot read files or the
-//! environment: only the event is in scope, and only the helpers in `helpers` exist.
+//! [`Escape`] mode. An inline template is shared by every rule and every configuration in
+//! memory that writes the same text; it is compiled at load to be checked, but kept compiled
+//! only once it renders a message (most rules of a large file never fire, and a compiled
+//! template is ten times its text). Templates cannot read files or the environment: only the
+//! event is in scope, and only the helpers in `helpers` exist.
 
 pub mod escape;
 mod helpers;
@@ -25,10 +27,36 @@ use std::sync::Arc;
 pub struct Template {
     name: String,
     escape: Escape,
-    /// An inline template's compiled form, shared by every inline template of the same text
-    /// (see [`INLINE`]); a file's is in the registries, by name.
-    inline: Option<Arc<handlebars::Template>>,
+    /// An inline template, shared by every inline template of the same text (see
+    /// [`INLINE`]); a file's is in the registries, by name.
+    inline: Option<Arc<Inline>>,
 }
+
+/// An inline template's text, and its compiled form once it has rendered.
+struct Inline {
+    source: Box<str>,
+    compiled: arc_swap::ArcSwapOption<handlebars::Template>,
+}
+
+impl Inline {
+    /// The compiled form: kept from an earlier render, or compiled now and kept.
+    fn compiled(&self) -> Result<Arc<handlebars::Template>, handlebars::TemplateError> {
+        if let Some(compiled) = self.compiled.load_full() {
+            return Ok(compiled);
+        }
+        let compiled = Arc::new(compile_inline(&self.source)?);
+        self.compiled.store(Some(compiled.clone()));
+        Ok(compiled)
+    }
+}
+
+impl PartialEq for Inline {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl Eq for Inline {}
 
 // By hand: the compiled form is a syntax tree, not for logs.
 impl std::fmt::Debug for Template {
@@ -40,10 +68,10 @@ impl std::fmt::Debug for Template {
     }
 }
 
-/// Inline templates by text. 10,000 rules hold thousands of inline texts, and each compiled
-/// is about a kilobyte and a half: a reload shares those the serving configuration compiled
-/// (and rules with the same text share one) instead of compiling them again.
-static INLINE: Interner<String, handlebars::Template> = Interner::new();
+/// Inline templates by text. 10,000 rules hold thousands of inline texts: a reload shares
+/// those the serving configuration holds (and rules with the same text share one) instead of
+/// checking them again.
+static INLINE: Interner<String, Inline> = Interner::new();
 
 thread_local! {
     /// Where inline templates are compiled: a registry with the settings of the ones they
@@ -203,6 +231,8 @@ pub struct Templates {
     files: BTreeSet<String>,
     broken: BTreeSet<String>,
     inline_count: usize,
+    /// Inline templates compiled by this load and not yet released (see [`Templates::settle`]).
+    fresh: Vec<Arc<Inline>>,
     digest: Sha256,
     /// Every file's name and text as loaded (what a stored configuration keeps).
     sources: Vec<(String, String)>,
@@ -224,6 +254,7 @@ impl Default for Templates {
             files: BTreeSet::new(),
             broken: BTreeSet::new(),
             inline_count: 0,
+            fresh: Vec::new(),
             digest: Sha256::new(),
             sources: Vec::new(),
         }
@@ -350,14 +381,32 @@ impl Templates {
     ) -> Result<Template, TemplateError> {
         self.inline_count += 1;
         let name = format!("{hint} (inline #{})", self.inline_count);
-        let compiled = INLINE
-            .get_or_compile(source.to_string(), || compile_inline(source))
+        let mut fresh = false;
+        let inline = INLINE
+            .get_or_compile(source.to_string(), || {
+                fresh = true;
+                Ok(Inline {
+                    source: source.into(),
+                    compiled: Some(Arc::new(compile_inline(source)?)).into(),
+                })
+            })
             .map_err(template_error)?;
+        if fresh {
+            self.fresh.push(inline.clone());
+        }
         Ok(Template {
             name,
             escape,
-            inline: Some(compiled),
+            inline: Some(inline),
         })
+    }
+
+    /// Releases the compiled form of the inline templates compiled since the last call, once
+    /// they are checked (and probed): each is compiled again when it first renders a message.
+    pub fn settle(&mut self) {
+        for inline in self.fresh.drain(..) {
+            inline.compiled.store(None);
+        }
     }
 
     /// Renders a template against an event.
@@ -366,7 +415,12 @@ impl Templates {
         let rendered = match &template.inline {
             // What the registry does for a template of its own, with the registry's helpers,
             // escaping and strictness.
-            Some(compiled) => {
+            Some(inline) => {
+                let compiled = inline.compiled().map_err(|e| RenderError {
+                    template: template.name.clone(),
+                    message: e.reason().to_string(),
+                    missing: None,
+                })?;
                 let mut context = handlebars::RenderContext::new(None);
                 let mut out = handlebars::StringOutput::new();
                 compiled

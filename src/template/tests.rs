@@ -233,3 +233,24 @@ fn an_inline_template_includes_a_file_as_the_files_do() {
     assert_eq!(from_file, "Hi\n  a\nb\nbye");
     assert_eq!(from_inline, from_file);
 }
+
+#[test]
+fn an_inline_template_is_kept_compiled_only_once_it_renders() {
+    let mut t = Templates::default();
+    // A text no other test writes: the compiled form is shared by text.
+    let source = "{{lead.email}} settles ({{event}})";
+    let tpl = t.inline("rule", source, Escape::Plain).expect("compiles");
+    let inline = tpl.inline.clone().expect("an inline template");
+    assert!(inline.compiled.load().is_some(), "compiled to be checked");
+    t.settle();
+    assert!(inline.compiled.load().is_none(), "released once checked");
+    let data = json!({"lead": {"email": "a@b.example"}, "event": "EMAIL_REPLIED"});
+    let out = t.render(&tpl, &Data::new(&data)).unwrap();
+    assert_eq!(out, "a@b.example settles (EMAIL_REPLIED)");
+    assert!(inline.compiled.load().is_some(), "kept once it rendered");
+    // Another rule writing the same text shares it, and is not released by its load.
+    let again = t.inline("other", source, Escape::Plain).expect("compiles");
+    t.settle();
+    assert!(Arc::ptr_eq(&inline, again.inline.as_ref().unwrap()));
+    assert!(inline.compiled.load().is_some());
+}

@@ -38,6 +38,18 @@ pub(super) struct Compiled {
     pub(super) notes: Vec<Option<Box<Notes>>>,
     /// The labels of what the rule being compiled may leave unconfigured.
     labels: Vec<String>,
+    /// The file being compiled, shared by the origin of each of its rules.
+    file: Option<Arc<Path>>,
+}
+
+impl Compiled {
+    /// `path`, shared with the rules compiled before from the same file.
+    fn file(&mut self, path: &Path) -> Arc<Path> {
+        match &self.file {
+            Some(file) if **file == *path => file.clone(),
+            _ => self.file.insert(Arc::from(path)).clone(),
+        }
+    }
 }
 
 /// Destinations and time windows by name.
@@ -66,18 +78,14 @@ pub(super) struct Env<'a> {
 /// every file is read: [`super::compile_with`] compiles again, sharing nothing, when one is not.
 pub(super) struct Share<'a> {
     serving: &'a super::Config,
-    texts: HashMap<&'a Path, &'a str>,
+    /// Its files' texts (a serving configuration always holds them).
+    texts: Arc<super::Snapshot>,
 }
 
 impl<'a> Share<'a> {
-    pub(super) fn new(serving: &'a super::Config) -> Self {
-        let texts = serving
-            .snapshot
-            .files
-            .iter()
-            .map(|(p, t)| (p.as_path(), t.as_str()))
-            .collect();
-        Share { serving, texts }
+    pub(super) fn new(serving: &'a super::Config) -> Option<Self> {
+        let texts = serving.snapshot.load_full()?;
+        Some(Share { serving, texts })
     }
 
     /// The serving configuration's rule named `name` if it is written at `line` of `path` as
@@ -94,10 +102,10 @@ impl<'a> Share<'a> {
         }
         let at = self.serving.rules.position(name)?;
         let old = &self.serving.rules.rules()[at];
-        if old.origin.0 != path || old.origin.1 != line {
+        if *old.origin.0 != *path || old.origin.1 != line {
             return None;
         }
-        let old_text = self.texts.get(path)?;
+        let (_, old_text) = self.texts.files.iter().find(|(p, _)| p == path)?;
         let old_span = *self.serving.spans.get(at)?;
         if own_text(old_text, old_span)? != own_text(text, span)? {
             return None;
@@ -173,6 +181,7 @@ impl<'a> Rules<'a> {
                 shared: 0,
                 named_by_shared: Names::default(),
                 labels: Vec::new(),
+                file: None,
             },
             names: HashMap::new(),
             waiting: Vec::new(),
@@ -280,6 +289,8 @@ impl<'a> Rules<'a> {
         let warned = self.out.warnings.0.len();
         self.out.labels.clear();
         let rule = compile_rule(&w.path, w.name, &w.raw.value, env, &mut self.out);
+        // Checked and probed: its inline templates are compiled again when they first render.
+        env.templates.settle();
         let notes = Notes {
             warnings: self.out.warnings.0[warned..].to_vec(),
             unconfigured: (self.out.labels.iter())
@@ -409,7 +420,8 @@ fn compile_rule(
     let once = rule
         .once
         .as_ref()
-        .and_then(|o| memory::compile_once(path, &name, o, env, out));
+        .and_then(|o| memory::compile_once(path, &name, o, env, out))
+        .map(Box::new);
     let unless_seen = rule
         .when
         .as_ref()
@@ -418,11 +430,13 @@ fn compile_rule(
     let throttle = rule
         .throttle
         .as_ref()
-        .and_then(|t| memory::compile_throttle(path, &name, t, env, out));
+        .and_then(|t| memory::compile_throttle(path, &name, t, env, out))
+        .map(Box::new);
     let digest = rule
         .digest
         .as_ref()
-        .and_then(|d| digest::compile_digest(path, &name, d, env, out));
+        .and_then(|d| digest::compile_digest(path, &name, d, env, out))
+        .map(Box::new);
     if let (Some(raw), Some(d)) = (&rule.digest, &digest) {
         digest::probe_actions(path, &name, raw, d, &actions, env);
     }
@@ -457,7 +471,7 @@ fn compile_rule(
         stop: rule.stop,
         when,
         actions,
-        origin: (path.to_path_buf(), pos(&rule.name).line),
+        origin: (out.file(path), pos(&rule.name).line),
         name,
     }
 }
