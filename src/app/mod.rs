@@ -240,6 +240,10 @@ impl App {
                     recent.retain(|c| c.hash != new.hash && c.hash != old.hash);
                     if old.hash != new.hash {
                         old.release_snapshot();
+                        // Matching is the serving configuration's; unless the two share it.
+                        if !Arc::ptr_eq(&old.rules, &new.rules) {
+                            old.rules.retire_index();
+                        }
                         recent.push(old.clone());
                     } else if old.archived.load(Ordering::Acquire) {
                         // The same files: kept in the store already.

@@ -329,8 +329,7 @@ mod tests {
     fn only_rules_that_could_match_are_candidates() {
         let set = rules(RULES);
         let names = |e: Value| -> Vec<String> {
-            set.index
-                .candidates(&e)
+            set.candidates(&e)
                 .into_iter()
                 .map(|i| set.get(i).name.clone())
                 .collect()
@@ -356,6 +355,11 @@ mod tests {
                 .filter(|&i| set.get(i).when.holds(&e))
                 .collect();
             assert_eq!(indexed, brute, "{e}");
+            // A set whose index was let go (no longer serving) still matches the same.
+            let without = RuleSet::new(set.rules().to_vec());
+            without.retire_index();
+            assert_eq!(without.candidates(&e).len(), set.rules().len());
+            assert_eq!(without.matching(&e), brute, "{e}");
         }
     }
 }

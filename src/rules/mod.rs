@@ -170,7 +170,8 @@ impl Active {
 pub struct RuleSet {
     /// Shared with the configuration a reload replaced, for every rule written the same.
     rules: Vec<Arc<Rule>>,
-    index: Index,
+    /// Let go once the set no longer serves ([`RuleSet::retire_index`]).
+    index: arc_swap::ArcSwapOption<Index>,
     /// Rule positions in name order (names are unique), to find a rule by name without a
     /// second copy of every name.
     by_name: Vec<u32>,
@@ -195,7 +196,7 @@ impl RuleSet {
         }
         RuleSet {
             rules,
-            index,
+            index: Some(Arc::new(index)).into(),
             by_name,
             seen,
         }
@@ -224,6 +225,21 @@ impl RuleSet {
             .map(|at| self.by_name[at] as usize)
     }
 
+    /// Lets go of the index: the set is kept only for the deliveries it matched (a
+    /// configuration a reload replaced), which need its rules, not matching. Should it match
+    /// again, every rule is a candidate.
+    pub fn retire_index(&self) {
+        self.index.store(None);
+    }
+
+    /// Positions of the rules that may match `event`, ascending.
+    fn candidates(&self, event: &(impl EventView + ?Sized)) -> Vec<usize> {
+        match &*self.index.load() {
+            Some(index) => index.candidates(event),
+            None => (0..self.rules.len()).collect(),
+        }
+    }
+
     /// A rule by its position.
     pub fn get(&self, i: usize) -> &Rule {
         &self.rules[i]
@@ -232,7 +248,7 @@ impl RuleSet {
     /// The positions of the rules that match `event`, in file order, honouring `stop`.
     pub fn matching(&self, event: &Value) -> Vec<usize> {
         let mut matched = Vec::new();
-        for i in self.index.candidates(event) {
+        for i in self.candidates(event) {
             let rule = &self.rules[i];
             if rule.when.holds(event) {
                 matched.push(i);
@@ -254,7 +270,7 @@ impl RuleSet {
         counting: bool,
     ) -> Vec<usize> {
         let mut matched = Vec::new();
-        for i in self.index.candidates(event) {
+        for i in self.candidates(event) {
             let rule = &self.rules[i];
             match rule.at_intake(event.value(), counting) {
                 Maybe::Yes => {
