@@ -153,9 +153,9 @@ impl App {
         .await;
         match compiled {
             Ok(Ok(config)) if config.hash == hash => {
-                // Compiled from the store's copy, it needs no text of its own.
+                // Compiled from the store's copy, for deliveries only: kept there, not serving.
                 config.archived.store(true, Ordering::Release);
-                config.release_snapshot();
+                config.retire(&self.current());
                 let config = Arc::new(config);
                 let mut recent = self.recent.lock().expect("recent lock");
                 recent.push(config.clone());
@@ -239,11 +239,7 @@ impl App {
                     let mut recent = self.recent.lock().expect("recent lock");
                     recent.retain(|c| c.hash != new.hash && c.hash != old.hash);
                     if old.hash != new.hash {
-                        old.release_snapshot();
-                        // Matching is the serving configuration's; unless the two share it.
-                        if !Arc::ptr_eq(&old.rules, &new.rules) {
-                            old.rules.retire_index();
-                        }
+                        old.retire(&new);
                         recent.push(old.clone());
                     } else if old.archived.load(Ordering::Acquire) {
                         // The same files: kept in the store already.

@@ -47,7 +47,7 @@ pub struct Config {
     /// The rules files it was compiled from.
     pub files: Vec<PathBuf>,
     /// What it was compiled from, for the store to keep; let go once kept there by a
-    /// configuration no longer serving (see [`Config::release_snapshot`]).
+    /// configuration no longer serving (see [`Config::retire`]).
     pub snapshot: arc_swap::ArcSwapOption<Snapshot>,
     /// Whether this instance has kept it in the store.
     pub archived: std::sync::atomic::AtomicBool,
@@ -69,10 +69,14 @@ impl Config {
             .map_or(&OPEN, |(_, auth)| auth)
     }
 
-    /// Lets go of the files' text once the store keeps it: a configuration replaced by a
-    /// reload is kept in memory only for the deliveries it matched, which need its rules, not
-    /// its text (a copy of every rules file, megabytes for 10,000 rules).
-    pub fn release_snapshot(&self) {
+    /// Lets go of what only a serving configuration needs, once `serving` has replaced it (or
+    /// it was compiled back from the store): kept in memory only for the deliveries it
+    /// matched, it needs its rules, not the index that matches events (unless `serving` shares
+    /// its rule set) nor, once the store keeps it, its files' text (megabytes for 10,000 rules).
+    pub fn retire(&self, serving: &Config) {
+        if !std::sync::Arc::ptr_eq(&self.rules, &serving.rules) {
+            self.rules.retire_index();
+        }
         if self.archived.load(std::sync::atomic::Ordering::Acquire) {
             self.snapshot.store(None);
         }
@@ -527,12 +531,12 @@ rules:
     #[test]
     fn a_replaced_configuration_lets_go_of_its_text_only_once_the_store_keeps_it() {
         let first = load(FILE, None);
-        first.release_snapshot();
+        first.retire(&load(FILE, None));
         assert!(first.snapshot.load().is_some(), "not kept in the store yet");
         first
             .archived
             .store(true, std::sync::atomic::Ordering::Release);
-        first.release_snapshot();
+        first.retire(&load(FILE, None));
         assert!(first.snapshot.load().is_none());
         // Without its text, nothing of it can be recognised: a reload beside it compiles all,
         // to the same rules.
