@@ -10,6 +10,7 @@ mod memory;
 mod probe;
 mod rules;
 mod sources;
+mod splice;
 mod time_windows;
 
 use crate::config::raw::{self, Part};
@@ -36,6 +37,9 @@ pub struct Config {
     pub spans: Vec<(u32, u32)>,
     /// What compiling each rule reported besides errors, given again by a reload that shares it.
     pub(crate) notes: Vec<Option<Box<rules::Notes>>>,
+    /// How many rules the parser read: a reload takes the serving configuration's rules that a
+    /// file still writes as they were without reading them, when it can ([`splice`]).
+    pub rules_read: usize,
     /// The compiled templates the rules' actions render with.
     pub templates: Templates,
     /// SHA-256 of every rules file and template file that went in, hex.
@@ -107,6 +111,7 @@ pub fn compile(
         templates_dir,
         sources,
         serving,
+        true,
     )
 }
 
@@ -127,6 +132,7 @@ pub fn compile_snapshot(snapshot: &Snapshot, sources: &Sources) -> Result<Config
         &snapshot.templates_dir,
         sources,
         None,
+        false,
     )
 }
 
@@ -153,6 +159,7 @@ fn compile_with(
     templates_dir: &Path,
     sources: &Sources,
     serving: Option<&Config>,
+    splice: bool,
 ) -> Result<Config, Diagnostics> {
     let (mut templates, broken) = load_templates();
     let mut errors = Diagnostics::default();
@@ -193,9 +200,16 @@ fn compile_with(
     }
     // Each file is compiled as it is parsed, rule by rule: the parsed form of a large file is
     // many times the size of its compiled rules, and a reload builds while others serve.
+    // A reload reads only what changed of a file, when it can ([`splice`]); whether it did.
+    let mut spliced = false;
     for (path, text) in &files {
         let mark = (rules.mark(), errors.0.len(), source_sections.len());
-        let parsed = raw::parse_parts(text, &mut |part| match part {
+        let plan = splice.then(|| rules.plan(path, text)).flatten();
+        let mut reading = plan.as_ref().map(|(p, at)| splice::Reading::new(p, at));
+        let read = plan
+            .as_ref()
+            .map_or(text.as_str(), |(p, _)| p.text.as_str());
+        let parsed = raw::parse_parts(read, &mut |part| match part {
             Part::Sources(section) => source_sections.push((path.clone(), section)),
             Part::Destinations(section) => {
                 Context::declare(&mut context.destinations, path, &section);
@@ -205,9 +219,37 @@ fn compile_with(
                 Context::declare(&mut context.time_windows, path, &section);
                 time_windows.declare(path, &section, &mut errors)
             }
-            Part::Boundary(at) => rules.end(at, text, env!()),
-            Part::Rule(rule) => rules.add(path, text, rule, env!()),
+            Part::Boundary(at) => {
+                if let Some(r) = &mut reading {
+                    r.rules_end(&mut rules, text, env!());
+                }
+                rules.end(at, text, env!())
+            }
+            Part::Rule(rule) => {
+                if let Some(r) = &mut reading {
+                    let start = rule.referenced.span().byte_offset();
+                    r.rule(start.map_or(text.len(), |b| b as usize), &mut rules);
+                }
+                rules.add(path, text, rule, env!())
+            }
         });
+        if let Some(r) = &mut reading {
+            if parsed.is_ok() {
+                r.rules_end(&mut rules, text, env!());
+            }
+            if parsed.is_err() || !r.as_planned() {
+                drop(rules);
+                return compile_with(
+                    files,
+                    load_templates,
+                    templates_dir,
+                    sources,
+                    serving,
+                    false,
+                );
+            }
+            spliced = true;
+        }
         // A file that does not parse counts for nothing but its syntax error, as if the
         // parser had stopped at its start.
         match parsed {
@@ -225,12 +267,24 @@ fn compile_with(
     }
     let auth = sources::compile(&source_sections, sources, &mut errors);
     let compiled = rules.finish(&files, env!());
+    if spliced && !errors.is_empty() {
+        // Reported as reading the files whole reports them, positions and all.
+        drop(compiled);
+        return compile_with(
+            files,
+            load_templates,
+            templates_dir,
+            sources,
+            serving,
+            false,
+        );
+    }
     if compiled.shared > 0
         && serving.is_some_and(|s| !context.same_for(&s.context, &compiled.named_by_shared))
     {
         // Rules were shared on their text, and a destination, time window or template changed.
         drop(compiled);
-        return compile_with(files, load_templates, templates_dir, sources, None);
+        return compile_with(files, load_templates, templates_dir, sources, None, false);
     }
     let mut warnings = Diagnostics::default();
     let first_file = files.first().map(|(p, _)| p.clone()).unwrap_or_default();
@@ -265,6 +319,7 @@ fn compile_with(
         rules: rule_set(compiled.rules, serving),
         spans: compiled.spans,
         notes: compiled.notes,
+        rules_read: compiled.read,
         templates,
         hash,
         context,
@@ -544,5 +599,175 @@ rules:
         assert_eq!(shared(&first, &later), [false; 3]);
         assert_eq!(rendered(&later, "one"), rendered(&first, "one"));
         assert_eq!(later.hash, first.hash);
+    }
+
+    /// Eight rules between sections, one with a warning and one with a time window.
+    fn spliced_file() -> String {
+        let mut text = String::from(
+            "destinations:\n  crm:\n    http: { url: \"http://127.0.0.1:9/crm\", allow_private: true }\ntime_windows:\n  office:\n    intervals: [{ times: [{ start_time: '08:00', end_time: '18:00' }] }]\nrules:\n",
+        );
+        for i in 0..8 {
+            text.push_str(&format!(
+                "  - name: rule-{i}\n    when: {{ event: EMAIL_REPLIED }}\n"
+            ));
+            match i {
+                2 => text.push_str("    actions:\n      - slack: { webhook_url: \"${SWITCHBOARD_TEST_NEVER_SET:-}\", text: hi }\n"),
+                5 => text.push_str("    actions:\n      - log: { message: \"five\", active: office }\n"),
+                _ => text.push_str(&format!("    actions:\n      - http: {{ destination: crm, body: '{{\"n\": {i}}}' }}\n")),
+            }
+            // A comment between rules belongs to the rule above it.
+            if i == 3 {
+                text.push_str("  # between three and four\n\n");
+            }
+        }
+        text.push_str("sources:\n  smartlead:\n    secret_key: s3cret\n");
+        text
+    }
+
+    /// Everything a reader of `a` and `b` could tell apart: rules, where each is written,
+    /// what each renders, warnings and hash.
+    fn described(config: &Config) -> String {
+        let mut out = format!("hash {}\n", config.hash);
+        for (rule, span) in config.rules.rules().iter().zip(&config.spans) {
+            let window = rule.actions[0]
+                .active
+                .as_ref()
+                .map(|a| format!("{:?}", a.window));
+            out += &format!(
+                "{} at {}:{} {span:?} {window:?} {}\n",
+                rule.name,
+                rule.origin.0.display(),
+                rule.origin.1,
+                rendered(config, &rule.name),
+            );
+        }
+        for w in config.warnings.iter() {
+            out += &format!("warning {w}\n");
+        }
+        out
+    }
+
+    /// Compiles `text` as a reload beside `serving` and whole, and checks that both give the
+    /// same (or the same errors); returns the reload's and how many rules it read.
+    fn reload_as_whole(serving: &Config, text: &str) -> Result<(Config, usize), String> {
+        let files = || vec![(PathBuf::from("rules.yaml"), text.to_string())];
+        let templates = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
+        let sources = Sources::default();
+        let whole = compile(files(), &templates, &sources, None);
+        let reload = compile(files(), &templates, &sources, Some(serving));
+        match (whole, reload) {
+            (Ok(whole), Ok(reload)) => {
+                assert_eq!(described(&reload), described(&whole), "{text}");
+                let read = reload.rules_read;
+                Ok((reload, read))
+            }
+            (Err(whole), Err(reload)) => {
+                assert_eq!(reload.to_string(), whole.to_string(), "{text}");
+                Err(whole.to_string())
+            }
+            (whole, reload) => panic!(
+                "{text}\nwhole: {:?}\nreload: {:?}",
+                whole.err(),
+                reload.err()
+            ),
+        }
+    }
+
+    #[test]
+    fn a_reload_reads_only_what_changed_and_compiles_as_reading_the_file_whole() {
+        let text = spliced_file();
+        let first = load(&text, None);
+        assert_eq!(first.rules_read, 8);
+        let count = |c: &Config| shared(&first, c).iter().filter(|s| **s).count();
+        // One rule renamed: it and the rule after it are read (the first rule read after an
+        // edit must be where it was); the other six are taken unread.
+        let (renamed, read) =
+            reload_as_whole(&first, &text.replace("rule-4\n", "renamed\n")).unwrap();
+        assert_eq!((read, count(&renamed)), (2, 7));
+        let (_, read) = reload_as_whole(&first, &text.replace("rule-0\n", "first\n")).unwrap();
+        assert_eq!(read, 2);
+        let (_, read) = reload_as_whole(&first, &text.replace("rule-7\n", "last\n")).unwrap();
+        assert_eq!(read, 1);
+        // Nothing changed: the last rule is read.
+        let (again, read) = reload_as_whole(&first, &text).unwrap();
+        assert_eq!((read, count(&again)), (1, 8));
+        // Lines added or taken away: every rule below is read (on other lines, compiled again).
+        let added = text.replace(
+            "  - name: rule-4\n",
+            "  - name: new\n    actions:\n      - log: { message: new }\n  - name: rule-4\n",
+        );
+        let (_, read) = reload_as_whole(&first, &added).unwrap();
+        assert_eq!(read, 5);
+        let start = text.find("  - name: rule-6").unwrap();
+        let end = text.find("  - name: rule-7").unwrap();
+        let removed = format!("{}{}", &text[..start], &text[end..]);
+        let (_, read) = reload_as_whole(&first, &removed).unwrap();
+        assert_eq!(read, 1);
+        // The comment between rules, the sections around them, the messages of kept rules.
+        for edited in [
+            text.replace("between three", "betwixt three"),
+            text.replace("'18:00'", "'19:00'"),
+            text.replace("s3cret", "secret"),
+            text.replace("/crm", "/other"),
+            text.replace("message: \"five\"", "message: \"5\""),
+            text.replace(
+                "rule-4\n    when: { event: EMAIL_REPLIED }",
+                "rule-4\n    when: { event: EMAIL_SENT }",
+            ),
+            text.replace("\n", "\r\n"),
+            text.replace("rules:\n", "rules:\n# the rules\n"),
+        ] {
+            reload_as_whole(&first, &edited).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_reload_that_reads_part_of_a_file_reports_its_errors_as_reading_it_whole() {
+        let text = spliced_file();
+        let first = load(&text, None);
+        let cases = [
+            // A name taken by a rule after, or before, the one edited.
+            (text.replace("rule-4\n", "rule-6\n"), "duplicate rule name"),
+            (text.replace("rule-4\n", "rule-1\n"), "duplicate rule name"),
+            // A quote left open runs into the rules after it.
+            (text.replace("'{\"n\": 4}'", "'{\"n\": 4}"), ""),
+            (text.replace("'{\"n\": 4}'", "\"{\\\"n\\\": 4}"), ""),
+            (
+                text.replace("{ destination: crm, body: '{\"n\": 4}' }", "[ destination"),
+                "",
+            ),
+            // An item indented differently from the others.
+            (text.replace("  - name: rule-4", "   - name: rule-4"), ""),
+            (text.replace("  - name: rule-4", " - name: rule-4"), ""),
+            (text.replace("rule-4\n", "\n"), "null"),
+            (
+                text.replace("  - name: rule-4", "---\n  - name: rule-4"),
+                "",
+            ),
+        ];
+        for (edited, says) in cases {
+            let error = reload_as_whole(&first, &edited).expect_err(&edited);
+            assert!(error.contains(says), "{error}");
+        }
+        // An alias left behind by the anchor it repeated.
+        let anchored = text
+            .replace("body: '{\"n\": 1}'", "body: &b '{\"n\": 1}'")
+            .replace("body: '{\"n\": 6}'", "body: *b");
+        let with_anchor = load(&anchored, None);
+        let error = reload_as_whole(&with_anchor, &anchored.replace("&b ", "")).unwrap_err();
+        assert!(error.contains("unknown anchor"), "{error}");
+        // A block scalar kept to its trailing lines ends where the whole file ends it.
+        let kept = text.replace(
+            "rule-4\n    when: { event: EMAIL_REPLIED }\n    actions:\n      - http: { destination: crm, body: '{\"n\": 4}' }\n",
+            "rule-4\n    actions:\n      - log:\n          message: |+\n            four\n\n",
+        );
+        reload_as_whole(&first, &kept).unwrap();
+        let edited_kept = kept.replace("rule-3\n", "three\n");
+        let (after, _) = reload_as_whole(&load(&kept, None), &edited_kept).unwrap();
+        assert!(
+            rendered(&after, "rule-4").contains("four\\n\\n"),
+            "{}",
+            rendered(&after, "rule-4")
+        );
     }
 }

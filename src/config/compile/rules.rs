@@ -6,6 +6,7 @@ use super::destinations::{self, Declared};
 use super::digest;
 use super::memory;
 use super::probe;
+use super::splice;
 use crate::actions::{Common, Ctx, RawAction, Unconfigured};
 use crate::config::raw::RawRule;
 use crate::diagnostic::Diagnostics;
@@ -32,6 +33,8 @@ pub(super) struct Compiled {
     pub(super) spans: Vec<(u32, u32)>,
     /// How many rules are the serving configuration's own (see [`Share`]).
     pub(super) shared: usize,
+    /// How many rules the parser handed over (the others were taken unread, [`super::splice`]).
+    pub(super) read: usize,
     /// The destinations and time windows those name.
     pub(super) named_by_shared: Names,
     /// What each rule reported besides errors ([`Notes`]), for the next reload.
@@ -179,6 +182,7 @@ impl<'a> Rules<'a> {
                 spans: Vec::new(),
                 notes: Vec::new(),
                 shared: 0,
+                read: 0,
                 named_by_shared: Names::default(),
                 labels: Vec::new(),
                 file: None,
@@ -206,6 +210,7 @@ impl<'a> Rules<'a> {
             .byte_offset()
             .map_or(text.len(), |b| b as usize);
         self.end(start, text, env);
+        self.out.read += 1;
         let rule = &raw.value;
         let name = rule.name.value.trim().to_string();
         let at = pos(&rule.name);
@@ -266,25 +271,7 @@ impl<'a> Rules<'a> {
         env: &mut Env<'_>,
     ) -> (Arc<Rule>, Option<Box<Notes>>) {
         if let Some((old, notes)) = shared {
-            self.out.shared += 1;
-            for a in &old.actions {
-                let names = &mut self.out.named_by_shared;
-                names.destinations.insert(a.destination.clone());
-                if let Some(active) = &a.active {
-                    names.time_windows.insert(active.window.name.clone());
-                }
-                self.out.used.insert(a.destination.clone());
-            }
-            if let Some(n) = &notes {
-                self.out.warnings.0.extend(n.warnings.iter().cloned());
-                for (label, at) in &n.unconfigured {
-                    self.out
-                        .unconfigured
-                        .entry(label.clone())
-                        .or_insert_with(|| at.clone());
-                }
-            }
-            return (old, notes);
+            return self.reuse(old, notes);
         }
         let warned = self.out.warnings.0.len();
         self.out.labels.clear();
@@ -300,6 +287,81 @@ impl<'a> Rules<'a> {
         let notes =
             (!notes.warnings.is_empty() || !notes.unconfigured.is_empty()).then(|| Box::new(notes));
         (Arc::new(rule), notes)
+    }
+
+    /// The serving configuration's rule `old`, counted as shared, its notes given again.
+    fn reuse(
+        &mut self,
+        old: Arc<Rule>,
+        notes: Option<Box<Notes>>,
+    ) -> (Arc<Rule>, Option<Box<Notes>>) {
+        self.out.shared += 1;
+        for a in &old.actions {
+            let names = &mut self.out.named_by_shared;
+            names.destinations.insert(a.destination.clone());
+            if let Some(active) = &a.active {
+                names.time_windows.insert(active.window.name.clone());
+            }
+            self.out.used.insert(a.destination.clone());
+        }
+        if let Some(n) = &notes {
+            self.out.warnings.0.extend(n.warnings.iter().cloned());
+            for (label, at) in &n.unconfigured {
+                self.out
+                    .unconfigured
+                    .entry(label.clone())
+                    .or_insert_with(|| at.clone());
+            }
+        }
+        (old, notes)
+    }
+
+    /// How to read `text`, the new text of `path`, taking the serving rules it leaves written
+    /// as they were without parsing them ([`splice`]), with the serving positions of the
+    /// file's rules; `None` to read it whole.
+    pub(super) fn plan(&self, path: &Path, text: &str) -> Option<(splice::Plan, Vec<usize>)> {
+        let share = self.share.as_ref()?;
+        let (_, old) = share.texts.files.iter().find(|(p, _)| p == path)?;
+        // A rule taken unread must not hold an alias of an anchor the edit took away.
+        if crate::config::raw::has_anchors(old) {
+            return None;
+        }
+        let serving = &share.serving;
+        let at: Vec<usize> = (serving.rules.rules().iter().enumerate())
+            .filter(|(_, r)| *r.origin.0 == *path)
+            .map(|(i, _)| i)
+            .collect();
+        let spans: Option<Vec<(u32, u32)>> =
+            at.iter().map(|&i| serving.spans.get(i).copied()).collect();
+        Some((splice::plan(old, text, &spans?)?, at))
+    }
+
+    /// Takes the serving configuration's rule at position `at` unparsed, written `shift` bytes
+    /// from where it was; `false` if that cannot be done as parsing it would (its name is
+    /// taken already).
+    pub(super) fn keep(&mut self, at: usize, shift: i64) -> bool {
+        let Some(share) = &self.share else {
+            return false;
+        };
+        let (Some(rule), Some(&(start, end))) = (
+            share.serving.rules.rules().get(at),
+            share.serving.spans.get(at),
+        ) else {
+            return false;
+        };
+        if self.held.is_some() || self.names.contains_key(&rule.name) {
+            return false;
+        }
+        let (rule, notes) = (rule.clone(), share.serving.notes.get(at).cloned().flatten());
+        let origin = (rule.origin.0.to_path_buf(), rule.origin.1);
+        self.names.insert(rule.name.clone(), origin);
+        self.taken += 1;
+        let moved = |b: u32| (i64::from(b) + shift) as u32;
+        let (rule, notes) = self.reuse(rule, notes);
+        self.out.rules.push(rule);
+        self.out.spans.push((moved(start), moved(end)));
+        self.out.notes.push(notes);
+        true
     }
 
     /// Where the rules stand now.
