@@ -225,13 +225,13 @@ impl<'de> serde::de::Visitor<'de> for RulesSeed<'_> {
 /// only costs that sharing.
 pub fn has_anchors(text: &str) -> bool {
     let bytes = text.as_bytes();
-    bytes.iter().enumerate().any(|(i, &b)| {
-        b == b'&'
-            && (i == 0
-                || matches!(
-                    bytes[i - 1],
-                    b' ' | b'\t' | b'\n' | b'\r' | b'[' | b'{' | b','
-                ))
+    // `match_indices` finds each `&` with memchr: a reload scans megabytes.
+    text.match_indices('&').any(|(i, _)| {
+        (i == 0
+            || matches!(
+                bytes[i - 1],
+                b' ' | b'\t' | b'\n' | b'\r' | b'[' | b'{' | b','
+            ))
             && bytes.get(i + 1).is_some_and(|c| {
                 !c.is_ascii_whitespace() && !matches!(c, b'&' | b',' | b']' | b'}')
             })

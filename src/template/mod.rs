@@ -18,7 +18,7 @@ use crate::intern::Interner;
 use handlebars::{Handlebars, Renderable};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -227,13 +227,22 @@ impl crate::event::EventView for Data {
 
 /// Every compiled template of one configuration.
 pub struct Templates {
-    registries: Vec<Handlebars<'static>>,
-    files: BTreeSet<String>,
-    broken: BTreeSet<String>,
+    /// The template files, compiled: shared by the configurations loaded from the same files.
+    files: Arc<Files>,
     inline_count: usize,
     /// Inline templates compiled by this load and not yet released (see [`Templates::settle`]).
     fresh: Vec<Arc<Inline>>,
-    digest: Sha256,
+}
+
+/// The template files of a load, compiled into a registry per escape mode. A reload that reads
+/// the same files takes the serving configuration's rather than compiling each file six times
+/// again.
+struct Files {
+    registries: Vec<Handlebars<'static>>,
+    names: BTreeSet<String>,
+    /// The files that did not compile, with why.
+    broken: BTreeMap<String, TemplateError>,
+    digest: Vec<u8>,
     /// Every file's name and text as loaded (what a stored configuration keeps).
     sources: Vec<(String, String)>,
 }
@@ -241,7 +250,7 @@ pub struct Templates {
 impl std::fmt::Debug for Templates {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Templates")
-            .field("files", &self.files)
+            .field("files", &self.files.names)
             .field("inline", &self.inline_count)
             .finish()
     }
@@ -249,15 +258,7 @@ impl std::fmt::Debug for Templates {
 
 impl Default for Templates {
     fn default() -> Self {
-        Templates {
-            registries: Escape::ALL.iter().map(|&e| registry(e)).collect(),
-            files: BTreeSet::new(),
-            broken: BTreeSet::new(),
-            inline_count: 0,
-            fresh: Vec::new(),
-            digest: Sha256::new(),
-            sources: Vec::new(),
-        }
+        Templates::from_sources(Vec::new()).0
     }
 }
 
@@ -278,6 +279,15 @@ impl Templates {
     /// (`slack/reply.hbs`). Files that do not compile are left out and returned with their
     /// errors (and remembered, so a rule naming one is not told the file is missing).
     pub fn load_dir(dir: &Path) -> (Self, Vec<(std::path::PathBuf, TemplateError)>) {
+        Self::load_dir_beside(dir, None)
+    }
+
+    /// As [`Templates::load_dir`], taking the compiled files of `serving` when the files read
+    /// are the same.
+    pub fn load_dir_beside(
+        dir: &Path,
+        serving: Option<&Templates>,
+    ) -> (Self, Vec<(std::path::PathBuf, TemplateError)>) {
         let mut paths = Vec::new();
         collect_files(dir, &mut paths);
         paths.sort();
@@ -310,7 +320,7 @@ impl Templates {
                 )),
             }
         }
-        let (templates, broken) = Self::from_sources(read);
+        let (templates, broken) = Self::from_sources_beside(read, serving);
         errors.extend(broken.into_iter().map(|(name, e)| (dir.join(name), e)));
         (templates, errors)
     }
@@ -318,48 +328,53 @@ impl Templates {
     /// Compiles template files given by name and text (a stored configuration's). Files that
     /// do not compile are left out and returned by name with their errors.
     pub fn from_sources(files: Vec<(String, String)>) -> (Self, Vec<(String, TemplateError)>) {
-        let mut templates = Templates::default();
-        let mut errors = Vec::new();
-        for (name, source) in files {
-            templates.digest.update(name.as_bytes());
-            templates.digest.update(source.as_bytes());
-            match templates.register(&name, &source) {
-                Ok(()) => {
-                    templates.files.insert(name.clone());
-                }
-                Err(e) => {
-                    templates.broken.insert(name.clone());
-                    errors.push((name.clone(), e));
-                }
-            }
-            templates.sources.push((name, source));
-        }
+        Self::from_sources_beside(files, None)
+    }
+
+    /// As [`Templates::from_sources`], taking the compiled files of `serving` when it was
+    /// loaded from the same files.
+    pub fn from_sources_beside(
+        files: Vec<(String, String)>,
+        serving: Option<&Templates>,
+    ) -> (Self, Vec<(String, TemplateError)>) {
+        let files = match serving.filter(|s| s.files.sources == files) {
+            Some(serving) => serving.files.clone(),
+            None => Arc::new(Files::compile(files)),
+        };
+        let errors = (files.broken.iter())
+            .map(|(name, e)| (name.clone(), e.clone()))
+            .collect();
+        let templates = Templates {
+            files,
+            inline_count: 0,
+            fresh: Vec::new(),
+        };
         (templates, errors)
     }
 
     /// Every file's name and text as loaded.
     pub fn sources(&self) -> &[(String, String)] {
-        &self.sources
+        &self.files.sources
     }
 
     /// Whether a template file of that name exists but does not compile.
     pub fn is_broken(&self, name: &str) -> bool {
-        self.broken.contains(name)
+        self.files.broken.contains_key(name)
     }
 
     /// SHA-256 over every loaded file's name and text.
     pub fn digest(&self) -> Vec<u8> {
-        self.digest.clone().finalize().to_vec()
+        self.files.digest.clone()
     }
 
     /// Whether a template file of that name was loaded.
     pub fn has_file(&self, name: &str) -> bool {
-        self.files.contains(name)
+        self.files.names.contains(name)
     }
 
     /// The names of the loaded template files.
     pub fn file_names(&self) -> impl Iterator<Item = &str> {
-        self.files.iter().map(String::as_str)
+        self.files.names.iter().map(String::as_str)
     }
 
     /// A loaded file rendered with `escape`, if the file exists.
@@ -411,7 +426,7 @@ impl Templates {
 
     /// Renders a template against an event.
     pub fn render(&self, template: &Template, data: &Data) -> Result<String, RenderError> {
-        let registry = &self.registries[template.escape.index()];
+        let registry = &self.files.registries[template.escape.index()];
         let rendered = match &template.inline {
             // What the registry does for a template of its own, with the registry's helpers,
             // escaping and strictness.
@@ -450,6 +465,34 @@ impl Templates {
                 missing,
             }
         })
+    }
+}
+
+impl Files {
+    fn compile(sources: Vec<(String, String)>) -> Files {
+        let mut files = Files {
+            registries: Escape::ALL.iter().map(|&e| registry(e)).collect(),
+            names: BTreeSet::new(),
+            broken: BTreeMap::new(),
+            digest: Vec::new(),
+            sources: Vec::new(),
+        };
+        let mut digest = Sha256::new();
+        for (name, source) in sources {
+            digest.update(name.as_bytes());
+            digest.update(source.as_bytes());
+            match files.register(&name, &source) {
+                Ok(()) => {
+                    files.names.insert(name.clone());
+                }
+                Err(e) => {
+                    files.broken.insert(name.clone(), e);
+                }
+            }
+            files.sources.push((name, source));
+        }
+        files.digest = digest.finalize().to_vec();
+        files
     }
 
     fn register(&mut self, name: &str, source: &str) -> Result<(), TemplateError> {

@@ -254,3 +254,37 @@ fn an_inline_template_is_kept_compiled_only_once_it_renders() {
     assert!(Arc::ptr_eq(&inline, again.inline.as_ref().unwrap()));
     assert!(inline.compiled.load().is_some());
 }
+
+#[test]
+fn a_load_of_the_same_template_files_shares_their_compiled_form() {
+    let files = || {
+        vec![
+            (
+                "reply.hbs".to_string(),
+                "Reply from {{lead.email}}".to_string(),
+            ),
+            ("broken.hbs".to_string(), "{{#if}}".to_string()),
+        ]
+    };
+    let (first, errors) = Templates::from_sources(files());
+    let said = |e: &[(String, TemplateError)]| format!("{e:?}");
+    assert_eq!(errors.len(), 1, "{}", said(&errors));
+    let (again, errors_again) = Templates::from_sources_beside(files(), Some(&first));
+    assert!(Arc::ptr_eq(&first.files, &again.files));
+    // The file that does not compile is reported again, as a load of its own reports it.
+    assert_eq!(said(&errors_again), said(&errors));
+    assert!(again.is_broken("broken.hbs"));
+    assert_eq!(again.digest(), first.digest());
+    let mut changed = files();
+    changed[0].1 = "Answer from {{lead.email}}".to_string();
+    let (other, _) = Templates::from_sources_beside(changed, Some(&first));
+    assert!(!Arc::ptr_eq(&first.files, &other.files));
+    assert_ne!(other.digest(), first.digest());
+    let data = Data::new(&json!({"lead": {"email": "a@example.com"}}));
+    let reply = |t: &Templates| {
+        let file = t.file("reply.hbs", Escape::Plain).expect("loaded");
+        t.render(&file, &data).unwrap()
+    };
+    assert_eq!(reply(&again), "Reply from a@example.com");
+    assert_eq!(reply(&other), "Answer from a@example.com");
+}

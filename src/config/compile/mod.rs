@@ -107,7 +107,7 @@ pub fn compile(
 ) -> Result<Config, Diagnostics> {
     compile_with(
         files,
-        &|| Templates::load_dir(templates_dir),
+        &|| Templates::load_dir_beside(templates_dir, serving.map(|s| &s.templates)),
         templates_dir,
         sources,
         serving,
@@ -221,16 +221,22 @@ fn compile_with(
             }
             Part::Boundary(at) => {
                 if let Some(r) = &mut reading {
+                    r.key(at);
                     r.rules_end(&mut rules, text, env!());
                 }
                 rules.end(at, text, env!())
             }
             Part::Rule(rule) => {
+                let start = rule.referenced.span().byte_offset();
+                let start = match &plan {
+                    Some((p, _)) => start.map(|b| p.file_offset(b as usize)),
+                    None => start.map(|b| b as usize),
+                };
+                let start = start.unwrap_or(text.len());
                 if let Some(r) = &mut reading {
-                    let start = rule.referenced.span().byte_offset();
-                    r.rule(start.map_or(text.len(), |b| b as usize), &mut rules);
+                    r.rule(start, &mut rules);
                 }
-                rules.add(path, text, rule, env!())
+                rules.add(path, text, start, rule, env!())
             }
         });
         if let Some(r) = &mut reading {
@@ -601,8 +607,9 @@ rules:
         assert_eq!(later.hash, first.hash);
     }
 
-    /// Eight rules between sections, one with a warning and one with a time window.
-    fn spliced_file() -> String {
+    /// Eight rules after sections (and before one, with `tail`), one with a warning and one
+    /// with a time window.
+    fn spliced_file(tail: bool) -> String {
         let mut text = String::from(
             "destinations:\n  crm:\n    http: { url: \"http://127.0.0.1:9/crm\", allow_private: true }\ntime_windows:\n  office:\n    intervals: [{ times: [{ start_time: '08:00', end_time: '18:00' }] }]\nrules:\n",
         );
@@ -620,7 +627,9 @@ rules:
                 text.push_str("  # between three and four\n\n");
             }
         }
-        text.push_str("sources:\n  smartlead:\n    secret_key: s3cret\n");
+        if tail {
+            text.push_str("sources:\n  smartlead:\n    secret_key: s3cret\n");
+        }
         text
     }
 
@@ -675,7 +684,13 @@ rules:
 
     #[test]
     fn a_reload_reads_only_what_changed_and_compiles_as_reading_the_file_whole() {
-        let text = spliced_file();
+        for tail in [true, false] {
+            reads_only_what_changed(&spliced_file(tail));
+        }
+    }
+
+    fn reads_only_what_changed(text: &str) {
+        let text = text.to_string();
         let first = load(&text, None);
         assert_eq!(first.rules_read, 8);
         let count = |c: &Config| shared(&first, c).iter().filter(|s| **s).count();
@@ -719,11 +734,22 @@ rules:
         ] {
             reload_as_whole(&first, &edited).unwrap();
         }
+        // A section written after rules that ran to the file's end.
+        if !text.contains("sources:") {
+            let appended = format!("{text}sources:\n  smartlead:\n    secret_key: s3cret\n");
+            reload_as_whole(&first, &appended).unwrap();
+        }
     }
 
     #[test]
     fn a_reload_that_reads_part_of_a_file_reports_its_errors_as_reading_it_whole() {
-        let text = spliced_file();
+        for tail in [true, false] {
+            reports_errors_as_whole(&spliced_file(tail));
+        }
+    }
+
+    fn reports_errors_as_whole(text: &str) {
+        let text = text.to_string();
         let first = load(&text, None);
         let cases = [
             // A name taken by a rule after, or before, the one edited.

@@ -146,7 +146,7 @@ fn own_text(text: &str, (start, end): (u32, u32)) -> Option<&str> {
 /// file), it waits, parsed, for the end.
 pub(super) struct Rules<'a> {
     out: Compiled,
-    names: HashMap<String, (PathBuf, u32)>,
+    names: HashMap<String, (Arc<Path>, u32)>,
     waiting: Vec<Waiting>,
     held: Option<Waiting>,
     /// Rules taken so far, compiled or waiting: the next one's place in evaluation order.
@@ -195,20 +195,16 @@ impl<'a> Rules<'a> {
         }
     }
 
-    /// Takes the next rule of `path` (whose text is `text`); a rule name used twice is an
-    /// error.
+    /// Takes the next rule of `path` (whose text is `text`), written from byte `start`; a rule
+    /// name used twice is an error.
     pub(super) fn add(
         &mut self,
         path: &Path,
         text: &str,
+        start: usize,
         raw: Box<Spanned<RawRule>>,
         env: &mut Env<'_>,
     ) {
-        let start = raw
-            .referenced
-            .span()
-            .byte_offset()
-            .map_or(text.len(), |b| b as usize);
         self.end(start, text, env);
         self.out.read += 1;
         let rule = &raw.value;
@@ -221,8 +217,8 @@ impl<'a> Rules<'a> {
             let message = format!("duplicate rule name {name:?} (first defined at {first}:{line})");
             env.errors.at(path, at, message);
         } else {
-            self.names
-                .insert(name.clone(), (path.to_path_buf(), at.line));
+            let file = self.out.file(path);
+            self.names.insert(name.clone(), (file, at.line));
         }
         let place = self.taken;
         self.taken += 1;
@@ -296,13 +292,19 @@ impl<'a> Rules<'a> {
         notes: Option<Box<Notes>>,
     ) -> (Arc<Rule>, Option<Box<Notes>>) {
         self.out.shared += 1;
+        // Looked up before inserting: most rules name a destination seen already.
+        let once = |set: &mut HashSet<String>, name: &String| {
+            if !set.contains(name) {
+                set.insert(name.clone());
+            }
+        };
         for a in &old.actions {
             let names = &mut self.out.named_by_shared;
-            names.destinations.insert(a.destination.clone());
+            once(&mut names.destinations, &a.destination);
             if let Some(active) = &a.active {
-                names.time_windows.insert(active.window.name.clone());
+                once(&mut names.time_windows, &active.window.name);
             }
-            self.out.used.insert(a.destination.clone());
+            once(&mut self.out.used, &a.destination);
         }
         if let Some(n) = &notes {
             self.out.warnings.0.extend(n.warnings.iter().cloned());
@@ -353,8 +355,8 @@ impl<'a> Rules<'a> {
             return false;
         }
         let (rule, notes) = (rule.clone(), share.serving.notes.get(at).cloned().flatten());
-        let origin = (rule.origin.0.to_path_buf(), rule.origin.1);
-        self.names.insert(rule.name.clone(), origin);
+        self.names
+            .insert(rule.name.clone(), (rule.origin.0.clone(), rule.origin.1));
         self.taken += 1;
         let moved = |b: u32| (i64::from(b) + shift) as u32;
         let (rule, notes) = self.reuse(rule, notes);
@@ -383,7 +385,7 @@ impl<'a> Rules<'a> {
         self.waiting.truncate(mark.waiting);
         self.taken = mark.taken;
         self.out.shared = mark.shared;
-        self.names.retain(|_, (file, _)| file != path);
+        self.names.retain(|_, (file, _)| **file != *path);
     }
 
     /// Compiles the rules that waited, now that every file (path and text) is read, and

@@ -26,6 +26,10 @@ pub(super) struct Plan {
     pub(super) first_read: u32,
     /// The rules taken after those read, if any.
     pub(super) after: Option<After>,
+    /// How many bytes of the file the text read leaves out before `resume` (a byte of the text
+    /// read), where it goes on as the file.
+    dropped: usize,
+    resume: usize,
 }
 
 /// The serving rules taken after the rules read.
@@ -100,14 +104,9 @@ pub(super) fn plan(old: &str, new: &str, spans: &[(u32, u32)]) -> Option<Plan> {
     } else {
         None
     };
-    let mut text = new_b.to_vec();
-    if before > 0 {
-        comment_out(&mut text[starts[0]..starts[before]]);
-    }
+    let moved = |at: usize| (at as i64 + shift) as usize;
     let after = match last_read {
         Some(last) if last + 1 < n => {
-            let moved = |at: usize| (at as i64 + shift) as usize;
-            comment_out(&mut text[moved(starts[last + 1])..moved(rules_end)]);
             let (start, end) = spans[last];
             Some(After {
                 last_read: (moved(start as usize) as u32, moved(end as usize) as u32),
@@ -120,13 +119,52 @@ pub(super) fn plan(old: &str, new: &str, spans: &[(u32, u32)]) -> Option<Plan> {
     if before == 0 && after.is_none() {
         return None;
     }
+    // Rules that run to the file's end (nothing written after them) need not keep their
+    // bytes: those after the rules read are cut off, those before keep only their line breaks
+    // (lines and columns hold; the caller adds the bytes dropped back to what the parser
+    // reports). Otherwise they become comments of the same length.
+    let to_end = rules_end == old.len();
+    let mut text = new_b.to_vec();
+    if let Some(after) = &after {
+        let from = moved(starts[after.from]);
+        if to_end {
+            text.truncate(from);
+        } else {
+            comment_out(&mut text[from..moved(rules_end)]);
+        }
+    }
+    let (mut dropped, mut resume) = (0, 0);
+    if before > 0 {
+        let region = starts[0]..starts[before];
+        if to_end {
+            let lines = text[region.clone()].iter().filter(|&&b| b == b'\n').count();
+            dropped = region.len() - lines;
+            resume = region.start + lines;
+            text.splice(region, std::iter::repeat_n(b'\n', lines));
+        } else {
+            comment_out(&mut text[region]);
+        }
+    }
     Some(Plan {
-        // Whole lines were replaced by ASCII: still UTF-8.
+        // Whole lines were replaced by ASCII or cut: still UTF-8.
         text: String::from_utf8(text).ok()?,
         before,
         first_read: spans[before].0,
         after,
+        dropped,
+        resume,
     })
+}
+
+impl Plan {
+    /// Where byte `at` of the text read is in the file.
+    pub(super) fn file_offset(&self, at: usize) -> usize {
+        if self.dropped > 0 && at >= self.resume {
+            at + self.dropped
+        } else {
+            at
+        }
+    }
 }
 
 /// A [`Plan`] followed as the parser hands the file over: the serving rules taken before the
@@ -167,13 +205,21 @@ impl<'p> Reading<'p> {
                     || !self.at[..before].iter().all(|&at| rules.keep(at, 0));
             }
         } else if self.after_due {
-            // Only comments follow the last rule read.
+            // Nothing but comments follows the last rule read.
             self.broken = true;
         }
         if let Some(after) = &self.plan.after
             && start == after.last_read.0 as usize
         {
             self.after_due = true;
+        }
+    }
+
+    /// The parser hands over a top-level key at byte `at` of the text read: one after the
+    /// rules read where bytes were left out is not where the whole file has it.
+    pub(super) fn key(&mut self, at: usize) {
+        if self.plan.dropped > 0 && at >= self.plan.resume {
+            self.broken = true;
         }
     }
 
@@ -201,25 +247,26 @@ impl<'p> Reading<'p> {
     }
 }
 
-/// Turns each line of `bytes` (whole lines) into a comment of the same length.
+/// Turns whole lines of `bytes` into one comment and empty lines: as many bytes and lines as
+/// before, so what follows keeps its positions. One long comment is the cheapest text for the
+/// parser to skip (it reads blanks a character at a time, and leaves its loop at each comment).
 fn comment_out(bytes: &mut [u8]) {
-    let mut line_start = true;
-    for b in bytes {
-        if *b == b'\n' {
-            line_start = true;
-        } else {
-            *b = if line_start { b'#' } else { b' ' };
-            line_start = false;
-        }
-    }
+    let lines = bytes.iter().filter(|&&b| b == b'\n').count();
+    let Some(spaces) = bytes.len().checked_sub(lines + 1) else {
+        return;
+    };
+    bytes[0] = b'#';
+    bytes[1..=spaces].fill(b' ');
+    bytes[spaces + 1..].fill(b'\n');
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// `count` rules named r0…, as a reload sees them: the text and each rule's span.
-    fn file(count: usize) -> (String, Vec<(u32, u32)>) {
+    /// `count` rules named r0…, as a reload sees them: the text and each rule's span. With
+    /// `tail`, a section follows the rules.
+    fn file(count: usize, tail: bool) -> (String, Vec<(u32, u32)>) {
         let mut text = String::from("destinations:\n  d:\n    log: {}\nrules:\n");
         for i in 0..count {
             text.push_str(&format!(
@@ -227,6 +274,9 @@ mod tests {
             ));
         }
         let spans = spans_of(&text);
+        if tail {
+            text.push_str("sources:\n  smartlead: {}\n");
+        }
         (text, spans)
     }
 
@@ -242,8 +292,8 @@ mod tests {
     }
 
     #[test]
-    fn an_edited_rule_is_read_with_the_one_after_it_and_the_others_are_comments() {
-        let (old, spans) = file(6);
+    fn before_a_section_the_rules_not_read_are_comments_of_the_same_length() {
+        let (old, spans) = file(6, true);
         let new = old.replace("name: r2\n", "name: second\n");
         let plan = plan(&old, &new, &spans).expect("a plan");
         assert_eq!(plan.text.len(), new.len());
@@ -266,13 +316,41 @@ mod tests {
         for gone in ["r0", "r1", "r4", "r5"] {
             assert!(!plan.text.contains(gone), "{gone}: {}", plan.text);
         }
+        assert!(plan.text.ends_with("\nsources:\n  smartlead: {}\n"));
+        assert_eq!(plan.file_offset(100), 100);
+        // Two rules of three lines: one comment of their bytes, then empty lines.
         let mut lines = plan.text.lines().skip(4);
-        assert_eq!(lines.next().unwrap(), format!("#{}", " ".repeat(11)));
+        let comment = lines.next().unwrap();
+        assert_eq!(comment.trim_end(), "#");
+        let region = new.find("  - name: second").unwrap() - new.find("rules:\n").unwrap() - 7;
+        assert_eq!(comment.len(), region - 6);
+        assert_eq!(lines.take(5).collect::<Vec<_>>(), [""; 5]);
+    }
+
+    #[test]
+    fn rules_to_the_end_of_the_file_are_cut_and_keep_only_their_line_breaks() {
+        let (old, spans) = file(6, false);
+        let new = old.replace("name: r2\n", "name: second\n");
+        let plan = plan(&old, &new, &spans).expect("a plan");
+        let read = &new[new.find("  - name: second").unwrap()..new.find("  - name: r4").unwrap()];
+        let expected = format!(
+            "destinations:\n  d:\n    log: {{}}\nrules:\n{}{read}",
+            "\n".repeat(6)
+        );
+        assert_eq!(plan.text, expected);
+        // What the parser reports is moved back to where the file has it.
+        let second = plan.text.find("name: second").unwrap();
+        assert_eq!(plan.file_offset(second), new.find("name: second").unwrap());
+        assert_eq!(plan.file_offset(3), 3);
+        assert_eq!(plan.first_read as usize, new.find("name: second").unwrap());
+        let after = plan.after.expect("rules taken after");
+        assert_eq!(after.last_read.0 as usize, new.find("name: r3").unwrap());
+        assert_eq!(after.last_read.1 as usize, new.find("name: r4").unwrap());
     }
 
     #[test]
     fn lines_added_leave_the_rules_below_to_be_read() {
-        let (old, spans) = file(6);
+        let (old, spans) = file(6, false);
         let new = old.replace("name: r2\n", "name: r2\n    description: longer\n");
         let plan = plan(&old, &new, &spans).expect("a plan");
         assert_eq!((plan.before, plan.after), (2, None));
@@ -281,7 +359,7 @@ mod tests {
 
     #[test]
     fn the_last_rule_is_read_when_nothing_else_changed() {
-        let (old, spans) = file(6);
+        let (old, spans) = file(6, false);
         let plan = plan(&old, &old, &spans).expect("a plan");
         assert_eq!((plan.before, plan.after), (5, None));
         let edited = old.replace("    log: {}", "    log: { }");
@@ -292,7 +370,7 @@ mod tests {
 
     #[test]
     fn rules_not_written_as_items_of_one_indentation_are_read_whole() {
-        let (old, mut spans) = file(6);
+        let (old, mut spans) = file(6, false);
         let new = old.replace("name: r2\n", "name: second\n");
         assert!(plan(&old, &new, &spans[..2]).is_none(), "too few to gain");
         let dashed = old.replace("  - name: r1", "  -\n    name: r1");
@@ -306,7 +384,7 @@ mod tests {
 
     #[test]
     fn a_parse_that_hands_rules_over_elsewhere_is_not_as_planned() {
-        let (old, spans) = file(6);
+        let (old, spans) = file(6, false);
         let new = old.replace("log: {}", "log: { }");
         let plan = plan(&old, &new, &spans).expect("a plan");
         let last_read = plan.after.as_ref().expect("rules after").last_read.0 as usize;
