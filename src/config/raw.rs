@@ -219,7 +219,8 @@ impl<'de> serde::de::Visitor<'de> for RulesSeed<'_> {
     }
 }
 
-/// Whether the text may define a YAML anchor (`&name`): an `&` that starts a word. What an
+/// Whether the text may define a YAML anchor (`&name`): an `&` that starts a word or follows a
+/// colon (`"key":&a value` is valid in a flow mapping). What an
 /// alias repeats is written elsewhere, so a reload does not recognise a rule by its own text
 /// in a file that has anchors. Quoted text is not told apart: an `&` starting a word there
 /// only costs that sharing.
@@ -230,7 +231,7 @@ pub fn has_anchors(text: &str) -> bool {
         (i == 0
             || matches!(
                 bytes[i - 1],
-                b' ' | b'\t' | b'\n' | b'\r' | b'[' | b'{' | b','
+                b' ' | b'\t' | b'\n' | b'\r' | b'[' | b'{' | b',' | b':'
             ))
             && bytes.get(i + 1).is_some_and(|c| {
                 !c.is_ascii_whitespace() && !matches!(c, b'&' | b',' | b']' | b'}')
@@ -440,5 +441,21 @@ mod tests {
             m.contains("`actions` takes a list of actions (each starts with `- slack:`"),
             "{m}"
         );
+    }
+
+    #[test]
+    fn anchors_are_found_where_the_parser_takes_them() {
+        for text in [
+            "a: &x 1",
+            "&x a: 1",
+            "a: [&x 1]",
+            "a: {b: 1,&x c: 2}",
+            "a: { \"b\":&x 1 }",
+        ] {
+            assert!(super::has_anchors(text), "{text}");
+        }
+        for text in ["url: 'https://x.example/?a=1&b=2'", "a: b & c", "a: &"] {
+            assert!(!super::has_anchors(text), "{text}");
+        }
     }
 }

@@ -1,8 +1,8 @@
 //! Templates: Handlebars in strict mode, with values escaped automatically for where the
 //! rendered text lands (Slack mrkdwn, Slack JSON, HTML, JSON strings, URLs, plain text).
 //!
-//! Every template file is compiled once per configuration load into one registry per
-//! [`Escape`] mode. An inline template is shared by every rule and every configuration in
+//! Every template file is compiled into one registry per [`Escape`] mode, once for all the
+//! configurations loaded from the same files. An inline template is shared by every rule and every configuration in
 //! memory that writes the same text; it is compiled at load to be checked, but kept compiled
 //! only once it renders a message (most rules of a large file never fire, and a compiled
 //! template is ten times its text). Templates cannot read files or the environment: only the

@@ -730,6 +730,8 @@ rules:
                 "rule-4\n    when: { event: EMAIL_SENT }",
             ),
             text.replace("\n", "\r\n"),
+            // A lone carriage return breaks a line for the parser.
+            text.replace("rule-4\n    when:", "rule-4\n    stop: false\r    when:"),
             text.replace("rules:\n", "rules:\n# the rules\n"),
         ] {
             reload_as_whole(&first, &edited).unwrap();

@@ -1,17 +1,23 @@
 //! A reload's shortcut through a large rules file. Nearly all of a reload's time is the YAML
 //! parse, and a user saving one edited rule of 10,000 changes one stretch of the file: the rules
-//! before and after it are written as before, at the same lines, and the reload takes the serving
-//! configuration's rules for them ([`super::rules::Share`]). Such rules need not be parsed to be
-//! found. The parser is given the file with their lines turned into comments (`#` then spaces,
-//! every line as long as it was, so each position it reports is the file's own) and reads the
-//! sections and the changed stretch; the serving rules are taken in place of the others.
+//! before it are written as before, and those after it too, at the same lines unless the edit
+//! added or took away lines; the reload takes the serving configuration's rules for them
+//! ([`super::rules::Share`]). Such rules need not be parsed to be found. The parser is given a
+//! text in which they are left out, and reads the sections, the changed stretch and the first
+//! unchanged rule after it; the serving rules are taken in place of the others. The rules left
+//! out become one comment line as long as their bytes, then their line breaks as empty lines, so
+//! every position the parser reports is the file's own; when the rules run to the file's end,
+//! those after the first unchanged rule are cut off and those before keep only their line breaks
+//! (lines and columns hold; [`Plan::file_offset`] adds back the bytes left out).
 //!
 //! What makes the parse of the stretch the one a whole parse would give: the text before it is
 //! the serving text's up to a line that starts an item of `rules:` with the same marker (so the
-//! parser is between items there, as it was), and the rule read last before the commented lines
-//! after it is one written as before, which the parser must hand over starting where it did (so
-//! nothing left open, a quote or a bracket, runs into those lines). When that check fails, or the
-//! parse reports any problem, the caller compiles the file whole.
+//! parser is between items there, as it was), and the first unchanged rule after it must be
+//! handed over starting where it is written (so nothing left open, a quote or a bracket, runs
+//! on past it). When that check fails, or the parse reports any problem, the caller compiles the
+//! file whole. Texts this cannot vouch for are read whole: a line break the parser counts but
+//! this does not (a lone carriage return), and merge keys (`<<`), of which the parser allows a
+//! fixed number per file.
 
 use super::rules::{Env, Rules};
 
@@ -51,6 +57,12 @@ pub(super) fn plan(old: &str, new: &str, spans: &[(u32, u32)]) -> Option<Plan> {
     let n = spans.len();
     // Below a few rules the parse is quick and the plan saves nothing worth its checks.
     if n < 3 {
+        return None;
+    }
+    if [old, new]
+        .iter()
+        .any(|t| lone_carriage_return(t) || t.contains("<<"))
+    {
         return None;
     }
     let (old_b, new_b) = (old.as_bytes(), new.as_bytes());
@@ -247,6 +259,14 @@ impl<'p> Reading<'p> {
     }
 }
 
+/// Whether `text` has a carriage return not followed by a line feed: a line break to the
+/// parser, which this module counts by line feeds.
+fn lone_carriage_return(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    text.match_indices('\r')
+        .any(|(i, _)| bytes.get(i + 1) != Some(&b'\n'))
+}
+
 /// Turns whole lines of `bytes` into one comment and empty lines: as many bytes and lines as
 /// before, so what follows keeps its positions. One long comment is the cheapest text for the
 /// parser to skip (it reads blanks a character at a time, and leaves its loop at each comment).
@@ -405,5 +425,20 @@ mod tests {
         let mut reading = Reading::new(&plan, &at);
         reading.rule(plan.first_read as usize + 1, &mut rules);
         assert!(!reading.as_planned());
+    }
+
+    #[test]
+    fn texts_this_cannot_vouch_for_are_read_whole() {
+        let (old, spans) = file(6, false);
+        let crlf = old.replace('\n', "\r\n");
+        assert!(plan(&crlf, &crlf, &spans_of(&crlf)).is_some());
+        let lone = old.replace("name: r1\n", "name: r1\r    stop: false\n");
+        assert!(
+            plan(&old, &lone, &spans).is_none(),
+            "a lone carriage return breaks a line"
+        );
+        assert!(plan(&lone, &lone, &spans_of(&lone)).is_none());
+        let merged = old.replace("{ message: \"1\" }", "{ <<: { message: \"1\" } }");
+        assert!(plan(&old, &merged, &spans).is_none(), "merge keys");
     }
 }
